@@ -1,0 +1,53 @@
+//! `From<tokio_postgres::Error> for Failure` (feature `postgres`).
+//!
+//! In order: a server error is classified by its SQLSTATE ([`crate::sqlstate`]); an I/O error in
+//! the chain by its kind ([`crate::io`]); a closed connection is [`Cause::ConnectionLost`]. What
+//! remains are tokio-postgres's own client-side kinds, which it exposes only as fixed English
+//! labels (it has no public kind accessor): those labels, never a server message, decide the rest.
+
+use crate::{find_in_chain, io, sqlstate, Cause, Failure, Reach};
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(error: tokio_postgres::Error) -> Self {
+        classify(&error).with_source(error)
+    }
+}
+
+fn classify(error: &tokio_postgres::Error) -> Failure {
+    if let Some(state) = error.code() {
+        return sqlstate::failure(state.code());
+    }
+    if let Some(io_error) = find_in_chain::<std::io::Error>(error) {
+        return io::failure(io_error.kind());
+    }
+    if error.is_closed() {
+        return Failure::new(Cause::ConnectionLost);
+    }
+    // tokio-postgres's `Display` writes exactly its private error kind's label.
+    match error.to_string().as_str() {
+        // Only `connect_timeout` produces this kind: the connection never started.
+        "timeout waiting for server" => Failure::new(Cause::TimedOut).with_reach(Reach::NotSent),
+        "invalid connection string" | "invalid configuration" | "error performing TLS handshake" => {
+            Failure::new(Cause::InvalidConfig)
+        }
+        "authentication error" => Failure::new(Cause::AuthFailed),
+        _ => Failure::new(Cause::Internal),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    #[test]
+    fn malformed_connection_string_is_invalid_config() {
+        let error = tokio_postgres::Config::from_str("host=h port=notaport password=canary")
+            .expect_err("bad port");
+        let failure = Failure::from(error);
+        assert_eq!(failure.cause(), Cause::InvalidConfig);
+        assert!(!failure.retryable());
+        assert!(!format!("{failure:?}").contains("canary"));
+    }
+}

@@ -1,0 +1,20 @@
+//! ballast: Tower middleware that keeps a database-backed web service alive when the database is
+//! scarce, slow or gone.
+//!
+//! This facade re-exports the ballast crates. Today it holds the classified failure every layer
+//! shares ([`Failure`], from `ballast-core`); the pool, retry, error, cache and shutdown layers join
+//! it as they are built (see the README).
+//!
+//! ```
+//! use ballast::{Cause, Failure, Reach};
+//!
+//! let failure = Failure::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+//! assert_eq!(failure.cause(), Cause::Unreachable);
+//! assert_eq!(failure.code().as_str(), "DB_CONNECTION_ERROR");
+//! assert_eq!(failure.reach(), Reach::NotSent);
+//! ```
+
+pub use ballast_core::{
+    io, mysql, redact, sqlite, sqlstate, BoxError, Cause, Code, DriverCode, Failure, Reach,
+    SqlState,
+};
