@@ -37,6 +37,10 @@ mod tests {
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         let failure = Failure::from(bb8::RunError::User(reset));
         assert_eq!(failure.cause(), Cause::ConnectionLost);
-        assert_eq!(failure.reach(), Reach::NotSent, "bb8 errors happen before sending");
+        assert_eq!(
+            failure.reach(),
+            Reach::NotSent,
+            "bb8 errors happen before sending"
+        );
     }
 }

@@ -100,12 +100,30 @@ mod tests {
     #[test]
     fn kinds_map_to_causes() {
         let cases = [
-            (database_error(DatabaseErrorKind::ClosedConnection, "x"), Cause::ConnectionLost),
-            (database_error(DatabaseErrorKind::UnableToSendCommand, "x"), Cause::ConnectionLost),
-            (database_error(DatabaseErrorKind::SerializationFailure, "x"), Cause::Conflict),
-            (database_error(DatabaseErrorKind::ReadOnlyTransaction, "x"), Cause::ReadOnly),
-            (database_error(DatabaseErrorKind::UniqueViolation, "x"), Cause::Query),
-            (database_error(DatabaseErrorKind::Unknown, "lo siento"), Cause::Query),
+            (
+                database_error(DatabaseErrorKind::ClosedConnection, "x"),
+                Cause::ConnectionLost,
+            ),
+            (
+                database_error(DatabaseErrorKind::UnableToSendCommand, "x"),
+                Cause::ConnectionLost,
+            ),
+            (
+                database_error(DatabaseErrorKind::SerializationFailure, "x"),
+                Cause::Conflict,
+            ),
+            (
+                database_error(DatabaseErrorKind::ReadOnlyTransaction, "x"),
+                Cause::ReadOnly,
+            ),
+            (
+                database_error(DatabaseErrorKind::UniqueViolation, "x"),
+                Cause::Query,
+            ),
+            (
+                database_error(DatabaseErrorKind::Unknown, "lo siento"),
+                Cause::Query,
+            ),
             (Error::BrokenTransactionManager, Cause::ConnectionLost),
             (Error::NotFound, Cause::Internal),
             (
@@ -130,7 +148,10 @@ mod tests {
     #[test]
     fn connection_errors_are_not_sent() {
         let cases = [
-            (ConnectionError::BadConnection("refused".into()), Cause::Unreachable),
+            (
+                ConnectionError::BadConnection("refused".into()),
+                Cause::Unreachable,
+            ),
             (
                 ConnectionError::InvalidConnectionUrl("postgres://u:canary@h/d".into()),
                 Cause::InvalidConfig,
@@ -162,7 +183,10 @@ mod tests {
     #[cfg(feature = "sqlite")]
     #[test]
     fn sqlite_messages_keep_their_code() {
-        let failure = Failure::from(database_error(DatabaseErrorKind::Unknown, "database is locked"));
+        let failure = Failure::from(database_error(
+            DatabaseErrorKind::Unknown,
+            "database is locked",
+        ));
         assert_eq!(failure.cause(), Cause::Busy);
         assert_eq!(failure.driver_code(), Some(crate::DriverCode::Sqlite(5)));
         let failure = Failure::from(ConnectionError::BadConnection(

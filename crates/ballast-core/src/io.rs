@@ -53,19 +53,79 @@ mod tests {
     #[test]
     fn every_table_entry() {
         let table = [
-            (ErrorKind::ConnectionRefused, Cause::Unreachable, Reach::NotSent, true),
-            (ErrorKind::HostUnreachable, Cause::Unreachable, Reach::NotSent, true),
-            (ErrorKind::NetworkUnreachable, Cause::Unreachable, Reach::NotSent, true),
-            (ErrorKind::AddrNotAvailable, Cause::Unreachable, Reach::NotSent, true),
-            (ErrorKind::ConnectionReset, Cause::ConnectionLost, Reach::MaybeSent, true),
-            (ErrorKind::ConnectionAborted, Cause::ConnectionLost, Reach::MaybeSent, true),
-            (ErrorKind::BrokenPipe, Cause::ConnectionLost, Reach::MaybeSent, true),
-            (ErrorKind::UnexpectedEof, Cause::ConnectionLost, Reach::MaybeSent, true),
-            (ErrorKind::NotConnected, Cause::ConnectionLost, Reach::MaybeSent, true),
+            (
+                ErrorKind::ConnectionRefused,
+                Cause::Unreachable,
+                Reach::NotSent,
+                true,
+            ),
+            (
+                ErrorKind::HostUnreachable,
+                Cause::Unreachable,
+                Reach::NotSent,
+                true,
+            ),
+            (
+                ErrorKind::NetworkUnreachable,
+                Cause::Unreachable,
+                Reach::NotSent,
+                true,
+            ),
+            (
+                ErrorKind::AddrNotAvailable,
+                Cause::Unreachable,
+                Reach::NotSent,
+                true,
+            ),
+            (
+                ErrorKind::ConnectionReset,
+                Cause::ConnectionLost,
+                Reach::MaybeSent,
+                true,
+            ),
+            (
+                ErrorKind::ConnectionAborted,
+                Cause::ConnectionLost,
+                Reach::MaybeSent,
+                true,
+            ),
+            (
+                ErrorKind::BrokenPipe,
+                Cause::ConnectionLost,
+                Reach::MaybeSent,
+                true,
+            ),
+            (
+                ErrorKind::UnexpectedEof,
+                Cause::ConnectionLost,
+                Reach::MaybeSent,
+                true,
+            ),
+            (
+                ErrorKind::NotConnected,
+                Cause::ConnectionLost,
+                Reach::MaybeSent,
+                true,
+            ),
             (ErrorKind::TimedOut, Cause::TimedOut, Reach::MaybeSent, true),
-            (ErrorKind::OutOfMemory, Cause::OutOfMemory, Reach::MaybeSent, true),
-            (ErrorKind::PermissionDenied, Cause::Internal, Reach::MaybeSent, false),
-            (ErrorKind::InvalidData, Cause::Internal, Reach::MaybeSent, false),
+            (
+                ErrorKind::OutOfMemory,
+                Cause::OutOfMemory,
+                Reach::MaybeSent,
+                true,
+            ),
+            (
+                ErrorKind::PermissionDenied,
+                Cause::Internal,
+                Reach::MaybeSent,
+                false,
+            ),
+            (
+                ErrorKind::InvalidData,
+                Cause::Internal,
+                Reach::MaybeSent,
+                false,
+            ),
         ];
         for (kind, cause, reach, retryable) in table {
             let failure = Failure::from(Error::from(kind));

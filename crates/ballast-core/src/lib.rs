@@ -302,7 +302,9 @@ impl Cause {
             Cause::OutOfMemory => "the database ran out of memory",
             Cause::DiskFull => "the database ran out of disk space",
             Cause::ResourceExhausted => "the database ran out of resources",
-            Cause::Conflict => "the database transaction conflicted with another and was rolled back",
+            Cause::Conflict => {
+                "the database transaction conflicted with another and was rolled back"
+            }
             Cause::Busy => "the database is busy",
             Cause::ReadOnly => "the database is read-only right now",
             Cause::StatementTimeout => "the database query took too long",

@@ -3,13 +3,26 @@
 //! In order: a server error is classified by its SQLSTATE ([`crate::sqlstate`]); an I/O error in
 //! the chain by its kind ([`crate::io`]); a closed connection is [`Cause::ConnectionLost`]. What
 //! remains are tokio-postgres's own client-side kinds, which it exposes only as fixed English
-//! labels (it has no public kind accessor): those labels, never a server message, decide the rest.
+//! labels (it has no public kind accessor): those labels, never a server message, decide the rest,
+//! and mark connect errors (`error connecting to server`) as [`Reach::NotSent`].
+//!
+//! tokio-postgres's own `connect_timeout` bounds only the TCP connect, not the startup
+//! conversation after it: a server that accepts and never answers hangs the connect. Bound the
+//! whole connect yourself (the pool does) and report [`Cause::TimedOut`].
 
 use crate::{find_in_chain, io, sqlstate, Cause, Failure, Reach};
 
 impl From<tokio_postgres::Error> for Failure {
     fn from(error: tokio_postgres::Error) -> Self {
-        classify(&error).with_source(error)
+        let failure = classify(&error);
+        // tokio-postgres's `Display` writes exactly its private error kind's label, and this
+        // label only marks errors of the TCP (or Unix socket) connect: nothing was sent.
+        let failure = if error.to_string() == "error connecting to server" {
+            failure.with_reach(Reach::NotSent)
+        } else {
+            failure
+        };
+        failure.with_source(error)
     }
 }
 
@@ -23,13 +36,12 @@ fn classify(error: &tokio_postgres::Error) -> Failure {
     if error.is_closed() {
         return Failure::new(Cause::ConnectionLost);
     }
-    // tokio-postgres's `Display` writes exactly its private error kind's label.
     match error.to_string().as_str() {
         // Only `connect_timeout` produces this kind: the connection never started.
         "timeout waiting for server" => Failure::new(Cause::TimedOut).with_reach(Reach::NotSent),
-        "invalid connection string" | "invalid configuration" | "error performing TLS handshake" => {
-            Failure::new(Cause::InvalidConfig)
-        }
+        "invalid connection string"
+        | "invalid configuration"
+        | "error performing TLS handshake" => Failure::new(Cause::InvalidConfig),
         "authentication error" => Failure::new(Cause::AuthFailed),
         _ => Failure::new(Cause::Internal),
     }

@@ -118,10 +118,22 @@ mod tests {
     fn removes_urls_of_every_scheme() {
         let cases = [
             ("postgres://u:p@h:5432/d", "postgres://[redacted]"),
-            ("postgresql://u:p@h/d?sslmode=require", "postgresql://[redacted]"),
-            ("mysql://root:p@127.0.0.1:3306/test x", "mysql://[redacted] x"),
-            ("url \"mysql://a:b@c/d\" bad", "url \"mysql://[redacted]\" bad"),
-            ("a postgres://x b redis://y c", "a postgres://[redacted] b redis://[redacted] c"),
+            (
+                "postgresql://u:p@h/d?sslmode=require",
+                "postgresql://[redacted]",
+            ),
+            (
+                "mysql://root:p@127.0.0.1:3306/test x",
+                "mysql://[redacted] x",
+            ),
+            (
+                "url \"mysql://a:b@c/d\" bad",
+                "url \"mysql://[redacted]\" bad",
+            ),
+            (
+                "a postgres://x b redis://y c",
+                "a postgres://[redacted] b redis://[redacted] c",
+            ),
             ("ends with ://", "ends with ://[redacted]"),
         ];
         for (input, expected) in cases {
@@ -139,7 +151,10 @@ mod tests {
             ("password='s3 cret' x", "password='[redacted]' x"),
             ("pwd=\"unterminated", "pwd=\"[redacted]"),
             ("mypassword=kept", "mypassword=kept"),
-            ("password authentication failed for user \"app\"", "password authentication failed for user \"app\""),
+            (
+                "password authentication failed for user \"app\"",
+                "password authentication failed for user \"app\"",
+            ),
         ];
         for (input, expected) in cases {
             assert_eq!(redact(input), expected, "{input}");
@@ -148,12 +163,22 @@ mod tests {
 
     #[test]
     fn leaves_clean_text_borrowed() {
-        assert!(matches!(redact("connection refused"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            redact("connection refused"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]
     fn never_panics_on_odd_input() {
-        for input in ["://", "password=", "password", "ñ://ñ password=ñ", "a=b&pwd=", "x://\u{0}"] {
+        for input in [
+            "://",
+            "password=",
+            "password",
+            "ñ://ñ password=ñ",
+            "a=b&pwd=",
+            "x://\u{0}",
+        ] {
             let _ = redact(input);
         }
     }

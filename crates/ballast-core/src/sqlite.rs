@@ -116,7 +116,10 @@ mod tests {
         for (text, code) in MESSAGES {
             assert_eq!(code_for_message(text), Some(code), "{text}");
         }
-        assert_eq!(code_for_message("database table is locked: main.items"), Some(6));
+        assert_eq!(
+            code_for_message("database table is locked: main.items"),
+            Some(6)
+        );
         assert_eq!(code_for_message("database is locked!"), None);
         assert_eq!(code_for_message("UNIQUE constraint failed: items.id"), None);
         assert_eq!(code_for_message("near \"SELEC\": syntax error"), None);

@@ -84,7 +84,9 @@ pub fn with_host_port(url: &str, addr: SocketAddr) -> String {
     parsed
         .set_host(Some(&addr.ip().to_string()))
         .expect("the URL takes a host");
-    parsed.set_port(Some(addr.port())).expect("the URL takes a port");
+    parsed
+        .set_port(Some(addr.port()))
+        .expect("the URL takes a port");
     parsed.into()
 }
 
@@ -107,7 +109,9 @@ pub fn with_database(url: &str, database: &str) -> String {
 pub fn with_user(url: &str, user: &str, password: Option<&str>) -> String {
     let mut parsed = parse(url);
     parsed.set_username(user).expect("the URL takes a user");
-    parsed.set_password(password).expect("the URL takes a password");
+    parsed
+        .set_password(password)
+        .expect("the URL takes a password");
     parsed.into()
 }
 
@@ -433,11 +437,16 @@ impl MysqlDatabase {
 impl Drop for MysqlDatabase {
     fn drop(&mut self) {
         let admin_url = self.admin_url.clone();
-        let sql = format!("DROP DATABASE IF EXISTS {}", self.name);
+        let name = self.name.clone();
         block_on_thread(async move {
             use mysql_async::prelude::Queryable;
             if let Ok(mut conn) = mysql_async::Conn::from_url(admin_url).await {
-                let _ = conn.query_drop(sql).await;
+                // Connections the test left open may hold locks that would make the drop wait
+                // forever (PostgreSQL's `WITH (FORCE)` does the same).
+                kill_connections(&mut conn, "DB", &name).await;
+                let _ = conn
+                    .query_drop(format!("DROP DATABASE IF EXISTS {name}"))
+                    .await;
                 let _ = conn.disconnect().await;
             }
         });
@@ -456,7 +465,8 @@ pub struct MysqlUser {
 
 impl MysqlUser {
     /// Creates the user `name@'%'` with a unique name, granted everything on `database`.
-    /// `max_user_connections` becomes `MAX_USER_CONNECTIONS` (the server answers `1203` past it).
+    /// `max_user_connections` becomes `MAX_USER_CONNECTIONS` (the server answers `1226`,
+    /// ER_USER_LIMIT_REACHED, past it).
     ///
     /// # Panics
     ///
@@ -475,9 +485,7 @@ impl MysqlUser {
         mysql_execute(
             admin_url,
             &[
-                &format!(
-                    "CREATE USER '{name}'@'%'{identified} WITH MAX_USER_CONNECTIONS {limit}"
-                ),
+                &format!("CREATE USER '{name}'@'%'{identified} WITH MAX_USER_CONNECTIONS {limit}"),
                 &format!("GRANT ALL PRIVILEGES ON `{database}`.* TO '{name}'@'%'"),
             ],
         )
@@ -512,20 +520,25 @@ impl Drop for MysqlUser {
         block_on_thread(async move {
             use mysql_async::prelude::Queryable;
             if let Ok(mut conn) = mysql_async::Conn::from_url(admin_url).await {
-                let ids: Vec<u64> = conn
-                    .exec(
-                        "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?",
-                        (name.as_str(),),
-                    )
-                    .await
-                    .unwrap_or_default();
-                for id in ids {
-                    let _ = conn.query_drop(format!("KILL CONNECTION {id}")).await;
-                }
-                let _ = conn.query_drop(format!("DROP USER IF EXISTS '{name}'@'%'")).await;
+                kill_connections(&mut conn, "USER", &name).await;
+                let _ = conn
+                    .query_drop(format!("DROP USER IF EXISTS '{name}'@'%'"))
+                    .await;
                 let _ = conn.disconnect().await;
             }
         });
+    }
+}
+
+/// Kills every other connection whose process-list `column` (`USER` or `DB`) is `value`.
+async fn kill_connections(conn: &mut mysql_async::Conn, column: &str, value: &str) {
+    use mysql_async::prelude::Queryable;
+    let sql = format!(
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE {column} = ? AND ID <> CONNECTION_ID()"
+    );
+    let ids: Vec<u64> = conn.exec(sql, (value,)).await.unwrap_or_default();
+    for id in ids {
+        let _ = conn.query_drop(format!("KILL CONNECTION {id}")).await;
     }
 }
 

@@ -74,10 +74,7 @@ impl FakePostgres {
 
     /// A connection URL for the server, as user `app`, with `sslmode=disable`.
     pub fn url(&self, database: &str) -> String {
-        format!(
-            "postgres://app@{}/{database}?sslmode=disable",
-            self.addr
-        )
+        format!("postgres://app@{}/{database}?sslmode=disable", self.addr)
     }
 
     /// How many connections the server has accepted.
@@ -188,7 +185,10 @@ async fn refuse_postgres(mut stream: TcpStream, response: &[u8]) -> io::Result<(
     loop {
         let len = stream.read_u32().await? as usize;
         if !(8..=MAX_STARTUP_LEN).contains(&len) {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "bad startup length"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad startup length",
+            ));
         }
         let code = stream.read_u32().await?;
         let mut rest = vec![0; len - 8];

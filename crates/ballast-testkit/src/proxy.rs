@@ -136,7 +136,9 @@ impl FaultProxy {
     /// Resets every open connection: both sides see a TCP RST (`ECONNRESET`), as when a network
     /// device or the server's host drops them. New connections are unaffected.
     pub fn reset_all(&self) {
-        self.shared.resets.send_modify(|generation| *generation += 1);
+        self.shared
+            .resets
+            .send_modify(|generation| *generation += 1);
     }
 
     /// How many connections the proxy has accepted since it started.
