@@ -38,7 +38,11 @@ async fn main() -> ExitCode {
         }
         Err(failure) => {
             println!("failure:     {failure}");
-            println!("code:        {} (HTTP {})", failure.code(), failure.status());
+            println!(
+                "code:        {} (HTTP {})",
+                failure.code(),
+                failure.status()
+            );
             println!("cause:       {:?}", failure.cause());
             println!("retryable:   {}", failure.retryable());
             println!("reach:       {:?}", failure.reach());
