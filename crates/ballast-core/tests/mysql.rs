@@ -27,7 +27,7 @@ async fn user_connection_limit_is_too_many_connections() {
     let database = MysqlDatabase::create(&url).await;
     let user = MysqlUser::create(&url, database.name(), None, Some(1)).await;
     let _held = connect(user.url()).await.unwrap();
-    let failure = connect(user.url()).await.err().expect("over the limit");
+    let failure = connect(user.url()).await.expect_err("over the limit");
     assert_failure(
         &failure,
         Cause::TooManyConnections,
@@ -43,7 +43,7 @@ async fn server_wide_too_many_connections_from_the_fake_server() {
     let server = FakeMysql::start(1040, "08004", "Too many connections")
         .await
         .unwrap();
-    let failure = connect(&server.url("test")).await.err().expect("refused");
+    let failure = connect(&server.url("test")).await.expect_err("refused");
     assert_failure(
         &failure,
         Cause::TooManyConnections,
@@ -63,7 +63,7 @@ async fn wrong_password_and_missing_database_are_init_errors() {
     let database = MysqlDatabase::create(&url).await;
     let user = MysqlUser::create(&url, database.name(), Some("right-password"), None).await;
     let wrong = db::with_user(user.url(), user.name(), Some(CANARY));
-    let failure = connect(&wrong).await.err().expect("wrong password");
+    let failure = connect(&wrong).await.expect_err("wrong password");
     assert_failure(
         &failure,
         Cause::AuthFailed,
@@ -76,7 +76,7 @@ async fn wrong_password_and_missing_database_are_init_errors() {
     assert!(!failure.to_string().contains(CANARY));
 
     let missing = db::with_database(&url, &db::unique_name("ballast_missing"));
-    let failure = connect(&missing).await.err().expect("no such database");
+    let failure = connect(&missing).await.expect_err("no such database");
     assert_failure(
         &failure,
         Cause::DatabaseMissing,
@@ -174,7 +174,7 @@ async fn syntax_error_is_critical_and_refused_port_is_unreachable() {
     let proxy = FaultProxy::start(db::socket_addr(&url)).await.unwrap();
     proxy.set_mode(Mode::Refuse);
     proxy.wait_for_mode().await;
-    let failure = connect(&proxy.url(&url)).await.err().expect("refused");
+    let failure = connect(&proxy.url(&url)).await.expect_err("refused");
     assert_failure(
         &failure,
         Cause::Unreachable,

@@ -33,7 +33,7 @@ async fn too_many_connections_for_a_role_is_53300_retryable_not_sent() {
     };
     let role = PgRole::create(&url, Some(1)).await;
     let _held = connect(role.url()).await.unwrap();
-    let failure = connect(role.url()).await.err().expect("over the limit");
+    let failure = connect(role.url()).await.expect_err("over the limit");
     assert_failure(
         &failure,
         Cause::TooManyConnections,
@@ -54,7 +54,7 @@ async fn missing_database_is_3d000_init_error_not_retryable() {
         return;
     };
     let missing = db::with_database(&url, &db::unique_name("ballast_missing"));
-    let failure = connect(&missing).await.err().expect("no such database");
+    let failure = connect(&missing).await.expect_err("no such database");
     assert_failure(
         &failure,
         Cause::DatabaseMissing,
@@ -74,7 +74,7 @@ async fn refused_connection_is_unreachable_not_sent() {
     let proxy = FaultProxy::start(db::socket_addr(&url)).await.unwrap();
     proxy.set_mode(Mode::Refuse);
     proxy.wait_for_mode().await;
-    let failure = connect(&proxy.url(&url)).await.err().expect("refused");
+    let failure = connect(&proxy.url(&url)).await.expect_err("refused");
     assert_failure(
         &failure,
         Cause::Unreachable,
@@ -349,7 +349,7 @@ async fn startup_errors_from_the_fake_server_classify_by_code_in_any_language() 
     ];
     for (state, message, cause, code, retryable) in cases {
         let server = FakePostgres::start(state, message).await.unwrap();
-        let failure = connect(&server.url("app")).await.err().expect("refused");
+        let failure = connect(&server.url("app")).await.expect_err("refused");
         assert_eq!(failure.cause(), cause, "{state}");
         assert_eq!(failure.code(), code, "{state}");
         assert_eq!(failure.retryable(), retryable, "{state}");
