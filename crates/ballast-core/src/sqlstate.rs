@@ -30,8 +30,8 @@
 //! | anything else (syntax `42601`, constraints class `23`, ...) | | `Query` | `CRITICAL_ERROR` | no | the statement itself is wrong |
 //!
 //! Reach: `08001`, `08004`, `53300`, `57P03`, `28P01`, `28000` and `3D000` are only ever sent while
-//! a connection starts up, so they are [`Reach::NotSent`](crate::Reach::NotSent). The rest arrive
-//! in answer to a statement, so they are [`Reach::MaybeSent`](crate::Reach::MaybeSent) — even a
+//! a connection starts up, so they are [`Reach::NotSent`]. The rest arrive
+//! in answer to a statement, so they are [`Reach::MaybeSent`] — even a
 //! rolled-back transaction may follow others in the same request that committed.
 
 use crate::{Cause, DriverCode, Failure, Reach, SqlState};
