@@ -3,7 +3,7 @@
 
 use ballast_core::{Cause, Code, DriverCode, Failure, Reach};
 use ballast_testkit::db::{self, MysqlDatabase, MysqlUser};
-use ballast_testkit::fake::FakeMysql;
+use ballast_testkit::fake::FakeServer;
 use ballast_testkit::proxy::{FaultProxy, Mode};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
@@ -40,7 +40,7 @@ async fn user_connection_limit_is_too_many_connections() {
 
 #[tokio::test]
 async fn server_wide_too_many_connections_from_the_fake_server() {
-    let server = FakeMysql::start(1040, "08004", "Too many connections")
+    let server = FakeServer::mysql(1040, "08004", "Too many connections")
         .await
         .unwrap();
     let failure = connect(&server.url("test")).await.expect_err("refused");

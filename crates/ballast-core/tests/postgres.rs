@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ballast_core::{Cause, Code, DriverCode, Failure, Reach, SqlState};
 use ballast_testkit::db::{self, Backends, PgDatabase, PgRole};
-use ballast_testkit::fake::FakePostgres;
+use ballast_testkit::fake::FakeServer;
 use ballast_testkit::proxy::{FaultProxy, Mode};
 use tokio_postgres::{Client, NoTls};
 
@@ -348,7 +348,7 @@ async fn startup_errors_from_the_fake_server_classify_by_code_in_any_language() 
         ),
     ];
     for (state, message, cause, code, retryable) in cases {
-        let server = FakePostgres::start(state, message).await.unwrap();
+        let server = FakeServer::postgres(state, message).await.unwrap();
         let failure = connect(&server.url("app")).await.expect_err("refused");
         assert_eq!(failure.cause(), cause, "{state}");
         assert_eq!(failure.code(), code, "{state}");

@@ -22,117 +22,100 @@ const GSSENC_REQUEST: u32 = 80_877_104;
 /// The largest startup message accepted: PostgreSQL itself caps it at 10,000 bytes.
 const MAX_STARTUP_LEN: usize = 10_000;
 
-/// A fake PostgreSQL server on `127.0.0.1` that answers every startup message with a `FATAL`
-/// `ErrorResponse` carrying a chosen SQLSTATE and message, then closes the connection.
+/// A fake database server on `127.0.0.1` that refuses every connection with one chosen error.
+///
+/// - [`FakeServer::postgres`] answers every startup message with a `FATAL` `ErrorResponse`
+///   carrying a SQLSTATE and message (declining TLS and GSS encryption requests first).
+/// - [`FakeServer::mysql`] sends an `ERR` packet instead of its handshake — what a real server does
+///   when it refuses a connection with `1040 Too many connections`.
+///
+/// Either way it then closes the connection, and counts it. Dropping the server stops it.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> std::io::Result<()> {
-/// use ballast_testkit::fake::FakePostgres;
+/// use ballast_testkit::fake::FakeServer;
 ///
-/// let server = FakePostgres::start("53300", "lo siento, ya tenemos demasiados clientes").await?;
+/// let server = FakeServer::postgres("53300", "lo siento, ya tenemos demasiados clientes").await?;
 /// let error = tokio_postgres::connect(&server.url("app"), tokio_postgres::NoTls)
 ///     .await
 ///     .err()
 ///     .expect("the fake server refuses");
 /// assert_eq!(error.code().unwrap().code(), "53300");
+///
+/// let server = FakeServer::mysql(1040, "08004", "Too many connections").await?;
+/// match mysql_async::Conn::from_url(server.url("test")).await {
+///     Err(mysql_async::Error::Server(error)) => assert_eq!(error.code, 1040),
+///     other => panic!("unexpected {:?}", other.map(|_| ())),
+/// }
 /// assert_eq!(server.connections(), 1);
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct FakePostgres {
+pub struct FakeServer {
     addr: SocketAddr,
+    /// URL scheme and query for [`FakeServer::url`].
+    scheme: &'static str,
+    query: &'static str,
     connections: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
-impl FakePostgres {
-    /// Starts the server on an ephemeral port.
+impl FakeServer {
+    /// A fake PostgreSQL server that answers with `sqlstate` and `message`.
     ///
     /// # Errors
     ///
-    /// Binding the port failed.
-    pub async fn start(sqlstate: &str, message: &str) -> io::Result<Self> {
-        let response = postgres_error_response(sqlstate, message);
-        let (addr, connections, task) = serve(move |stream| {
-            let response = response.clone();
+    /// Binding an ephemeral port failed.
+    pub async fn postgres(sqlstate: &str, message: &str) -> io::Result<Self> {
+        let response: Arc<[u8]> = postgres_error_response(sqlstate, message).into();
+        Self::start("postgres", "?sslmode=disable", move |stream| {
+            let response = Arc::clone(&response);
             async move { refuse_postgres(stream, &response).await }
         })
-        .await?;
-        Ok(FakePostgres {
-            addr,
-            connections,
-            task,
-        })
+        .await
     }
 
-    /// The address the server listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// A connection URL for the server, as user `app`, with `sslmode=disable`.
-    pub fn url(&self, database: &str) -> String {
-        format!("postgres://app@{}/{database}?sslmode=disable", self.addr)
-    }
-
-    /// How many connections the server has accepted.
-    pub fn connections(&self) -> u64 {
-        self.connections.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for FakePostgres {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A fake MySQL/MariaDB server on `127.0.0.1` that sends an `ERR` packet with a chosen error number
-/// instead of its handshake — what a real server does when it refuses a connection with
-/// `1040 Too many connections` — then closes the connection.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> std::io::Result<()> {
-/// use ballast_testkit::fake::FakeMysql;
-///
-/// let server = FakeMysql::start(1040, "08004", "Too many connections").await?;
-/// let error = mysql_async::Conn::from_url(server.url("test")).await.err().unwrap();
-/// match error {
-///     mysql_async::Error::Server(error) => assert_eq!(error.code, 1040),
-///     other => panic!("unexpected {other:?}"),
-/// }
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Debug)]
-pub struct FakeMysql {
-    addr: SocketAddr,
-    connections: Arc<AtomicU64>,
-    task: JoinHandle<()>,
-}
-
-impl FakeMysql {
-    /// Starts the server on an ephemeral port; `sqlstate` is the five-character state MySQL sends
-    /// with the error (`08004` for 1040).
+    /// A fake MySQL/MariaDB server that answers with error `number`; `sqlstate` is the
+    /// five-character state MySQL sends with it (`08004` for 1040).
     ///
     /// # Errors
     ///
-    /// Binding the port failed.
-    pub async fn start(number: u16, sqlstate: &str, message: &str) -> io::Result<Self> {
-        let packet = mysql_err_packet(number, sqlstate, message);
-        let (addr, connections, task) = serve(move |mut stream| {
-            let packet = packet.clone();
+    /// Binding an ephemeral port failed.
+    pub async fn mysql(number: u16, sqlstate: &str, message: &str) -> io::Result<Self> {
+        let packet: Arc<[u8]> = mysql_err_packet(number, sqlstate, message).into();
+        Self::start("mysql", "", move |mut stream| {
+            let packet = Arc::clone(&packet);
             async move {
                 stream.write_all(&packet).await?;
                 stream.shutdown().await
             }
         })
-        .await?;
-        Ok(FakeMysql {
+        .await
+    }
+
+    /// Accepts connections until dropped, counting them and running `handle` on each in its own
+    /// task.
+    async fn start<F, Fut>(scheme: &'static str, query: &'static str, handle: F) -> io::Result<Self>
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = io::Result<()>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let connections = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&connections);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(handle(stream));
+            }
+        });
+        Ok(FakeServer {
             addr,
+            scheme,
+            query,
             connections,
             task,
         })
@@ -143,9 +126,12 @@ impl FakeMysql {
         self.addr
     }
 
-    /// A connection URL for the server, as user `app`.
+    /// A connection URL for the server, as user `app` (PostgreSQL URLs add `sslmode=disable`).
     pub fn url(&self, database: &str) -> String {
-        format!("mysql://app@{}/{database}", self.addr)
+        format!(
+            "{}://app@{}/{database}{}",
+            self.scheme, self.addr, self.query
+        )
     }
 
     /// How many connections the server has accepted.
@@ -154,29 +140,10 @@ impl FakeMysql {
     }
 }
 
-impl Drop for FakeMysql {
+impl Drop for FakeServer {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// Accepts connections forever, counting them and running `handle` on each in its own task.
-async fn serve<F, Fut>(handle: F) -> io::Result<(SocketAddr, Arc<AtomicU64>, JoinHandle<()>)>
-where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = io::Result<()>> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let connections = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&connections);
-    let task = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(handle(stream));
-        }
-    });
-    Ok((addr, connections, task))
 }
 
 /// Reads the client's startup message (declining TLS and GSS encryption on the way), then sends

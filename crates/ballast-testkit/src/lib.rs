@@ -7,7 +7,7 @@
 //!   at run time between pass, refuse (the kernel refuses connects), stall (accept, never
 //!   forward; freeze open connections) and added latency, and that can reset every open
 //!   connection. It counts the connections it accepted.
-//! - [`fake::FakePostgres`] and [`fake::FakeMysql`]: servers that answer a connection attempt with
+//! - [`fake::FakeServer`]: a PostgreSQL or MySQL server that answers a connection attempt with
 //!   any SQLSTATE or MySQL error number, for failures a shared server cannot produce safely
 //!   (`57P03`, `28P01` on a server that trusts every login, `53300` in Spanish, `1040`).
 //! - [`db`]: `DATABASE_URL`/`MYSQL_URL` discovery with the skip-or-fail rule, throwaway databases,

@@ -2,7 +2,7 @@
 //! against the real drivers.
 
 use ballast_testkit::db::{self, Backends, MysqlDatabase, MysqlUser, PgDatabase, PgRole};
-use ballast_testkit::fake::{FakeMysql, FakePostgres};
+use ballast_testkit::fake::FakeServer;
 use mysql_async::prelude::Queryable;
 use tokio_postgres::NoTls;
 
@@ -58,7 +58,7 @@ async fn fake_postgres_answers_with_the_chosen_sqlstate() {
         ("28P01", "password authentication failed for user \"app\""),
         ("53300", "lo siento, ya tenemos demasiados clientes"),
     ] {
-        let server = FakePostgres::start(state, message).await.unwrap();
+        let server = FakeServer::postgres(state, message).await.unwrap();
         let error = tokio_postgres::connect(&server.url("app"), NoTls)
             .await
             .err()
@@ -73,7 +73,7 @@ async fn fake_postgres_answers_with_the_chosen_sqlstate() {
 
 #[tokio::test]
 async fn fake_postgres_declines_tls_requests() {
-    let server = FakePostgres::start("57P03", "starting up").await.unwrap();
+    let server = FakeServer::postgres("57P03", "starting up").await.unwrap();
     // `sslmode=prefer` with a client that cannot do TLS still sends no SSLRequest; speak the
     // protocol by hand to check the server's answer to one.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -88,7 +88,7 @@ async fn fake_postgres_declines_tls_requests() {
 
 #[tokio::test]
 async fn fake_mysql_answers_with_the_chosen_error_number() {
-    let server = FakeMysql::start(1040, "08004", "Too many connections")
+    let server = FakeServer::mysql(1040, "08004", "Too many connections")
         .await
         .unwrap();
     match mysql_async::Conn::from_url(server.url("test")).await {
