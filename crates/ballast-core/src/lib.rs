@@ -515,7 +515,58 @@ impl Failure {
     pub fn detail(&self) -> Option<&str> {
         self.inner.detail.as_deref()
     }
+
+    /// The failure and its whole source chain on one line, redacted: what a log line needs.
+    ///
+    /// `the database has too many open connections (SQLSTATE 53300): db error: FATAL: ...`
+    pub fn report(&self) -> String {
+        let mut report = self.to_string();
+        let mut source = StdError::source(self);
+        while let Some(error) = source {
+            report.push_str(": ");
+            report.push_str(&redact(&error.to_string()));
+            source = error.source();
+        }
+        report
+    }
+
+    /// A copy of this failure for another caller — every waiter of a pool that could not
+    /// connect gets its own — whose source is the redacted text of this one's source chain
+    /// (the original error itself cannot be cloned).
+    pub fn detached(&self) -> Failure {
+        let inner = &self.inner;
+        let mut source = StdError::source(self).map(|_| {
+            let chain = self.report();
+            // Everything after this failure's own text is its sources.
+            let own = self.to_string();
+            DetachedSource(chain[own.len()..].trim_start_matches(": ").to_owned())
+        });
+        Failure {
+            inner: Box::new(Inner {
+                cause: inner.cause,
+                code: inner.code,
+                retryable: inner.retryable,
+                reach: inner.reach,
+                driver_code: inner.driver_code,
+                public_message: inner.public_message.clone(),
+                detail: inner.detail.clone(),
+                source: source.take().map(|source| Box::new(source) as BoxError),
+            }),
+        }
+    }
 }
+
+/// The source of a [`Failure::detached`] copy: the original chain as redacted text.
+#[derive(Debug)]
+struct DetachedSource(String);
+
+impl fmt::Display for DetachedSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for DetachedSource {}
 
 impl From<Cause> for Failure {
     fn from(cause: Cause) -> Self {
@@ -655,6 +706,28 @@ mod tests {
     }
 
     #[test]
+    fn detached_copies_keep_everything_but_the_original_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused by h");
+        let failure = Failure::new(Cause::Unreachable)
+            .with_detail("connecting")
+            .with_driver_code(DriverCode::MySql(2003))
+            .with_source(io);
+        let copy = failure.detached();
+        assert_eq!(copy.cause(), failure.cause());
+        assert_eq!(copy.code(), failure.code());
+        assert_eq!(copy.reach(), failure.reach());
+        assert_eq!(copy.retryable(), failure.retryable());
+        assert_eq!(copy.driver_code(), failure.driver_code());
+        assert_eq!(copy.to_string(), failure.to_string());
+        assert_eq!(copy.report(), failure.report());
+        assert_eq!(
+            failure.report(),
+            "the database could not be reached: connecting (MySQL error 2003): refused by h"
+        );
+        assert!(Failure::new(Cause::Busy).detached().source().is_none());
+    }
+
+    #[test]
     fn canary_password_never_shows() {
         const CANARY: &str = "canary-Pa55w0rd";
         let url = format!("postgres://app:{CANARY}@db.internal:5432/prod");
@@ -663,7 +736,11 @@ mod tests {
             .with_source(std::io::Error::other(format!(
                 "cannot connect to {url} password={CANARY}"
             )));
-        for text in [failure.to_string(), format!("{failure:?}")] {
+        for text in [
+            failure.to_string(),
+            format!("{failure:?}"),
+            failure.report(),
+        ] {
             assert!(!text.contains(CANARY), "password leaked: {text}");
             assert!(!text.contains("db.internal"), "URL leaked: {text}");
         }

@@ -1,0 +1,576 @@
+//! Pool settings, from code or from a database URL's query parameters.
+
+use std::fmt;
+use std::time::Duration;
+
+use ballast_core::redact;
+
+/// Default `connection_limit`: the seed's pool size, and Prisma's default for a 2-core machine
+/// (`num_cpus * 2 + 1` rounded up).
+pub const DEFAULT_CONNECTION_LIMIT: u32 = 10;
+/// Default `pool_timeout`: the longest a request waits for a connection (Prisma's default).
+pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default `connect_timeout`: the longest one connect may take, TCP and startup (Prisma's default).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `idle_timeout`: idle connections are closed after this long (bb8's default).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default `max_lifetime`: connections are replaced after this long (bb8's default), so server-side
+/// memory growth and configuration changes do not live forever.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(1800);
+/// Default `check_idle_after`: a connection idle this long is tested with one round trip before it
+/// is handed out. Shorter idles are trusted: a connection that broke since is caught by the query
+/// itself and dropped when it comes back.
+pub const DEFAULT_CHECK_IDLE_AFTER: Duration = Duration::from_secs(30);
+/// The largest accepted `connection_limit`. PostgreSQL's default `max_connections` is 100; a pool
+/// of more than a thousand is a configuration mistake.
+pub const MAX_CONNECTION_LIMIT: u32 = 1000;
+/// The largest accepted duration setting, in seconds (one day).
+pub const MAX_SECONDS: f64 = 86_400.0;
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Backend {
+    /// `postgres://` or `postgresql://`.
+    Postgres,
+    /// `mysql://` or `mariadb://`.
+    Mysql,
+    /// `sqlite://path`, `sqlite:path`, `sqlite::memory:`, or a plain file path.
+    Sqlite,
+}
+
+/// The pool's settings.
+///
+/// Build one from a URL with [`PoolConfig::from_url`] — the pool's own query parameters use
+/// Prisma's names and are removed before the URL reaches the driver — then adjust it from code
+/// with the `with_*` setters. Every setting is checked when it is set; nothing
+/// panics on bad input.
+///
+/// | URL parameter | setter | default | meaning |
+/// |---|---|---|---|
+/// | `connection_limit` | [`with_connection_limit`](Self::with_connection_limit) | 10 | most connections open at once (1 to 1000) |
+/// | `pool_timeout` | [`with_pool_timeout`](Self::with_pool_timeout) | 20 s | longest a checkout waits for a connection |
+/// | `connect_timeout` | [`with_connect_timeout`](Self::with_connect_timeout) | 10 s | longest one connect may take, TCP and startup |
+/// | `idle_timeout` | [`with_idle_timeout`](Self::with_idle_timeout) | 600 s | idle connections close after this (0: never) |
+/// | `max_lifetime` | [`with_max_lifetime`](Self::with_max_lifetime) | 1800 s | connections are replaced after this (0: never) |
+/// | `check_idle_after` | [`with_check_idle_after`](Self::with_check_idle_after) | 30 s | connections idle this long are tested before checkout (0: test every checkout) |
+///
+/// Durations are seconds, fractions allowed (`pool_timeout=0.5`), from 0 to 86400; `pool_timeout`
+/// and `connect_timeout` must be greater than 0.
+///
+/// ```
+/// use std::time::Duration;
+/// use ballast_pool::PoolConfig;
+///
+/// let config = PoolConfig::from_url(
+///     "postgres://app:secret@db:5432/shop?connection_limit=8&pool_timeout=5&sslmode=disable",
+/// )?;
+/// assert_eq!(config.connection_limit(), 8);
+/// assert_eq!(config.pool_timeout(), Duration::from_secs(5));
+/// assert_eq!(config.connect_timeout(), Duration::from_secs(10)); // the default
+/// // The password never shows.
+/// assert!(!format!("{config:?}").contains("secret"));
+///
+/// let error = PoolConfig::from_url("postgres://db/shop?connection_limit=lots").unwrap_err();
+/// assert_eq!(
+///     error.to_string(),
+///     "invalid database setting `connection_limit`: must be a whole number from 1 to 1000 (got \"lots\")",
+/// );
+/// # Ok::<(), ballast_pool::ConfigError>(())
+/// ```
+#[derive(Clone, PartialEq)]
+pub struct PoolConfig {
+    backend: Backend,
+    /// The URL the driver sees: the pool's own parameters removed.
+    driver_url: String,
+    connection_limit: u32,
+    pool_timeout: Duration,
+    connect_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    max_lifetime: Option<Duration>,
+    check_idle_after: Duration,
+}
+
+/// A setting that was rejected: which one, and why. Never contains a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The setting: a URL parameter name, or `url` for the URL itself.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid database setting `{}`: {}",
+            self.setting, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<ConfigError> for ballast_core::Failure {
+    fn from(error: ConfigError) -> Self {
+        ballast_core::Failure::new(ballast_core::Cause::InvalidConfig)
+            .with_detail(error.to_string())
+    }
+}
+
+/// The pool's own URL parameters, removed before the URL reaches the driver.
+const POOL_PARAMETERS: [&str; 6] = [
+    "connection_limit",
+    "pool_timeout",
+    "connect_timeout",
+    "idle_timeout",
+    "max_lifetime",
+    "check_idle_after",
+];
+
+impl PoolConfig {
+    fn defaults(backend: Backend, driver_url: String) -> Self {
+        PoolConfig {
+            backend,
+            driver_url,
+            connection_limit: DEFAULT_CONNECTION_LIMIT,
+            pool_timeout: DEFAULT_POOL_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            max_lifetime: Some(DEFAULT_MAX_LIFETIME),
+            check_idle_after: DEFAULT_CHECK_IDLE_AFTER,
+        }
+    }
+
+    /// Settings from a database URL and its query parameters (see the type's table); other query
+    /// parameters are kept for the driver.
+    ///
+    /// Accepted forms: `postgres://...`, `postgresql://...`, `mysql://...`, `mariadb://...`,
+    /// `sqlite://path`, `sqlite:path`, `sqlite::memory:` (one in-memory database shared by the
+    /// pool's connections), and a plain file path (SQLite).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the setting and the reason; it never contains the password.
+    pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        let url = url.trim();
+        if url.is_empty() {
+            return Err(ConfigError::new("url", "is empty"));
+        }
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, query),
+            None => (url, ""),
+        };
+        let backend = backend_of(base)?;
+        let mut kept = Vec::new();
+        let mut config = Self::defaults(backend, String::new());
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "connection_limit" => config = config.with_connection_limit_text(value)?,
+                "pool_timeout" => config.pool_timeout = positive_seconds("pool_timeout", value)?,
+                "connect_timeout" => {
+                    config.connect_timeout = positive_seconds("connect_timeout", value)?;
+                }
+                "idle_timeout" => config.idle_timeout = optional_seconds("idle_timeout", value)?,
+                "max_lifetime" => config.max_lifetime = optional_seconds("max_lifetime", value)?,
+                "check_idle_after" => {
+                    config.check_idle_after = seconds("check_idle_after", value)?;
+                }
+                _ => kept.push(pair),
+            }
+        }
+        debug_assert!(POOL_PARAMETERS.iter().all(|name| !kept.contains(name)));
+        config.driver_url = driver_url(backend, base, &kept.join("&"))?;
+        Ok(config)
+    }
+
+    fn with_connection_limit_text(self, value: &str) -> Result<Self, ConfigError> {
+        let limit = value
+            .parse::<u32>()
+            .map_err(|_| limit_error(&format!("{value:?}")))?;
+        self.with_connection_limit(limit)
+    }
+
+    /// Sets the most connections the pool opens at once. Defaults to 10.
+    ///
+    /// # Errors
+    ///
+    /// `limit` is 0 or above [`MAX_CONNECTION_LIMIT`].
+    pub fn with_connection_limit(mut self, limit: u32) -> Result<Self, ConfigError> {
+        if !(1..=MAX_CONNECTION_LIMIT).contains(&limit) {
+            return Err(limit_error(&limit.to_string()));
+        }
+        self.connection_limit = limit;
+        Ok(self)
+    }
+
+    /// Sets the longest a checkout waits for a connection. Defaults to 20 s.
+    ///
+    /// # Errors
+    ///
+    /// `timeout` is zero or longer than a day.
+    pub fn with_pool_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        self.pool_timeout = positive_duration("pool_timeout", timeout)?;
+        Ok(self)
+    }
+
+    /// Sets the longest one connect may take, TCP and startup included. Defaults to 10 s.
+    ///
+    /// # Errors
+    ///
+    /// `timeout` is zero or longer than a day.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        self.connect_timeout = positive_duration("connect_timeout", timeout)?;
+        Ok(self)
+    }
+
+    /// Sets how long a connection may stay idle before it is closed; `None` keeps idle
+    /// connections open. Defaults to 600 s.
+    ///
+    /// # Errors
+    ///
+    /// The duration is zero or longer than a day.
+    pub fn with_idle_timeout(mut self, timeout: Option<Duration>) -> Result<Self, ConfigError> {
+        self.idle_timeout = timeout
+            .map(|timeout| positive_duration("idle_timeout", timeout))
+            .transpose()?;
+        Ok(self)
+    }
+
+    /// Sets how long a connection lives before it is replaced; `None` keeps it forever. Defaults
+    /// to 1800 s.
+    ///
+    /// # Errors
+    ///
+    /// The duration is zero or longer than a day.
+    pub fn with_max_lifetime(mut self, lifetime: Option<Duration>) -> Result<Self, ConfigError> {
+        self.max_lifetime = lifetime
+            .map(|lifetime| positive_duration("max_lifetime", lifetime))
+            .transpose()?;
+        Ok(self)
+    }
+
+    /// Sets how long a connection may sit idle before it is tested with a round trip at
+    /// checkout; zero tests every checkout (bb8's and diesel-async's default behaviour). Defaults
+    /// to 30 s.
+    ///
+    /// # Errors
+    ///
+    /// The duration is longer than a day.
+    pub fn with_check_idle_after(mut self, after: Duration) -> Result<Self, ConfigError> {
+        if after.as_secs_f64() > MAX_SECONDS {
+            return Err(seconds_error("check_idle_after", &format!("{after:?}")));
+        }
+        self.check_idle_after = after;
+        Ok(self)
+    }
+
+    /// The database the URL names.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The most connections open at once.
+    pub fn connection_limit(&self) -> u32 {
+        self.connection_limit
+    }
+
+    /// The longest a checkout waits.
+    pub fn pool_timeout(&self) -> Duration {
+        self.pool_timeout
+    }
+
+    /// The longest one connect may take.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// How long an idle connection is kept.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout
+    }
+
+    /// How long a connection lives.
+    pub fn max_lifetime(&self) -> Option<Duration> {
+        self.max_lifetime
+    }
+
+    /// How long a connection may idle before it is tested at checkout.
+    pub fn check_idle_after(&self) -> Duration {
+        self.check_idle_after
+    }
+
+    /// The URL the driver receives: the pool's parameters removed. It contains the password:
+    /// never log it.
+    pub fn driver_url(&self) -> &str {
+        &self.driver_url
+    }
+}
+
+impl fmt::Debug for PoolConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolConfig")
+            .field("backend", &self.backend)
+            .field("url", &redact(&self.driver_url))
+            .field("connection_limit", &self.connection_limit)
+            .field("pool_timeout", &self.pool_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("check_idle_after", &self.check_idle_after)
+            .finish()
+    }
+}
+
+fn backend_of(base: &str) -> Result<Backend, ConfigError> {
+    let scheme = base.split_once("://").map(|(scheme, _)| scheme);
+    match scheme {
+        Some("postgres" | "postgresql") => Ok(Backend::Postgres),
+        Some("mysql" | "mariadb") => Ok(Backend::Mysql),
+        Some("sqlite") => Ok(Backend::Sqlite),
+        Some(other) => Err(ConfigError::new(
+            "url",
+            format!(
+                "unsupported scheme `{}`: use postgres://, mysql://, sqlite:// or a file path",
+                redact(other)
+            ),
+        )),
+        // `sqlite:path`, `sqlite::memory:` and plain paths.
+        None => Ok(Backend::Sqlite),
+    }
+}
+
+fn driver_url(backend: Backend, base: &str, query: &str) -> Result<String, ConfigError> {
+    let with_query = |base: &str| {
+        if query.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{query}")
+        }
+    };
+    match backend {
+        Backend::Postgres | Backend::Mysql => {
+            let candidate = with_query(base);
+            // Check the URL's shape here so a typo fails at startup with a clear message, and
+            // so the message cannot echo the password (the parser's error never includes it).
+            let parsed = url::Url::parse(&candidate)
+                .map_err(|error| ConfigError::new("url", format!("is not a valid URL: {error}")))?;
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(ConfigError::new("url", "has no host"));
+            }
+            if backend == Backend::Mysql && parsed.scheme() == "mariadb" {
+                return Ok(candidate.replacen("mariadb://", "mysql://", 1));
+            }
+            Ok(candidate)
+        }
+        Backend::Sqlite => {
+            let path = base
+                .strip_prefix("sqlite://")
+                .or_else(|| base.strip_prefix("sqlite:"))
+                .unwrap_or(base);
+            if path.is_empty() {
+                return Err(ConfigError::new("url", "names no SQLite file"));
+            }
+            if path == ":memory:" {
+                // Every pooled connection must see the same database: a named, shared-cache
+                // in-memory database lives as long as one connection to it is open.
+                let name = format!(
+                    "ballast_memory_{}_{}",
+                    std::process::id(),
+                    MEMORY_DATABASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                return Ok(format!("file:{name}?mode=memory&cache=shared"));
+            }
+            Ok(with_query(path))
+        }
+    }
+}
+
+/// Counter that names each `sqlite::memory:` pool's database.
+static MEMORY_DATABASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn limit_error(got: &str) -> ConfigError {
+    ConfigError::new(
+        "connection_limit",
+        format!("must be a whole number from 1 to {MAX_CONNECTION_LIMIT} (got {got})"),
+    )
+}
+
+fn seconds_error(setting: &'static str, got: &str) -> ConfigError {
+    ConfigError::new(
+        setting,
+        format!("must be a number of seconds from 0 to {MAX_SECONDS} (got {got})"),
+    )
+}
+
+fn seconds(setting: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let got = || format!("{value:?}");
+    let secs: f64 = value.parse().map_err(|_| seconds_error(setting, &got()))?;
+    if !(0.0..=MAX_SECONDS).contains(&secs) {
+        return Err(seconds_error(setting, &got()));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn positive_seconds(setting: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let duration = seconds(setting, value)?;
+    positive_duration(setting, duration)
+}
+
+fn optional_seconds(setting: &'static str, value: &str) -> Result<Option<Duration>, ConfigError> {
+    let duration = seconds(setting, value)?;
+    Ok((!duration.is_zero()).then_some(duration))
+}
+
+fn positive_duration(setting: &'static str, duration: Duration) -> Result<Duration, ConfigError> {
+    if duration.is_zero() || duration.as_secs_f64() > MAX_SECONDS {
+        return Err(ConfigError::new(
+            setting,
+            format!("must be greater than 0 and at most {MAX_SECONDS} seconds (got {duration:?})"),
+        ));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CANARY: &str = "canary-Pa55";
+
+    #[test]
+    fn defaults_and_prisma_parameters() {
+        let config = PoolConfig::from_url("postgres://u@h/db").unwrap();
+        assert_eq!(config.backend(), Backend::Postgres);
+        assert_eq!(config.connection_limit(), 10);
+        assert_eq!(config.pool_timeout(), Duration::from_secs(20));
+        assert_eq!(config.connect_timeout(), Duration::from_secs(10));
+        assert_eq!(config.idle_timeout(), Some(Duration::from_secs(600)));
+        assert_eq!(config.max_lifetime(), Some(Duration::from_secs(1800)));
+        assert_eq!(config.check_idle_after(), Duration::from_secs(30));
+
+        let config = PoolConfig::from_url(
+            "postgresql://u:p@h:5433/db?sslmode=disable&connection_limit=3&pool_timeout=0.5\
+             &connect_timeout=2&idle_timeout=0&max_lifetime=60&check_idle_after=0&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(config.connection_limit(), 3);
+        assert_eq!(config.pool_timeout(), Duration::from_millis(500));
+        assert_eq!(config.connect_timeout(), Duration::from_secs(2));
+        assert_eq!(config.idle_timeout(), None);
+        assert_eq!(config.max_lifetime(), Some(Duration::from_secs(60)));
+        assert_eq!(config.check_idle_after(), Duration::ZERO);
+        assert_eq!(
+            config.driver_url(),
+            "postgresql://u:p@h:5433/db?sslmode=disable&application_name=x"
+        );
+    }
+
+    #[test]
+    fn backends_and_sqlite_forms() {
+        let cases = [
+            ("mysql://root@h/test", Backend::Mysql, "mysql://root@h/test"),
+            (
+                "mariadb://root@h/test",
+                Backend::Mysql,
+                "mysql://root@h/test",
+            ),
+            ("sqlite://app.db", Backend::Sqlite, "app.db"),
+            ("sqlite:///tmp/app.db", Backend::Sqlite, "/tmp/app.db"),
+            (
+                "sqlite:app.db?connection_limit=1",
+                Backend::Sqlite,
+                "app.db",
+            ),
+            ("./data/app.db", Backend::Sqlite, "./data/app.db"),
+        ];
+        for (url, backend, driver) in cases {
+            let config = PoolConfig::from_url(url).unwrap();
+            assert_eq!(config.backend(), backend, "{url}");
+            assert_eq!(config.driver_url(), driver, "{url}");
+        }
+        let memory = PoolConfig::from_url("sqlite::memory:").unwrap();
+        assert!(memory.driver_url().starts_with("file:ballast_memory_"));
+        assert!(memory.driver_url().ends_with("?mode=memory&cache=shared"));
+        let other = PoolConfig::from_url("sqlite::memory:").unwrap();
+        assert_ne!(memory.driver_url(), other.driver_url(), "each pool its own");
+    }
+
+    #[test]
+    fn bad_settings_name_the_setting_and_never_the_password() {
+        let cases = [
+            ("connection_limit=0", "connection_limit"),
+            ("connection_limit=1001", "connection_limit"),
+            ("connection_limit=-1", "connection_limit"),
+            ("connection_limit=2.5", "connection_limit"),
+            ("connection_limit=", "connection_limit"),
+            ("pool_timeout=0", "pool_timeout"),
+            ("pool_timeout=soon", "pool_timeout"),
+            ("pool_timeout=-3", "pool_timeout"),
+            ("pool_timeout=NaN", "pool_timeout"),
+            ("connect_timeout=1e9", "connect_timeout"),
+            ("idle_timeout=x", "idle_timeout"),
+            ("max_lifetime=-1", "max_lifetime"),
+            ("check_idle_after=inf", "check_idle_after"),
+        ];
+        for (query, setting) in cases {
+            let url = format!("postgres://app:{CANARY}@db:5432/shop?{query}");
+            let error = PoolConfig::from_url(&url).unwrap_err();
+            assert_eq!(error.setting, setting, "{query}");
+            let text = error.to_string();
+            assert!(text.contains(setting), "{text}");
+            assert!(!text.contains(CANARY), "{text}");
+        }
+        for url in [
+            format!("redis://app:{CANARY}@db/0"),
+            format!("postgres://app:{CANARY}@/shop"),
+            format!("postgres://app:{CANARY}@db:notaport/shop"),
+            String::new(),
+            "sqlite://".to_owned(),
+        ] {
+            let error = PoolConfig::from_url(&url).unwrap_err();
+            assert_eq!(error.setting, "url", "{url}");
+            assert!(!error.to_string().contains(CANARY), "{error}");
+        }
+    }
+
+    #[test]
+    fn setters_validate() {
+        let config = PoolConfig::from_url("postgres://u@h/db").unwrap();
+        assert!(config.clone().with_connection_limit(0).is_err());
+        assert!(config.clone().with_pool_timeout(Duration::ZERO).is_err());
+        assert!(config
+            .clone()
+            .with_connect_timeout(Duration::from_secs(100_000))
+            .is_err());
+        assert!(config
+            .clone()
+            .with_idle_timeout(Some(Duration::ZERO))
+            .is_err());
+        let config = config
+            .with_connection_limit(4)
+            .unwrap()
+            .with_idle_timeout(None)
+            .unwrap();
+        assert_eq!(config.connection_limit(), 4);
+        assert_eq!(config.idle_timeout(), None);
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let config = PoolConfig::from_url(&format!("mysql://root:{CANARY}@h/db")).unwrap();
+        assert!(!format!("{config:?}").contains(CANARY));
+    }
+}

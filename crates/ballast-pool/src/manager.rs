@@ -1,0 +1,258 @@
+//! The bb8 connection manager: opens connections through [`Connect`], gates connects after a
+//! failure, checks only long-idle connections, and drops broken ones.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use ballast_core::{Cause, Failure};
+use tokio::sync::watch;
+
+use crate::config::PoolConfig;
+use crate::connect::Connect;
+use crate::stats::Counters;
+
+/// The first pause after a failed connect before the network is tried again. Short, so a pool
+/// recovers within a few hundred milliseconds of the database coming back.
+const CONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(50);
+/// The longest pause between connect attempts while connects keep failing: bounds both the
+/// connect rate during an outage (a couple per second, whatever the request rate) and the time
+/// to notice the database is back.
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// State shared by the pool handle and its manager.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: PoolConfig,
+    pub(crate) closed: AtomicBool,
+    pub(crate) counters: Counters,
+    /// Connect attempts on the network right now.
+    connecting: AtomicUsize,
+    /// The latest connect failure and when it happened; unlike the gate's, kept after a success,
+    /// so a checkout that timed out can say connecting failed while it waited.
+    latest_failure: Mutex<Option<(Instant, Failure)>>,
+    gate: Mutex<Gate>,
+    /// Bumped after every failed connect, so waiting checkouts can look at the failure.
+    failures: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: PoolConfig) -> Self {
+        Shared {
+            config,
+            closed: AtomicBool::new(false),
+            counters: Counters::default(),
+            connecting: AtomicUsize::new(0),
+            latest_failure: Mutex::new(None),
+            gate: Mutex::new(Gate::default()),
+            failures: watch::Sender::new(0),
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn subscribe_failures(&self) -> watch::Receiver<u64> {
+        self.failures.subscribe()
+    }
+
+    /// Whether a connect attempt is on the network right now: its outcome may still serve a
+    /// waiting checkout.
+    pub(crate) fn is_connecting(&self) -> bool {
+        self.connecting.load(Ordering::Acquire) > 0
+    }
+
+    /// The last connect failure, if connecting has failed since the last success.
+    pub(crate) fn last_connect_failure(&self) -> Option<Failure> {
+        self.lock_gate().failure.as_ref().map(Failure::detached)
+    }
+
+    /// The latest connect failure if it happened after `since`.
+    pub(crate) fn connect_failure_since(&self, since: Instant) -> Option<Failure> {
+        let latest = self
+            .latest_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        latest
+            .as_ref()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, failure)| failure.detached())
+    }
+
+    fn lock_gate(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A circuit in front of the network: after a failed connect, further connects are answered
+/// with that failure until a growing pause has passed; then one attempt probes the database.
+#[derive(Debug, Default)]
+struct Gate {
+    failure: Option<Failure>,
+    consecutive: u32,
+    retry_at: Option<Instant>,
+    probing: bool,
+}
+
+impl Gate {
+    fn backoff(consecutive: u32) -> Duration {
+        let exponent = consecutive.saturating_sub(1).min(16);
+        (CONNECT_BACKOFF_FIRST * 2u32.pow(exponent)).min(CONNECT_BACKOFF_MAX)
+    }
+}
+
+/// Resets `probing` however the probing connect ends, cancellation included.
+struct ProbeGuard<'a>(&'a Shared);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock_gate().probing = false;
+    }
+}
+
+/// A pooled connection and when it last went idle.
+#[derive(Debug)]
+pub(crate) struct Idle<C> {
+    pub(crate) conn: C,
+    idle_since: Instant,
+}
+
+/// bb8's view of the pool's connections.
+#[derive(Debug)]
+pub(crate) struct Manager<C> {
+    pub(crate) shared: Arc<Shared>,
+    _connection: PhantomData<fn() -> C>,
+}
+
+impl<C> Manager<C> {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Manager {
+            shared,
+            _connection: PhantomData,
+        }
+    }
+}
+
+impl<C: Connect> bb8::ManageConnection for Manager<C> {
+    type Connection = Idle<C>;
+    type Error = Failure;
+
+    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        let shared = &*self.shared;
+        if shared.is_closed() {
+            return Err(Failure::new(Cause::PoolClosed));
+        }
+        let _probe = {
+            let mut gate = shared.lock_gate();
+            match (&gate.failure, gate.retry_at) {
+                (Some(failure), Some(retry_at)) if gate.probing || Instant::now() < retry_at => {
+                    shared
+                        .counters
+                        .connects_skipped
+                        .fetch_add(1, Ordering::Relaxed);
+                    let failure = failure.detached();
+                    drop(gate);
+                    // The checkout that asked for this connect is waiting for it: tell it.
+                    shared.failures.send_modify(|count| *count += 1);
+                    return Err(failure);
+                }
+                (Some(_), _) => {
+                    gate.probing = true;
+                    Some(ProbeGuard(shared))
+                }
+                (None, _) => None,
+            }
+        };
+        shared.connecting.fetch_add(1, Ordering::AcqRel);
+        let opened = C::open(&shared.config).await;
+        // Before the failure is announced, so a waiter that hears of it sees this attempt over.
+        shared.connecting.fetch_sub(1, Ordering::AcqRel);
+        match opened {
+            Ok(conn) => {
+                shared.counters.connects.fetch_add(1, Ordering::Relaxed);
+                let recovered = {
+                    let mut gate = shared.lock_gate();
+                    gate.consecutive = 0;
+                    gate.failure.take().is_some()
+                };
+                if recovered {
+                    tracing::info!("database connects succeed again");
+                }
+                Ok(Idle {
+                    conn,
+                    idle_since: Instant::now(),
+                })
+            }
+            Err(failure) => {
+                let key = failure
+                    .driver_code()
+                    .map_or_else(|| format!("{:?}", failure.cause()), |code| code.to_string());
+                shared.counters.connect_failed(key);
+                tracing::warn!(
+                    code = failure.code().as_str(),
+                    cause = ?failure.cause(),
+                    retryable = failure.retryable(),
+                    "database connect failed: {}",
+                    failure.report()
+                );
+                {
+                    let mut gate = shared.lock_gate();
+                    gate.consecutive = gate.consecutive.saturating_add(1);
+                    gate.retry_at = Some(Instant::now() + Gate::backoff(gate.consecutive));
+                    gate.failure = Some(failure.detached());
+                }
+                *shared
+                    .latest_failure
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) =
+                    Some((Instant::now(), failure.detached()));
+                shared.failures.send_modify(|count| *count += 1);
+                Err(failure)
+            }
+        }
+    }
+
+    async fn is_valid(&self, idle: &mut Self::Connection) -> Result<(), Self::Error> {
+        if self.shared.is_closed() {
+            return Err(Failure::new(Cause::PoolClosed));
+        }
+        // A connection used moments ago is trusted: a round trip per checkout would double the
+        // cost of every short request. If it died since, its query fails and it is dropped when
+        // it comes back broken.
+        if idle.idle_since.elapsed() < self.shared.config.check_idle_after() {
+            return Ok(());
+        }
+        idle.conn.batch_execute("SELECT 1").await?;
+        Ok(())
+    }
+
+    fn has_broken(&self, idle: &mut Self::Connection) -> bool {
+        // Called when a connection comes back. diesel-async reports a closed connection and a
+        // transaction left open (a request cancelled mid-transaction) as broken.
+        let broken = idle.conn.is_broken();
+        if broken {
+            self.shared
+                .counters
+                .closed_broken
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        idle.idle_since = Instant::now();
+        broken || self.shared.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(Gate::backoff(1), Duration::from_millis(50));
+        assert_eq!(Gate::backoff(2), Duration::from_millis(100));
+        assert_eq!(Gate::backoff(4), Duration::from_millis(400));
+        assert_eq!(Gate::backoff(5), CONNECT_BACKOFF_MAX);
+        assert_eq!(Gate::backoff(u32::MAX), CONNECT_BACKOFF_MAX);
+    }
+}

@@ -1,0 +1,453 @@
+//! The shared pool: checkout with honest failures, stats, close, and the one-per-process
+//! instance.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use ballast_core::{Cause, Failure, Reach};
+
+use crate::config::{Backend, PoolConfig};
+use crate::connect::Connect;
+use crate::manager::{Manager, Shared};
+use crate::stats::PoolStats;
+
+/// What a component takes instead of building its own pool: a way to get a connection and to
+/// read the pool's figures.
+///
+/// A backup job, a helper module or a handler that accepts `impl PoolProvider` shares the
+/// process's one pool rather than opening its own — the mistake that exhausted the database in
+/// the incident ballast comes from.
+pub trait PoolProvider: Clone + Send + Sync + 'static {
+    /// The connection type handed out.
+    type Connection: Connect;
+
+    /// Checks a connection out (see [`SharedPool::get`]).
+    fn get(
+        &self,
+    ) -> impl Future<Output = Result<PooledConnection<Self::Connection>, Failure>> + Send;
+
+    /// The pool's figures now.
+    fn stats(&self) -> PoolStats;
+}
+
+/// The process's bounded, shared pool of diesel-async connections: cheap to clone (an `Arc`),
+/// usable as axum state or through [`PoolLayer`](crate::PoolLayer).
+///
+/// See the [crate docs](crate) for the contract.
+pub struct SharedPool<C: Connect> {
+    inner: Arc<Inner<C>>,
+}
+
+struct Inner<C: Connect> {
+    shared: Arc<Shared>,
+    /// Taken out by `close`, so the pool and every idle connection really go away.
+    pool: RwLock<Option<bb8::Pool<Manager<C>>>>,
+}
+
+/// Why a pool could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The configuration names another backend than the connection type speaks.
+    WrongBackend {
+        /// The connection type's backend.
+        expected: Backend,
+        /// The configuration's.
+        configured: Backend,
+    },
+    /// The process's pool already exists with another configuration or connection type.
+    AlreadyInitialized,
+    /// There is no Tokio runtime to run the pool's background work on.
+    NoRuntime,
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolError::WrongBackend {
+                expected,
+                configured,
+            } => write!(
+                f,
+                "the database URL names {configured:?}, but the pool's connections are {expected:?}"
+            ),
+            PoolError::AlreadyInitialized => f.write_str(
+                "the shared pool is already initialised with another configuration or connection type",
+            ),
+            PoolError::NoRuntime => f.write_str("a pool must be created inside a Tokio runtime"),
+        }
+    }
+}
+
+impl std::error::Error for PoolError {}
+
+/// The process's one pool, of whichever connection type initialised it first.
+static GLOBAL: Mutex<Option<(PoolConfig, Box<dyn Any + Send + Sync>)>> = Mutex::new(None);
+
+impl<C: Connect> SharedPool<C> {
+    /// Builds a pool of its own. Nothing connects yet: the first checkout does, so a service
+    /// starts even while its database is down.
+    ///
+    /// Prefer [`SharedPool::init`] in applications: a second pool in the same process is how
+    /// the connection limit gets exceeded.
+    ///
+    /// # Errors
+    ///
+    /// The configuration is for another backend, or there is no Tokio runtime.
+    pub fn new(config: PoolConfig) -> Result<Self, PoolError> {
+        if config.backend() != C::BACKEND {
+            return Err(PoolError::WrongBackend {
+                expected: C::BACKEND,
+                configured: config.backend(),
+            });
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(PoolError::NoRuntime);
+        }
+        let shared = Arc::new(Shared::new(config));
+        let config = &shared.config;
+        let pool = bb8::Pool::builder()
+            .max_size(config.connection_limit())
+            // Connections open on demand; none are kept warm.
+            .min_idle(None)
+            // `is_valid` checks only connections idle longer than `check_idle_after`.
+            .test_on_check_out(true)
+            .connection_timeout(config.pool_timeout())
+            .idle_timeout(config.idle_timeout())
+            .max_lifetime(config.max_lifetime())
+            // One attempt per approval: the manager's gate decides when to try again, and a
+            // waiting checkout hears about the failure at once.
+            .retry_connection(false)
+            .build_unchecked(Manager::new(Arc::clone(&shared)));
+        Ok(SharedPool {
+            inner: Arc::new(Inner {
+                shared,
+                pool: RwLock::new(Some(pool)),
+            }),
+        })
+    }
+
+    /// The process's shared pool: built by the first call, returned again by every later call
+    /// with the same configuration, concurrent first calls included.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::AlreadyInitialized`] when the process's pool exists with a different
+    /// configuration or connection type; otherwise as [`SharedPool::new`].
+    pub fn init(config: PoolConfig) -> Result<Self, PoolError> {
+        let mut global = GLOBAL.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((existing_config, existing)) = global.as_ref() {
+            return match existing.downcast_ref::<SharedPool<C>>() {
+                Some(pool) if *existing_config == config => Ok(pool.clone()),
+                _ => Err(PoolError::AlreadyInitialized),
+            };
+        }
+        let pool = Self::new(config.clone())?;
+        *global = Some((config, Box::new(pool.clone())));
+        Ok(pool)
+    }
+
+    /// Checks a connection out.
+    ///
+    /// Waits at most `pool_timeout`. Fails early, with the connect failure, when connecting
+    /// fails and there is nothing to wait for (no open connection, no other connect under way),
+    /// or the failure is not retryable (a wrong password does not fix itself within the wait). Every failure is
+    /// [`Reach::NotSent`]: nothing ran.
+    ///
+    /// # Errors
+    ///
+    /// - the connect failure (`TooManyConnections`, `Unreachable`, `AuthFailed`, `TimedOut`,
+    ///   ...) when connecting failed, or when it was failing while the wait ran out;
+    /// - [`Cause::PoolExhausted`] when every connection stayed in use for the whole wait;
+    /// - [`Cause::PoolClosed`] after [`close`](Self::close).
+    pub async fn get(&self) -> Result<PooledConnection<C>, Failure> {
+        let started = Instant::now();
+        let shared = &self.inner.shared;
+        let Some(pool) = self.bb8_pool() else {
+            return Err(Failure::new(Cause::PoolClosed));
+        };
+        let _waiting = Waiting::start(shared);
+        let mut failures = shared.subscribe_failures();
+        failures.borrow_and_update();
+        let checkout = pool.get_owned();
+        tokio::pin!(checkout);
+        let result = loop {
+            tokio::select! {
+                biased;
+                result = &mut checkout => break result.map_err(|error| match error {
+                    bb8::RunError::User(failure) => failure,
+                    bb8::RunError::TimedOut => self.timed_out(&pool, started),
+                }),
+                changed = failures.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    if let Some(failure) = self.fail_fast(&pool) {
+                        shared.counters.failed_fast.fetch_add(1, Ordering::Relaxed);
+                        break Err(failure);
+                    }
+                }
+            }
+        };
+        let waited = started.elapsed();
+        shared.counters.record_wait(waited);
+        match result {
+            Ok(conn) => {
+                if waited > SLOW_CHECKOUT {
+                    tracing::debug!(waited_ms = waited.as_millis() as u64, "slow checkout");
+                }
+                Ok(PooledConnection { conn })
+            }
+            Err(failure) => Err(failure.with_reach(Reach::NotSent)),
+        }
+    }
+
+    /// The connect failure a waiting checkout should report now, if waiting is pointless: no
+    /// connection is open and no connect attempt is under way.
+    fn fail_fast(&self, pool: &bb8::Pool<Manager<C>>) -> Option<Failure> {
+        let shared = &self.inner.shared;
+        let failure = shared.last_connect_failure()?;
+        let nothing_to_wait_for = pool.state().connections == 0 && !shared.is_connecting();
+        (nothing_to_wait_for || !failure.retryable()).then_some(failure)
+    }
+
+    /// The failure for a checkout that waited the whole `pool_timeout`.
+    fn timed_out(&self, pool: &bb8::Pool<Manager<C>>, started: Instant) -> Failure {
+        let waited = started.elapsed();
+        let state = pool.state();
+        let max = self.inner.shared.config.connection_limit();
+        let in_use = state.connections - state.idle_connections;
+        // Connecting failed while this checkout waited: that, not a busy pool, is why it
+        // waited in vain (the pool could not grow).
+        match self.inner.shared.connect_failure_since(started) {
+            Some(failure) => {
+                let detail = format!(
+                    "no connection within {waited:?} ({in_use} of {max} in use, {} open); \
+                     connecting failed: {}",
+                    state.connections,
+                    failure.report()
+                );
+                failure.with_detail(detail)
+            }
+            None => Failure::new(Cause::PoolExhausted).with_detail(format!(
+                "pool exhausted ({in_use} of {max} in use, waited {waited:?})"
+            )),
+        }
+    }
+
+    /// Closes the pool: idle connections close at once, checkouts fail with
+    /// [`Cause::PoolClosed`] from now on, and connections checked out now close when they come
+    /// back. Once they have, no connection of this pool remains open.
+    pub async fn close(&self) {
+        let shared = &self.inner.shared;
+        shared.closed.store(true, Ordering::Release);
+        let pool = self
+            .inner
+            .pool
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(pool) = pool else {
+            return;
+        };
+        let idle = pool.state().idle_connections;
+        // Each idle connection fails the check at checkout now (the pool is closed), and bb8
+        // drops it; one checkout attempt walks through all of them without waiting.
+        for _ in 0..=idle {
+            if pool.state().idle_connections == 0 {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::ZERO, pool.get()).await;
+        }
+        tracing::info!(closed_idle = idle, "database pool closed");
+        drop(pool);
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.shared.is_closed()
+    }
+
+    /// The configuration the pool was built with.
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.shared.config
+    }
+
+    /// The pool's figures now.
+    pub fn stats(&self) -> PoolStats {
+        let shared = &self.inner.shared;
+        let counters = &shared.counters;
+        let (open, idle, statistics) = match self.bb8_pool() {
+            Some(pool) => {
+                let state = pool.state();
+                (
+                    state.connections,
+                    state.idle_connections,
+                    Some(state.statistics),
+                )
+            }
+            None => (0, 0, None),
+        };
+        let statistics = statistics.unwrap_or_default();
+        PoolStats {
+            max_size: shared.config.connection_limit(),
+            open,
+            idle,
+            in_use: open - idle,
+            waiting: counters.waiting.load(Ordering::Relaxed),
+            closed: shared.is_closed(),
+            checkouts: statistics.get_direct + statistics.get_waited,
+            checkouts_waited: statistics.get_waited,
+            timeouts: statistics.get_timed_out,
+            failed_fast: counters.failed_fast.load(Ordering::Relaxed),
+            connects: counters.connects.load(Ordering::Relaxed),
+            connect_failures: counters.connect_failures.load(Ordering::Relaxed),
+            connect_failures_by_code: counters.failures_by_code(),
+            connects_skipped: counters.connects_skipped.load(Ordering::Relaxed),
+            closed_broken: counters.closed_broken.load(Ordering::Relaxed),
+            closed_invalid: statistics.connections_closed_invalid,
+            closed_expired: statistics.connections_closed_idle_timeout
+                + statistics.connections_closed_max_lifetime,
+            acquire_wait_total_ms: statistics.get_wait_time.as_secs_f64() * 1000.0,
+            acquire_wait_p50_ms: counters.wait_percentile_ms(0.5),
+            acquire_wait_p99_ms: counters.wait_percentile_ms(0.99),
+        }
+    }
+
+    fn bb8_pool(&self) -> Option<bb8::Pool<Manager<C>>> {
+        self.inner
+            .pool
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Counts a checkout as waiting for as long as it runs, cancellation included.
+struct Waiting<'a>(&'a Shared);
+
+impl<'a> Waiting<'a> {
+    fn start(shared: &'a Shared) -> Self {
+        shared.counters.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(shared)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.counters.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A checkout slower than this is logged (at debug level) with its wait.
+const SLOW_CHECKOUT: Duration = Duration::from_millis(100);
+
+impl<C: Connect> Clone for SharedPool<C> {
+    fn clone(&self) -> Self {
+        SharedPool {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<C: Connect> PartialEq for SharedPool<C> {
+    /// Two handles are equal when they are the same pool.
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl<C: Connect> Eq for SharedPool<C> {}
+
+impl<C: Connect> fmt::Debug for SharedPool<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedPool")
+            .field("config", &self.inner.shared.config)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Connect> PoolProvider for SharedPool<C> {
+    type Connection = C;
+
+    fn get(&self) -> impl Future<Output = Result<PooledConnection<C>, Failure>> + Send {
+        SharedPool::get(self)
+    }
+
+    fn stats(&self) -> PoolStats {
+        SharedPool::stats(self)
+    }
+}
+
+/// A connection checked out of a [`SharedPool`]; it goes back when dropped.
+///
+/// Dereferences to the diesel-async connection, so `diesel_async::RunQueryDsl` methods take
+/// `&mut *conn`. A connection that comes back broken — closed, or with a transaction left open
+/// because the request was cancelled mid-transaction — is dropped instead of reused.
+pub struct PooledConnection<C: Connect> {
+    conn: bb8::PooledConnection<'static, Manager<C>>,
+}
+
+impl<C: Connect> PooledConnection<C> {
+    /// Classifies an error from a query on this connection, using what the connection knows.
+    ///
+    /// diesel reports most server errors as `DatabaseErrorKind::Unknown` with a localised
+    /// message, so a backend killed under a query (PostgreSQL `57P01`) would classify as a bad
+    /// query (`CRITICAL_ERROR`). For such a statement error this asks the connection whether it
+    /// is still alive — at no cost when it already knows it is closed, otherwise with one
+    /// round trip, paid only on the error path — and reports a dead one as a lost connection
+    /// (`DB_CONNECTION_ERROR`, retryable, `MaybeSent`). A connection that died this way is
+    /// dropped when it goes back to the pool.
+    pub async fn classify(&mut self, error: impl Into<Failure>) -> Failure {
+        let failure = error.into();
+        if !matches!(failure.cause(), Cause::Query | Cause::Internal) {
+            return failure;
+        }
+        let conn = &mut self.conn.conn;
+        let dead = conn.is_broken()
+            || match conn.batch_execute("SELECT 1").await {
+                Ok(()) => false,
+                // A live connection can still refuse (inside an aborted transaction, say); only
+                // a connection-level failure means it is gone.
+                Err(error) => {
+                    Failure::from(error).cause() == Cause::ConnectionLost || conn.is_broken()
+                }
+            };
+        if !dead {
+            return failure;
+        }
+        Failure::new(Cause::ConnectionLost)
+            .with_reach(Reach::MaybeSent)
+            .with_detail(format!(
+                "the connection broke under the query: {}",
+                failure.report()
+            ))
+            .with_source(failure)
+    }
+}
+
+impl<C: Connect> Deref for PooledConnection<C> {
+    type Target = C;
+
+    fn deref(&self) -> &C {
+        &self.conn.conn
+    }
+}
+
+impl<C: Connect> DerefMut for PooledConnection<C> {
+    fn deref_mut(&mut self) -> &mut C {
+        &mut self.conn.conn
+    }
+}
+
+impl<C: Connect> fmt::Debug for PooledConnection<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledConnection").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,179 @@
+//! Pool statistics: a serialisable snapshot for `/stats` and metrics.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Buckets of the acquire-wait histogram: bucket `i` counts waits below `2^i` microseconds, the
+/// last one everything longer (2^26 µs is about 67 s, past any sensible `pool_timeout`).
+const WAIT_BUCKETS: usize = 27;
+
+/// A snapshot of a pool's state and history.
+///
+/// Counters run from the pool's creation. Serialises to JSON with these field names.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// `connection_limit`: the most connections open at once.
+    pub max_size: u32,
+    /// Connections open now (idle and in use).
+    pub open: u32,
+    /// Open connections not checked out.
+    pub idle: u32,
+    /// Connections checked out now.
+    pub in_use: u32,
+    /// Checkouts waiting for a connection now.
+    pub waiting: u64,
+    /// Whether [`close`](crate::SharedPool::close) was called.
+    pub closed: bool,
+    /// Successful checkouts.
+    pub checkouts: u64,
+    /// Successful checkouts that had to wait for a connection.
+    pub checkouts_waited: u64,
+    /// Checkouts that gave up after `pool_timeout`.
+    pub timeouts: u64,
+    /// Checkouts that failed before `pool_timeout` because connecting failed and there was no
+    /// open connection to wait for.
+    pub failed_fast: u64,
+    /// Connections opened.
+    pub connects: u64,
+    /// Connect attempts that failed, in total.
+    pub connect_failures: u64,
+    /// Connect failures by driver code (`SQLSTATE 53300`, `MySQL error 1040`) or, without one,
+    /// by cause (`Unreachable`, `TimedOut`).
+    pub connect_failures_by_code: BTreeMap<String, u64>,
+    /// Connect attempts skipped because the last one failed moments ago (answered with that
+    /// failure, without touching the network).
+    pub connects_skipped: u64,
+    /// Connections dropped when they came back broken (closed, or a transaction left open).
+    pub closed_broken: u64,
+    /// Connections dropped because the idle check at checkout failed.
+    pub closed_invalid: u64,
+    /// Connections closed after `idle_timeout` or `max_lifetime`.
+    pub closed_expired: u64,
+    /// Total time checkouts waited, in milliseconds.
+    pub acquire_wait_total_ms: f64,
+    /// Median checkout wait (upper bound of its histogram bucket), in milliseconds.
+    pub acquire_wait_p50_ms: f64,
+    /// 99th-percentile checkout wait (upper bound of its histogram bucket), in milliseconds.
+    pub acquire_wait_p99_ms: f64,
+}
+
+/// The pool's own counters (bb8 keeps the rest).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Checkouts under way (bb8's own figure never forgets a cancelled one).
+    pub(crate) waiting: AtomicU64,
+    pub(crate) failed_fast: AtomicU64,
+    pub(crate) connects: AtomicU64,
+    pub(crate) connect_failures: AtomicU64,
+    pub(crate) connects_skipped: AtomicU64,
+    pub(crate) closed_broken: AtomicU64,
+    failures_by_code: Mutex<BTreeMap<String, u64>>,
+    wait: WaitHistogram,
+}
+
+impl Counters {
+    pub(crate) fn connect_failed(&self, key: String) {
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        let mut by_code = self
+            .failures_by_code
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *by_code.entry(key).or_default() += 1;
+    }
+
+    pub(crate) fn failures_by_code(&self) -> BTreeMap<String, u64> {
+        self.failures_by_code
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn record_wait(&self, wait: Duration) {
+        self.wait.record(wait);
+    }
+
+    pub(crate) fn wait_percentile_ms(&self, quantile: f64) -> f64 {
+        self.wait.percentile_ms(quantile)
+    }
+}
+
+/// A lock-free histogram of checkout waits with power-of-two microsecond buckets.
+#[derive(Debug)]
+struct WaitHistogram {
+    buckets: [AtomicU64; WAIT_BUCKETS],
+}
+
+impl Default for WaitHistogram {
+    fn default() -> Self {
+        WaitHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl WaitHistogram {
+    fn record(&self, wait: Duration) {
+        let micros = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+        // Bucket i holds waits in [2^(i-1), 2^i) µs; bucket 0 holds 0 µs.
+        let bucket = (u64::BITS - micros.leading_zeros()) as usize;
+        self.buckets[bucket.min(WAIT_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn percentile_ms(&self, quantile: f64) -> f64 {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|bucket| bucket.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let wanted = (quantile * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (bucket, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= wanted {
+                // The bucket's upper bound, 2^bucket µs.
+                return (1u64 << bucket) as f64 / 1000.0;
+            }
+        }
+        (1u64 << (WAIT_BUCKETS - 1)) as f64 / 1000.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_come_from_bucket_bounds() {
+        let histogram = WaitHistogram::default();
+        assert_eq!(histogram.percentile_ms(0.5), 0.0);
+        for _ in 0..98 {
+            histogram.record(Duration::from_micros(100)); // bucket 7: < 128 µs
+        }
+        histogram.record(Duration::from_millis(50)); // bucket 16: < 65.536 ms
+        histogram.record(Duration::from_secs(1000)); // the last bucket
+        assert_eq!(histogram.percentile_ms(0.5), 0.128);
+        assert_eq!(histogram.percentile_ms(0.99), 65.536);
+        assert_eq!(histogram.percentile_ms(1.0), (1u64 << 26) as f64 / 1000.0);
+    }
+
+    #[test]
+    fn failures_are_counted_by_code() {
+        let counters = Counters::default();
+        counters.connect_failed("SQLSTATE 53300".into());
+        counters.connect_failed("SQLSTATE 53300".into());
+        counters.connect_failed("Unreachable".into());
+        let by_code = counters.failures_by_code();
+        assert_eq!(by_code["SQLSTATE 53300"], 2);
+        assert_eq!(by_code["Unreachable"], 1);
+        assert_eq!(counters.connect_failures.load(Ordering::Relaxed), 3);
+    }
+}

@@ -1,0 +1,107 @@
+//! The pool against the real MariaDB server.
+
+use std::time::Duration;
+
+use ballast_core::{Cause, DriverCode, Failure, Reach};
+use ballast_pool::{PoolConfig, SharedPool};
+use ballast_testkit::db::{self, MysqlDatabase, MysqlUser};
+use ballast_testkit::fake::FakeServer;
+use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
+
+type Pool = SharedPool<AsyncMysqlConnection>;
+
+fn pool(url: &str, params: &str) -> Pool {
+    SharedPool::new(PoolConfig::from_url(&format!("{url}?{params}")).unwrap()).unwrap()
+}
+
+async fn sleep_query(pool: &Pool, seconds: f64) -> Result<(), Failure> {
+    let mut conn = pool.get().await?;
+    diesel::sql_query(format!("SELECT SLEEP({seconds})"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_bound_holds_under_load() {
+    let Some(url) = db::mysql_url("mariadb_bound_holds_under_load") else {
+        return;
+    };
+    let database = MysqlDatabase::create(&url).await;
+    let user = MysqlUser::create(&url, database.name(), None, None).await;
+    let pool = pool(user.url(), "connection_limit=10");
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { sleep_query(&pool, 0.01).await })
+        })
+        .collect();
+    let mut peak = 0;
+    for task in tasks {
+        peak = peak.max(user.connections().await);
+        task.await.unwrap().unwrap();
+    }
+    let stats = pool.stats();
+    println!("MariaDB bound: peak {peak}, stats {stats:?}");
+    assert!(peak <= 10, "saw {peak} connections");
+    assert!(stats.open <= 10);
+    assert_eq!(stats.checkouts, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_user_limit_yields_classified_too_many_connections() {
+    let Some(url) = db::mysql_url("mariadb_user_limit_yields_classified") else {
+        return;
+    };
+    let database = MysqlDatabase::create(&url).await;
+    let user = MysqlUser::create(&url, database.name(), None, Some(3)).await;
+    let pool = pool(user.url(), "connection_limit=10&pool_timeout=1");
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { sleep_query(&pool, 1.5).await })
+        })
+        .collect();
+    let (mut ok, mut failed) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(failure) => {
+                failed += 1;
+                assert_eq!(
+                    failure.cause(),
+                    Cause::TooManyConnections,
+                    "{}",
+                    failure.report()
+                );
+                assert!(failure.retryable());
+                assert_eq!(failure.reach(), Reach::NotSent);
+                // MAX_USER_CONNECTIONS answers 1226; the global variable 1203; 1040 the server.
+                assert!(matches!(
+                    failure.driver_code(),
+                    Some(DriverCode::MySql(1226 | 1203 | 1040))
+                ));
+            }
+        }
+    }
+    println!(
+        "MariaDB user limit 3: ok {ok}, failed {failed}, stats {:?}",
+        pool.stats()
+    );
+    assert!(ok >= 3);
+    assert!(failed > 0);
+    assert!(user.connections().await <= 3);
+}
+
+#[tokio::test]
+async fn server_wide_1040_fails_fast() {
+    let server = FakeServer::mysql(1040, "08004", "Too many connections")
+        .await
+        .unwrap();
+    let pool = pool(&server.url("test"), "pool_timeout=20");
+    let started = std::time::Instant::now();
+    let failure = pool.get().await.expect_err("refused");
+    assert_eq!(failure.cause(), Cause::TooManyConnections);
+    assert_eq!(failure.driver_code(), Some(DriverCode::MySql(1040)));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
