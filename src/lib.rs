@@ -1,9 +1,10 @@
 //! ballast: Tower middleware that keeps a database-backed web service alive when the database is
 //! scarce, slow or gone.
 //!
-//! This facade re-exports the ballast crates. Today it holds the classified failure every layer
-//! shares ([`Failure`], from `ballast-core`); the pool, retry, error, cache and shutdown layers join
-//! it as they are built (see the README).
+//! This facade re-exports the ballast crates: the classified failure every layer shares
+//! ([`Failure`], from `ballast-core`) and, behind the default feature `pool`, the shared
+//! connection pool ([`pool`], from `ballast-pool`). The retry, error, cache and shutdown layers
+//! join as they are built (see the README).
 //!
 //! ```
 //! use ballast::{Cause, Failure, Reach};
@@ -18,3 +19,6 @@ pub use ballast_core::{
     io, mysql, redact, sqlite, sqlstate, BoxError, Cause, Code, DriverCode, Failure, Reach,
     SqlState,
 };
+
+#[cfg(feature = "pool")]
+pub use ballast_pool as pool;

@@ -623,6 +623,7 @@ impl StdError for Failure {
 }
 
 /// Finds the first error of type `T` in `error`'s source chain, `error` included.
+#[cfg(any(feature = "postgres", feature = "mysql", test))]
 pub(crate) fn find_in_chain<'a, T: StdError + 'static>(
     error: &'a (dyn StdError + 'static),
 ) -> Option<&'a T> {

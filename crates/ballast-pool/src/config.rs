@@ -370,9 +370,12 @@ fn driver_url(backend: Backend, base: &str, query: &str) -> Result<String, Confi
             if parsed.host_str().is_none_or(str::is_empty) {
                 return Err(ConfigError::new("url", "has no host"));
             }
-            if backend == Backend::Mysql && parsed.scheme() == "mariadb" {
-                return Ok(candidate.replacen("mariadb://", "mysql://", 1));
-            }
+            let candidate = if backend == Backend::Mysql && parsed.scheme() == "mariadb" {
+                candidate.replacen("mariadb://", "mysql://", 1)
+            } else {
+                candidate
+            };
+            check_driver_url(backend, &candidate)?;
             Ok(candidate)
         }
         Backend::Sqlite => {
@@ -395,6 +398,37 @@ fn driver_url(backend: Backend, base: &str, query: &str) -> Result<String, Confi
             }
             Ok(with_query(path))
         }
+    }
+}
+
+/// Lets the driver parse the URL now, so a bad option fails at startup rather than at the first
+/// connect. The driver's message is redacted: it must not echo the password.
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql")),
+    allow(unused_variables)
+)]
+fn check_driver_url(backend: Backend, url: &str) -> Result<(), ConfigError> {
+    let problem: Option<String> =
+        match backend {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => url.parse::<tokio_postgres::Config>().err().map(|error| {
+                match std::error::Error::source(&error) {
+                    Some(source) => format!("{error}: {source}"),
+                    None => error.to_string(),
+                }
+            }),
+            #[cfg(feature = "mysql")]
+            Backend::Mysql => mysql_async::Opts::from_url(url)
+                .err()
+                .map(|error| error.to_string()),
+            _ => None,
+        };
+    match problem {
+        Some(problem) => Err(ConfigError::new(
+            "url",
+            format!("is not accepted by the driver: {}", redact(&problem)),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -537,6 +571,9 @@ mod tests {
             format!("redis://app:{CANARY}@db/0"),
             format!("postgres://app:{CANARY}@/shop"),
             format!("postgres://app:{CANARY}@db:notaport/shop"),
+            format!("postgres://app:{CANARY}@db/shop?sslmode=sometimes"),
+            format!("postgres://app:{CANARY}@db/shop?no_such_option=1"),
+            format!("mysql://app:{CANARY}@db/shop?pool_min=x"),
             String::new(),
             "sqlite://".to_owned(),
         ] {

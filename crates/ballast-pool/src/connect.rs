@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use ballast_core::{Cause, Failure, Reach};
+use ballast_core::Failure;
 use diesel_async::pooled_connection::PoolableConnection;
 use diesel_async::AsyncConnection;
 
@@ -25,11 +25,12 @@ pub trait Connect: AsyncConnection + PoolableConnection + Send + 'static {
     ///
     /// # Errors
     ///
-    /// The classified failure, always [`Reach::NotSent`].
+    /// The classified failure, always [`Reach::NotSent`](ballast_core::Reach::NotSent).
     fn open(config: &PoolConfig) -> impl Future<Output = Result<Self, Failure>> + Send;
 }
 
 /// Runs a whole connect under the configured deadline, and marks every failure `NotSent`.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 async fn bounded<C>(
     config: &PoolConfig,
     connect: impl Future<Output = Result<C, Failure>>,
@@ -37,11 +38,13 @@ async fn bounded<C>(
     let timeout = config.connect_timeout();
     match tokio::time::timeout(timeout, connect).await {
         Ok(result) => result,
-        Err(_) => Err(Failure::new(Cause::TimedOut).with_detail(format!(
-            "connecting took longer than connect_timeout ({timeout:?})"
-        ))),
+        Err(_) => Err(
+            Failure::new(ballast_core::Cause::TimedOut).with_detail(format!(
+                "connecting took longer than connect_timeout ({timeout:?})"
+            )),
+        ),
     }
-    .map_err(|failure| failure.with_reach(Reach::NotSent))
+    .map_err(|failure| failure.with_reach(ballast_core::Reach::NotSent))
 }
 
 #[cfg(feature = "postgres")]
