@@ -2,9 +2,10 @@
 //! scarce, slow or gone.
 //!
 //! This facade re-exports the ballast crates: the classified failure every layer shares
-//! ([`Failure`], from `ballast-core`) and, behind the default feature `pool`, the shared
-//! connection pool ([`pool`], from `ballast-pool`). The retry, error, cache and shutdown layers
-//! join as they are built (see the README).
+//! ([`Failure`], from `ballast-core`) and, behind default features of the same names, the shared
+//! connection pool ([`pool`], from `ballast-pool`) and the error layer ([`error`], from
+//! `ballast-error`, whose handler error type is also [`Error`]). The retry, cache and shutdown
+//! layers join as they are built (see the README).
 //!
 //! ```
 //! use ballast::{Cause, Failure, Reach};
@@ -22,3 +23,8 @@ pub use ballast_core::{
 
 #[cfg(feature = "pool")]
 pub use ballast_pool as pool;
+
+#[cfg(feature = "error")]
+pub use ballast_error as error;
+#[cfg(feature = "error")]
+pub use ballast_error::Error;

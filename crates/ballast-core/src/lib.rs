@@ -519,12 +519,17 @@ impl Failure {
     /// The failure and its whole source chain on one line, redacted: what a log line needs.
     ///
     /// `the database has too many open connections (SQLSTATE 53300): db error: FATAL: ...`
+    ///
+    /// Only the first line of each error is kept: PostgreSQL's errors put row values in their
+    /// `DETAIL` and `WHERE` lines, and those stay out of logs.
     pub fn report(&self) -> String {
         let mut report = self.to_string();
         let mut source = StdError::source(self);
         while let Some(error) = source {
+            let text = error.to_string();
+            let first_line = text.lines().next().unwrap_or_default();
             report.push_str(": ");
-            report.push_str(&redact(&error.to_string()));
+            report.push_str(&redact(first_line));
             source = error.source();
         }
         report

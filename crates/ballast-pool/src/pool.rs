@@ -86,6 +86,13 @@ impl fmt::Display for PoolError {
 
 impl std::error::Error for PoolError {}
 
+impl From<PoolError> for Failure {
+    /// A pool that cannot be built is a deployment mistake: `CRITICAL_ERROR`, not retryable.
+    fn from(error: PoolError) -> Self {
+        Failure::new(Cause::Internal).with_detail(error.to_string())
+    }
+}
+
 /// The process's one pool, of whichever connection type initialised it first.
 static GLOBAL: Mutex<Option<(PoolConfig, Box<dyn Any + Send + Sync>)>> = Mutex::new(None);
 

@@ -1,0 +1,185 @@
+//! The error type handlers return.
+
+use std::fmt;
+use std::sync::Arc;
+
+use ballast_core::Failure;
+use http::StatusCode;
+
+use crate::map::DefaultProblems;
+use crate::problem::Problem;
+
+/// What a handler returns when it fails: a classified database failure, or a problem the
+/// application defines itself (a 404, a 409).
+///
+/// `?` converts the classified [`Failure`], diesel's errors, the drivers' errors (features
+/// `postgres`, `mysql`), pool errors (feature `pool`) and I/O errors. diesel's `NotFound` becomes
+/// a 404 `NOT_FOUND` problem: a missing row is an answer, not a failure.
+///
+/// With the `axum` feature it is `IntoResponse`: it renders a safe problem+json response on its
+/// own and stores the failure in the response extensions as an `Arc<Failure>`, where
+/// [`ErrorResponseLayer`](crate::ErrorResponseLayer) (which renders it with the configured
+/// mapping and logs it once), the retry layer and the cache read it.
+///
+/// ```
+/// use ballast_error::Error;
+/// use http::StatusCode;
+///
+/// let not_found = Error::new(StatusCode::NOT_FOUND, "ITEM_NOT_FOUND", "No item has that id.");
+/// assert_eq!(not_found.problem().status, StatusCode::NOT_FOUND);
+///
+/// let failure = ballast_core::sqlstate::failure("53300");
+/// let error = Error::from(failure);
+/// assert_eq!(error.problem().code, "DB_CONNECTION_ERROR");
+/// assert!(error.failure().is_some());
+/// ```
+pub struct Error {
+    repr: Repr,
+}
+
+pub(crate) enum Repr {
+    Failure(Arc<Failure>),
+    Problem(Box<Problem>),
+}
+
+impl Error {
+    /// An application-defined problem with this status, code and detail (which must be safe to
+    /// show anyone).
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<std::borrow::Cow<'static, str>>,
+        detail: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Self {
+        Problem::new(status, code, detail).into()
+    }
+
+    /// The classified failure, when this is one.
+    pub fn failure(&self) -> Option<&Arc<Failure>> {
+        match &self.repr {
+            Repr::Failure(failure) => Some(failure),
+            Repr::Problem(_) => None,
+        }
+    }
+
+    /// The problem document this error renders to with the default mapping.
+    pub fn problem(&self) -> Problem {
+        match &self.repr {
+            Repr::Failure(failure) => DefaultProblems::problem_for(failure),
+            Repr::Problem(problem) => (**problem).clone(),
+        }
+    }
+
+    pub(crate) fn into_repr(self) -> Repr {
+        self.repr
+    }
+}
+
+impl From<Failure> for Error {
+    fn from(failure: Failure) -> Self {
+        Error {
+            repr: Repr::Failure(Arc::new(failure)),
+        }
+    }
+}
+
+impl From<Arc<Failure>> for Error {
+    fn from(failure: Arc<Failure>) -> Self {
+        Error {
+            repr: Repr::Failure(failure),
+        }
+    }
+}
+
+impl From<Problem> for Error {
+    fn from(problem: Problem) -> Self {
+        Error {
+            repr: Repr::Problem(Box::new(problem)),
+        }
+    }
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(error: diesel::result::Error) -> Self {
+        match error {
+            diesel::result::Error::NotFound => Error::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "The requested resource was not found.",
+            ),
+            other => Failure::from(other).into(),
+        }
+    }
+}
+
+/// `From` impls that go through [`Failure`].
+macro_rules! via_failure {
+    ($($(#[$meta:meta])* $error:ty),* $(,)?) => {
+        $(
+            $(#[$meta])*
+            impl From<$error> for Error {
+                fn from(error: $error) -> Self {
+                    Failure::from(error).into()
+                }
+            }
+        )*
+    };
+}
+
+via_failure!(
+    diesel::ConnectionError,
+    std::io::Error,
+    #[cfg(feature = "postgres")]
+    tokio_postgres::Error,
+    #[cfg(feature = "mysql")]
+    mysql_async::Error,
+    #[cfg(feature = "pool")]
+    ballast_pool::PoolError,
+    #[cfg(feature = "pool")]
+    ballast_pool::ConfigError,
+);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::Failure(failure) => fmt::Display::fmt(failure, f),
+            Repr::Problem(problem) => write!(f, "{} ({})", problem.detail, problem.code),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::Failure(failure) => f.debug_tuple("Error").field(failure).finish(),
+            Repr::Problem(problem) => f.debug_tuple("Error").field(problem).finish(),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.repr {
+            Repr::Failure(failure) => Some(&**failure),
+            Repr::Problem(_) => None,
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for Error {
+    fn into_response(self) -> axum_core::response::Response {
+        let (problem, failure) = match self.repr {
+            Repr::Failure(failure) => (DefaultProblems::problem_for(&failure), Some(failure)),
+            Repr::Problem(problem) => (*problem, None),
+        };
+        let retry_after = (problem.status == StatusCode::SERVICE_UNAVAILABLE)
+            .then(|| crate::map::RetryAfter::default().pick());
+        let mut response = problem
+            .to_response(false, retry_after)
+            .map(axum_core::body::Body::new);
+        if let Some(failure) = failure {
+            response.extensions_mut().insert(failure);
+        }
+        response
+    }
+}

@@ -1,0 +1,385 @@
+//! The layer: failures (in response extensions, as service errors, or as panics) become
+//! problem+json responses, logged once.
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use ballast_core::{Cause, Failure};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use pin_project_lite::pin_project;
+use tower_http::body::UnsyncBoxBody;
+use tower_http::catch_panic::{CatchPanic, ResponseForPanic};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::error::{Error, Repr};
+use crate::map::{DefaultProblems, MapProblem, RetryAfter};
+
+/// An error that can cross threads, as Tower services return them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The response body of [`ErrorResponse`]: tower-http's, since its `CatchPanic` boxes every
+/// body already.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Renders every failure of the wrapped service as an RFC 9457 problem+json response and logs it
+/// exactly once.
+///
+/// - A response that carries a classified failure in its extensions (what
+///   [`Error`]'s `IntoResponse` produces) is rendered again with this layer's
+///   [`MapProblem`] and `Retry-After` policy.
+/// - A service error (`Err` from a plain Tower or hyper service) becomes a response too: a
+///   [`Failure`], an [`Error`], diesel, driver and I/O errors are classified; anything else is a
+///   500 `CRITICAL_ERROR`. The stack's error type becomes [`Infallible`].
+/// - A panic in the service or its future becomes a 500 `CRITICAL_ERROR` (through tower-http's
+///   [`CatchPanic`]), and the server keeps serving.
+/// - 503 responses carry `Retry-After` ([`RetryAfter`]: 1 s plus up to 2 s of jitter by
+///   default). `HEAD` requests get the headers only.
+/// - The log line (503: `warn`, 500: `error`) has the status, code, cause, retryability, reach,
+///   driver code, method and path, and the failure's redacted report; never the query string,
+///   a URL or a password.
+///
+/// The failure stays in the rendered response's extensions for outer layers.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use ballast_error::ErrorResponseLayer;
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// // A plain Tower service whose errors are database failures.
+/// let service = ServiceBuilder::new()
+///     .layer(ErrorResponseLayer::new())
+///     .service(service_fn(|_request: http::Request<String>| async {
+///         Err::<http::Response<String>, _>(ballast_core::sqlstate::failure("53300"))
+///     }));
+/// let response = service.oneshot(http::Request::new(String::new())).await.unwrap();
+/// assert_eq!(response.status(), 503);
+/// assert_eq!(response.headers()["content-type"], "application/problem+json");
+/// assert!(response.headers().contains_key("retry-after"));
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ErrorResponseLayer<M = DefaultProblems> {
+    map: M,
+    retry_after: RetryAfter,
+}
+
+impl ErrorResponseLayer {
+    /// The layer with the default mapping and `Retry-After` policy.
+    pub fn new() -> Self {
+        ErrorResponseLayer {
+            map: DefaultProblems,
+            retry_after: RetryAfter::default(),
+        }
+    }
+}
+
+impl Default for ErrorResponseLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<M> ErrorResponseLayer<M> {
+    /// Replaces the mapping from failures to problem documents.
+    pub fn map_problem<N: MapProblem>(self, map: N) -> ErrorResponseLayer<N> {
+        ErrorResponseLayer {
+            map,
+            retry_after: self.retry_after,
+        }
+    }
+
+    /// Sets the `Retry-After` policy for 503 responses.
+    #[must_use]
+    pub fn retry_after(mut self, retry_after: RetryAfter) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+}
+
+impl<S, M: Clone> Layer<S> for ErrorResponseLayer<M> {
+    type Service = ErrorResponse<S, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ErrorResponse {
+            inner: CatchPanic::custom(inner, PanicResponse),
+            map: self.map.clone(),
+            retry_after: self.retry_after,
+            not_ready: None,
+        }
+    }
+}
+
+/// The service made by [`ErrorResponseLayer`]; see there.
+pub struct ErrorResponse<S, M = DefaultProblems> {
+    inner: CatchPanic<S, PanicResponse>,
+    map: M,
+    retry_after: RetryAfter,
+    /// An error from the inner service's `poll_ready`, answered on the next call.
+    not_ready: Option<BoxError>,
+}
+
+impl<S: Clone, M: Clone> Clone for ErrorResponse<S, M> {
+    fn clone(&self) -> Self {
+        ErrorResponse {
+            inner: self.inner.clone(),
+            map: self.map.clone(),
+            retry_after: self.retry_after,
+            not_ready: None,
+        }
+    }
+}
+
+impl<S: fmt::Debug, M: fmt::Debug> fmt::Debug for ErrorResponse<S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ErrorResponse")
+            .field("inner", &self.inner)
+            .field("map", &self.map)
+            .field("retry_after", &self.retry_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, M, ReqBody, ResBody> Service<Request<ReqBody>> for ErrorResponse<S, M>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+    M: MapProblem,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future =
+        ResponseFuture<<CatchPanic<S, PanicResponse> as Service<Request<ReqBody>>>::Future, M>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.not_ready.is_none() {
+            if let Err(error) = ready!(self.inner.poll_ready(cx)) {
+                // There is no request to answer yet: the next call answers with this error.
+                self.not_ready = Some(error.into());
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let context = RequestContext {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            map: self.map.clone(),
+            retry_after: self.retry_after,
+        };
+        let state = match self.not_ready.take() {
+            Some(error) => State::NotReady { error: Some(error) },
+            None => State::Called {
+                future: self.inner.call(request),
+            },
+        };
+        ResponseFuture {
+            state,
+            context: Some(context),
+        }
+    }
+}
+
+/// What a response future needs to render and log a failure.
+struct RequestContext<M> {
+    method: Method,
+    uri: Uri,
+    map: M,
+    retry_after: RetryAfter,
+}
+
+pin_project! {
+    /// The response future of [`ErrorResponse`].
+    pub struct ResponseFuture<F, M> {
+        #[pin]
+        state: State<F>,
+        context: Option<RequestContext<M>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Called { #[pin] future: F },
+        NotReady { error: Option<BoxError> },
+    }
+}
+
+impl<F, M> fmt::Debug for ResponseFuture<F, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, M, E> Future for ResponseFuture<F, M>
+where
+    F: Future<Output = Result<Response<ResponseBody>, E>>,
+    E: Into<BoxError>,
+    M: MapProblem,
+{
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match this.state.project() {
+            StateProj::Called { future } => ready!(future.poll(cx)).map_err(Into::into),
+            StateProj::NotReady { error } => Err(error
+                .take()
+                .unwrap_or_else(|| "the service was not ready".into())),
+        };
+        let Some(context) = this.context.take() else {
+            // Polled after completion: answer like any other internal error.
+            return Poll::Ready(Ok(internal_response()));
+        };
+        Poll::Ready(Ok(match result {
+            Ok(response) => match response.extensions().get::<Arc<Failure>>() {
+                Some(failure) => {
+                    let failure = Arc::clone(failure);
+                    let (parts, _body) = response.into_parts();
+                    render(&context, failure, Some(parts.extensions))
+                }
+                None => response,
+            },
+            Err(error) => match classify(error) {
+                Repr::Failure(failure) => render(&context, failure, None),
+                Repr::Problem(problem) => {
+                    let retry_after = (problem.status == StatusCode::SERVICE_UNAVAILABLE)
+                        .then(|| context.retry_after.pick());
+                    to_boxed(problem.to_response(is_head(&context), retry_after))
+                }
+            },
+        }))
+    }
+}
+
+fn is_head<M>(context: &RequestContext<M>) -> bool {
+    context.method == Method::HEAD
+}
+
+/// A service error as an [`Error`]'s parts: recognised types keep their classification.
+fn classify(error: BoxError) -> Repr {
+    let error = match error.downcast::<Error>() {
+        Ok(error) => return error.into_repr(),
+        Err(error) => error,
+    };
+    let failure = match error.downcast::<Failure>() {
+        Ok(failure) => *failure,
+        Err(error) => classify_foreign(error),
+    };
+    Repr::Failure(Arc::new(failure))
+}
+
+fn classify_foreign(error: BoxError) -> Failure {
+    let error = match error.downcast::<diesel::result::Error>() {
+        Ok(error) => return Failure::from(*error),
+        Err(error) => error,
+    };
+    let error = match error.downcast::<std::io::Error>() {
+        Ok(error) => return Failure::from(*error),
+        Err(error) => error,
+    };
+    #[cfg(feature = "postgres")]
+    let error = match error.downcast::<tokio_postgres::Error>() {
+        Ok(error) => return Failure::from(*error),
+        Err(error) => error,
+    };
+    #[cfg(feature = "mysql")]
+    let error = match error.downcast::<mysql_async::Error>() {
+        Ok(error) => return Failure::from(*error),
+        Err(error) => error,
+    };
+    Failure::new(Cause::Internal).with_source(error)
+}
+
+/// The problem response for `failure`, logged once; `extensions` are carried over from the
+/// response that carried it.
+fn render<M: MapProblem>(
+    context: &RequestContext<M>,
+    failure: Arc<Failure>,
+    extensions: Option<http::Extensions>,
+) -> Response<ResponseBody> {
+    let problem = context.map.problem(&failure);
+    log(context, &failure, problem.status);
+    let retry_after =
+        (problem.status == StatusCode::SERVICE_UNAVAILABLE).then(|| context.retry_after.pick());
+    let mut response = problem.to_response(is_head(context), retry_after);
+    if let Some(extensions) = extensions {
+        *response.extensions_mut() = extensions;
+    }
+    response.extensions_mut().insert(failure);
+    to_boxed(response)
+}
+
+fn log<M>(context: &RequestContext<M>, failure: &Failure, status: StatusCode) {
+    let driver_code = failure.driver_code().map(|code| code.to_string());
+    let driver_code = driver_code.as_deref().unwrap_or("none");
+    let report = failure.report();
+    // The path only: a query string can carry tokens.
+    let path = context.uri.path();
+    macro_rules! event {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                status = status.as_u16(),
+                code = failure.code().as_str(),
+                cause = ?failure.cause(),
+                retryable = failure.retryable(),
+                reach = ?failure.reach(),
+                driver_code,
+                method = %context.method,
+                path,
+                "request failed: {report}"
+            )
+        };
+    }
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        event!(tracing::Level::ERROR);
+    } else {
+        event!(tracing::Level::WARN);
+    }
+}
+
+fn to_boxed(response: Response<Full<Bytes>>) -> Response<ResponseBody> {
+    response.map(|body| UnsyncBoxBody::new(body.map_err(|never| match never {})))
+}
+
+fn internal_response() -> Response<ResponseBody> {
+    to_boxed(DefaultProblems::problem_for(&Failure::new(Cause::Internal)).to_response(false, None))
+}
+
+/// Answers a panic with a 500 carrying an internal failure, which [`ErrorResponse`] renders and
+/// logs like any other.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PanicResponse;
+
+impl ResponseForPanic for PanicResponse {
+    type ResponseBody = Full<Bytes>;
+
+    fn response_for_panic(
+        &mut self,
+        panic: Box<dyn Any + Send + 'static>,
+    ) -> Response<Full<Bytes>> {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|message| (*message).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        let failure =
+            Failure::new(Cause::Internal).with_detail(format!("handler panicked: {message}"));
+        let mut response = DefaultProblems::problem_for(&failure).to_response(false, None);
+        response.extensions_mut().insert(Arc::new(failure));
+        response
+    }
+}
