@@ -3,9 +3,9 @@
 //!
 //! This facade re-exports the ballast crates: the classified failure every layer shares
 //! ([`Failure`], from `ballast-core`) and, behind default features of the same names, the shared
-//! connection pool ([`pool`], from `ballast-pool`) and the error layer ([`error`], from
-//! `ballast-error`, whose handler error type is also [`Error`]). The retry, cache and shutdown
-//! layers join as they are built (see the README).
+//! connection pool ([`pool`], from `ballast-pool`), the error layer ([`error`], from
+//! `ballast-error`, whose handler error type is also [`Error`]) and the retry layer ([`retry`],
+//! from `ballast-retry`). The cache and shutdown layers join as they are built (see the README).
 //!
 //! ```
 //! use ballast::{Cause, Failure, Reach};
@@ -28,3 +28,5 @@ pub use ballast_pool as pool;
 pub use ballast_error as error;
 #[cfg(feature = "error")]
 pub use ballast_error::Error;
+#[cfg(feature = "retry")]
+pub use ballast_retry as retry;

@@ -1,0 +1,74 @@
+//! Retry database connection failures — and never run a write twice.
+//!
+//! The service ballast grew out of retried connection errors three times, a second apart. This
+//! crate does that safely, as a Tower layer ([`RetryLayer`]) built on `tower::retry` and as a
+//! function ([`with_retry`], [`Retrying`]) for work outside HTTP.
+//!
+//! # Contract
+//!
+//! A failed attempt is retried only when all of these hold:
+//!
+//! 1. **It carries a classified failure** ([`Failure`](ballast_core::Failure)): in the response
+//!    extensions (what `ballast_error::Error` puts there) or as the service error ([`AsFailure`]).
+//!    Plain 5xx responses without one are not this layer's business.
+//! 2. **It is retryable**: too many connections, refused, reset, timed out, server starting —
+//!    not a wrong password (`28P01`), a missing database (`3D000`) or a bad query.
+//! 3. **Repeating it cannot write twice**: the statement was never sent
+//!    ([`Reach::NotSent`](ballast_core::Reach::NotSent): any method, `POST` included), or the
+//!    request is idempotent (`GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE`, `TRACE` by default). A
+//!    `POST` whose connection broke after the `INSERT` went out is never retried.
+//! 4. **The request can be replayed**: its body has a known length within the cap (64 KiB by
+//!    default) and was read into memory. A larger or streaming body passes through untouched —
+//!    never truncated, never fully buffered — and its request is not retried.
+//! 5. **Retries remain**: 3 by default.
+//! 6. **There is time**: the next attempt, after its delay, could still finish before the
+//!    overall deadline (15 s by default), judging by how long the last attempt took.
+//! 7. **The budget allows it**: a [`TpsBudget`](tower::retry::budget::TpsBudget) shared by every
+//!    clone — 10 retries a second plus 20 % of requests by default — so an outage cannot multiply
+//!    the load on a database that is already struggling.
+//!
+//! Delays come from tower's `ExponentialBackoff`: 1 s doubling to at most 5 s, with jitter, so
+//! clients do not return in step. The failure adjusts the wait within the cap: a server starting
+//! up (`57P03`) waits twice as long, an exhausted pool half as long. When retries end, the last
+//! response goes out unchanged. Dropping the response future (the client went away, a timeout)
+//! stops further attempts. Each retry is a `tracing` event with its attempt number and reason;
+//! [`RetryLayer::stats`] counts attempts, retries, give-ups and budget refusals for `/stats`.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use ballast_error::ErrorResponseLayer;
+//! use ballast_retry::RetryLayer;
+//! use tower::ServiceBuilder;
+//!
+//! let retry = RetryLayer::new();
+//! let stats = retry.clone(); // read `stats.stats()` from a /stats handler
+//! let app: Router = Router::new()
+//!     .route("/items", get(|| async { "[]" }))
+//!     // The error layer outside the retry layer: the stack's error type is `Infallible`.
+//!     .layer(ServiceBuilder::new().layer(ErrorResponseLayer::new()).layer(retry));
+//! # let _ = stats;
+//! ```
+//!
+//! # Performance
+//!
+//! `cargo bench -p ballast-retry --bench retry` measures the success path against the bare
+//! service and the cost of buffering 4 KiB and 64 KiB bodies. On this project's 2-core machine a
+//! bodiless `GET` costs about 210–240 ns more through the layer (goal 200 ns): about 95 ns is
+//! `tower::retry` copying the request before its first attempt, about 55 ns the budget's
+//! per-request deposit. Buffering a 4 KiB or 64 KiB body adds about 125 ns more.
+
+mod body;
+mod function;
+mod layer;
+mod policy;
+
+pub use body::RetryBody;
+pub use function::{with_retry, Retrying};
+pub use layer::{InvalidRetrySetting, ResponseFuture, Retry, RetryLayer};
+pub use policy::{
+    AsFailure, RetryStats, DEFAULT_BASE_DELAY, DEFAULT_BODY_CAP, DEFAULT_BUDGET_MIN_PER_SEC,
+    DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_TTL, DEFAULT_DEADLINE, DEFAULT_JITTER,
+    DEFAULT_MAX_DELAY, DEFAULT_MAX_RETRIES,
+};

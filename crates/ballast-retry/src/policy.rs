@@ -1,0 +1,342 @@
+//! When to retry: the classified failure, the request's safety, the budget, the deadline.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ballast_core::{Cause, Failure};
+use ballast_error::BoxError;
+use serde::Serialize;
+use tower::retry::backoff::{Backoff, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff};
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::util::rng::HasherRng;
+
+/// Default number of retries after the first attempt (the seed's 3).
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// Default first delay (the seed's 1 s); later delays double.
+pub const DEFAULT_BASE_DELAY: Duration = Duration::from_secs(1);
+/// Default longest delay between two attempts.
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(5);
+/// Default jitter: each delay is stretched by a random factor from 0 to this (tower's
+/// `ExponentialBackoff` semantics), so clients that failed together do not return together.
+pub const DEFAULT_JITTER: f64 = 1.0;
+/// Default overall deadline from the first attempt: no attempt starts that could not finish by
+/// then.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
+/// Default largest request body that is buffered so the request can be replayed (64 KiB).
+pub const DEFAULT_BODY_CAP: usize = 64 * 1024;
+/// Default budget window: deposits expire after this long.
+pub const DEFAULT_BUDGET_TTL: Duration = Duration::from_secs(10);
+/// Default retries per second allowed whatever the traffic, so a quiet service can still retry.
+pub const DEFAULT_BUDGET_MIN_PER_SEC: u32 = 10;
+/// Default share of requests that may be retried on top: an outage adds at most 20 % load.
+pub const DEFAULT_BUDGET_PERCENT: f32 = 0.2;
+
+/// Why a request was not retried or was, for counters and logs.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    attempts: AtomicU64,
+    retries: AtomicU64,
+    given_up: AtomicU64,
+    budget_exhausted: AtomicU64,
+    not_retryable: AtomicU64,
+    unsafe_to_repeat: AtomicU64,
+    not_replayable: AtomicU64,
+}
+
+/// A snapshot of the retry layer's counters since it was built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct RetryStats {
+    /// Calls to the inner service, retries included.
+    pub attempts: u64,
+    /// Retries started.
+    pub retries: u64,
+    /// Retryable failures sent on because the retries or the deadline ran out.
+    pub given_up: u64,
+    /// Retryable failures sent on because the budget was spent.
+    pub budget_exhausted: u64,
+    /// Failures that are not worth retrying (wrong password, bad query).
+    pub not_retryable: u64,
+    /// Retryable failures of non-idempotent requests whose statement may have run.
+    pub unsafe_to_repeat: u64,
+    /// Requests whose body was too large or of unknown length to replay.
+    pub not_replayable: u64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> RetryStats {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        RetryStats {
+            attempts: get(&self.attempts),
+            retries: get(&self.retries),
+            given_up: get(&self.given_up),
+            budget_exhausted: get(&self.budget_exhausted),
+            not_retryable: get(&self.not_retryable),
+            unsafe_to_repeat: get(&self.unsafe_to_repeat),
+            not_replayable: get(&self.not_replayable),
+        }
+    }
+
+    pub(crate) fn attempt(&self) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn not_replayable(&self) {
+        self.not_replayable.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The settings and shared state of one retry layer (or one function-form runner).
+pub(crate) struct Shared {
+    pub(crate) max_retries: u32,
+    pub(crate) deadline: Duration,
+    base_delay: Duration,
+    pub(crate) max_delay: Duration,
+    jitter: f64,
+    pub(crate) budget: Option<TpsBudget>,
+    pub(crate) counters: Counters,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("max_retries", &self.max_retries)
+            .field("deadline", &self.deadline)
+            .field("max_delay", &self.max_delay)
+            .field("budget", &self.budget.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`Shared::decide`] said no, or yes.
+pub(crate) enum Decision {
+    Retry(tokio::time::Sleep),
+    Stop,
+}
+
+/// The per-request retry state. Cheap to make and to clone (tower clones the policy into each
+/// request's future): the backoff is only built when a first retry is decided.
+#[derive(Debug, Clone)]
+pub(crate) struct Attempts {
+    pub(crate) shared: Arc<Shared>,
+    /// Whether the work may run twice: an idempotent method, or the caller says so.
+    pub(crate) idempotent: bool,
+    retries: u32,
+    backoff: Option<ExponentialBackoff>,
+    deadline: Instant,
+    attempt_started: Instant,
+}
+
+impl Attempts {
+    pub(crate) fn new(shared: Arc<Shared>, idempotent: bool) -> Self {
+        let now = Instant::now();
+        Attempts {
+            deadline: now + shared.deadline,
+            shared,
+            idempotent,
+            retries: 0,
+            backoff: None,
+            attempt_started: now,
+        }
+    }
+
+    /// Starts the count for a new request: its first attempt begins now.
+    pub(crate) fn restart(&mut self, idempotent: bool) {
+        let now = Instant::now();
+        self.deadline = now + self.shared.deadline;
+        self.attempt_started = now;
+        self.idempotent = idempotent;
+        self.retries = 0;
+        self.backoff = None;
+    }
+
+    /// Retries decided so far.
+    pub(crate) fn retries(&self) -> u32 {
+        self.retries
+    }
+
+    fn next_delay(&mut self) -> tokio::time::Instant {
+        let shared = &self.shared;
+        self.backoff
+            .get_or_insert_with(|| {
+                // A maker with a fresh random source per request: a cloned maker hands every
+                // request the same "random" delays, and clients would return in step.
+                ExponentialBackoffMaker::new(
+                    shared.base_delay,
+                    shared.max_delay,
+                    shared.jitter,
+                    HasherRng::default(),
+                )
+                .map_or_else(
+                    |_| unreachable!("checked in `shared`"),
+                    |mut maker| maker.make_backoff(),
+                )
+            })
+            .next_backoff()
+            .deadline()
+    }
+
+    /// Decides about one failed attempt (or a success: `failure` is `None`).
+    pub(crate) fn decide(&mut self, failure: Option<&Failure>) -> Decision {
+        let shared = Arc::clone(&self.shared);
+        let counters = &shared.counters;
+        let Some(failure) = failure else {
+            return Decision::Stop;
+        };
+        if !failure.retryable() {
+            counters.not_retryable.fetch_add(1, Ordering::Relaxed);
+            return Decision::Stop;
+        }
+        if !failure.may_retry(self.idempotent) {
+            counters.unsafe_to_repeat.fetch_add(1, Ordering::Relaxed);
+            return Decision::Stop;
+        }
+        if self.retries >= self.shared.max_retries {
+            counters.given_up.fetch_add(1, Ordering::Relaxed);
+            return Decision::Stop;
+        }
+        let now = Instant::now();
+        // tower's backoff hands out a sleep; its deadline is the jittered delay.
+        let planned = self.next_delay();
+        let delay = hinted_delay(
+            planned.into_std().saturating_duration_since(now),
+            failure.cause(),
+            self.shared.max_delay,
+        );
+        // The next attempt may take as long as the last one did.
+        let last_attempt = now.saturating_duration_since(self.attempt_started);
+        if now + delay + last_attempt > self.deadline {
+            counters.given_up.fetch_add(1, Ordering::Relaxed);
+            return Decision::Stop;
+        }
+        if let Some(budget) = &self.shared.budget {
+            if !budget.withdraw() {
+                counters.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                return Decision::Stop;
+            }
+        }
+        self.retries += 1;
+        counters.retries.fetch_add(1, Ordering::Relaxed);
+        counters.attempt();
+        tracing::info!(
+            attempt = self.retries + 1,
+            delay_ms = delay.as_millis() as u64,
+            code = failure.code().as_str(),
+            cause = ?failure.cause(),
+            reach = ?failure.reach(),
+            "retrying after: {failure}"
+        );
+        self.attempt_started = now + delay;
+        Decision::Retry(tokio::time::sleep(delay))
+    }
+}
+
+/// The backoff's delay adjusted by what the failure says about the server, within the cap.
+///
+/// - `ServerUnavailable` (PostgreSQL 57P03: starting up, shutting down, in recovery): the server
+///   needs seconds, not milliseconds: the wait doubles.
+/// - `PoolExhausted`: connections come back within milliseconds; the checkout itself already
+///   waited: the wait halves.
+/// - Everything else keeps the backoff's delay.
+fn hinted_delay(delay: Duration, cause: Cause, cap: Duration) -> Duration {
+    match cause {
+        Cause::ServerUnavailable => delay.saturating_mul(2),
+        Cause::PoolExhausted => delay / 2,
+        _ => delay,
+    }
+    .min(cap)
+}
+
+/// Builds the shared state, checking the backoff settings.
+pub(crate) fn shared(
+    max_retries: u32,
+    base: Duration,
+    max_delay: Duration,
+    jitter: f64,
+    deadline: Duration,
+    budget: Option<TpsBudget>,
+) -> Result<Shared, tower::retry::backoff::InvalidBackoff> {
+    // Checked once here; each request makes its own from the same settings.
+    ExponentialBackoffMaker::new(base, max_delay, jitter, HasherRng::default())?;
+    Ok(Shared {
+        max_retries,
+        deadline,
+        base_delay: base,
+        max_delay,
+        jitter,
+        budget,
+        counters: Counters::default(),
+    })
+}
+
+/// Deposits one request into the budget, which lets a share of requests be retried.
+pub(crate) fn deposit(shared: &Shared) {
+    if let Some(budget) = &shared.budget {
+        budget.deposit();
+    }
+}
+
+/// Finds the classified failure in a service error, where there is one.
+///
+/// Implemented for the error types ballast stacks use: [`Infallible`] (axum), [`BoxError`]
+/// (plain Tower: a boxed [`Failure`] or [`ballast_error::Error`] inside is found), [`Failure`] and
+/// [`ballast_error::Error`].
+pub trait AsFailure {
+    /// The failure inside, if any.
+    fn as_failure(&self) -> Option<&Failure>;
+}
+
+impl AsFailure for Infallible {
+    fn as_failure(&self) -> Option<&Failure> {
+        match *self {}
+    }
+}
+
+impl AsFailure for Failure {
+    fn as_failure(&self) -> Option<&Failure> {
+        Some(self)
+    }
+}
+
+impl AsFailure for ballast_error::Error {
+    fn as_failure(&self) -> Option<&Failure> {
+        self.failure().map(|failure| &**failure)
+    }
+}
+
+impl AsFailure for BoxError {
+    fn as_failure(&self) -> Option<&Failure> {
+        if let Some(failure) = self.downcast_ref::<Failure>() {
+            return Some(failure);
+        }
+        self.downcast_ref::<ballast_error::Error>()
+            .and_then(AsFailure::as_failure)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_adjust_within_the_cap() {
+        let cap = Duration::from_secs(5);
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            hinted_delay(second, Cause::ServerUnavailable, cap),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            hinted_delay(Duration::from_secs(4), Cause::ServerUnavailable, cap),
+            cap
+        );
+        assert_eq!(
+            hinted_delay(second, Cause::PoolExhausted, cap),
+            Duration::from_millis(500)
+        );
+        assert_eq!(hinted_delay(second, Cause::Unreachable, cap), second);
+    }
+}

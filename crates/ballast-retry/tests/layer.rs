@@ -1,0 +1,415 @@
+//! The retry rules with in-process services: what is retried, how often, when, and what is not.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ballast_core::{Cause, Failure, Reach};
+use ballast_retry::{with_retry, RetryBody, RetryLayer, Retrying};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{service_fn, Layer, ServiceExt};
+
+type Res = Response<String>;
+
+/// A service that fails with `failure()` for the first `failures` calls, then answers 200 with
+/// the length of the body it read; it records when each call came.
+#[derive(Clone)]
+struct Flaky {
+    failures: usize,
+    failure: fn() -> Failure,
+    calls: Arc<Mutex<Vec<(Instant, usize)>>>,
+}
+
+impl Flaky {
+    fn new(failures: usize, failure: fn() -> Failure) -> Self {
+        Flaky {
+            failures,
+            failure,
+            calls: Arc::default(),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+
+    fn service<B>(
+        &self,
+    ) -> impl tower::Service<
+        Request<RetryBody<B>>,
+        Response = Res,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+           + Send
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<ballast_error::BoxError>,
+    {
+        let this = self.clone();
+        service_fn(move |request: Request<RetryBody<B>>| {
+            let this = this.clone();
+            async move {
+                let body = request.into_body().collect().await.map(|b| b.to_bytes());
+                let length = body.as_ref().map_or(usize::MAX, Bytes::len);
+                let call = {
+                    let mut calls = this.calls.lock().unwrap();
+                    calls.push((Instant::now(), length));
+                    calls.len()
+                };
+                if call <= this.failures {
+                    let mut response = Response::new(String::new());
+                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    response.extensions_mut().insert(Arc::new((this.failure)()));
+                    Ok::<_, Infallible>(response)
+                } else {
+                    Ok(Response::new(length.to_string()))
+                }
+            }
+        })
+    }
+}
+
+fn refused() -> Failure {
+    Failure::new(Cause::Unreachable)
+}
+
+fn lost() -> Failure {
+    Failure::new(Cause::ConnectionLost).with_reach(Reach::MaybeSent)
+}
+
+fn fast() -> RetryLayer {
+    RetryLayer::new()
+        .delays(Duration::from_millis(20), Duration::from_millis(80))
+        .unwrap()
+}
+
+fn request(method: Method, body: &'static str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_get_is_retried_until_it_succeeds() {
+    let flaky = Flaky::new(2, refused);
+    let layer = fast();
+    let service = layer.layer(flaky.service());
+    let response = service.oneshot(request(Method::GET, "")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(flaky.calls(), 3);
+    let stats = layer.stats();
+    assert_eq!((stats.attempts, stats.retries), (3, 2));
+}
+
+#[tokio::test]
+async fn a_post_not_sent_is_retried_with_its_body_but_maybe_sent_is_not() {
+    let flaky = Flaky::new(1, refused);
+    let service = fast().layer(flaky.service());
+    let response = service
+        .oneshot(request(Method::POST, "{\"name\":\"lamp\"}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.into_body(),
+        "15",
+        "the replayed body arrived whole"
+    );
+    assert_eq!(flaky.calls(), 2);
+
+    let flaky = Flaky::new(1, lost);
+    let layer = fast();
+    let response = layer
+        .layer(flaky.service())
+        .oneshot(request(Method::POST, "{}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "last response unchanged"
+    );
+    assert_eq!(
+        flaky.calls(),
+        1,
+        "a write that may have run is never repeated"
+    );
+    assert_eq!(layer.stats().unsafe_to_repeat, 1);
+
+    // The same failure on an idempotent method is retried.
+    let flaky = Flaky::new(1, lost);
+    let response = fast()
+        .layer(flaky.service())
+        .oneshot(request(Method::PUT, "{}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(flaky.calls(), 2);
+}
+
+#[tokio::test]
+async fn non_retryable_failures_are_never_retried() {
+    for failure in [
+        || ballast_core::sqlstate::failure("28P01"),
+        || ballast_core::sqlstate::failure("3D000"),
+        || ballast_core::sqlstate::failure("42601"),
+    ] {
+        let flaky = Flaky::new(5, failure);
+        let layer = fast();
+        let response = layer
+            .layer(flaky.service())
+            .oneshot(request(Method::GET, ""))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(flaky.calls(), 1);
+        assert_eq!(layer.stats().not_retryable, 1);
+    }
+}
+
+#[tokio::test]
+async fn never_more_attempts_than_set_and_the_last_response_goes_out() {
+    let flaky = Flaky::new(100, refused);
+    let layer = fast().max_retries(2);
+    let response = layer
+        .layer(flaky.service())
+        .oneshot(request(Method::GET, ""))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.extensions().get::<Arc<Failure>>().is_some());
+    assert_eq!(flaky.calls(), 3);
+    assert_eq!(layer.stats().given_up, 1);
+}
+
+#[tokio::test]
+async fn delays_are_jittered_capped_and_within_the_deadline() {
+    let base = Duration::from_millis(30);
+    let cap = Duration::from_millis(120);
+    let flaky = Flaky::new(100, refused);
+    let layer = RetryLayer::new()
+        .max_retries(6)
+        .delays(base, cap)
+        .unwrap()
+        .deadline(Duration::from_millis(400))
+        .without_budget();
+    let started = Instant::now();
+    layer
+        .layer(flaky.service())
+        .oneshot(request(Method::GET, ""))
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    let calls = flaky.calls.lock().unwrap().clone();
+    let gaps: Vec<Duration> = calls.windows(2).map(|pair| pair[1].0 - pair[0].0).collect();
+    println!("scenario 15 (jitter): gaps {gaps:?}, total {elapsed:?}");
+    assert!(gaps.len() >= 2, "{gaps:?}");
+    // Never shorter than the base, never (much) longer than the cap: a timer fires late, not
+    // early, so the upper bound gets scheduling slack.
+    for gap in &gaps {
+        assert!(*gap >= base, "{gap:?} below the base");
+        assert!(
+            *gap <= cap + Duration::from_millis(50),
+            "{gap:?} above the cap"
+        );
+    }
+    assert!(
+        elapsed <= Duration::from_millis(400) + Duration::from_millis(50),
+        "{elapsed:?}"
+    );
+    assert!(
+        gaps.iter().any(|gap| *gap != gaps[0]),
+        "not all equal: {gaps:?}"
+    );
+    assert!(layer.stats().given_up >= 1);
+}
+
+#[tokio::test]
+async fn jitter_differs_between_requests() {
+    // Across requests failing at the same moment, the first delay differs: clients spread out.
+    let layer = RetryLayer::new()
+        .max_retries(1)
+        .delays(Duration::from_millis(40), Duration::from_millis(200))
+        .unwrap()
+        .without_budget();
+    let mut firsts = Vec::new();
+    for _ in 0..8 {
+        let flaky = Flaky::new(1, refused);
+        layer
+            .layer(flaky.service())
+            .oneshot(request(Method::GET, ""))
+            .await
+            .unwrap();
+        let calls = flaky.calls.lock().unwrap().clone();
+        firsts.push(calls[1].0 - calls[0].0);
+    }
+    let spread = firsts
+        .iter()
+        .max()
+        .unwrap()
+        .saturating_sub(*firsts.iter().min().unwrap());
+    println!("first delays: {firsts:?}");
+    assert!(spread >= Duration::from_millis(5), "{firsts:?}");
+}
+
+#[tokio::test]
+async fn a_body_over_the_cap_is_delivered_whole_and_not_retried() {
+    let big = "x".repeat(100 * 1024);
+    let flaky = Flaky::new(1, refused);
+    let layer = fast();
+    let request = Request::post("/")
+        .body(Full::new(Bytes::from(big.clone())))
+        .unwrap();
+    let response = layer.layer(flaky.service()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(flaky.calls.lock().unwrap()[0].1, big.len(), "untruncated");
+    assert_eq!(flaky.calls(), 1);
+    assert_eq!(layer.stats().not_replayable, 1);
+
+    // A streaming body of unknown length is never buffered either.
+    let flaky = Flaky::new(1, refused);
+    let response = fast()
+        .layer(flaky.service())
+        .oneshot(
+            Request::post("/")
+                .body(Chunked(vec![Bytes::from_static(b"chunk"); 4]))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(flaky.calls.lock().unwrap()[0].1, 20);
+    assert_eq!(flaky.calls(), 1);
+}
+
+/// A body of unknown length, as a chunked upload is.
+struct Chunked(Vec<Bytes>);
+
+impl http_body::Body for Chunked {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let chunks = &mut self.get_mut().0;
+        let next = (!chunks.is_empty()).then(|| Ok(http_body::Frame::data(chunks.remove(0))));
+        std::task::Poll::Ready(next)
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_response_future_stops_retries() {
+    let flaky = Flaky::new(100, refused);
+    let layer = RetryLayer::new()
+        .delays(Duration::from_millis(50), Duration::from_millis(50))
+        .unwrap()
+        .max_retries(10);
+    let future = layer
+        .layer(flaky.service())
+        .oneshot(request(Method::GET, ""));
+    // Cancel during the first backoff.
+    assert!(tokio::time::timeout(Duration::from_millis(25), future)
+        .await
+        .is_err());
+    let calls = flaky.calls();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        flaky.calls(),
+        calls,
+        "no attempt after the future was dropped"
+    );
+    assert_eq!(calls, 1);
+}
+
+#[tokio::test]
+async fn service_errors_are_read_too() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let service = fast().layer(service_fn(
+        move |_request: Request<RetryBody<Full<Bytes>>>| {
+            let call = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if call == 0 {
+                    Err::<Res, ballast_error::BoxError>(Box::new(refused()))
+                } else {
+                    Ok(Response::new("ok".to_owned()))
+                }
+            }
+        },
+    ));
+    let response = service.oneshot(request(Method::GET, "")).await.unwrap();
+    assert_eq!(response.into_body(), "ok");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn with_retry_follows_the_same_rules() {
+    let calls = AtomicUsize::new(0);
+    let result = with_retry(
+        || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(lost())
+        },
+        3,
+        Duration::from_millis(5),
+    )
+    .await;
+    assert_eq!(result.unwrap_err().cause(), Cause::ConnectionLost);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "MaybeSent: not retried by default"
+    );
+
+    let retrying = Retrying::new()
+        .retries(3)
+        .delays(Duration::from_millis(5), Duration::from_millis(10))
+        .unwrap()
+        .idempotent(true);
+    let calls = AtomicUsize::new(0);
+    let result = retrying
+        .run(|| async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Err(lost()),
+                _ => Ok(7),
+            }
+        })
+        .await;
+    assert_eq!(result.unwrap(), 7);
+    assert_eq!(retrying.stats().retries, 2);
+
+    let calls = AtomicUsize::new(0);
+    let result = with_retry(
+        || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(ballast_core::sqlstate::failure("28P01"))
+        },
+        3,
+        Duration::from_millis(5),
+    )
+    .await;
+    assert!(result.is_err());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "a wrong password is never retried"
+    );
+}
+
+#[test]
+fn bad_settings_are_errors() {
+    assert!(RetryLayer::new()
+        .delays(Duration::from_secs(5), Duration::from_secs(1))
+        .is_err());
+    assert!(RetryLayer::new().jitter(-1.0).is_err());
+    assert!(RetryLayer::new().budget(Duration::ZERO, 1, 0.1).is_err());
+    assert!(Retrying::new()
+        .delays(Duration::from_secs(2), Duration::ZERO)
+        .is_none());
+}
