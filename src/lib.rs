@@ -4,8 +4,9 @@
 //! This facade re-exports the ballast crates: the classified failure every layer shares
 //! ([`Failure`], from `ballast-core`) and, behind default features of the same names, the shared
 //! connection pool ([`pool`], from `ballast-pool`), the error layer ([`error`], from
-//! `ballast-error`, whose handler error type is also [`Error`]) and the retry layer ([`retry`],
-//! from `ballast-retry`). The cache and shutdown layers join as they are built (see the README).
+//! `ballast-error`, whose handler error type is also [`Error`]), the retry layer ([`retry`],
+//! from `ballast-retry`) and the response cache ([`cache`], from `ballast-cache`). The shutdown
+//! layer joins as it is built (see the README).
 //!
 //! ```
 //! use ballast::{Cause, Failure, Reach};
@@ -24,6 +25,8 @@ pub use ballast_core::{
 #[cfg(feature = "pool")]
 pub use ballast_pool as pool;
 
+#[cfg(feature = "cache")]
+pub use ballast_cache as cache;
 #[cfg(feature = "error")]
 pub use ballast_error as error;
 #[cfg(feature = "error")]

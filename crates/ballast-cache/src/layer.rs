@@ -1,0 +1,582 @@
+//! The layer: serves hits, coalesces misses, stores what may be stored.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderValue, AGE, CONTENT_LENGTH};
+use http::{HeaderName, Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::rules::{self, NotStored};
+use crate::store::{CacheKey, Entry, ResponseCache, Stored, StoredResponse};
+
+/// An error that can cross threads.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The header that says whether a response came from the cache, when enabled.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// Computes a request's primary cache key; `None` sends the request past the cache.
+type KeyFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
+
+/// Serves `GET` and `HEAD` requests from a [`ResponseCache`] and stores the responses that may
+/// be stored. See the [crate docs](crate) for the rules.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use ballast_cache::{CacheLayer, ResponseCache};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// let cache = ResponseCache::builder().max_entries(1_000).max_bytes(8 << 20).build()?;
+/// let service = ServiceBuilder::new()
+///     .layer(CacheLayer::new(cache.clone()))
+///     .service(service_fn(|_request: http::Request<String>| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("[]")))
+///     }));
+/// let request = || http::Request::get("http://example.com/items").body(String::new());
+/// service.clone().oneshot(request()?).await?; // a miss, stored
+/// service.oneshot(request()?).await?; // a hit
+/// let stats = cache.stats().await;
+/// assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct CacheLayer {
+    cache: ResponseCache,
+    key: Option<Arc<KeyFn>>,
+    credentialed: bool,
+    x_cache: bool,
+}
+
+impl CacheLayer {
+    /// A layer that serves from and stores into `cache`.
+    pub fn new(cache: ResponseCache) -> Self {
+        CacheLayer {
+            cache,
+            key: None,
+            credentialed: false,
+            x_cache: false,
+        }
+    }
+
+    /// Replaces the primary key (by default host, path, query and the keyed headers). Returning
+    /// `None` sends the request past the cache. The `Vary` headers of the response are always
+    /// added to it.
+    #[must_use]
+    pub fn key_fn(
+        mut self,
+        key: impl Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.key = Some(Arc::new(key));
+        self
+    }
+
+    /// Lets requests with `Authorization` or `Cookie` use the cache. Only set this together
+    /// with a [`key_fn`](Self::key_fn) that includes the user: otherwise one user's response is
+    /// served to another.
+    #[must_use]
+    pub fn cache_credentialed_requests(mut self, allow: bool) -> Self {
+        self.credentialed = allow;
+        self
+    }
+
+    /// Adds `x-cache: HIT` or `x-cache: MISS` to cacheable responses.
+    #[must_use]
+    pub fn x_cache_header(mut self, enabled: bool) -> Self {
+        self.x_cache = enabled;
+        self
+    }
+}
+
+impl fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("cache", &self.cache)
+            .field("custom_key", &self.key.is_some())
+            .field("credentialed", &self.credentialed)
+            .field("x_cache", &self.x_cache)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = Cache<S>;
+
+    fn layer(&self, inner: S) -> Cache<S> {
+        Cache {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`CacheLayer`].
+#[derive(Clone)]
+pub struct Cache<S> {
+    inner: S,
+    layer: CacheLayer,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Cache<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+/// The response future of [`Cache`].
+pub type ResponseFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + Sync + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + Unpin + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<CacheBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // Use the service that was polled ready; leave a clone in its place.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        let (parts, body) = request.into_parts();
+        let counters = &layer.cache.inner.counters;
+        if rules::request_bypasses(&parts.method, &parts.headers, layer.credentialed) {
+            counters.bypassed.fetch_add(1, Ordering::Relaxed);
+            return Box::pin(pass_through(inner, Request::from_parts(parts, body)));
+        }
+        let primary = match &layer.key {
+            Some(key) => key(&parts),
+            None => Some(rules::default_key(&parts, &layer.cache.inner.keyed_headers)),
+        };
+        let Some(primary) = primary else {
+            counters.bypassed.fetch_add(1, Ordering::Relaxed);
+            return Box::pin(pass_through(inner, Request::from_parts(parts, body)));
+        };
+        let key = CacheKey::new(parts.uri.path().into(), primary.into(), "".into());
+        Box::pin(lookup(inner, layer, key, Request::from_parts(parts, body)))
+    }
+}
+
+async fn pass_through<S, ReqBody, ResBody>(
+    mut inner: S,
+    request: Request<ReqBody>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let response = inner.call(request).await?;
+    Ok(response.map(CacheBody::inner))
+}
+
+/// Why the first of a set of concurrent misses did not produce a stored response.
+#[derive(Debug)]
+struct NotCached;
+
+async fn lookup<S, ReqBody, ResBody>(
+    inner: S,
+    layer: CacheLayer,
+    key: CacheKey,
+    request: Request<ReqBody>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    S::Error: Send + Sync + 'static,
+    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody::Error: Into<BoxError>,
+{
+    let cache = &layer.cache;
+    let head = request.method() == Method::HEAD;
+    let mut key = key;
+    let mut found = cache.inner.moka.get(&key).await;
+    if let Some(entry) = &found {
+        if let Stored::Vary(names) = &entry.stored {
+            // Responses of this key vary: the request's values of those headers are part of
+            // the key.
+            key = key.with_variant(rules::variant(request.headers(), names));
+            found = cache.inner.moka.get(&key).await;
+        }
+    }
+    if let Some(entry) = found {
+        if let Stored::Response(stored) = &entry.stored {
+            cache.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit(stored, head, layer.x_cache));
+        }
+    }
+    cache.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+    if head {
+        // A HEAD response has no body to store; a later GET will fill the cache.
+        let mut response = pass_through(inner, request).await?;
+        mark(&mut response, layer.x_cache, "MISS");
+        return Ok(response);
+    }
+
+    // Concurrent misses of one key run the inner service once: the first one's future runs
+    // inside moka's `try_get_with`; the others wait for its entry.
+    let mut request = Some(request);
+    let mut own: Option<Result<Response<CacheBody<ResBody>>, S::Error>> = None;
+    let moka = cache.inner.moka.clone();
+    let init = {
+        let request = &mut request;
+        let own = &mut own;
+        let key = key.clone();
+        let mut inner = inner.clone();
+        async move {
+            let Some(request) = request.take() else {
+                return Err(NotCached);
+            };
+            let request_headers = request.headers().clone();
+            let response = match inner.call(request).await {
+                Ok(response) => response,
+                Err(error) => {
+                    *own = Some(Err(error));
+                    return Err(NotCached);
+                }
+            };
+            match store(cache, &key, &request_headers, response).await {
+                Ok(Stored2 { entry, variant }) => {
+                    // This request's own response: the one stored (under its variant, when the
+                    // response varies).
+                    let own_entry = variant.as_ref().unwrap_or(&entry);
+                    if let Stored::Response(stored) = &own_entry.stored {
+                        *own = Some(Ok(hit(stored, false, false)));
+                    }
+                    cache.account(&entry);
+                    Ok(entry)
+                }
+                Err(response) => {
+                    *own = Some(Ok(response));
+                    Err(NotCached)
+                }
+            }
+        }
+    };
+    let outcome = moka.try_get_with(key.clone(), init).await;
+    if let Some(result) = own {
+        let mut response = result?;
+        mark(&mut response, layer.x_cache, "MISS");
+        return Ok(response);
+    }
+    if let Ok(entry) = &outcome {
+        match &entry.stored {
+            // Another request's response, stored for this key.
+            Stored::Response(stored) => {
+                let mut response = hit(stored, false, false);
+                mark(&mut response, layer.x_cache, "MISS");
+                return Ok(response);
+            }
+            // Another request's response varies: this request's variant may be the same.
+            Stored::Vary(names) => {
+                let variant = key.with_variant(rules::variant(
+                    request
+                        .as_ref()
+                        .map_or(&http::HeaderMap::new(), Request::headers),
+                    names,
+                ));
+                if let Some(entry) = cache.inner.moka.get(&variant).await {
+                    if let Stored::Response(stored) = &entry.stored {
+                        let mut response = hit(stored, false, false);
+                        mark(&mut response, layer.x_cache, "MISS");
+                        return Ok(response);
+                    }
+                }
+            }
+        }
+    }
+    // The first request's response was not storable, or it varies and this request's variant
+    // is another: this request goes to the service itself.
+    let Some(request) = request else {
+        unreachable!("the first request's own response was returned above")
+    };
+    let mut response = pass_through(inner, request).await?;
+    mark(&mut response, layer.x_cache, "MISS");
+    Ok(response)
+}
+
+/// Decides whether `response` may be stored and stores it: the entry for `key` on success
+/// (a note of the `Vary` headers when the response varies, the response itself stored under
+/// its variant), or the response to send on unchanged.
+async fn store<ResBody>(
+    cache: &ResponseCache,
+    key: &CacheKey,
+    request_headers: &http::HeaderMap,
+    response: Response<ResBody>,
+) -> Result<Stored2, Response<CacheBody<ResBody>>>
+where
+    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody::Error: Into<BoxError>,
+{
+    let counters = &cache.inner.counters;
+    let Ok(ttl) = rules::response_ttl(
+        response.status(),
+        response.headers(),
+        response.extensions(),
+        &cache.inner.statuses,
+        cache.inner.default_ttl,
+    ) else {
+        counters.not_storable.fetch_add(1, Ordering::Relaxed);
+        return Err(response.map(CacheBody::inner));
+    };
+    let vary = rules::vary_names(response.headers()).unwrap_or_default();
+    let (parts, body) = response.into_parts();
+    let body = match read_up_to(body, cache.inner.max_entry_bytes).await {
+        Ok(body) => body,
+        Err((reason, body)) => {
+            let counter = match reason {
+                NotStored::TooLarge => &counters.too_large,
+                _ => &counters.not_storable,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            return Err(Response::from_parts(parts, body));
+        }
+    };
+    let stored = StoredResponse {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        stored_at: Instant::now(),
+        ttl,
+    };
+    if vary.is_empty() {
+        return Ok(Stored2 {
+            entry: Entry::new(key, Stored::Response(stored)),
+            variant: None,
+        });
+    }
+    // The response varies: it belongs under its variant's key, and the primary key gets a note
+    // of the headers it varies on, so later requests look for their own variant.
+    let variant_key = key.with_variant(rules::variant(request_headers, &vary));
+    let response = Entry::new(&variant_key, Stored::Response(stored));
+    let note = Entry::new(key, Stored::Vary(vary));
+    if variant_key == *key {
+        // Looked up by its variant already (the note existed): refresh the note, and the
+        // response is this key's value.
+        cache.insert(key.with_variant(String::new()), note).await;
+        return Ok(Stored2 {
+            entry: response,
+            variant: None,
+        });
+    }
+    cache.insert(variant_key, Arc::clone(&response)).await;
+    Ok(Stored2 {
+        entry: note,
+        variant: Some(response),
+    })
+}
+
+/// What [`store`] stored: the entry for the key, and the response's own entry when it varies.
+struct Stored2 {
+    entry: Arc<Entry>,
+    variant: Option<Arc<Entry>>,
+}
+
+/// Reads `body` into memory, stopping as soon as it exceeds `limit`: then the frames read so far
+/// and the rest of the body come back as one body, untruncated.
+async fn read_up_to<ResBody>(
+    mut body: ResBody,
+    limit: u64,
+) -> Result<Bytes, (NotStored, CacheBody<ResBody>)>
+where
+    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody::Error: Into<BoxError>,
+{
+    if body.size_hint().lower() > limit {
+        return Err((NotStored::TooLarge, CacheBody::inner(body)));
+    }
+    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
+    let mut read: u64 = 0;
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        match frame {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    read += data.len() as u64;
+                }
+                let trailers = frame.is_trailers();
+                frames.push_back(frame);
+                if read > limit || trailers {
+                    let reason = if trailers {
+                        NotStored::BodyError
+                    } else {
+                        NotStored::TooLarge
+                    };
+                    return Err((reason, CacheBody::prefixed(frames, None, Some(body))));
+                }
+            }
+            Some(Err(error)) => {
+                return Err((
+                    NotStored::BodyError,
+                    CacheBody::prefixed(frames, Some(error.into()), None),
+                ));
+            }
+        }
+    }
+    let mut bytes = BytesMut::with_capacity(read as usize);
+    for frame in frames {
+        if let Ok(data) = frame.into_data() {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes.freeze())
+}
+
+/// The response for a cache hit: the stored status, headers and body, with `Age`.
+fn hit<ResBody>(
+    stored: &StoredResponse,
+    head: bool,
+    x_cache: bool,
+) -> Response<CacheBody<ResBody>> {
+    let body = if head {
+        Bytes::new()
+    } else {
+        stored.body.clone()
+    };
+    let mut response = Response::new(CacheBody::cached(body));
+    *response.status_mut() = stored.status;
+    *response.headers_mut() = stored.headers.clone();
+    let headers = response.headers_mut();
+    headers.insert(AGE, HeaderValue::from(stored.stored_at.elapsed().as_secs()));
+    if head {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+    }
+    mark(&mut response, x_cache, "HIT");
+    response
+}
+
+fn mark<B>(response: &mut Response<B>, enabled: bool, value: &'static str) {
+    if enabled {
+        response
+            .headers_mut()
+            .insert(X_CACHE, HeaderValue::from_static(value));
+    }
+}
+
+/// The response body of [`Cache`]: a stored body, the inner service's body, or the part of it
+/// read while deciding whether to store it followed by the rest.
+pub struct CacheBody<B> {
+    kind: Kind<B>,
+}
+
+enum Kind<B> {
+    Cached(Option<Bytes>),
+    Inner(B),
+    Prefixed {
+        frames: VecDeque<Frame<Bytes>>,
+        error: Option<BoxError>,
+        rest: Option<B>,
+    },
+}
+
+impl<B> CacheBody<B> {
+    fn cached(body: Bytes) -> Self {
+        CacheBody {
+            kind: Kind::Cached((!body.is_empty()).then_some(body)),
+        }
+    }
+
+    fn inner(body: B) -> Self {
+        CacheBody {
+            kind: Kind::Inner(body),
+        }
+    }
+
+    fn prefixed(frames: VecDeque<Frame<Bytes>>, error: Option<BoxError>, rest: Option<B>) -> Self {
+        CacheBody {
+            kind: Kind::Prefixed {
+                frames,
+                error,
+                rest,
+            },
+        }
+    }
+}
+
+impl<B> Body for CacheBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            Kind::Cached(body) => Poll::Ready(body.take().map(|body| Ok(Frame::data(body)))),
+            Kind::Inner(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::Prefixed {
+                frames,
+                error,
+                rest,
+            } => {
+                if let Some(frame) = frames.pop_front() {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                if let Some(error) = error.take() {
+                    return Poll::Ready(Some(Err(error)));
+                }
+                match rest {
+                    Some(rest) => Pin::new(rest).poll_frame(cx).map_err(Into::into),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Cached(body) => body.is_none(),
+            Kind::Inner(body) => body.is_end_stream(),
+            Kind::Prefixed {
+                frames,
+                error,
+                rest,
+            } => frames.is_empty() && error.is_none() && rest.as_ref().is_none_or(B::is_end_stream),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Cached(body) => SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Inner(body) => body.size_hint(),
+            Kind::Prefixed { .. } => SizeHint::default(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for CacheBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Cached(_) => "cached",
+            Kind::Inner(_) => "inner",
+            Kind::Prefixed { .. } => "prefixed",
+        };
+        f.debug_struct("CacheBody").field("kind", &kind).finish()
+    }
+}

@@ -1,0 +1,562 @@
+//! The store: a moka cache bounded by entries and bytes, with stats, invalidation and cleanup.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, StatusCode};
+use moka::future::Cache as Moka;
+use moka::notification::RemovalCause;
+use moka::policy::{EvictionPolicy, Expiry};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::rules::DEFAULT_KEYED_HEADERS;
+
+/// Default most entries (the seed's 100).
+pub const DEFAULT_MAX_ENTRIES: u64 = 100;
+/// Default most bytes (the seed's 10 MB), counting keys, headers and bodies.
+pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Default largest single response stored: a tenth of the default byte bound, so one response
+/// cannot push out the other ninety-nine.
+pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
+/// Default time to live, capped by a response's own `max-age`/`s-maxage`.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// Default interval of the cleanup task (the seed's 60 s).
+pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
+/// Fixed cost counted for each entry on top of its key, headers and body: the entry's own
+/// bookkeeping (moka's node, the `Arc`, the header map's table).
+const ENTRY_OVERHEAD: u64 = 256;
+
+/// Which entries are evicted first when the cache is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Eviction {
+    /// Least recently used (the seed's policy): every new response is admitted.
+    #[default]
+    Lru,
+    /// moka's TinyLFU: a full cache may refuse a new key that is less popular than the ones it
+    /// holds. Better hit ratios on skewed traffic; new keys may not be stored at once.
+    TinyLfu,
+}
+
+/// The key of a stored response: the request's path (for invalidation), its primary key (host,
+/// path, query, keyed headers — or the application's key) and the values of the headers the
+/// response varies on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    path: Arc<str>,
+    primary: Arc<str>,
+    variant: Arc<str>,
+}
+
+impl CacheKey {
+    pub(crate) fn new(path: Arc<str>, primary: Arc<str>, variant: Arc<str>) -> Self {
+        CacheKey {
+            path,
+            primary,
+            variant,
+        }
+    }
+
+    pub(crate) fn with_variant(&self, variant: String) -> Self {
+        CacheKey {
+            path: Arc::clone(&self.path),
+            primary: Arc::clone(&self.primary),
+            variant: variant.into(),
+        }
+    }
+
+    /// The request path the entry was stored for.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The primary key (by default host, path and query).
+    pub fn primary(&self) -> &str {
+        &self.primary
+    }
+
+    fn size(&self) -> u64 {
+        (self.path.len() + self.primary.len() + self.variant.len()) as u64
+    }
+}
+
+/// A stored response, or the note that responses for this key vary on some request headers.
+#[derive(Debug)]
+pub(crate) enum Stored {
+    Response(StoredResponse),
+    Vary(Vec<HeaderName>),
+}
+
+/// A response as stored.
+#[derive(Debug)]
+pub(crate) struct StoredResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) stored_at: Instant,
+    pub(crate) ttl: Duration,
+}
+
+/// A stored value with its size, computed once.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) stored: Stored,
+    size: u64,
+}
+
+impl Entry {
+    pub(crate) fn new(key: &CacheKey, stored: Stored) -> Arc<Self> {
+        let content = match &stored {
+            Stored::Response(response) => {
+                let headers: usize = response
+                    .headers
+                    .iter()
+                    .map(|(name, value)| name.as_str().len() + value.len() + 16)
+                    .sum();
+                (headers + response.body.len()) as u64
+            }
+            Stored::Vary(names) => names.iter().map(|name| name.as_str().len() as u64).sum(),
+        };
+        Arc::new(Entry {
+            stored,
+            size: key.size() + content + ENTRY_OVERHEAD,
+        })
+    }
+
+    fn ttl(&self, default: Duration) -> Duration {
+        match &self.stored {
+            Stored::Response(response) => response.ttl,
+            Stored::Vary(_) => default,
+        }
+    }
+}
+
+/// Why a [`ResponseCache`] could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfigError(String);
+
+impl fmt::Display for CacheConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid cache setting: {}", self.0)
+    }
+}
+
+impl std::error::Error for CacheConfigError {}
+
+/// Builds a [`ResponseCache`]; every setting has a default.
+#[derive(Debug, Clone)]
+pub struct ResponseCacheBuilder {
+    max_entries: u64,
+    max_bytes: u64,
+    max_entry_bytes: u64,
+    ttl: Duration,
+    cleanup_interval: Duration,
+    eviction: Eviction,
+    statuses: Vec<StatusCode>,
+    keyed_headers: Vec<HeaderName>,
+}
+
+impl ResponseCacheBuilder {
+    /// Sets the most entries. Defaults to 100.
+    #[must_use]
+    pub fn max_entries(mut self, entries: u64) -> Self {
+        self.max_entries = entries;
+        self
+    }
+
+    /// Sets the most bytes, counting keys, headers, bodies and a fixed overhead per entry.
+    /// Defaults to 10 MiB.
+    #[must_use]
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// Sets the largest single response body stored; larger ones stream through untouched.
+    /// Defaults to 1 MiB.
+    #[must_use]
+    pub fn max_entry_bytes(mut self, bytes: u64) -> Self {
+        self.max_entry_bytes = bytes;
+        self
+    }
+
+    /// Sets the time to live; a response's own `s-maxage` or `max-age` can only shorten it.
+    /// Defaults to 60 s.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets the interval of the cleanup task ([`ResponseCache::spawn_cleanup`]). Defaults to
+    /// 60 s.
+    #[must_use]
+    pub fn cleanup_interval(mut self, interval: Duration) -> Self {
+        self.cleanup_interval = interval;
+        self
+    }
+
+    /// Sets the eviction policy. Defaults to [`Eviction::Lru`].
+    #[must_use]
+    pub fn eviction(mut self, eviction: Eviction) -> Self {
+        self.eviction = eviction;
+        self
+    }
+
+    /// Sets the statuses that may be stored. Defaults to 200 only; a 5xx is never stored.
+    #[must_use]
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// Sets the request headers whose values join the default key (see
+    /// [`DEFAULT_KEYED_HEADERS`]).
+    #[must_use]
+    pub fn keyed_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.keyed_headers = names.into_iter().collect();
+        self
+    }
+
+    /// Builds the cache.
+    ///
+    /// # Errors
+    ///
+    /// A bound is zero, `max_entry_bytes` exceeds `max_bytes`, the TTL or cleanup interval is
+    /// zero, or a weight would not fit moka's 32-bit weigher.
+    pub fn build(self) -> Result<ResponseCache, CacheConfigError> {
+        let error = |message: String| Err(CacheConfigError(message));
+        if self.max_entries == 0 || self.max_bytes == 0 || self.max_entry_bytes == 0 {
+            return error("max_entries, max_bytes and max_entry_bytes must be at least 1".into());
+        }
+        if self.max_entry_bytes > self.max_bytes {
+            return error(format!(
+                "max_entry_bytes ({}) must not exceed max_bytes ({})",
+                self.max_entry_bytes, self.max_bytes
+            ));
+        }
+        if self.max_bytes > u64::from(u32::MAX) {
+            return error(format!("max_bytes must be at most {} (4 GiB)", u32::MAX));
+        }
+        if self.ttl.is_zero() || self.cleanup_interval.is_zero() {
+            return error("ttl and cleanup_interval must be greater than zero".into());
+        }
+        Ok(ResponseCache::from_builder(self))
+    }
+}
+
+/// The response store behind [`CacheLayer`](crate::CacheLayer): bounded by entries **and**
+/// bytes, with TTL, stats, invalidation and a stoppable cleanup task. Cheap to clone.
+///
+/// Both bounds hold at once: each entry weighs `max(its size, max_bytes / max_entries)` against a
+/// capacity of `max_bytes`, so there can be neither more than `max_entries` entries nor more than
+/// `max_bytes` bytes. moka applies evictions lazily; [`ResponseCache::stats`] runs its pending
+/// work first, so the figures it reports hold.
+#[derive(Clone)]
+pub struct ResponseCache {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) moka: Moka<CacheKey, Arc<Entry>>,
+    pub(crate) max_entries: u64,
+    pub(crate) max_bytes: u64,
+    pub(crate) max_entry_bytes: u64,
+    pub(crate) default_ttl: Duration,
+    pub(crate) cleanup_interval: Duration,
+    pub(crate) statuses: Vec<StatusCode>,
+    pub(crate) keyed_headers: Vec<HeaderName>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// Counters, shared with moka's eviction listener.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) inserts: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) expirations: AtomicU64,
+    pub(crate) too_large: AtomicU64,
+    pub(crate) not_storable: AtomicU64,
+    pub(crate) bypassed: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+}
+
+/// Expires each entry after its own TTL.
+struct PerEntryTtl(Duration);
+
+impl Expiry<CacheKey, Arc<Entry>> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<Entry>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl(self.0))
+    }
+}
+
+impl ResponseCache {
+    /// A builder with the defaults: 100 entries, 10 MiB, 1 MiB per response, 60 s TTL, cleanup
+    /// every 60 s, LRU, status 200, [`DEFAULT_KEYED_HEADERS`].
+    pub fn builder() -> ResponseCacheBuilder {
+        ResponseCacheBuilder {
+            max_entries: DEFAULT_MAX_ENTRIES,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
+            ttl: DEFAULT_TTL,
+            cleanup_interval: DEFAULT_CLEANUP_INTERVAL,
+            eviction: Eviction::Lru,
+            statuses: vec![StatusCode::OK],
+            keyed_headers: DEFAULT_KEYED_HEADERS
+                .iter()
+                .map(|name| HeaderName::from_static(name))
+                .collect(),
+        }
+    }
+
+    fn from_builder(builder: ResponseCacheBuilder) -> Self {
+        let counters = Arc::new(Counters::default());
+        let listener_counters = Arc::clone(&counters);
+        let min_weight = (builder.max_bytes / builder.max_entries).max(1);
+        let policy = match builder.eviction {
+            Eviction::Lru => EvictionPolicy::lru(),
+            Eviction::TinyLfu => EvictionPolicy::tiny_lfu(),
+        };
+        let moka = Moka::builder()
+            .max_capacity(builder.max_bytes)
+            .weigher(move |_key: &CacheKey, entry: &Arc<Entry>| {
+                // Checked in `build`: max_bytes fits a u32, so every weight does.
+                u32::try_from(entry.size.max(min_weight)).unwrap_or(u32::MAX)
+            })
+            .eviction_policy(policy)
+            .expire_after(PerEntryTtl(builder.ttl))
+            .support_invalidation_closures()
+            .eviction_listener(move |_key, entry: Arc<Entry>, cause| {
+                listener_counters
+                    .bytes
+                    .fetch_sub(entry.size, Ordering::Relaxed);
+                match cause {
+                    RemovalCause::Size => {
+                        listener_counters.evictions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    RemovalCause::Expired => {
+                        listener_counters
+                            .expirations
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    RemovalCause::Explicit | RemovalCause::Replaced => {}
+                }
+            })
+            .build();
+        ResponseCache {
+            inner: Arc::new(Inner {
+                moka,
+                max_entries: builder.max_entries,
+                max_bytes: builder.max_bytes,
+                max_entry_bytes: builder.max_entry_bytes,
+                default_ttl: builder.ttl,
+                cleanup_interval: builder.cleanup_interval,
+                statuses: builder.statuses,
+                keyed_headers: builder.keyed_headers,
+                counters,
+            }),
+        }
+    }
+
+    pub(crate) async fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
+        self.account(&entry);
+        self.inner.moka.insert(key, entry).await;
+    }
+
+    /// Counts an entry about to enter moka (by `insert`, or as the value of `try_get_with`);
+    /// the eviction listener takes its bytes off again when it leaves.
+    pub(crate) fn account(&self, entry: &Entry) {
+        let counters = &self.inner.counters;
+        counters.bytes.fetch_add(entry.size, Ordering::Relaxed);
+        if matches!(entry.stored, Stored::Response(_)) {
+            counters.inserts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes every entry now.
+    pub async fn clear(&self) {
+        self.inner.moka.invalidate_all();
+        self.inner.moka.run_pending_tasks().await;
+    }
+
+    /// Removes the entries stored for exactly this request path (every query and variant), as
+    /// an application does after a write (`POST /items` → `invalidate_path("/items")`).
+    pub async fn invalidate_path(&self, path: &str) {
+        let path: Arc<str> = path.into();
+        self.invalidate_if(move |key| *key.path == *path).await;
+    }
+
+    /// Removes the entries whose request path starts with `prefix`.
+    pub async fn invalidate_prefix(&self, prefix: &str) {
+        let prefix = prefix.to_owned();
+        self.invalidate_if(move |key| key.path.starts_with(&prefix))
+            .await;
+    }
+
+    /// Removes the entries whose key matches `predicate`.
+    pub async fn invalidate_if(
+        &self,
+        predicate: impl Fn(&CacheKey) -> bool + Send + Sync + 'static,
+    ) {
+        // Only fails when the builder did not enable invalidation closures, which it does.
+        let _ = self
+            .inner
+            .moka
+            .invalidate_entries_if(move |key, _| predicate(key));
+        self.inner.moka.run_pending_tasks().await;
+    }
+
+    /// moka's count of entries as it stands, without running its pending work first: what the
+    /// cleanup task (or traffic) has applied so far. [`stats`](Self::stats) is exact.
+    pub fn entry_count_estimate(&self) -> u64 {
+        self.inner.moka.entry_count()
+    }
+
+    /// The cache's figures, exact: moka's pending work runs first.
+    pub async fn stats(&self) -> CacheStats {
+        self.inner.moka.run_pending_tasks().await;
+        let counters = &self.inner.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let hits = get(&counters.hits);
+        let misses = get(&counters.misses);
+        let lookups = hits + misses;
+        CacheStats {
+            entries: self.inner.moka.entry_count(),
+            max_entries: self.inner.max_entries,
+            bytes: get(&counters.bytes),
+            max_bytes: self.inner.max_bytes,
+            hits,
+            misses,
+            inserts: get(&counters.inserts),
+            evictions: get(&counters.evictions),
+            expirations: get(&counters.expirations),
+            too_large: get(&counters.too_large),
+            not_storable: get(&counters.not_storable),
+            bypassed: get(&counters.bypassed),
+            hit_ratio: if lookups == 0 {
+                0.0
+            } else {
+                hits as f64 / lookups as f64
+            },
+        }
+    }
+
+    /// Starts the cleanup task: every `cleanup_interval` it removes expired entries and applies
+    /// moka's pending evictions. Stop it with [`CleanupTask::stop`] (shutdown does).
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    pub fn spawn_cleanup(&self) -> CleanupTask {
+        let (stop, mut stopped) = watch::channel(false);
+        let cache = self.clone();
+        let interval = self.inner.cleanup_interval;
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await; // the first tick is immediate
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        let started = Instant::now();
+                        cache.inner.moka.run_pending_tasks().await;
+                        tracing::debug!(
+                            entries = cache.inner.moka.entry_count(),
+                            took_ms = started.elapsed().as_millis() as u64,
+                            "cache cleanup"
+                        );
+                    }
+                    // The only change ever sent is "stop"; a dropped sender means the same.
+                    _ = stopped.changed() => return,
+                }
+            }
+        });
+        CleanupTask {
+            stop,
+            task: Some(task),
+        }
+    }
+}
+
+impl fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("max_entries", &self.inner.max_entries)
+            .field("max_bytes", &self.inner.max_bytes)
+            .field("max_entry_bytes", &self.inner.max_entry_bytes)
+            .field("ttl", &self.inner.default_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The running cleanup task of a [`ResponseCache`]. Dropping it stops the task too.
+#[derive(Debug)]
+pub struct CleanupTask {
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl CleanupTask {
+    /// Stops the task and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Whether the task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+impl Drop for CleanupTask {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// A snapshot of a cache's figures (serialises to JSON with these names).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Entries stored now (responses, and one note per key whose responses vary).
+    pub entries: u64,
+    /// The entry bound.
+    pub max_entries: u64,
+    /// Bytes stored now: keys, headers, bodies and a fixed overhead per entry.
+    pub bytes: u64,
+    /// The byte bound.
+    pub max_bytes: u64,
+    /// Requests answered from the cache.
+    pub hits: u64,
+    /// Cacheable requests that were not in the cache.
+    pub misses: u64,
+    /// Responses stored.
+    pub inserts: u64,
+    /// Entries evicted to keep within the bounds.
+    pub evictions: u64,
+    /// Entries removed when their TTL ran out.
+    pub expirations: u64,
+    /// Responses not stored because their body exceeded `max_entry_bytes`.
+    pub too_large: u64,
+    /// Responses not stored for any other reason (status, `Set-Cookie`, `Cache-Control`, ...).
+    pub not_storable: u64,
+    /// Requests that bypassed the cache (method, credentials, request `Cache-Control`).
+    pub bypassed: u64,
+    /// `hits / (hits + misses)`.
+    pub hit_ratio: f64,
+}

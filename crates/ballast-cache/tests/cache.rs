@@ -1,0 +1,635 @@
+//! The cache's rules, bounds and stats, through axum and plain Tower services.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::Router;
+use ballast_cache::{CacheLayer, Eviction, ResponseCache};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tower::{service_fn, Layer, ServiceExt};
+
+fn cache(entries: u64, bytes: u64) -> ResponseCache {
+    ResponseCache::builder()
+        .max_entries(entries)
+        .max_bytes(bytes)
+        .max_entry_bytes(bytes.min(1 << 20))
+        .build()
+        .unwrap()
+}
+
+fn request(method: Method, path: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Body::empty()).unwrap()
+}
+
+async fn text(app: &Router, request: Request<Body>) -> (StatusCode, HeaderMap, String) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+/// A router whose handlers count their calls; `/r/{case}` answers in the way `case` names.
+fn app(cache: &ResponseCache, calls: &Arc<AtomicUsize>) -> Router {
+    let counted = move |calls: Arc<AtomicUsize>| {
+        calls.fetch_add(1, Ordering::SeqCst);
+    };
+    let c1 = Arc::clone(calls);
+    let c2 = Arc::clone(calls);
+    let c3 = Arc::clone(calls);
+    let c4 = Arc::clone(calls);
+    Router::new()
+        .route(
+            "/r/{case}",
+            get(move |Path(case): Path<String>| {
+                let calls = Arc::clone(&c1);
+                async move {
+                    counted(calls);
+                    let mut response = Response::new(Body::from(format!("case {case}")));
+                    let headers = response.headers_mut();
+                    match case.as_str() {
+                        "set-cookie" => {
+                            headers.insert("set-cookie", "session=1".parse().unwrap());
+                        }
+                        "private" => {
+                            headers.insert("cache-control", "private, max-age=60".parse().unwrap());
+                        }
+                        "no-store" => {
+                            headers.insert("cache-control", "no-store".parse().unwrap());
+                        }
+                        "no-cache" => {
+                            headers.insert("cache-control", "no-cache".parse().unwrap());
+                        }
+                        "vary-star" => {
+                            headers.insert("vary", "*".parse().unwrap());
+                        }
+                        "max-age-0" => {
+                            headers.insert("cache-control", "max-age=0".parse().unwrap());
+                        }
+                        "500" => *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR,
+                        "404" => *response.status_mut() = StatusCode::NOT_FOUND,
+                        "failure" => {
+                            use axum::response::IntoResponse;
+                            let error = ballast_error::Error::from(
+                                ballast_core::sqlstate::failure("53300"),
+                            );
+                            return error.into_response();
+                        }
+                        _ => {}
+                    }
+                    response
+                }
+            }),
+        )
+        .route(
+            "/lang",
+            get(move |headers: HeaderMap| {
+                let calls = Arc::clone(&c2);
+                async move {
+                    counted(calls);
+                    let lang = headers
+                        .get("accept-language")
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or("none")
+                        .to_owned();
+                    ([("vary", "Accept-Language")], format!("hello in {lang}"))
+                }
+            }),
+        )
+        .route(
+            "/reflect",
+            get(move |headers: HeaderMap| {
+                let calls = Arc::clone(&c3);
+                async move {
+                    counted(calls);
+                    let host = headers
+                        .get("x-forwarded-host")
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or("example.com")
+                        .to_owned();
+                    format!("<script src=\"https://{host}/app.js\"></script>")
+                }
+            }),
+        )
+        .route(
+            "/items",
+            get(move || {
+                let calls = Arc::clone(&c4);
+                async move {
+                    counted(calls);
+                    "[]"
+                }
+            }),
+        )
+        .route("/items", post(|| async { StatusCode::CREATED }))
+        .layer(CacheLayer::new(cache.clone()).x_cache_header(true))
+}
+
+#[tokio::test]
+async fn what_must_never_be_stored_is_not() {
+    let cases: [(Request<Body>, &str); 14] = [
+        (request(Method::GET, "/r/set-cookie", &[]), "set-cookie"),
+        (request(Method::GET, "/r/private", &[]), "private"),
+        (request(Method::GET, "/r/no-store", &[]), "no-store"),
+        (request(Method::GET, "/r/no-cache", &[]), "no-cache"),
+        (request(Method::GET, "/r/vary-star", &[]), "vary-star"),
+        (request(Method::GET, "/r/max-age-0", &[]), "max-age=0"),
+        (request(Method::GET, "/r/500", &[]), "5xx"),
+        (
+            request(Method::GET, "/r/failure", &[]),
+            "the error layer's 503",
+        ),
+        (
+            request(Method::GET, "/r/404", &[]),
+            "a status outside the set",
+        ),
+        (
+            request(Method::GET, "/r/plain", &[("authorization", "Bearer x")]),
+            "Authorization",
+        ),
+        (
+            request(Method::GET, "/r/plain", &[("cookie", "session=1")]),
+            "Cookie",
+        ),
+        (
+            request(Method::GET, "/r/plain", &[("cache-control", "no-cache")]),
+            "request no-cache",
+        ),
+        (
+            request(Method::GET, "/r/plain", &[("pragma", "no-cache")]),
+            "request pragma",
+        ),
+        (request(Method::POST, "/items", &[]), "POST"),
+    ];
+    for (sample, name) in cases {
+        let cache = cache(100, 1 << 20);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = app(&cache, &calls);
+        let (parts, _) = sample.into_parts();
+        let again = || {
+            let mut request = Request::new(Body::empty());
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.headers_mut() = parts.headers.clone();
+            request
+        };
+        text(&app, again()).await;
+        text(&app, again()).await;
+        let stats = cache.stats().await;
+        assert_eq!(stats.entries, 0, "{name}: stored");
+        assert_eq!(stats.hits, 0, "{name}: served from the cache");
+        if parts.method == Method::GET {
+            assert_eq!(calls.load(Ordering::SeqCst), 2, "{name}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_response_varying_on_language_is_never_served_to_another_language() {
+    let cache = cache(100, 1 << 20);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = app(&cache, &calls);
+    let ask = |lang: &str| request(Method::GET, "/lang", &[("accept-language", lang)]);
+    assert_eq!(text(&app, ask("en")).await.2, "hello in en");
+    assert_eq!(text(&app, ask("fr")).await.2, "hello in fr");
+    let (_, headers, body) = text(&app, ask("en")).await;
+    assert_eq!(body, "hello in en");
+    assert_eq!(headers["x-cache"], "HIT");
+    let (_, headers, body) = text(&app, ask("fr")).await;
+    assert_eq!(body, "hello in fr");
+    assert_eq!(headers["x-cache"], "HIT");
+    assert_eq!(text(&app, ask("de")).await.2, "hello in de");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_reflected_forwarding_header_never_reaches_another_client() {
+    let cache = cache(100, 1 << 20);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = app(&cache, &calls);
+    let evil = text(
+        &app,
+        request(
+            Method::GET,
+            "/reflect",
+            &[("x-forwarded-host", "evil.example")],
+        ),
+    )
+    .await
+    .2;
+    assert!(evil.contains("evil.example"));
+    for _ in 0..3 {
+        let clean = text(&app, request(Method::GET, "/reflect", &[])).await.2;
+        assert!(!clean.contains("evil"), "poisoned: {clean}");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one per distinct header value"
+    );
+}
+
+#[tokio::test]
+async fn hits_carry_age_and_head_is_answered_from_get() {
+    let cache = cache(100, 1 << 20);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = app(&cache, &calls);
+    let (_, headers, _) = text(&app, request(Method::HEAD, "/items", &[])).await;
+    assert_eq!(headers["x-cache"], "MISS");
+    assert_eq!(cache.stats().await.entries, 0, "a HEAD stores nothing");
+    let (_, headers, _) = text(&app, request(Method::GET, "/items", &[])).await;
+    assert_eq!(headers["x-cache"], "MISS");
+    let (status, headers, body) = text(&app, request(Method::HEAD, "/items", &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-cache"], "HIT");
+    assert_eq!(headers["content-length"], "2");
+    assert!(body.is_empty());
+    let (_, headers, body) = text(&app, request(Method::GET, "/items", &[])).await;
+    assert_eq!(body, "[]");
+    assert_eq!(headers["age"], "0");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// A plain service answering `size` bytes for every path, counting calls.
+fn sized(
+    size: usize,
+    calls: Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Request<String>,
+    Response = Response<http_body_util::Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    let body = Bytes::from(vec![b'x'; size]);
+    service_fn(move |_request: Request<String>| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let body = body.clone();
+        async move { Ok::<_, Infallible>(Response::new(http_body_util::Full::new(body))) }
+    })
+}
+
+fn get_request(path: &str) -> Request<String> {
+    Request::get(format!("http://example.com{path}"))
+        .body(String::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn both_bounds_hold_under_twenty_thousand_keys() {
+    let max_bytes = 8 * 1024 * 1024;
+    let cache = ResponseCache::builder()
+        .max_entries(1_000)
+        .max_bytes(max_bytes)
+        .max_entry_bytes(128 * 1024)
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = CacheLayer::new(cache.clone()).layer(sized(64 * 1024, Arc::clone(&calls)));
+    for i in 0..20_000 {
+        service
+            .clone()
+            .oneshot(get_request(&format!("/k/{i}")))
+            .await
+            .unwrap();
+    }
+    let stats = cache.stats().await;
+    println!("scenario 19 (bounds, 64 KiB bodies): {stats:?}");
+    assert!(stats.entries <= 1_000);
+    assert!(stats.bytes <= max_bytes, "{} bytes", stats.bytes);
+    assert!(
+        stats.entries >= 100,
+        "the cache was used: {}",
+        stats.entries
+    );
+    assert_eq!(stats.inserts, 20_000);
+    assert_eq!(stats.evictions, 20_000 - stats.entries);
+
+    // Tiny bodies: now the entry bound is the one that binds.
+    let cache = ResponseCache::builder()
+        .max_entries(1_000)
+        .max_bytes(max_bytes)
+        .build()
+        .unwrap();
+    let service = CacheLayer::new(cache.clone()).layer(sized(16, Arc::clone(&calls)));
+    for i in 0..20_000 {
+        service
+            .clone()
+            .oneshot(get_request(&format!("/k/{i}")))
+            .await
+            .unwrap();
+    }
+    let stats = cache.stats().await;
+    println!("scenario 19 (bounds, 16-byte bodies): {stats:?}");
+    assert!(stats.entries <= 1_000);
+    assert!(stats.entries >= 900, "{}", stats.entries);
+    assert!(stats.bytes <= max_bytes);
+}
+
+#[tokio::test]
+async fn recently_used_keys_survive_a_scan() {
+    let cache = ResponseCache::builder()
+        .max_entries(10)
+        .max_bytes(10 * 4096)
+        .max_entry_bytes(4096)
+        .eviction(Eviction::Lru)
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = CacheLayer::new(cache.clone()).layer(sized(100, Arc::clone(&calls)));
+    let fetch = |i: usize| service.clone().oneshot(get_request(&format!("/k/{i}")));
+    for i in 0..10 {
+        fetch(i).await.unwrap();
+    }
+    cache.stats().await;
+    for i in 0..5 {
+        fetch(i).await.unwrap(); // touch the first five
+    }
+    cache.stats().await;
+    for i in 10..15 {
+        fetch(i).await.unwrap(); // a scan of five new keys
+    }
+    cache.stats().await;
+    let before = calls.load(Ordering::SeqCst);
+    for i in 0..5 {
+        fetch(i).await.unwrap();
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before,
+        "the recently used five were kept"
+    );
+    fetch(5).await.unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before + 1,
+        "the least recently used went"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_misses_run_the_handler_once() {
+    let cache = cache(100, 1 << 20);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let service =
+        CacheLayer::new(cache.clone()).layer(service_fn(move |_request: Request<String>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+                    "slow",
+                ))))
+            }
+        }));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let response = service.oneshot(get_request("/slow")).await.unwrap();
+                response.into_body().collect().await.unwrap().to_bytes()
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), "slow");
+    }
+    println!(
+        "scenario 21 (stampede): 100 misses, {} handler call(s)",
+        calls.load(Ordering::SeqCst)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_of_an_unstorable_response_each_reach_the_service() {
+    let cache = cache(100, 1 << 20);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let service =
+        CacheLayer::new(cache.clone()).layer(service_fn(move |_request: Request<String>| {
+            let call = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut response =
+                    Response::new(http_body_util::Full::new(Bytes::from(format!("{call}"))));
+                response
+                    .headers_mut()
+                    .insert("set-cookie", format!("user={call}").parse().unwrap());
+                Ok::<_, Infallible>(response)
+            }
+        }));
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let response = service.oneshot(get_request("/mine")).await.unwrap();
+                let cookie = response.headers()["set-cookie"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                (cookie, body)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (cookie, body) = task.await.unwrap();
+        assert_eq!(
+            cookie,
+            format!("user={}", String::from_utf8_lossy(&body)),
+            "own response"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 10);
+}
+
+/// A body of `remaining` bytes in 64 KiB chunks, or endless.
+struct Stream {
+    remaining: Option<usize>,
+}
+
+impl http_body::Body for Stream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        const CHUNK: usize = 64 * 1024;
+        let size = match &mut self.remaining {
+            Some(0) => return Poll::Ready(None),
+            Some(remaining) => {
+                let size = CHUNK.min(*remaining);
+                *remaining -= size;
+                size
+            }
+            None => CHUNK,
+        };
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'y'; size])))))
+    }
+}
+
+#[tokio::test]
+async fn huge_and_endless_bodies_pass_through_and_are_not_stored() {
+    let cache = cache(100, 8 << 20);
+    let service =
+        CacheLayer::new(cache.clone()).layer(service_fn(|request: Request<String>| async move {
+            let remaining = match request.uri().path() {
+                "/huge" => Some(50 * 1024 * 1024),
+                _ => None,
+            };
+            Ok::<_, Infallible>(Response::new(Stream { remaining }))
+        }));
+    let response = service.clone().oneshot(get_request("/huge")).await.unwrap();
+    let mut body = response.into_body();
+    let mut total = 0;
+    while let Some(frame) = body.frame().await {
+        total += frame.unwrap().into_data().unwrap().len();
+    }
+    assert_eq!(total, 50 * 1024 * 1024, "untruncated");
+
+    let response = service.oneshot(get_request("/endless")).await.unwrap();
+    let mut body = response.into_body();
+    let mut total = 0;
+    while total < 20 * 1024 * 1024 {
+        total += body
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap()
+            .len();
+    }
+    drop(body);
+    let stats = cache.stats().await;
+    println!("scenario 20 (huge and endless bodies): {stats:?}");
+    assert_eq!(stats.entries, 0);
+    assert_eq!(stats.too_large, 2);
+}
+
+#[tokio::test]
+async fn entries_expire_after_their_ttl_and_cleanup_stops() {
+    let cache = ResponseCache::builder()
+        .ttl(Duration::from_millis(150))
+        .cleanup_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let cleanup = cache.spawn_cleanup();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = CacheLayer::new(cache.clone()).layer(sized(10, Arc::clone(&calls)));
+    service.clone().oneshot(get_request("/t")).await.unwrap();
+    service.clone().oneshot(get_request("/t")).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    service.clone().oneshot(get_request("/t")).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "expired");
+    // moka's timer wheel works in steps of about a second: the cleanup task removes the
+    // expired entry within a couple of them, with no traffic and no `stats()` call.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while cache.entry_count_estimate() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cleanup task never removed it"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cache.stats().await.expirations >= 1);
+    assert!(!cleanup.is_finished());
+    cleanup.stop().await;
+}
+
+#[tokio::test]
+async fn invalidation_and_clear() {
+    let cache = cache(100, 1 << 20);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = CacheLayer::new(cache.clone()).layer(sized(10, Arc::clone(&calls)));
+    for path in ["/items", "/items?page=2", "/items/7", "/other"] {
+        service.clone().oneshot(get_request(path)).await.unwrap();
+    }
+    assert_eq!(cache.stats().await.entries, 4);
+    cache.invalidate_path("/items").await;
+    assert_eq!(
+        cache.stats().await.entries,
+        2,
+        "/items and /items?page=2 went"
+    );
+    cache.invalidate_prefix("/items").await;
+    assert_eq!(cache.stats().await.entries, 1);
+    cache.clear().await;
+    let stats = cache.stats().await;
+    assert_eq!((stats.entries, stats.bytes), (0, 0));
+}
+
+#[tokio::test]
+async fn exact_stats() {
+    let cache = ResponseCache::builder()
+        .max_entries(2)
+        .max_bytes(2 * 4096)
+        .max_entry_bytes(4096)
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = CacheLayer::new(cache.clone()).layer(sized(1000, Arc::clone(&calls)));
+    let fetch = |path: &str| service.clone().oneshot(get_request(path));
+    fetch("/a").await.unwrap(); // miss, insert
+    fetch("/a").await.unwrap(); // hit
+    fetch("/b").await.unwrap(); // miss, insert
+    cache.stats().await;
+    fetch("/c").await.unwrap(); // miss, insert, evicts one
+    let post = Request::post("http://example.com/a")
+        .body(String::new())
+        .unwrap();
+    service.clone().oneshot(post).await.unwrap(); // bypassed
+    let stats = cache.stats().await;
+    println!("exact stats: {stats:?}");
+    assert_eq!(stats.hits, 1);
+    assert_eq!(stats.misses, 3);
+    assert_eq!(stats.inserts, 3);
+    assert_eq!(stats.evictions, 1);
+    assert_eq!(stats.entries, 2);
+    assert_eq!(stats.bypassed, 1);
+    assert_eq!(stats.max_entries, 2);
+    assert!((stats.hit_ratio - 0.25).abs() < 1e-9);
+    assert!(
+        stats.bytes > 2 * 1000 && stats.bytes <= 2 * 4096,
+        "{}",
+        stats.bytes
+    );
+    let json = serde_json::to_value(&stats).unwrap();
+    assert_eq!(json["hits"], 1);
+}
+
+#[test]
+fn bad_settings_are_errors() {
+    assert!(ResponseCache::builder().max_entries(0).build().is_err());
+    assert!(ResponseCache::builder()
+        .max_bytes(10)
+        .max_entry_bytes(20)
+        .build()
+        .is_err());
+    assert!(ResponseCache::builder()
+        .ttl(Duration::ZERO)
+        .build()
+        .is_err());
+    assert!(ResponseCache::builder().max_bytes(1 << 40).build().is_err());
+}
