@@ -5,8 +5,8 @@
 //! ([`Failure`], from `ballast-core`) and, behind default features of the same names, the shared
 //! connection pool ([`pool`], from `ballast-pool`), the error layer ([`error`], from
 //! `ballast-error`, whose handler error type is also [`Error`]), the retry layer ([`retry`],
-//! from `ballast-retry`) and the response cache ([`cache`], from `ballast-cache`). The shutdown
-//! layer joins as it is built (see the README).
+//! from `ballast-retry`), the response cache ([`cache`], from `ballast-cache`) and graceful
+//! shutdown ([`shutdown`], from `ballast-shutdown`).
 //!
 //! ```
 //! use ballast::{Cause, Failure, Reach};
@@ -33,3 +33,5 @@ pub use ballast_error as error;
 pub use ballast_error::Error;
 #[cfg(feature = "retry")]
 pub use ballast_retry as retry;
+#[cfg(feature = "shutdown")]
+pub use ballast_shutdown as shutdown;

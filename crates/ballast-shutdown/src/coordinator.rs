@@ -1,0 +1,448 @@
+//! The shutdown sequence: trigger, readiness, pre-drain delay, bounded drain, ordered hooks.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+
+/// Default drain deadline: Kubernetes' default grace period is 30 s; 25 s of draining leaves
+/// time for the teardown hooks before the kubelet's SIGKILL.
+pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(25);
+/// Default time each teardown hook may take.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Exit code after a second signal: 128 + SIGINT, what shells report for an interrupted
+/// program.
+pub const EXIT_SECOND_SIGNAL: i32 = 130;
+
+/// Where the process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Phase {
+    /// Serving and ready.
+    Running,
+    /// Shutdown started: not ready (readiness probes fail) but still serving, for the
+    /// pre-drain delay while load balancers notice.
+    NotReady,
+    /// Draining: new requests are refused with 503, in-flight ones finish.
+    Draining,
+    /// Drained (or the deadline passed): teardown hooks run; nothing is served.
+    Stopped,
+}
+
+type HookFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+type HookFn = Box<dyn FnOnce() -> HookFuture + Send>;
+
+struct Hook {
+    name: String,
+    timeout: Duration,
+    run: HookFn,
+}
+
+impl fmt::Debug for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hook")
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Shutdown`].
+#[derive(Debug)]
+pub struct ShutdownBuilder {
+    pre_drain_delay: Duration,
+    drain_deadline: Duration,
+    hooks: Vec<Hook>,
+}
+
+impl ShutdownBuilder {
+    /// Keeps serving this long after shutdown starts, with readiness already failing, so load
+    /// balancers stop sending traffic before requests are refused. Defaults to zero.
+    #[must_use]
+    pub fn pre_drain_delay(mut self, delay: Duration) -> Self {
+        self.pre_drain_delay = delay;
+        self
+    }
+
+    /// The longest the drain may take: in-flight requests that have not finished by then are
+    /// abandoned and teardown starts. Defaults to 25 s.
+    #[must_use]
+    pub fn drain_deadline(mut self, deadline: Duration) -> Self {
+        self.drain_deadline = deadline;
+        self
+    }
+
+    /// Adds a teardown hook, run after the drain in the order added, with its own timeout. A
+    /// hook that fails or times out is logged and the next one still runs.
+    #[must_use]
+    pub fn hook<F, Fut, E>(mut self, name: impl Into<String>, timeout: Duration, hook: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: fmt::Display,
+    {
+        self.hooks.push(Hook {
+            name: name.into(),
+            timeout,
+            run: Box::new(move || {
+                let future = hook();
+                Box::pin(async move { future.await.map_err(|error| error.to_string()) })
+            }),
+        });
+        self
+    }
+
+    /// Builds the coordinator. Nothing listens for signals until
+    /// [`Shutdown::listen_for_signals`].
+    pub fn build(self) -> Shutdown {
+        let (phase, _) = watch::channel(Phase::Running);
+        Shutdown {
+            handle: ShutdownHandle {
+                shared: Arc::new(Shared {
+                    phase,
+                    in_flight: AtomicUsize::new(0),
+                    idle: Notify::new(),
+                    rejected: AtomicU64::new(0),
+                    started: Mutex::new(None),
+                    pre_drain_delay: self.pre_drain_delay,
+                    drain_deadline: self.drain_deadline,
+                }),
+            },
+            hooks: self.hooks,
+        }
+    }
+}
+
+/// The shutdown coordinator: owns the teardown hooks and runs the sequence.
+///
+/// See the [crate docs](crate) for the sequence and an example.
+#[derive(Debug)]
+pub struct Shutdown {
+    handle: ShutdownHandle,
+    hooks: Vec<Hook>,
+}
+
+/// A cheap handle to the shutdown state, for layers, handlers and background tasks.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    phase: watch::Sender<Phase>,
+    pub(crate) in_flight: AtomicUsize,
+    /// Notified whenever the in-flight count drops to zero.
+    pub(crate) idle: Notify,
+    pub(crate) rejected: AtomicU64,
+    started: Mutex<Option<Instant>>,
+    pre_drain_delay: Duration,
+    drain_deadline: Duration,
+}
+
+/// A snapshot for `/stats` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ShutdownStats {
+    /// The current phase.
+    pub phase: Phase,
+    /// Requests in flight now (until their response body is finished).
+    pub in_flight: usize,
+    /// Requests refused while draining.
+    pub rejected: u64,
+}
+
+impl Shared {
+    pub(crate) fn current_phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+}
+
+impl ShutdownHandle {
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.shared.current_phase()
+    }
+
+    /// Whether the service should look ready: only while [`Phase::Running`].
+    pub fn is_ready(&self) -> bool {
+        self.phase() == Phase::Running
+    }
+
+    /// Starts the shutdown sequence (as a signal does). Later calls do nothing.
+    pub fn trigger(&self) {
+        let started = self.shared.phase.send_if_modified(|phase| {
+            if *phase == Phase::Running {
+                *phase = Phase::NotReady;
+                true
+            } else {
+                false
+            }
+        });
+        if started {
+            *self
+                .shared
+                .started
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+            tracing::info!("shutdown started: readiness is failing");
+        }
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Acquire)
+    }
+
+    /// The figures for `/stats`.
+    pub fn stats(&self) -> ShutdownStats {
+        ShutdownStats {
+            phase: self.phase(),
+            in_flight: self.in_flight(),
+            rejected: self.shared.rejected.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Resolves when `phase` is reached.
+    pub async fn reached(&self, phase: Phase) {
+        let mut watch = self.shared.phase.subscribe();
+        // The sender lives as long as `self`.
+        let _ = watch.wait_for(|current| *current >= phase).await;
+    }
+
+    /// Resolves when draining starts: hand this to `axum::serve(..).with_graceful_shutdown`
+    /// (or hyper-util's graceful shutdown) so the server stops accepting connections and closes
+    /// idle keep-alive connections then.
+    pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
+        let handle = self.clone();
+        async move { handle.reached(Phase::Draining).await }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.shared.phase.send_if_modified(|current| {
+            if *current < phase {
+                *current = phase;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Waits until no request is in flight.
+    async fn drained(&self) {
+        loop {
+            // Registered before the check, so a drop to zero in between is not missed.
+            let notified = self.shared.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What the shutdown sequence did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Summary {
+    /// Whether every in-flight request finished before the deadline.
+    pub drained: bool,
+    /// Requests still in flight when the deadline passed.
+    pub abandoned: usize,
+    /// Each hook: name, outcome (`ok`, `failed: ...`, `timed out`) and how long it took.
+    pub hooks: Vec<HookOutcome>,
+    /// From the trigger to the end of the last hook.
+    pub total: Duration,
+}
+
+/// How one teardown hook went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct HookOutcome {
+    /// The hook's name.
+    pub name: String,
+    /// `ok`, `failed: <error>` or `timed out`.
+    pub outcome: String,
+    /// How long it ran.
+    pub took: Duration,
+}
+
+impl Summary {
+    /// The process exit code: 0 after a clean drain with every hook ok, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        let hooks_ok = self.hooks.iter().all(|hook| hook.outcome == "ok");
+        i32::from(!(self.drained && hooks_ok))
+    }
+}
+
+impl Shutdown {
+    /// A builder with no pre-drain delay, a 25 s drain deadline and no hooks.
+    pub fn builder() -> ShutdownBuilder {
+        ShutdownBuilder {
+            pre_drain_delay: Duration::ZERO,
+            drain_deadline: DEFAULT_DRAIN_DEADLINE,
+            hooks: Vec::new(),
+        }
+    }
+
+    /// A handle to the state, for [`ShutdownLayer`](crate::ShutdownLayer), readiness handlers
+    /// and background tasks.
+    pub fn handle(&self) -> ShutdownHandle {
+        self.handle.clone()
+    }
+
+    /// Listens for SIGTERM and SIGINT: the first starts the sequence; a second exits the process
+    /// at once with [`EXIT_SECOND_SIGNAL`].
+    ///
+    /// # Errors
+    ///
+    /// The signal handlers could not be installed.
+    pub fn listen_for_signals(&self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let handle = self.handle();
+        tokio::spawn(async move {
+            let name = tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+            };
+            tracing::info!(signal = name, "signal received");
+            handle.trigger();
+            let again = tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+            };
+            tracing::warn!(signal = again, "second signal: exiting at once");
+            std::process::exit(EXIT_SECOND_SIGNAL);
+        });
+        Ok(())
+    }
+
+    /// Installs a panic hook that starts the shutdown sequence when a panic happens outside a
+    /// request (in a background task such as the cache cleanup), instead of leaving a half-dead
+    /// process; panics inside requests (served through [`ShutdownLayer`](crate::ShutdownLayer))
+    /// are the error layer's to answer. The previous hook still runs.
+    pub fn install_panic_hook(&self) {
+        let handle = self.handle();
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            if !crate::layer::in_request() {
+                tracing::error!("panic outside a request: starting an orderly shutdown");
+                handle.trigger();
+            }
+        }));
+    }
+
+    /// Runs the sequence around `server`, which must stop accepting connections when
+    /// [`ShutdownHandle::draining`] resolves (`axum::serve(..).with_graceful_shutdown(..)`):
+    /// waits for the trigger, keeps serving for the pre-drain delay, drains until `server` has
+    /// finished and no request is in flight — or the drain deadline passes — then runs the
+    /// hooks in order. Returns what happened; [`Summary::exit_code`] is the process's exit code.
+    ///
+    /// If `server` ends on its own before any trigger, the sequence starts then.
+    pub async fn run<F, T>(self, server: F) -> Summary
+    where
+        F: Future<Output = T> + Send,
+    {
+        let handle = self.handle();
+        let mut server = std::pin::pin!(server);
+        let mut server_done = false;
+        tokio::select! {
+            _ = handle.reached(Phase::NotReady) => {}
+            _ = &mut server => {
+                server_done = true;
+                handle.trigger();
+            }
+        }
+        let started = handle
+            .shared
+            .started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(Instant::now);
+
+        if !handle.shared.pre_drain_delay.is_zero() && !server_done {
+            let step = Instant::now();
+            tokio::select! {
+                _ = tokio::time::sleep(handle.shared.pre_drain_delay) => {}
+                _ = &mut server => server_done = true,
+            }
+            tracing::info!(took_ms = millis(step.elapsed()), "pre-drain delay over");
+        }
+
+        handle.set_phase(Phase::Draining);
+        let step = Instant::now();
+        let in_flight = handle.in_flight();
+        tracing::info!(in_flight, "draining: refusing new requests");
+        let drain = async {
+            if !server_done {
+                (&mut server).await;
+            }
+            handle.drained().await;
+        };
+        let drained = tokio::time::timeout(handle.shared.drain_deadline, drain)
+            .await
+            .is_ok();
+        let abandoned = handle.in_flight();
+        if drained {
+            tracing::info!(took_ms = millis(step.elapsed()), "drained");
+        } else {
+            tracing::warn!(
+                took_ms = millis(step.elapsed()),
+                abandoned,
+                "drain deadline passed: abandoning the requests still in flight"
+            );
+        }
+        handle.set_phase(Phase::Stopped);
+
+        let mut hooks = Vec::with_capacity(self.hooks.len());
+        for hook in self.hooks {
+            let step = Instant::now();
+            let outcome = match tokio::time::timeout(hook.timeout, (hook.run)()).await {
+                Ok(Ok(())) => "ok".to_owned(),
+                Ok(Err(error)) => format!("failed: {error}"),
+                Err(_) => "timed out".to_owned(),
+            };
+            let took = step.elapsed();
+            if outcome == "ok" {
+                tracing::info!(hook = %hook.name, took_ms = millis(took), "shutdown step done");
+            } else {
+                tracing::warn!(hook = %hook.name, took_ms = millis(took), %outcome, "shutdown step did not finish cleanly");
+            }
+            hooks.push(HookOutcome {
+                name: hook.name,
+                outcome,
+                took,
+            });
+        }
+        let summary = Summary {
+            drained,
+            abandoned,
+            hooks,
+            total: started.elapsed(),
+        };
+        tracing::info!(
+            drained = summary.drained,
+            abandoned = summary.abandoned,
+            took_ms = millis(summary.total),
+            exit_code = summary.exit_code(),
+            "shutdown complete"
+        );
+        summary
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,69 @@
+//! Graceful shutdown for Tower services: readiness flips, in-flight requests drain within a
+//! deadline, then teardown runs in order.
+//!
+//! The seed's sequence on SIGTERM/SIGINT was: stop the cache cleanup, clear the cache, disconnect
+//! the database, exit. Kubernetes adds: stop looking ready first, keep serving briefly, finish
+//! in-flight work, exit before the grace period ends. This crate does all of it, and uses the
+//! cache and the pool only through hooks, so it depends on neither.
+//!
+//! # The sequence
+//!
+//! | phase | readiness | new requests | in-flight requests |
+//! |---|---|---|---|
+//! | [`Phase::Running`] | ready | served | served |
+//! | [`Phase::NotReady`] (SIGTERM/SIGINT or [`ShutdownHandle::trigger`]) | 503 at once | served, for the pre-drain delay | served |
+//! | [`Phase::Draining`] | 503 | 503 problem+json, `retryable`, `Retry-After`, `Connection: close` | finish, until the drain deadline (25 s) |
+//! | [`Phase::Stopped`] | 503 | — | abandoned if still running |
+//!
+//! Then the hooks run in the order given, each bounded by its own timeout; one that fails or
+//! hangs is logged and the next still runs. Every step logs its duration; a final line sums up.
+//! [`Summary::exit_code`] is 0 after a clean drain with every hook ok. A second signal exits at
+//! once with 130. [`Shutdown::install_panic_hook`] turns a panic outside request handling (a
+//! background task) into an orderly shutdown instead of a half-dead process.
+//!
+//! The server stops accepting connections when [`ShutdownHandle::draining`] resolves; with
+//! `axum::serve(..).with_graceful_shutdown(..)` (or hyper-util's graceful shutdown) idle
+//! keep-alive connections close then, and [`Shutdown::run`] stops waiting for the server at the
+//! drain deadline, so neither idle connections nor a request that never ends hold the process.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::future::IntoFuture;
+//! use std::time::Duration;
+//! use axum::{routing::get, Router};
+//! use ballast_shutdown::{Shutdown, ShutdownLayer};
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let shutdown = Shutdown::builder()
+//!         .pre_drain_delay(Duration::from_secs(2))
+//!         .drain_deadline(Duration::from_secs(20))
+//!         .hook("stop cache cleanup", Duration::from_secs(2), || async { Ok::<_, String>(()) })
+//!         .hook("close pool", Duration::from_secs(5), || async { Ok::<_, String>(()) })
+//!         .build();
+//!     shutdown.listen_for_signals()?;
+//!     let handle = shutdown.handle();
+//!     let readiness = handle.clone();
+//!     let app = Router::new()
+//!         .route("/healthz", get(|| async { "ok" }))
+//!         .route("/readyz", get(move || async move {
+//!             if readiness.is_ready() { (http::StatusCode::OK, "ready") }
+//!             else { (http::StatusCode::SERVICE_UNAVAILABLE, "shutting down") }
+//!         }))
+//!         .layer(ShutdownLayer::new(handle.clone()).serve_while_draining(["/healthz", "/readyz"]));
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     let server = axum::serve(listener, app).with_graceful_shutdown(handle.draining());
+//!     let summary = shutdown.run(server.into_future()).await;
+//!     std::process::exit(summary.exit_code());
+//! }
+//! ```
+
+mod coordinator;
+mod layer;
+
+pub use coordinator::{
+    HookOutcome, Phase, Shutdown, ShutdownBuilder, ShutdownHandle, ShutdownStats, Summary,
+    DEFAULT_DRAIN_DEADLINE, DEFAULT_HOOK_TIMEOUT, EXIT_SECOND_SIGNAL,
+};
+pub use layer::{ResponseFuture, ShutdownBody, ShutdownLayer, ShutdownService};

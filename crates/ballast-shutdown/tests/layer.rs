@@ -1,0 +1,121 @@
+//! The shutdown layer in-process: in-flight counting, refusals while draining, the sequence.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use ballast_shutdown::{Phase, Shutdown, ShutdownLayer};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{service_fn, Layer, ServiceExt};
+
+fn ok_service() -> impl tower::Service<
+    Request<()>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(|_request: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"body"))))
+    })
+}
+
+#[tokio::test]
+async fn a_request_is_in_flight_until_its_body_is_finished() {
+    let shutdown = Shutdown::builder().build();
+    let handle = shutdown.handle();
+    let service = ShutdownLayer::new(handle.clone()).layer(ok_service());
+    let response = service.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(handle.in_flight(), 1, "the body is still to be sent");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "body");
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn while_draining_new_requests_get_a_503_and_exempt_paths_pass() {
+    let shutdown = Shutdown::builder()
+        .drain_deadline(Duration::from_secs(1))
+        .build();
+    let handle = shutdown.handle();
+    let layer = ShutdownLayer::new(handle.clone()).serve_while_draining(["/healthz"]);
+    handle.trigger();
+    assert!(!handle.is_ready());
+    assert_eq!(handle.phase(), Phase::NotReady);
+    // Not draining yet: still served.
+    let response = layer
+        .layer(ok_service())
+        .oneshot(Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(response); // a response not yet sent keeps its request in flight
+
+    let run = tokio::spawn(shutdown.run(std::future::ready(())));
+    handle.reached(Phase::Draining).await;
+    let response = layer
+        .layer(ok_service())
+        .oneshot(Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["connection"], "close");
+    assert!(response.headers().contains_key("retry-after"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("\"retryable\":true"));
+    let head = Request::builder()
+        .method(Method::HEAD)
+        .uri("/items")
+        .body(())
+        .unwrap();
+    let response = layer.layer(ok_service()).oneshot(head).await.unwrap();
+    assert!(response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .is_empty());
+    let health = Request::builder().uri("/healthz").body(()).unwrap();
+    let response = layer.layer(ok_service()).oneshot(health).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["connection"], "close");
+    drop(response);
+    let summary = run.await.unwrap();
+    assert!(summary.drained, "{summary:?}, in flight {}", handle.in_flight());
+    assert_eq!(summary.exit_code(), 0);
+    assert_eq!(handle.stats().rejected, 2);
+}
+
+#[tokio::test]
+async fn hooks_run_in_order_each_bounded() {
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (a, b, c) = (order.clone(), order.clone(), order.clone());
+    let shutdown = Shutdown::builder()
+        .hook("first", Duration::from_secs(1), move || async move {
+            a.lock().unwrap().push("first");
+            Ok::<_, String>(())
+        })
+        .hook("fails", Duration::from_secs(1), move || async move {
+            b.lock().unwrap().push("fails");
+            Err::<(), _>("no".to_owned())
+        })
+        .hook("hangs", Duration::from_millis(100), || async {
+            std::future::pending::<Result<(), String>>().await
+        })
+        .hook("last", Duration::from_secs(1), move || async move {
+            c.lock().unwrap().push("last");
+            Ok::<_, String>(())
+        })
+        .build();
+    shutdown.handle().trigger();
+    let summary = shutdown.run(std::future::ready(())).await;
+    assert_eq!(*order.lock().unwrap(), ["first", "fails", "last"]);
+    let outcomes: Vec<&str> = summary
+        .hooks
+        .iter()
+        .map(|hook| hook.outcome.as_str())
+        .collect();
+    assert_eq!(outcomes, ["ok", "failed: no", "timed out", "ok"]);
+    assert_eq!(summary.exit_code(), 1);
+}
