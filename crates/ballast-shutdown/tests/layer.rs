@@ -82,7 +82,11 @@ async fn while_draining_new_requests_get_a_503_and_exempt_paths_pass() {
     assert_eq!(response.headers()["connection"], "close");
     drop(response);
     let summary = run.await.unwrap();
-    assert!(summary.drained, "{summary:?}, in flight {}", handle.in_flight());
+    assert!(
+        summary.drained,
+        "{summary:?}, in flight {}",
+        handle.in_flight()
+    );
     assert_eq!(summary.exit_code(), 0);
     assert_eq!(handle.stats().rejected, 2);
 }
