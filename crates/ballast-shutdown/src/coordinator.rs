@@ -177,7 +177,21 @@ impl ShutdownHandle {
 
     /// Starts the shutdown sequence (as a signal does). Later calls do nothing.
     pub fn trigger(&self) {
-        let started = self.shared.phase.send_if_modified(|phase| {
+        {
+            // The start time and the log line come first, so the sequence (which starts the
+            // moment the phase changes) never runs ahead of them.
+            let mut started = self
+                .shared
+                .started
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if started.is_some() {
+                return;
+            }
+            *started = Some(Instant::now());
+        }
+        tracing::info!("shutdown started: readiness is failing");
+        self.shared.phase.send_if_modified(|phase| {
             if *phase == Phase::Running {
                 *phase = Phase::NotReady;
                 true
@@ -185,14 +199,6 @@ impl ShutdownHandle {
                 false
             }
         });
-        if started {
-            *self
-                .shared
-                .started
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-            tracing::info!("shutdown started: readiness is failing");
-        }
     }
 
     /// Requests in flight now.

@@ -1,0 +1,547 @@
+//! The whole ballast stack in an axum app: `cargo run --example server`.
+//!
+//! It works with no setup: without `DATABASE_URL` it keeps its data in an embedded SQLite file,
+//! `ballast-example.db`, in the current directory. Point it at PostgreSQL or MariaDB with the
+//! pool's URL parameters:
+//!
+//! ```text
+//! cargo run --example server
+//! DATABASE_URL='postgres://postgres@127.0.0.1:5432/test?connection_limit=10&pool_timeout=20' cargo run --example server
+//! DATABASE_URL='mysql://root@127.0.0.1:3306/test' cargo run --example server
+//! ```
+//!
+//! `BIND` (default `127.0.0.1:3000`) sets the address; `RUST_LOG` the log level (`error`, `warn`,
+//! `info` — the default — `debug`, `trace`). Then try:
+//!
+//! ```text
+//! curl -i localhost:3000/healthz                  # 200 while the process lives
+//! curl -i localhost:3000/readyz                   # 200 when the database answers, else 503
+//! curl -i -X POST localhost:3000/items -H 'content-type: application/json' -d '{"name":"lamp"}'
+//! curl -i localhost:3000/items                    # x-cache: MISS, then HIT
+//! curl -i localhost:3000/items/1                  # the item, or a 404 problem
+//! curl -i -X POST localhost:3000/items -d 'nope'  # a 4xx problem+json
+//! curl -i 'localhost:3000/sleep?ms=2000'          # a slow query holding its connection
+//! curl -s localhost:3000/stats                    # pool, cache, retry and shutdown figures
+//! curl -s localhost:3000/metrics                  # the same, for Prometheus
+//! ```
+//!
+//! Stop the database while it runs: database routes answer 503 problem+json with
+//! `"retryable": true` and `Retry-After`, `/readyz` fails, `/healthz` stays 200; start it again
+//! and everything works, the schema included. Ctrl-C (or SIGTERM) drains in-flight requests,
+//! stops the cache cleanup, clears the cache, closes the pool and exits 0.
+//!
+//! Stack, outermost first: shutdown → error → cache → retry → handlers.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use ballast::cache::{CacheLayer, CleanupTask, ResponseCache};
+use ballast::error::ErrorResponseLayer;
+use ballast::pool::{Backend, PoolConfig, SharedPool};
+use ballast::retry::RetryLayer;
+use ballast::shutdown::{Shutdown, ShutdownHandle, ShutdownLayer};
+use ballast::{Cause, Error, Failure};
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncMysqlConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+use tower::ServiceBuilder;
+
+type SqlitePool = SharedPool<SyncConnectionWrapper<diesel::SqliteConnection>>;
+
+/// The database when no `DATABASE_URL` is set: a SQLite file in the current directory.
+const DEFAULT_DATABASE_URL: &str = "sqlite://ballast-example.db";
+/// The address when no `BIND` is set.
+const DEFAULT_BIND: &str = "127.0.0.1:3000";
+/// The longest `/sleep` may hold a connection, so a typo cannot pin the pool for an hour.
+const MAX_SLEEP_MS: u64 = 60_000;
+/// How long `/readyz` waits for the database.
+const READY_CHECK: Duration = Duration::from_secs(2);
+
+/// The process's pool, whichever backend the URL names.
+#[derive(Clone)]
+enum Db {
+    Postgres(SharedPool<AsyncPgConnection>),
+    Mysql(SharedPool<AsyncMysqlConnection>),
+    Sqlite(SqlitePool),
+}
+
+/// Runs `$body` with `$conn` bound to a checked-out connection of whichever backend `$db` is,
+/// and `$dialect` to that backend's SQL. Each backend's connection is its own type, so the body
+/// is compiled once per backend.
+macro_rules! on_connection {
+    ($db:expr, |$conn:ident, $dialect:ident| $body:expr) => {
+        match $db {
+            Db::Postgres(pool) => {
+                let $dialect = &POSTGRES;
+                let mut $conn = pool.get().await?;
+                $body
+            }
+            Db::Mysql(pool) => {
+                let $dialect = &MYSQL;
+                let mut $conn = pool.get().await?;
+                $body
+            }
+            Db::Sqlite(pool) => {
+                let $dialect = &SQLITE;
+                let mut $conn = pool.get().await?;
+                $body
+            }
+        }
+    };
+}
+
+/// The SQL that differs between backends.
+struct Dialect {
+    schema: &'static str,
+    list: &'static str,
+    one: &'static str,
+    insert: &'static str,
+    /// Holds the connection `{seconds}` seconds inside the database; `None` where the backend
+    /// has no sleep function (SQLite: the connection is held while the request waits).
+    sleep: Option<&'static str>,
+}
+
+const POSTGRES: Dialect = Dialect {
+    schema: "CREATE TABLE IF NOT EXISTS items (
+        id BIGSERIAL PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    list: "SELECT id, name, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at FROM items ORDER BY id",
+    one: "SELECT id, name, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at FROM items WHERE id = $1",
+    insert: "INSERT INTO items (name) VALUES ($1) RETURNING id, name, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at",
+    sleep: Some("SELECT pg_sleep({seconds})"),
+};
+
+const MYSQL: Dialect = Dialect {
+    schema: "CREATE TABLE IF NOT EXISTS items (
+        id BIGINT AUTO_INCREMENT PRIMARY KEY,
+        name VARCHAR(255) NOT NULL,
+        created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+    list: "SELECT id, name, DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ') AS created_at FROM items ORDER BY id",
+    one: "SELECT id, name, DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ') AS created_at FROM items WHERE id = ?",
+    // MariaDB 10.5+ (this project's server) returns the inserted row.
+    insert: "INSERT INTO items (name) VALUES (?) RETURNING id, name, DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ') AS created_at",
+    sleep: Some("SELECT SLEEP({seconds})"),
+};
+
+const SQLITE: Dialect = Dialect {
+    schema: "CREATE TABLE IF NOT EXISTS items (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')))",
+    list: "SELECT id, name, created_at FROM items ORDER BY id",
+    one: "SELECT id, name, created_at FROM items WHERE id = ?",
+    insert: "INSERT INTO items (name) VALUES (?) RETURNING id, name, created_at",
+    sleep: None,
+};
+
+/// An item, as stored and as sent.
+#[derive(Debug, Serialize, diesel::QueryableByName)]
+struct Item {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    created_at: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct NewItem {
+    name: String,
+}
+
+#[derive(Clone)]
+struct App {
+    db: Db,
+    /// Created on the first request that reaches the database, so the server starts while the
+    /// database is down and works as soon as it answers.
+    schema: Arc<OnceCell<()>>,
+    cache: ResponseCache,
+    retry: RetryLayer,
+    shutdown: ShutdownHandle,
+}
+
+impl App {
+    async fn ensure_schema(&self) -> Result<(), Error> {
+        self.schema
+            .get_or_try_init(|| async {
+                on_connection!(&self.db, |conn, dialect| {
+                    conn.batch_execute(dialect.schema).await?;
+                });
+                tracing::info!("schema ready");
+                Ok::<_, Error>(())
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// A response that no cache may keep.
+fn no_store(response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn healthz() -> Response {
+    no_store("ok")
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    if !app.shutdown.is_ready() {
+        return no_store((StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+    }
+    let check = async {
+        app.ensure_schema().await?;
+        on_connection!(&app.db, |conn, _dialect| {
+            conn.batch_execute("SELECT 1").await?;
+        });
+        Ok::<_, Error>(())
+    };
+    match tokio::time::timeout(READY_CHECK, check).await {
+        Ok(Ok(())) => no_store("ready"),
+        Ok(Err(error)) => no_store((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {error}"),
+        )),
+        Err(_) => no_store((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the database is slow",
+        )),
+    }
+}
+
+async fn list_items(State(app): State<App>) -> Result<Json<Vec<Item>>, Error> {
+    app.ensure_schema().await?;
+    let items = on_connection!(&app.db, |conn, dialect| {
+        diesel::sql_query(dialect.list)
+            .load::<Item>(&mut *conn)
+            .await?
+    });
+    Ok(Json(items))
+}
+
+async fn get_item(State(app): State<App>, Path(id): Path<i64>) -> Result<Json<Item>, Error> {
+    app.ensure_schema().await?;
+    let item = on_connection!(&app.db, |conn, dialect| {
+        diesel::sql_query(dialect.one)
+            .bind::<BigInt, _>(id)
+            .get_result::<Item>(&mut *conn)
+            .await?
+    });
+    Ok(Json(item))
+}
+
+async fn create_item(
+    State(app): State<App>,
+    body: Result<Json<NewItem>, JsonRejection>,
+) -> Result<(StatusCode, Json<Item>), Error> {
+    let Json(new) = body.map_err(|rejection| {
+        Error::new(rejection.status(), "INVALID_BODY", rejection.body_text())
+    })?;
+    let name = new.name.trim().to_owned();
+    if name.is_empty() || name.len() > 255 {
+        return Err(Error::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_NAME",
+            "The name must have 1 to 255 characters.",
+        ));
+    }
+    app.ensure_schema().await?;
+    let item = on_connection!(&app.db, |conn, dialect| {
+        diesel::sql_query(dialect.insert)
+            .bind::<Text, _>(&name)
+            .get_result::<Item>(&mut *conn)
+            .await?
+    });
+    // The cached list is stale now.
+    app.cache.invalidate_path("/items").await;
+    Ok((StatusCode::CREATED, Json(item)))
+}
+
+#[derive(Debug, Deserialize)]
+struct SleepQuery {
+    ms: Option<u64>,
+}
+
+async fn sleep(State(app): State<App>, Query(query): Query<SleepQuery>) -> Result<Response, Error> {
+    let ms = query.ms.unwrap_or(1000);
+    if ms > MAX_SLEEP_MS {
+        return Err(Error::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_SLEEP",
+            "ms must be at most 60000.",
+        ));
+    }
+    let seconds = ms as f64 / 1000.0;
+    on_connection!(&app.db, |conn, dialect| {
+        match dialect.sleep {
+            Some(sql) => {
+                diesel::sql_query(sql.replace("{seconds}", &seconds.to_string()))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            None => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                conn.batch_execute("SELECT 1").await?;
+            }
+        }
+    });
+    Ok(no_store(Json(serde_json::json!({ "slept_ms": ms }))))
+}
+
+fn pool_stats(db: &Db) -> ballast::pool::PoolStats {
+    match db {
+        Db::Postgres(pool) => pool.stats(),
+        Db::Mysql(pool) => pool.stats(),
+        Db::Sqlite(pool) => pool.stats(),
+    }
+}
+
+async fn stats(State(app): State<App>) -> Response {
+    no_store(Json(serde_json::json!({
+        "pool": pool_stats(&app.db),
+        "cache": app.cache.stats().await,
+        "retry": app.retry.stats(),
+        "shutdown": app.shutdown.stats(),
+    })))
+}
+
+async fn metrics(State(app): State<App>) -> Result<Response, Error> {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::registry::Registry;
+
+    let pool = pool_stats(&app.db);
+    let cache = app.cache.stats().await;
+    let retry = app.retry.stats();
+    let shutdown = app.shutdown.stats();
+    let mut registry = Registry::with_prefix("ballast");
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let metric = Gauge::<i64>::default();
+        metric.set(i64::try_from(value).unwrap_or(i64::MAX));
+        registry.register(name, help, metric);
+    };
+    gauge(
+        "pool_max_size",
+        "Most connections the pool opens",
+        u64::from(pool.max_size),
+    );
+    gauge("pool_open", "Connections open", u64::from(pool.open));
+    gauge(
+        "pool_in_use",
+        "Connections checked out",
+        u64::from(pool.in_use),
+    );
+    gauge("pool_waiting", "Checkouts waiting", pool.waiting);
+    gauge("cache_entries", "Responses cached", cache.entries);
+    gauge("cache_bytes", "Bytes cached", cache.bytes);
+    gauge(
+        "requests_in_flight",
+        "Requests in flight",
+        shutdown.in_flight as u64,
+    );
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let metric = Counter::<u64>::default();
+        metric.inc_by(value);
+        registry.register(name, help, metric);
+    };
+    counter("pool_checkouts", "Successful checkouts", pool.checkouts);
+    counter(
+        "pool_timeouts",
+        "Checkouts that waited pool_timeout in vain",
+        pool.timeouts,
+    );
+    counter(
+        "pool_connect_failures",
+        "Failed connect attempts",
+        pool.connect_failures,
+    );
+    counter("cache_hits", "Cache hits", cache.hits);
+    counter("cache_misses", "Cache misses", cache.misses);
+    counter(
+        "cache_evictions",
+        "Entries evicted by the bounds",
+        cache.evictions,
+    );
+    counter(
+        "retry_attempts",
+        "Calls to the handlers, retries included",
+        retry.attempts,
+    );
+    counter("retry_retries", "Retries", retry.retries);
+    counter(
+        "retry_budget_exhausted",
+        "Retries refused by the budget",
+        retry.budget_exhausted,
+    );
+    counter(
+        "shutdown_rejected",
+        "Requests refused while draining",
+        shutdown.rejected,
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .map_err(|error| Failure::new(Cause::Internal).with_detail(error.to_string()))?;
+    let mut response = no_store(text);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+/// Reads the settings; a bad one ends the process with a one-line message naming it.
+fn settings() -> Result<(PoolConfig, SocketAddr), String> {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
+    let config = PoolConfig::from_url(&url).map_err(|error| format!("DATABASE_URL: {error}"))?;
+    let bind = std::env::var("BIND").unwrap_or_else(|_| DEFAULT_BIND.to_owned());
+    let addr = bind
+        .parse()
+        .map_err(|_| format!("BIND: {bind:?} is not an address such as 127.0.0.1:3000"))?;
+    Ok((config, addr))
+}
+
+fn open_pool(config: PoolConfig) -> Result<Db, String> {
+    let error = |error: ballast::pool::PoolError| format!("DATABASE_URL: {error}");
+    Ok(match config.backend() {
+        Backend::Postgres => Db::Postgres(SharedPool::init(config).map_err(error)?),
+        Backend::Mysql => Db::Mysql(SharedPool::init(config).map_err(error)?),
+        _ => Db::Sqlite(SharedPool::init(config).map_err(error)?),
+    })
+}
+
+fn log_level() -> tracing::Level {
+    match std::env::var("RUST_LOG")
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_max_level(log_level())
+        .with_writer(std::io::stderr)
+        .init();
+    let (config, addr) = match settings() {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(?config, "configuration");
+    let db = match open_pool(config) {
+        Ok(db) => db,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let cache = match ResponseCache::builder().build() {
+        Ok(cache) => cache,
+        Err(error) => {
+            eprintln!("error: cache: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let cleanup: CleanupTask = cache.spawn_cleanup();
+    let retry = RetryLayer::new();
+
+    let (clearing, closing) = (cache.clone(), db.clone());
+    let shutdown = Shutdown::builder()
+        .hook(
+            "stop cache cleanup",
+            Duration::from_secs(2),
+            move || async move {
+                cleanup.stop().await;
+                Ok::<_, String>(())
+            },
+        )
+        .hook("clear cache", Duration::from_secs(2), move || async move {
+            clearing.clear().await;
+            Ok::<_, String>(())
+        })
+        .hook("close pool", Duration::from_secs(5), move || async move {
+            match closing {
+                Db::Postgres(pool) => pool.close().await,
+                Db::Mysql(pool) => pool.close().await,
+                Db::Sqlite(pool) => pool.close().await,
+            }
+            Ok::<_, String>(())
+        })
+        .build();
+    if let Err(error) = shutdown.listen_for_signals() {
+        eprintln!("error: cannot listen for signals: {error}");
+        return ExitCode::from(2);
+    }
+    shutdown.install_panic_hook();
+    let handle = shutdown.handle();
+
+    let app_state = App {
+        db,
+        schema: Arc::new(OnceCell::new()),
+        cache: cache.clone(),
+        retry: retry.clone(),
+        shutdown: handle.clone(),
+    };
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/items", get(list_items).post(create_item))
+        .route("/items/{id}", get(get_item))
+        .route("/sleep", get(sleep))
+        .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .with_state(app_state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(
+                    ShutdownLayer::new(handle.clone())
+                        .serve_while_draining(["/healthz", "/readyz"]),
+                )
+                .layer(ErrorResponseLayer::new())
+                .layer(CacheLayer::new(cache).x_cache_header(true))
+                .layer(retry),
+        );
+
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("error: BIND: cannot listen on {addr}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| addr.to_string(), |a| a.to_string());
+    tracing::info!("listening on http://{local}");
+    println!("listening on {local}");
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(handle.draining())
+        .into_future();
+    let summary = shutdown.run(server).await;
+    ExitCode::from(u8::try_from(summary.exit_code()).unwrap_or(1))
+}

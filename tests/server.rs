@@ -1,0 +1,369 @@
+//! The example server as a process: every endpoint on the default SQLite and on PostgreSQL, the
+//! bad-setting exits, a database that is down at startup, and a SIGTERM with requests in flight.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use ballast_testkit::db::{self, Backends, PgDatabase};
+use ballast_testkit::proxy::{FaultProxy, Mode};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// `cargo test` builds the examples next to the test binaries: `target/<profile>/examples`.
+fn server_binary() -> PathBuf {
+    let mut path = std::env::current_exe().expect("the test binary's path");
+    path.pop(); // the test binary
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    let binary = path.join("examples").join("server");
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo test` builds it (or `cargo build --example server`)",
+        binary.display()
+    );
+    binary
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn command(env: &[(&str, &str)]) -> (Command, TempDir) {
+    let dir = std::env::temp_dir().join(db::unique_name("ballast_server"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut command = Command::new(server_binary());
+    command
+        .current_dir(&dir)
+        .env_remove("DATABASE_URL")
+        .env("BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    (command, TempDir(dir))
+}
+
+async fn start(env: &[(&str, &str)]) -> Server {
+    let (mut command, dir) = command(env);
+    let mut child = command.spawn().expect("the example server starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the server says where it listens")
+        .unwrap()
+        .expect("a line");
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected line: {line}"))
+        .parse()
+        .unwrap();
+    Server {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
+
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+async fn send(addr: SocketAddr, method: &str, path: &str, body: Option<(&str, &str)>) -> Answer {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: server\r\nConnection: close\r\n");
+    if let Some((content_type, body)) = body {
+        request.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        request.push_str("\r\n");
+    }
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Answer {
+        status: head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|status| status.parse().ok())
+            .unwrap_or(0),
+        head: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Answer {
+    send(addr, "GET", path, None).await
+}
+
+/// Walks every endpoint; returns the id of the item it created.
+async fn walk(addr: SocketAddr) -> i64 {
+    assert_eq!(get(addr, "/healthz").await.status, 200);
+    let ready = get(addr, "/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+
+    let created = send(
+        addr,
+        "POST",
+        "/items",
+        Some(("application/json", r#"{"name":"lamp"}"#)),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let item: serde_json::Value = serde_json::from_str(&created.body).unwrap();
+    assert_eq!(item["name"], "lamp");
+    let id = item["id"].as_i64().unwrap();
+    assert!(item["created_at"].as_str().unwrap().ends_with('Z'));
+
+    let first = get(addr, "/items").await;
+    assert_eq!(first.status, 200);
+    assert!(first.head.contains("x-cache: miss"), "{}", first.head);
+    let list: serde_json::Value = serde_json::from_str(&first.body).unwrap();
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|entry| entry["id"] == id));
+    let second = get(addr, "/items").await;
+    assert!(second.head.contains("x-cache: hit"), "{}", second.head);
+    assert_eq!(second.body, first.body);
+
+    // A write invalidates the cached list.
+    let another = send(
+        addr,
+        "POST",
+        "/items",
+        Some(("application/json", r#"{"name":"chair"}"#)),
+    )
+    .await;
+    assert_eq!(another.status, 201);
+    let after = get(addr, "/items").await;
+    assert!(
+        after.head.contains("x-cache: miss"),
+        "the list was invalidated"
+    );
+    assert!(after.body.contains("chair"));
+
+    let one = get(addr, &format!("/items/{id}")).await;
+    assert_eq!(one.status, 200);
+    assert!(one.body.contains("lamp"));
+    let missing = get(addr, "/items/999999").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing
+        .head
+        .contains("content-type: application/problem+json"));
+    assert!(missing.body.contains("\"code\":\"NOT_FOUND\""));
+
+    for (content_type, body) in [
+        ("application/json", "{not json"),
+        ("text/plain", r#"{"name":"x"}"#),
+        ("application/json", r#"{"title":"no name"}"#),
+        ("application/json", r#"{"name":"   "}"#),
+    ] {
+        let bad = send(addr, "POST", "/items", Some((content_type, body))).await;
+        assert!((400..500).contains(&bad.status), "{body}: {}", bad.status);
+        assert!(bad.head.contains("application/problem+json"), "{body}");
+    }
+
+    let slept = get(addr, "/sleep?ms=50").await;
+    assert_eq!(slept.status, 200, "{}", slept.body);
+    assert!(slept.head.contains("cache-control: no-store"));
+    assert_eq!(get(addr, "/sleep?ms=999999").await.status, 400);
+
+    let stats: serde_json::Value = serde_json::from_str(&get(addr, "/stats").await.body).unwrap();
+    for section in ["pool", "cache", "retry", "shutdown"] {
+        assert!(stats.get(section).is_some(), "{section} missing: {stats}");
+    }
+    assert!(stats["pool"]["open"].as_u64().unwrap() >= 1);
+    assert!(stats["cache"]["hits"].as_u64().unwrap() >= 1);
+    let metrics = get(addr, "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.body.contains("ballast_pool_open"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics.body.contains("ballast_cache_hits_total"),
+        "{}",
+        metrics.body
+    );
+    id
+}
+
+/// SIGTERM with a slow request in flight: it completes and the process exits 0.
+async fn stop_with_work_in_flight(mut server: Server) {
+    let addr = server.addr;
+    let in_flight = tokio::spawn(async move { get(addr, "/sleep?ms=800").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = server.child.id().unwrap().to_string();
+    let signalled = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let answer = in_flight.await.unwrap();
+    assert_eq!(
+        answer.status, 200,
+        "the request in flight completed: {}",
+        answer.body
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("exited")
+        .unwrap();
+    println!(
+        "SIGTERM with a request in flight: exit {:?} after {:?}",
+        status.code(),
+        signalled.elapsed()
+    );
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_on_the_default_sqlite() {
+    let server = start(&[]).await;
+    walk(server.addr).await;
+    assert!(
+        server._dir.0.join("ballast-example.db").exists(),
+        "the SQLite file was created"
+    );
+    stop_with_work_in_flight(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_on_postgresql_and_no_backend_left() {
+    let Some(url) = db::postgres_url("every_endpoint_on_postgresql") else {
+        return;
+    };
+    let database = PgDatabase::create(&url).await;
+    let app = db::unique_name("ballast_example");
+    let database_url = format!(
+        "{}?application_name={app}&connection_limit=5",
+        database.url()
+    );
+    let server = start(&[("DATABASE_URL", &database_url)]).await;
+    walk(server.addr).await;
+    let which = Backends::ApplicationName(app);
+    let open = db::pg_backends(&url, &which).await.len();
+    assert!((1..=5).contains(&open), "{open} backends");
+    stop_with_work_in_flight(server).await;
+    assert!(
+        db::pg_backends(&url, &which).await.is_empty(),
+        "the pool was closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settings_exit_at_once_with_one_line_and_no_password() {
+    const CANARY: &str = "canary-Pa55-2207";
+    let cases = [
+        (
+            format!("postgres://app:{CANARY}@db/shop?connection_limit=0"),
+            "connection_limit",
+        ),
+        (
+            format!("postgres://app:{CANARY}@db/shop?pool_timeout=soon"),
+            "pool_timeout",
+        ),
+        (format!("postgres://app:{CANARY}@db:notaport/shop"), "url"),
+        (format!("redis://app:{CANARY}@db/0"), "url"),
+    ];
+    for (url, setting) in cases {
+        let (mut command, _dir) = command(&[("DATABASE_URL", url.as_str())]);
+        let output = tokio::time::timeout(Duration::from_secs(10), command.output())
+            .await
+            .expect("exits at once")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(setting), "{stderr}");
+        assert!(!stderr.contains(CANARY), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(
+            stderr
+                .lines()
+                .filter(|line| line.starts_with("error:"))
+                .count(),
+            1
+        );
+    }
+    let (mut command, _dir) = command(&[("BIND", "not-an-address")]);
+    let output = command.output().await.unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("BIND"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_while_the_database_is_down_and_works_once_it_answers() {
+    let Some(url) = db::postgres_url("starts_while_the_database_is_down") else {
+        return;
+    };
+    let database = PgDatabase::create(&url).await;
+    let proxy = FaultProxy::start(db::socket_addr(&url)).await.unwrap();
+    proxy.set_mode(Mode::Refuse);
+    proxy.wait_for_mode().await;
+    let database_url = format!("{}?pool_timeout=2", proxy.url(database.url()));
+    let server = start(&[("DATABASE_URL", &database_url)]).await;
+    let addr = server.addr;
+    assert_eq!(get(addr, "/healthz").await.status, 200);
+    assert_eq!(get(addr, "/readyz").await.status, 503);
+    let down = get(addr, "/items").await;
+    assert_eq!(down.status, 503, "{}", down.body);
+    assert!(down.head.contains("retry-after"));
+    assert!(down.body.contains("\"code\":\"DB_CONNECTION_ERROR\""));
+    assert!(down.body.contains("\"retryable\":true"));
+    assert!(!down.body.contains("127.0.0.1"), "{}", down.body);
+
+    proxy.set_mode(Mode::Pass);
+    proxy.wait_for_mode().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = get(addr, "/readyz").await;
+        if ready.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never became ready: {}",
+            ready.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let created = send(
+        addr,
+        "POST",
+        "/items",
+        Some(("application/json", r#"{"name":"late"}"#)),
+    )
+    .await;
+    assert_eq!(
+        created.status, 201,
+        "the schema was created once the database answered"
+    );
+    stop_with_work_in_flight(server).await;
+}
