@@ -124,6 +124,8 @@ impl<C: Connect> SharedPool<C> {
             .min_idle(None)
             // `is_valid` checks only connections idle longer than `check_idle_after`.
             .test_on_check_out(true)
+            // `get` enforces `pool_timeout` itself across restarted checkouts; bb8's own bound
+            // stays as a backstop.
             .connection_timeout(config.pool_timeout())
             .idle_timeout(config.idle_timeout())
             .max_lifetime(config.max_lifetime())
@@ -181,22 +183,39 @@ impl<C: Connect> SharedPool<C> {
         let _waiting = Waiting::start(shared);
         let mut failures = shared.subscribe_failures();
         failures.borrow_and_update();
-        let checkout = pool.get_owned();
-        tokio::pin!(checkout);
-        let result = loop {
-            tokio::select! {
-                biased;
-                result = &mut checkout => break result.map_err(|error| match error {
-                    bb8::RunError::User(failure) => failure,
-                    bb8::RunError::TimedOut => self.timed_out(&pool, started),
-                }),
-                changed = failures.changed() => {
-                    if changed.is_err() {
-                        continue;
+        let deadline = started + shared.config.pool_timeout();
+        let result = 'checkout: loop {
+            // bb8 asks for a new connection only when a checkout starts (or is woken by a
+            // returned one), and a connect that fails wakes nobody. A checkout that started
+            // while another's failed connect was still being counted asks for none and would
+            // sleep until `pool_timeout`; starting it again every slice closes that gap.
+            let checkout = pool.get_owned();
+            tokio::pin!(checkout);
+            let slice =
+                tokio::time::sleep_until(deadline.min(Instant::now() + CHECKOUT_SLICE).into());
+            tokio::pin!(slice);
+            loop {
+                tokio::select! {
+                    biased;
+                    result = &mut checkout => break 'checkout result.map_err(|error| match error {
+                        bb8::RunError::User(failure) => failure,
+                        bb8::RunError::TimedOut => self.timed_out(&pool, started),
+                    }),
+                    changed = failures.changed() => {
+                        if changed.is_err() {
+                            continue;
+                        }
+                        if let Some(failure) = self.fail_fast(&pool) {
+                            shared.counters.failed_fast.fetch_add(1, Ordering::Relaxed);
+                            break 'checkout Err(failure);
+                        }
                     }
-                    if let Some(failure) = self.fail_fast(&pool) {
-                        shared.counters.failed_fast.fetch_add(1, Ordering::Relaxed);
-                        break Err(failure);
+                    () = &mut slice => {
+                        if Instant::now() >= deadline {
+                            shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                            break 'checkout Err(self.timed_out(&pool, started));
+                        }
+                        continue 'checkout;
                     }
                 }
             }
@@ -310,7 +329,7 @@ impl<C: Connect> SharedPool<C> {
             closed: shared.is_closed(),
             checkouts: statistics.get_direct + statistics.get_waited,
             checkouts_waited: statistics.get_waited,
-            timeouts: statistics.get_timed_out,
+            timeouts: counters.timeouts.load(Ordering::Relaxed) + statistics.get_timed_out,
             failed_fast: counters.failed_fast.load(Ordering::Relaxed),
             connects: counters.connects.load(Ordering::Relaxed),
             connect_failures: counters.connect_failures.load(Ordering::Relaxed),
@@ -350,6 +369,11 @@ impl Drop for Waiting<'_> {
         self.0.counters.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// How long one bb8 checkout is waited on before it is started again (see `get`): short enough
+/// that a checkout bb8 forgot to ask a connection for waits at most this much longer, long enough
+/// that restarting costs nothing measurable.
+const CHECKOUT_SLICE: Duration = Duration::from_millis(100);
 
 /// A checkout slower than this is logged (at debug level) with its wait.
 const SLOW_CHECKOUT: Duration = Duration::from_millis(100);

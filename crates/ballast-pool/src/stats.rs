@@ -68,6 +68,7 @@ pub(crate) struct Counters {
     /// Checkouts under way (bb8's own figure never forgets a cancelled one).
     pub(crate) waiting: AtomicU64,
     pub(crate) failed_fast: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
     pub(crate) connects: AtomicU64,
     pub(crate) connect_failures: AtomicU64,
     pub(crate) connects_skipped: AtomicU64,
