@@ -176,7 +176,7 @@ where
             counters.bypassed.fetch_add(1, Ordering::Relaxed);
             return Box::pin(pass_through(inner, Request::from_parts(parts, body)));
         };
-        let key = CacheKey::new(parts.uri.path().into(), primary.into(), "".into());
+        let key = CacheKey::new(parts.uri.path(), &primary);
         Box::pin(lookup(inner, layer, key, Request::from_parts(parts, body)))
     }
 }
@@ -220,13 +220,21 @@ where
             found = cache.inner.moka.get(&key).await;
         }
     }
-    if let Some(entry) = found {
-        if let Stored::Response(stored) = &entry.stored {
+    let pass = match found.as_deref().map(|entry| &entry.stored) {
+        Some(Stored::Response(stored)) => {
             cache.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit(stored, head, layer.x_cache));
         }
-    }
+        Some(Stored::Pass) => true,
+        _ => false,
+    };
     cache.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+    if pass {
+        cache.inner.counters.passes.fetch_add(1, Ordering::Relaxed);
+        let mut response = pass_through(inner, request).await?;
+        mark(&mut response, layer.x_cache, "MISS");
+        return Ok(response);
+    }
     if head {
         // A HEAD response has no body to store; a later GET will fill the cache.
         let mut response = pass_through(inner, request).await?;
@@ -267,9 +275,16 @@ where
                     cache.account(&entry);
                     Ok(entry)
                 }
-                Err(response) => {
+                Err((response, remember)) => {
                     *own = Some(Ok(response));
-                    Err(NotCached)
+                    if remember {
+                        // Hit-for-pass: the next requests for this key skip the coalescing.
+                        let entry = Entry::new(&key, Stored::Pass);
+                        cache.account(&entry);
+                        Ok(entry)
+                    } else {
+                        Err(NotCached)
+                    }
                 }
             }
         }
@@ -282,6 +297,8 @@ where
     }
     if let Ok(entry) = &outcome {
         match &entry.stored {
+            // The first request's response may not be stored: this one goes to the service.
+            Stored::Pass => {}
             // Another request's response, stored for this key.
             Stored::Response(stored) => {
                 let mut response = hit(stored, false, false);
@@ -324,21 +341,28 @@ async fn store<ResBody>(
     key: &CacheKey,
     request_headers: &http::HeaderMap,
     response: Response<ResBody>,
-) -> Result<Stored2, Response<CacheBody<ResBody>>>
+) -> Result<Stored2, (Response<CacheBody<ResBody>>, bool)>
 where
     ResBody: Body<Data = Bytes> + Unpin,
     ResBody::Error: Into<BoxError>,
 {
     let counters = &cache.inner.counters;
-    let Ok(ttl) = rules::response_ttl(
+    let ttl = match rules::response_ttl(
         response.status(),
         response.headers(),
         response.extensions(),
         &cache.inner.statuses,
         cache.inner.default_ttl,
-    ) else {
-        counters.not_storable.fetch_add(1, Ordering::Relaxed);
-        return Err(response.map(CacheBody::inner));
+    ) {
+        Ok(ttl) => ttl,
+        Err(reason) => {
+            counters.not_storable.fetch_add(1, Ordering::Relaxed);
+            // A failure is transient: the next request may well be storable. What the response
+            // says about itself (private, no-store, Set-Cookie, a status outside the set) holds
+            // for its key: remember it.
+            let remember = !matches!(reason, NotStored::Failure | NotStored::Status5xx);
+            return Err((response.map(CacheBody::inner), remember));
+        }
     };
     let vary = rules::vary_names(response.headers()).unwrap_or_default();
     let (parts, body) = response.into_parts();
@@ -350,7 +374,7 @@ where
                 _ => &counters.not_storable,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            return Err(Response::from_parts(parts, body));
+            return Err((Response::from_parts(parts, body), false));
         }
     };
     let stored = StoredResponse {

@@ -39,6 +39,10 @@
 //!
 //! N concurrent misses of one key run the inner service once (moka's `try_get_with`): the others
 //! get the stored response — or, when it turned out not storable, go to the service themselves.
+//! A key whose response may not be stored (private, `no-store`, `Set-Cookie`, a status outside
+//! the set) is remembered for the TTL ("hit-for-pass"), so its later requests go straight to the
+//! service instead of queueing behind each other; a failure or 5xx is not remembered, since the
+//! next answer may well be storable.
 //!
 //! # Example
 //!

@@ -26,6 +26,7 @@ pub const DEFAULT_KEYED_HEADERS: [&str; 8] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NotStored {
     Status,
+    Status5xx,
     Failure,
     SetCookie,
     CacheControl,
@@ -104,7 +105,10 @@ pub(crate) fn response_ttl(
     statuses: &[StatusCode],
     default_ttl: Duration,
 ) -> Result<Duration, NotStored> {
-    if status.is_server_error() || !statuses.contains(&status) {
+    if status.is_server_error() {
+        return Err(NotStored::Status5xx);
+    }
+    if !statuses.contains(&status) {
         return Err(NotStored::Status);
     }
     if extensions.get::<Arc<Failure>>().is_some() {

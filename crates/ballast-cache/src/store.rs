@@ -48,48 +48,64 @@ pub enum Eviction {
 /// response varies on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
-    path: Arc<str>,
-    primary: Arc<str>,
+    /// The request path, then the primary key, in one allocation.
+    text: Arc<str>,
+    path_len: usize,
+    /// Empty for most keys: shared, so it costs no allocation.
     variant: Arc<str>,
 }
 
+/// The empty variant every key without one shares.
+static NO_VARIANT: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+
 impl CacheKey {
-    pub(crate) fn new(path: Arc<str>, primary: Arc<str>, variant: Arc<str>) -> Self {
+    pub(crate) fn new(path: &str, primary: &str) -> Self {
+        let mut text = String::with_capacity(path.len() + primary.len());
+        text.push_str(path);
+        text.push_str(primary);
         CacheKey {
-            path,
-            primary,
-            variant,
+            text: text.into(),
+            path_len: path.len(),
+            variant: Arc::clone(&NO_VARIANT),
         }
     }
 
     pub(crate) fn with_variant(&self, variant: String) -> Self {
         CacheKey {
-            path: Arc::clone(&self.path),
-            primary: Arc::clone(&self.primary),
-            variant: variant.into(),
+            text: Arc::clone(&self.text),
+            path_len: self.path_len,
+            variant: if variant.is_empty() {
+                Arc::clone(&NO_VARIANT)
+            } else {
+                variant.into()
+            },
         }
     }
 
     /// The request path the entry was stored for.
     pub fn path(&self) -> &str {
-        &self.path
+        &self.text[..self.path_len]
     }
 
     /// The primary key (by default host, path and query).
     pub fn primary(&self) -> &str {
-        &self.primary
+        &self.text[self.path_len..]
     }
 
     fn size(&self) -> u64 {
-        (self.path.len() + self.primary.len() + self.variant.len()) as u64
+        (self.text.len() + self.variant.len()) as u64
     }
 }
 
-/// A stored response, or the note that responses for this key vary on some request headers.
+/// A stored response, the note that responses for this key vary on some request headers, or
+/// the note that this key answered with something that may not be stored.
 #[derive(Debug)]
 pub(crate) enum Stored {
     Response(StoredResponse),
     Vary(Vec<HeaderName>),
+    /// "Hit-for-pass": requests for this key go straight to the service, without waiting on
+    /// each other, until the note expires (the TTL) and the key is tried again.
+    Pass,
 }
 
 /// A response as stored.
@@ -121,6 +137,7 @@ impl Entry {
                 (headers + response.body.len()) as u64
             }
             Stored::Vary(names) => names.iter().map(|name| name.as_str().len() as u64).sum(),
+            Stored::Pass => 0,
         };
         Arc::new(Entry {
             stored,
@@ -131,7 +148,7 @@ impl Entry {
     fn ttl(&self, default: Duration) -> Duration {
         match &self.stored {
             Stored::Response(response) => response.ttl,
-            Stored::Vary(_) => default,
+            Stored::Vary(_) | Stored::Pass => default,
         }
     }
 }
@@ -285,6 +302,7 @@ pub(crate) struct Counters {
     pub(crate) too_large: AtomicU64,
     pub(crate) not_storable: AtomicU64,
     pub(crate) bypassed: AtomicU64,
+    pub(crate) passes: AtomicU64,
     pub(crate) bytes: AtomicU64,
 }
 
@@ -394,14 +412,14 @@ impl ResponseCache {
     /// Removes the entries stored for exactly this request path (every query and variant), as
     /// an application does after a write (`POST /items` → `invalidate_path("/items")`).
     pub async fn invalidate_path(&self, path: &str) {
-        let path: Arc<str> = path.into();
-        self.invalidate_if(move |key| *key.path == *path).await;
+        let path = path.to_owned();
+        self.invalidate_if(move |key| key.path() == path).await;
     }
 
     /// Removes the entries whose request path starts with `prefix`.
     pub async fn invalidate_prefix(&self, prefix: &str) {
         let prefix = prefix.to_owned();
-        self.invalidate_if(move |key| key.path.starts_with(&prefix))
+        self.invalidate_if(move |key| key.path().starts_with(&prefix))
             .await;
     }
 
@@ -445,6 +463,7 @@ impl ResponseCache {
             too_large: get(&counters.too_large),
             not_storable: get(&counters.not_storable),
             bypassed: get(&counters.bypassed),
+            passes: get(&counters.passes),
             hit_ratio: if lookups == 0 {
                 0.0
             } else {
@@ -557,6 +576,9 @@ pub struct CacheStats {
     pub not_storable: u64,
     /// Requests that bypassed the cache (method, credentials, request `Cache-Control`).
     pub bypassed: u64,
+    /// Requests sent straight to the service because their key recently answered with
+    /// something that may not be stored ("hit-for-pass"; counted as misses too).
+    pub passes: u64,
     /// `hits / (hits + misses)`.
     pub hit_ratio: f64,
 }
