@@ -3,9 +3,6 @@
 //! or header carries the password, the URL, `host:port` or SQL text; the log line carries the
 //! driver code, once per failure.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::routing::get;
@@ -14,6 +11,7 @@ use ballast_error::{Error, ErrorResponseLayer};
 use ballast_pool::{PoolConfig, SharedPool};
 use ballast_testkit::db::{self, PgDatabase};
 use ballast_testkit::fake::FakeServer;
+use ballast_testkit::logs::Captured;
 use diesel_async::AsyncPgConnection;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -22,25 +20,6 @@ use tower::ServiceExt;
 const CANARY: &str = "canary-Pa55-9917";
 const SECRET_SQL: &str = "SELEC secret_column FROM";
 const SECRET_VALUE: &str = "canary-row-value-5521";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn take(&self) -> String {
-        String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap()
-    }
-}
 
 #[derive(Clone)]
 struct App {

@@ -1,30 +1,14 @@
 //! A canary password in the URL never appears in any `Display`, `Debug`, error or log line.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use ballast_core::Failure;
 use ballast_pool::{PoolConfig, PoolProvider, SharedPool};
 use ballast_testkit::fake::FakeServer;
+use ballast_testkit::logs::Captured;
 use diesel_async::AsyncPgConnection;
 
 const CANARY: &str = "canary-Pa55w0rd-7431";
 
 /// Collects everything the subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A component that shares the process's pool rather than building one.
 async fn backup_job(pool: &impl PoolProvider) -> Result<(), Failure> {
     let _conn = pool.get().await?;
@@ -67,7 +51,7 @@ async fn the_password_never_shows() {
         .unwrap_err();
     texts.extend([error.to_string(), format!("{error:?}")]);
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.take();
     assert!(
         logs.contains("database connect failed"),
         "the failures were logged: {logs}"

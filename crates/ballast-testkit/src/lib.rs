@@ -13,6 +13,7 @@
 //! - [`db`]: `DATABASE_URL`/`MYSQL_URL` discovery with the skip-or-fail rule, throwaway databases,
 //!   roles with `CONNECTION LIMIT n` and users with `MAX_USER_CONNECTIONS n`, and counting one
 //!   test's own sessions in `pg_stat_activity` or the MySQL process list.
+//! - [`logs::Captured`]: an in-memory writer for a log subscriber, to check what is logged.
 //!
 //! # The skip-or-fail rule
 //!
@@ -39,4 +40,5 @@
 
 pub mod db;
 pub mod fake;
+pub mod logs;
 pub mod proxy;
