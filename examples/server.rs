@@ -30,7 +30,7 @@
 //! and everything works, the schema included. Ctrl-C (or SIGTERM) drains in-flight requests,
 //! stops the cache cleanup, clears the cache, closes the pool and exits 0.
 //!
-//! Stack, outermost first: shutdown → error → cache → retry → handlers.
+//! Stack, outermost first: shutdown → error → timeout (30 s) → cache → retry → handlers.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -67,6 +67,10 @@ const DEFAULT_BIND: &str = "127.0.0.1:3000";
 const MAX_SLEEP_MS: u64 = 60_000;
 /// How long `/readyz` waits for the database.
 const READY_CHECK: Duration = Duration::from_secs(2);
+/// The longest a request may take, retries included: past it the client gets a 503
+/// (`tower::timeout`, rendered by the error layer), and a query stuck on a silently dead
+/// connection cannot hold a request forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The process's pool, whichever backend the URL names.
 #[derive(Clone)]
@@ -523,6 +527,7 @@ async fn main() -> ExitCode {
                         .serve_while_draining(["/healthz", "/readyz"]),
                 )
                 .layer(ErrorResponseLayer::new())
+                .timeout(REQUEST_TIMEOUT)
                 .layer(CacheLayer::new(cache).x_cache_header(true))
                 .layer(retry),
         );

@@ -37,8 +37,9 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 ///   [`Error`]'s `IntoResponse` produces) is rendered again with this layer's
 ///   [`MapProblem`] and `Retry-After` policy.
 /// - A service error (`Err` from a plain Tower or hyper service) becomes a response too: a
-///   [`Failure`], an [`Error`], diesel, driver and I/O errors are classified; anything else is a
-///   500 `CRITICAL_ERROR`. The stack's error type becomes [`Infallible`].
+///   [`Failure`], an [`Error`], diesel, driver and I/O errors are classified, and
+///   `tower::timeout`'s `Elapsed` is a 503 `DB_CONNECTION_ERROR` (timed out, retryable); anything
+///   else is a 500 `CRITICAL_ERROR`. The stack's error type becomes [`Infallible`].
 /// - A panic in the service or its future becomes a 500 `CRITICAL_ERROR` (through tower-http's
 ///   [`CatchPanic`]), and the server keeps serving.
 /// - 503 responses carry `Retry-After` ([`RetryAfter`]: 1 s plus up to 2 s of jitter by
@@ -288,6 +289,16 @@ fn classify_foreign(error: BoxError) -> Failure {
     };
     let error = match error.downcast::<std::io::Error>() {
         Ok(error) => return Failure::from(*error),
+        Err(error) => error,
+    };
+    // `tower::timeout::TimeoutLayer` gave up on the request: the database (or whatever the
+    // handler waited on) did not answer in time. Retrying later may work.
+    let error = match error.downcast::<tower::timeout::error::Elapsed>() {
+        Ok(error) => {
+            return Failure::new(Cause::TimedOut)
+                .with_detail("the request took longer than its timeout")
+                .with_source(*error)
+        }
         Err(error) => error,
     };
     #[cfg(feature = "postgres")]

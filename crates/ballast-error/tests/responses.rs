@@ -236,6 +236,11 @@ async fn plain_tower_service_errors_become_responses() {
             503,
             "DB_CONNECTION_ERROR",
         ),
+        (
+            Box::new(tower::timeout::error::Elapsed::new()),
+            503,
+            "DB_CONNECTION_ERROR",
+        ),
         ("some other error".into(), 500, "CRITICAL_ERROR"),
     ];
     for (error, status, code) in cases {
