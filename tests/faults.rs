@@ -22,7 +22,8 @@
 //! | 22 drain | `crates/ballast-shutdown/tests/process.rs`, `tests/server.rs` |
 //! | 23 deadline and second signal | `crates/ballast-shutdown/tests/process.rs` |
 //!
-//! The rest are here: 1, 2, 4, 5, 6, 7, 8 and 10.
+//! The rest are here: 1, 2, 4, 5, 6, 7, 8 (simulated with the proxy, and for real on a private
+//! PostgreSQL cluster this test starts and restarts) and 10.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -577,4 +578,173 @@ async fn scenario_10_half_open_connections_fail_within_the_deadline_then_recover
     );
     let after = load(&[app], "/work?ms=1", 4, Duration::from_millis(300)).await;
     assert!(after.other.is_empty() && after.ok > 0, "{after:?}");
+}
+
+/// A private PostgreSQL cluster in a temporary directory, on its own port, so a test can restart
+/// a real server without disturbing the shared one the other tests use.
+struct PrivateCluster {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivateCluster {
+    /// Starts one: `initdb` and `pg_ctl` as the `postgres` user (this project's machines run the
+    /// tests as root). `Err` says why it could not.
+    fn start() -> Result<Self, String> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .map_err(|error| format!("no /usr/lib/postgresql: {error}"))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path().join("bin")))
+            .filter(|bin| bin.join("initdb").exists())
+            .max()
+            .ok_or("no initdb under /usr/lib/postgresql")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map_err(|error| error.to_string())?
+            .port();
+        let dir = std::env::temp_dir().join(db::unique_name("ballast_cluster"));
+        std::fs::create_dir_all(&dir).map_err(|error| error.to_string())?;
+        let chown = std::process::Command::new("chown")
+            .args(["postgres:postgres", &dir.to_string_lossy()])
+            .status()
+            .map_err(|error| error.to_string())?;
+        if !chown.success() {
+            return Err("cannot hand the directory to the postgres user (not root?)".into());
+        }
+        let cluster = PrivateCluster { bin, dir, port };
+        cluster.as_postgres(&["initdb", "-D", "DATA", "--auth=trust", "-U", "postgres"])?;
+        cluster.pg_ctl("start")?;
+        Ok(cluster)
+    }
+
+    fn as_postgres(&self, args: &[&str]) -> Result<(), String> {
+        let data = self.dir.join("data");
+        let program = self.bin.join(args[0]);
+        let args: Vec<String> = args[1..]
+            .iter()
+            .map(|arg| {
+                if *arg == "DATA" {
+                    data.to_string_lossy().into_owned()
+                } else {
+                    (*arg).to_owned()
+                }
+            })
+            .collect();
+        let output = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&program)
+            .args(&args)
+            .output()
+            .map_err(|error| format!("{}: {error}", program.display()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} failed: {}",
+                program.display(),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    }
+
+    fn pg_ctl(&self, action: &str) -> Result<(), String> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log").to_string_lossy().into_owned();
+        self.as_postgres(&[
+            "pg_ctl", "-D", "DATA", "-m", "fast", "-w", "-l", &log, "-o", &options, action,
+        ])
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = self.as_postgres(&["pg_ctl", "-D", "DATA", "-m", "immediate", "-w", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_8_real_restart_of_a_private_postgresql() {
+    if db::postgres_url("scenario_8_real_restart").is_none() {
+        return;
+    }
+    let cluster = match tokio::task::spawn_blocking(PrivateCluster::start)
+        .await
+        .unwrap()
+    {
+        Ok(cluster) => Arc::new(cluster),
+        Err(reason) if !db::databases_required() => {
+            eprintln!("skipping scenario_8_real_restart: {reason}");
+            return;
+        }
+        Err(reason) => panic!("cannot start a private PostgreSQL: {reason}"),
+    };
+    let pool = pool(&cluster.url(), "connection_limit=8&pool_timeout=2");
+    let app = app(pool, fast_retry().max_retries(1));
+    assert_eq!(call(&app, "/work").await.0, StatusCode::OK);
+
+    let started = Instant::now();
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (app, answers) = (app.clone(), Arc::clone(&answers));
+            tokio::spawn(async move {
+                while started.elapsed() < Duration::from_secs(5) {
+                    let answer = call(&app, "/work?ms=2").await;
+                    answers.lock().unwrap().push((started.elapsed(), answer));
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let restarting = started.elapsed();
+    let restarted = {
+        let cluster = Arc::clone(&cluster);
+        tokio::task::spawn_blocking(move || cluster.pg_ctl("restart"))
+            .await
+            .unwrap()
+    };
+    restarted.expect("pg_ctl restart");
+    // When the server accepts connections again, as a new client sees it.
+    let ready = loop {
+        if tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
+            .await
+            .is_ok()
+        {
+            break started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    for client in clients {
+        client.await.unwrap();
+    }
+    let answers = answers.lock().unwrap();
+    let mut tally = Tally::default();
+    for (_, answer) in answers.iter() {
+        tally.add(*answer);
+    }
+    let first_success = answers
+        .iter()
+        .filter(|(at, (status, _))| *at > ready && *status == StatusCode::OK)
+        .map(|(at, _)| *at - ready)
+        .min()
+        .expect("requests succeeded after the restart");
+    println!(
+        "scenario 8 (real restart): restart began at {restarting:?}, the server accepted connections \
+         again at {ready:?}; {tally:?}; first success {first_success:?} after that"
+    );
+    assert!(
+        tally.other.is_empty(),
+        "only 200 or 503 retryable: {:?}",
+        tally.other
+    );
+    assert!(first_success <= Duration::from_secs(1), "{first_success:?}");
 }
