@@ -14,15 +14,19 @@ use tokio::process::{Child, Command};
 
 /// `cargo test` builds the examples next to the test binaries: `target/<profile>/examples`.
 fn server_binary() -> PathBuf {
+    example_binary("server")
+}
+
+fn example_binary(name: &str) -> PathBuf {
     let mut path = std::env::current_exe().expect("the test binary's path");
     path.pop(); // the test binary
     if path.ends_with("deps") {
         path.pop();
     }
-    let binary = path.join("examples").join("server");
+    let binary = path.join("examples").join(name);
     assert!(
         binary.exists(),
-        "{} is missing: `cargo test` builds it (or `cargo build --example server`)",
+        "{} is missing: `cargo test` builds it (or `cargo build --example {name}`)",
         binary.display()
     );
     binary
@@ -43,9 +47,13 @@ impl Drop for TempDir {
 }
 
 fn command(env: &[(&str, &str)]) -> (Command, TempDir) {
+    command_for(server_binary(), env)
+}
+
+fn command_for(binary: PathBuf, env: &[(&str, &str)]) -> (Command, TempDir) {
     let dir = std::env::temp_dir().join(db::unique_name("ballast_server"));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut command = Command::new(server_binary());
+    let mut command = Command::new(binary);
     command
         .current_dir(&dir)
         .env_remove("DATABASE_URL")
@@ -61,7 +69,10 @@ fn command(env: &[(&str, &str)]) -> (Command, TempDir) {
 }
 
 async fn start(env: &[(&str, &str)]) -> Server {
-    let (mut command, dir) = command(env);
+    start_command(command(env)).await
+}
+
+async fn start_command((mut command, dir): (Command, TempDir)) -> Server {
     let mut child = command.spawn().expect("the example server starts");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
@@ -366,4 +377,50 @@ async fn starts_while_the_database_is_down_and_works_once_it_answers() {
         "the schema was created once the database answered"
     );
     stop_with_work_in_flight(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_stack_on_plain_hyper() {
+    let mut server = start_command(command_for(example_binary("hyper"), &[])).await;
+    let addr = server.addr;
+    let first = get(addr, "/items").await;
+    assert_eq!((first.status, first.body.as_str()), (200, "{\"items\":0}"));
+    assert!(first.head.contains("x-cache: miss"));
+    assert!(get(addr, "/items").await.head.contains("x-cache: hit"));
+    let missing = get(addr, "/missing").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.head.contains("application/problem+json"));
+    assert!(missing.body.contains("\"code\":\"NOT_FOUND\""));
+    let pid = server.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("exited")
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "hyper-util's graceful shutdown drained and exited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hyper_stack_answers_503_when_the_database_is_down() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("postgres://postgres@127.0.0.1:{port}/test?pool_timeout=2");
+    let server = start_command(command_for(
+        example_binary("hyper"),
+        &[("DATABASE_URL", &url)],
+    ))
+    .await;
+    let down = get(server.addr, "/items").await;
+    assert_eq!(down.status, 503, "{}", down.body);
+    assert!(down.head.contains("retry-after"));
+    assert!(down.body.contains("\"retryable\":true"));
 }
