@@ -82,27 +82,29 @@ enum Db {
 
 /// Runs `$body` with `$conn` bound to a checked-out connection of whichever backend `$db` is,
 /// and `$dialect` to that backend's SQL. Each backend's connection is its own type, so the body
-/// is compiled once per backend.
+/// is compiled once per backend. A diesel error from the body is classified with the
+/// connection's help: a connection that died under the query is a retryable 503, not a 500.
 macro_rules! on_connection {
     ($db:expr, |$conn:ident, $dialect:ident| $body:expr) => {
         match $db {
-            Db::Postgres(pool) => {
-                let $dialect = &POSTGRES;
-                let mut $conn = pool.get().await?;
-                $body
-            }
-            Db::Mysql(pool) => {
-                let $dialect = &MYSQL;
-                let mut $conn = pool.get().await?;
-                $body
-            }
-            Db::Sqlite(pool) => {
-                let $dialect = &SQLITE;
-                let mut $conn = pool.get().await?;
-                $body
-            }
+            Db::Postgres(pool) => on_connection!(@run pool, POSTGRES, |$conn, $dialect| $body),
+            Db::Mysql(pool) => on_connection!(@run pool, MYSQL, |$conn, $dialect| $body),
+            Db::Sqlite(pool) => on_connection!(@run pool, SQLITE, |$conn, $dialect| $body),
         }
     };
+    (@run $pool:ident, $sql:ident, |$conn:ident, $dialect:ident| $body:expr) => {{
+        let $dialect = &$sql;
+        let mut $conn = $pool.get().await?;
+        let result: Result<_, diesel::result::Error> = async { Ok($body) }.await;
+        match result {
+            Ok(value) => value,
+            // A missing row is an answer (404), not a failure.
+            Err(diesel::result::Error::NotFound) => {
+                return Err(diesel::result::Error::NotFound.into())
+            }
+            Err(error) => return Err($conn.classify(error).await.into()),
+        }
+    }};
 }
 
 /// The SQL that differs between backends.
