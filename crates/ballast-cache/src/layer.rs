@@ -265,7 +265,7 @@ where
                 }
             };
             match store(cache, &key, &request_headers, response).await {
-                Ok(Stored2 { entry, variant }) => {
+                Ok(StoreOutcome { entry, variant }) => {
                     // This request's own response: the one stored (under its variant, when the
                     // response varies).
                     let own_entry = variant.as_ref().unwrap_or(&entry);
@@ -341,7 +341,7 @@ async fn store<ResBody>(
     key: &CacheKey,
     request_headers: &http::HeaderMap,
     response: Response<ResBody>,
-) -> Result<Stored2, (Response<CacheBody<ResBody>>, bool)>
+) -> Result<StoreOutcome, (Response<CacheBody<ResBody>>, bool)>
 where
     ResBody: Body<Data = Bytes> + Unpin,
     ResBody::Error: Into<BoxError>,
@@ -385,7 +385,7 @@ where
         ttl,
     };
     if vary.is_empty() {
-        return Ok(Stored2 {
+        return Ok(StoreOutcome {
             entry: Entry::new(key, Stored::Response(stored)),
             variant: None,
         });
@@ -399,20 +399,20 @@ where
         // Looked up by its variant already (the note existed): refresh the note, and the
         // response is this key's value.
         cache.insert(key.with_variant(String::new()), note).await;
-        return Ok(Stored2 {
+        return Ok(StoreOutcome {
             entry: response,
             variant: None,
         });
     }
     cache.insert(variant_key, Arc::clone(&response)).await;
-    Ok(Stored2 {
+    Ok(StoreOutcome {
         entry: note,
         variant: Some(response),
     })
 }
 
 /// What [`store`] stored: the entry for the key, and the response's own entry when it varies.
-struct Stored2 {
+struct StoreOutcome {
     entry: Arc<Entry>,
     variant: Option<Arc<Entry>>,
 }

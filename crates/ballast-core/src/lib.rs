@@ -523,16 +523,26 @@ impl Failure {
     /// Only the first line of each error is kept: PostgreSQL's errors put row values in their
     /// `DETAIL` and `WHERE` lines, and those stay out of logs.
     pub fn report(&self) -> String {
-        let mut report = self.to_string();
+        match self.source_chain() {
+            Some(chain) => format!("{self}: {chain}"),
+            None => self.to_string(),
+        }
+    }
+
+    /// The source chain, redacted, first line of each error, joined by `": "`.
+    fn source_chain(&self) -> Option<String> {
         let mut source = StdError::source(self);
+        let mut chain: Option<String> = None;
         while let Some(error) = source {
             let text = error.to_string();
-            let first_line = text.lines().next().unwrap_or_default();
-            report.push_str(": ");
-            report.push_str(&redact(first_line));
+            let first_line = redact(text.lines().next().unwrap_or_default()).into_owned();
+            chain = Some(match chain {
+                Some(chain) => format!("{chain}: {first_line}"),
+                None => first_line,
+            });
             source = error.source();
         }
-        report
+        chain
     }
 
     /// A copy of this failure for another caller — every waiter of a pool that could not
@@ -540,12 +550,6 @@ impl Failure {
     /// (the original error itself cannot be cloned).
     pub fn detached(&self) -> Failure {
         let inner = &self.inner;
-        let mut source = StdError::source(self).map(|_| {
-            let chain = self.report();
-            // Everything after this failure's own text is its sources.
-            let own = self.to_string();
-            DetachedSource(chain[own.len()..].trim_start_matches(": ").to_owned())
-        });
         Failure {
             inner: Box::new(Inner {
                 cause: inner.cause,
@@ -555,7 +559,9 @@ impl Failure {
                 driver_code: inner.driver_code,
                 public_message: inner.public_message.clone(),
                 detail: inner.detail.clone(),
-                source: source.take().map(|source| Box::new(source) as BoxError),
+                source: self
+                    .source_chain()
+                    .map(|chain| Box::new(DetachedSource(chain)) as BoxError),
             }),
         }
     }

@@ -172,8 +172,7 @@ impl axum_core::response::IntoResponse for Error {
             Repr::Failure(failure) => (DefaultProblems::problem_for(&failure), Some(failure)),
             Repr::Problem(problem) => (*problem, None),
         };
-        let retry_after = (problem.status == StatusCode::SERVICE_UNAVAILABLE)
-            .then(|| crate::map::RetryAfter::default().pick());
+        let retry_after = crate::map::RetryAfter::default().for_status(problem.status);
         let mut response = problem
             .to_response(false, retry_after)
             .map(axum_core::body::Body::new);

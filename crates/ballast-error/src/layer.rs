@@ -256,8 +256,7 @@ where
             Err(error) => match classify(error) {
                 Repr::Failure(failure) => render(&context, failure, None),
                 Repr::Problem(problem) => {
-                    let retry_after = (problem.status == StatusCode::SERVICE_UNAVAILABLE)
-                        .then(|| context.retry_after.pick());
+                    let retry_after = context.retry_after.for_status(problem.status);
                     to_boxed(problem.to_response(is_head(&context), retry_after))
                 }
             },
@@ -323,8 +322,7 @@ fn render<M: MapProblem>(
 ) -> Response<ResponseBody> {
     let problem = context.map.problem(&failure);
     log(context, &failure, problem.status);
-    let retry_after =
-        (problem.status == StatusCode::SERVICE_UNAVAILABLE).then(|| context.retry_after.pick());
+    let retry_after = context.retry_after.for_status(problem.status);
     let mut response = problem.to_response(is_head(context), retry_after);
     if let Some(extensions) = extensions {
         *response.extensions_mut() = extensions;

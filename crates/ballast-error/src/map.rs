@@ -89,6 +89,11 @@ impl RetryAfter {
         RetryAfter { base, jitter }
     }
 
+    /// The `Retry-After` for a response of `status`: a value for a 503, `None` otherwise.
+    pub fn for_status(&self, status: StatusCode) -> Option<Duration> {
+        (status == StatusCode::SERVICE_UNAVAILABLE).then(|| self.pick())
+    }
+
     /// A value to send now.
     pub fn pick(&self) -> Duration {
         let jitter = fastrand::u64(0..=self.jitter.as_secs());

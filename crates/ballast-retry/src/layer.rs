@@ -129,7 +129,7 @@ impl RetryLayer {
             settings.deadline,
             budget,
         )
-        .map_err(|error| InvalidRetrySetting(format!("{error:?}")))?;
+        .map_err(|error| InvalidRetrySetting(error.to_string()))?;
         Ok(RetryLayer {
             settings,
             shared: Arc::new(shared),
