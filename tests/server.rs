@@ -1,134 +1,14 @@
 //! The example server as a process: every endpoint on the default SQLite and on PostgreSQL, the
 //! bad-setting exits, a database that is down at startup, and a SIGTERM with requests in flight.
 
+mod support;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ballast_testkit::db::{self, Backends, PgDatabase};
 use ballast_testkit::proxy::{FaultProxy, Mode};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-
-/// `cargo test` builds the examples next to the test binaries: `target/<profile>/examples`.
-fn server_binary() -> PathBuf {
-    example_binary("server")
-}
-
-fn example_binary(name: &str) -> PathBuf {
-    let mut path = std::env::current_exe().expect("the test binary's path");
-    path.pop(); // the test binary
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    let binary = path.join("examples").join(name);
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo test` builds it (or `cargo build --example {name}`)",
-        binary.display()
-    );
-    binary
-}
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn command(env: &[(&str, &str)]) -> (Command, TempDir) {
-    command_for(server_binary(), env)
-}
-
-fn command_for(binary: PathBuf, env: &[(&str, &str)]) -> (Command, TempDir) {
-    let dir = std::env::temp_dir().join(db::unique_name("ballast_server"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut command = Command::new(binary);
-    command
-        .current_dir(&dir)
-        .env_remove("DATABASE_URL")
-        .env("BIND", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    (command, TempDir(dir))
-}
-
-async fn start(env: &[(&str, &str)]) -> Server {
-    start_command(command(env)).await
-}
-
-async fn start_command((mut command, dir): (Command, TempDir)) -> Server {
-    let mut child = command.spawn().expect("the example server starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the server says where it listens")
-        .unwrap()
-        .expect("a line");
-    let addr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected line: {line}"))
-        .parse()
-        .unwrap();
-    Server {
-        child,
-        addr,
-        _dir: dir,
-    }
-}
-
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-async fn send(addr: SocketAddr, method: &str, path: &str, body: Option<(&str, &str)>) -> Answer {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: server\r\nConnection: close\r\n");
-    if let Some((content_type, body)) = body {
-        request.push_str(&format!(
-            "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
-    } else {
-        request.push_str("\r\n");
-    }
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    Answer {
-        status: head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|status| status.parse().ok())
-            .unwrap_or(0),
-        head: head.to_ascii_lowercase(),
-        body: body.to_owned(),
-    }
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Answer {
-    send(addr, "GET", path, None).await
-}
+use support::{command, command_for, example_binary, get, send, start, start_command, Server};
 
 /// Walks every endpoint; returns the id of the item it created.
 async fn walk(addr: SocketAddr) -> i64 {
@@ -260,7 +140,7 @@ async fn every_endpoint_on_the_default_sqlite() {
     let server = start(&[]).await;
     walk(server.addr).await;
     assert!(
-        server._dir.0.join("ballast-example.db").exists(),
+        server.dir.0.join("ballast-example.db").exists(),
         "the SQLite file was created"
     );
     stop_with_work_in_flight(server).await;

@@ -27,7 +27,28 @@ pub trait Connect: AsyncConnection + PoolableConnection + Send + 'static {
     ///
     /// The classified failure, always [`Reach::NotSent`](ballast_core::Reach::NotSent).
     fn open(config: &PoolConfig) -> impl Future<Output = Result<Self, Failure>> + Send;
+
+    /// Makes a connection whose checkout was abandoned idle again: stops the statement it may
+    /// still be running (`in_flight`) on the server and ends a transaction left open. Returns
+    /// whether the connection can be reused; `false` closes it.
+    ///
+    /// The pool keeps the connection checked out — counted against `connection_limit` — until
+    /// this returns, and gives it a few seconds.
+    ///
+    /// # Errors
+    ///
+    /// The failure that kept the connection from becoming idle; it is then closed.
+    fn cancel_abandoned(
+        &mut self,
+        config: &PoolConfig,
+        in_flight: bool,
+    ) -> impl Future<Output = Result<bool, Failure>> + Send;
 }
+
+/// How many times a `ROLLBACK` is tried after a cancel request: the cancel may land on the first
+/// one instead of the abandoned statement, if that statement had just ended.
+#[cfg(feature = "postgres")]
+const ROLLBACK_ATTEMPTS: usize = 3;
 
 /// Runs a whole connect under the configured deadline, and marks every failure `NotSent`.
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
@@ -61,6 +82,54 @@ impl Connect for diesel_async::AsyncPgConnection {
         })
         .await
     }
+
+    /// Sends PostgreSQL's cancel request (a separate, short connection to the postmaster that
+    /// is not a session and counts against no connection limit), then `ROLLBACK`: it runs once
+    /// the cancelled statement has stopped, and leaves no transaction open.
+    async fn cancel_abandoned(
+        &mut self,
+        config: &PoolConfig,
+        in_flight: bool,
+    ) -> Result<bool, Failure> {
+        use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+        if in_flight {
+            let token = self.cancel_token();
+            match tokio::time::timeout(
+                config.connect_timeout(),
+                token.cancel_query(tokio_postgres::NoTls),
+            )
+            .await
+            {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(Failure::new(ballast_core::Cause::TimedOut)
+                        .with_detail("the cancel request took longer than connect_timeout"))
+                }
+            }
+        }
+        let mut last = None;
+        for _ in 0..ROLLBACK_ATTEMPTS {
+            match self.batch_execute("ROLLBACK").await {
+                Ok(()) => {
+                    // The server is idle and outside any transaction: so is diesel's view of it.
+                    *self.transaction_state() = Default::default();
+                    return Ok(true);
+                }
+                // A closed connection will not recover; anything else may be the cancel that
+                // arrived late and hit this ROLLBACK.
+                Err(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::ClosedConnection
+                    | diesel::result::DatabaseErrorKind::UnableToSendCommand,
+                    _,
+                )) => return Ok(false),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.map_or_else(
+            || Failure::new(ballast_core::Cause::Internal),
+            Failure::from,
+        ))
+    }
 }
 
 #[cfg(feature = "mysql")]
@@ -87,6 +156,29 @@ impl Connect for diesel_async::AsyncMysqlConnection {
         })
         .await
     }
+
+    /// MySQL has no in-band cancel: `KILL QUERY` goes over a second, short-lived connection
+    /// (which counts against the user's connection limit while it lasts). mysql_async cannot
+    /// tell where an abandoned command left its side of the protocol, so the connection is
+    /// closed afterwards rather than risk reading the killed statement's answer as the next
+    /// one's.
+    async fn cancel_abandoned(
+        &mut self,
+        config: &PoolConfig,
+        in_flight: bool,
+    ) -> Result<bool, Failure> {
+        if in_flight {
+            let token = self.cancel_token();
+            match tokio::time::timeout(config.connect_timeout(), token.cancel_query()).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(Failure::new(ballast_core::Cause::TimedOut)
+                        .with_detail("KILL QUERY took longer than connect_timeout"))
+                }
+            }
+        }
+        Ok(false)
+    }
 }
 
 #[cfg(feature = "sqlite")]
@@ -109,5 +201,17 @@ impl Connect
             Ok(conn)
         })
         .await
+    }
+
+    /// diesel cannot interrupt SQLite, and diesel-async's wrapper does not let go of an
+    /// abandoned statement: dropping its future blocks (in place) until the statement's blocking
+    /// thread is done, so the connection comes back idle. A transaction left open closes it.
+    async fn cancel_abandoned(
+        &mut self,
+        _config: &PoolConfig,
+        _in_flight: bool,
+    ) -> Result<bool, Failure> {
+        use diesel_async::pooled_connection::PoolableConnection;
+        Ok(!self.is_broken())
     }
 }

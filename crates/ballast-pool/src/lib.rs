@@ -28,6 +28,13 @@
 //!   checkout. Here only connections idle longer than `check_idle_after` (30 s) are tested; a
 //!   connection that comes back broken — closed by the server, or with a transaction left open
 //!   because its request was cancelled mid-transaction — is dropped, never reused.
+//! - **Abandoned statements never reach the next checkout.** A request's future can be dropped
+//!   mid-query (the client hung up, a timeout fired, a handler panicked). A connection that comes
+//!   back with a statement still running stays checked out — counted against the bound — while
+//!   the statement is cancelled on the server (PostgreSQL's cancel request, then `ROLLBACK`;
+//!   MySQL's `KILL QUERY`, then the connection is closed); it returns to the pool only once it is
+//!   idle, so no later request waits behind it. [`PoolStats::cancelled`] counts these.
+//!   [`SharedPool::close`] waits for them to wind down.
 //! - **A real close.** bb8 has no close. [`SharedPool::close`] takes the pool out and drops it:
 //!   idle connections close at once, later checkouts fail with `PoolClosed`, connections checked
 //!   out close when they come back.
@@ -89,6 +96,7 @@ mod connect;
 mod layer;
 mod manager;
 mod pool;
+mod reclaim;
 mod stats;
 
 pub use config::{

@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ballast_core::{Cause, Failure};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::config::PoolConfig;
 use crate::connect::Connect;
+use crate::reclaim::{Activity, Tracking};
 use crate::stats::Counters;
 
 /// The first pause after a failed connect before the network is tried again. Short, so a pool
@@ -35,6 +36,10 @@ pub(crate) struct Shared {
     gate: Mutex<Gate>,
     /// Bumped after every failed connect, so waiting checkouts can look at the failure.
     failures: watch::Sender<u64>,
+    /// Abandoned connections being made idle again (see `reclaim`).
+    pub(crate) reclaiming: AtomicUsize,
+    /// Notified when the last reclaim ends.
+    pub(crate) reclaimed: Notify,
 }
 
 impl Shared {
@@ -47,6 +52,8 @@ impl Shared {
             latest_failure: Mutex::new(None),
             gate: Mutex::new(Gate::default()),
             failures: watch::Sender::new(0),
+            reclaiming: AtomicUsize::new(0),
+            reclaimed: Notify::new(),
         }
     }
 
@@ -112,11 +119,16 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
-/// A pooled connection and when it last went idle.
+/// A pooled connection, what it is doing, and when it last went idle.
 #[derive(Debug)]
 pub(crate) struct Idle<C> {
     pub(crate) conn: C,
     idle_since: Instant,
+    /// Fed by the connection's instrumentation: statements in flight.
+    pub(crate) activity: Arc<Activity>,
+    /// Set when the connection must be closed rather than reused (an abandoned statement that
+    /// could not be stopped).
+    pub(crate) discard: bool,
 }
 
 /// bb8's view of the pool's connections.
@@ -170,8 +182,10 @@ impl<C: Connect> bb8::ManageConnection for Manager<C> {
         // Before the failure is announced, so a waiter that hears of it sees this attempt over.
         shared.connecting.fetch_sub(1, Ordering::AcqRel);
         match opened {
-            Ok(conn) => {
+            Ok(mut conn) => {
                 shared.counters.connects.fetch_add(1, Ordering::Relaxed);
+                let activity = Arc::new(Activity::default());
+                conn.set_instrumentation(Tracking::new(Arc::clone(&activity)));
                 let recovered = {
                     let mut gate = shared.lock_gate();
                     gate.consecutive = 0;
@@ -183,6 +197,8 @@ impl<C: Connect> bb8::ManageConnection for Manager<C> {
                 Ok(Idle {
                     conn,
                     idle_since: Instant::now(),
+                    activity,
+                    discard: false,
                 })
             }
             Err(failure) => {
@@ -230,8 +246,11 @@ impl<C: Connect> bb8::ManageConnection for Manager<C> {
 
     fn has_broken(&self, idle: &mut Self::Connection) -> bool {
         // Called when a connection comes back. diesel-async reports a closed connection and a
-        // transaction left open (a request cancelled mid-transaction) as broken.
-        let broken = idle.conn.is_broken();
+        // transaction left open (a request cancelled mid-transaction) as broken; an abandoned
+        // statement that could not be stopped marks it for discarding (see `reclaim`). Checkouts
+        // hand abandoned connections to `reclaim` first; one still busy here was dropped inside
+        // bb8 (a checkout cancelled during its idle check) and is closed.
+        let broken = idle.discard || idle.activity.in_flight() || idle.conn.is_broken();
         if broken {
             self.shared
                 .counters

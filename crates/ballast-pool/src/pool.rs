@@ -14,6 +14,7 @@ use ballast_core::{Cause, Failure, Reach};
 use crate::config::{Backend, PoolConfig};
 use crate::connect::Connect;
 use crate::manager::{Manager, Shared};
+use crate::reclaim;
 use crate::stats::PoolStats;
 
 /// What a component takes instead of building its own pool: a way to get a connection and to
@@ -227,7 +228,10 @@ impl<C: Connect> SharedPool<C> {
                 if waited > SLOW_CHECKOUT {
                     tracing::debug!(waited_ms = waited.as_millis() as u64, "slow checkout");
                 }
-                Ok(PooledConnection { conn })
+                Ok(PooledConnection {
+                    conn: Some(conn),
+                    shared: Arc::clone(shared),
+                })
             }
             Err(failure) => Err(failure.with_reach(Reach::NotSent)),
         }
@@ -272,6 +276,16 @@ impl<C: Connect> SharedPool<C> {
     pub async fn close(&self) {
         let shared = &self.inner.shared;
         shared.closed.store(true, Ordering::Release);
+        // Connections abandoned mid-statement are being stopped on the server: wait for them,
+        // so closing leaves nothing running (the caller bounds the wait, e.g. a shutdown hook's
+        // timeout).
+        loop {
+            let reclaimed = shared.reclaimed.notified();
+            if shared.reclaiming.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            reclaimed.await;
+        }
         let pool = self
             .inner
             .pool
@@ -336,6 +350,7 @@ impl<C: Connect> SharedPool<C> {
             connect_failures_by_code: counters.failures_by_code(),
             connects_skipped: counters.connects_skipped.load(Ordering::Relaxed),
             closed_broken: counters.closed_broken.load(Ordering::Relaxed),
+            cancelled: counters.cancelled.load(Ordering::Relaxed),
             closed_invalid: statistics.connections_closed_invalid,
             closed_expired: statistics.connections_closed_idle_timeout
                 + statistics.connections_closed_max_lifetime,
@@ -421,8 +436,42 @@ impl<C: Connect> PoolProvider for SharedPool<C> {
 /// Dereferences to the diesel-async connection, so `diesel_async::RunQueryDsl` methods take
 /// `&mut *conn`. A connection that comes back broken — closed, or with a transaction left open
 /// because the request was cancelled mid-transaction — is dropped instead of reused.
+///
+/// Dropped while a statement still runs — the request's future was dropped mid-query because
+/// the client hung up, a timeout fired or the handler panicked — the connection stays checked
+/// out while the statement is cancelled on the server (PostgreSQL's cancel request, MySQL's
+/// `KILL QUERY`); it goes back to the pool only once it is idle again, or is closed. No later
+/// checkout waits behind an abandoned statement. [`PoolStats::cancelled`] counts these.
 pub struct PooledConnection<C: Connect> {
-    conn: bb8::PooledConnection<'static, Manager<C>>,
+    /// Taken by `drop`.
+    conn: Option<bb8::PooledConnection<'static, Manager<C>>>,
+    shared: Arc<Shared>,
+}
+
+impl<C: Connect> PooledConnection<C> {
+    fn idle(&self) -> &crate::manager::Idle<C> {
+        self.conn
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken only when dropped"))
+    }
+
+    fn idle_mut(&mut self) -> &mut crate::manager::Idle<C> {
+        self.conn
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("taken only when dropped"))
+    }
+}
+
+impl<C: Connect> Drop for PooledConnection<C> {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if reclaim::needs_reclaim(&mut conn) {
+            reclaim::spawn(conn, Arc::clone(&self.shared));
+        }
+        // Otherwise `conn` drops here and bb8 takes it back.
+    }
 }
 
 impl<C: Connect> PooledConnection<C> {
@@ -440,7 +489,7 @@ impl<C: Connect> PooledConnection<C> {
         if !matches!(failure.cause(), Cause::Query | Cause::Internal) {
             return failure;
         }
-        let conn = &mut self.conn.conn;
+        let conn = &mut self.idle_mut().conn;
         let dead = conn.is_broken()
             || match conn.batch_execute("SELECT 1").await {
                 Ok(()) => false,
@@ -467,13 +516,13 @@ impl<C: Connect> Deref for PooledConnection<C> {
     type Target = C;
 
     fn deref(&self) -> &C {
-        &self.conn.conn
+        &self.idle().conn
     }
 }
 
 impl<C: Connect> DerefMut for PooledConnection<C> {
     fn deref_mut(&mut self) -> &mut C {
-        &mut self.conn.conn
+        &mut self.idle_mut().conn
     }
 }
 

@@ -50,6 +50,10 @@ pub struct PoolStats {
     pub connects_skipped: u64,
     /// Connections dropped when they came back broken (closed, or a transaction left open).
     pub closed_broken: u64,
+    /// Checkouts abandoned while a statement ran (or with a transaction open): the statement
+    /// was cancelled on the server and the connection made idle again, or closed (then also
+    /// counted in `closed_broken`).
+    pub cancelled: u64,
     /// Connections dropped because the idle check at checkout failed.
     pub closed_invalid: u64,
     /// Connections closed after `idle_timeout` or `max_lifetime`.
@@ -73,6 +77,7 @@ pub(crate) struct Counters {
     pub(crate) connect_failures: AtomicU64,
     pub(crate) connects_skipped: AtomicU64,
     pub(crate) closed_broken: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
     failures_by_code: Mutex<BTreeMap<String, u64>>,
     wait: WaitHistogram,
 }

@@ -548,3 +548,75 @@ fn creating_a_pool_outside_a_runtime_is_an_error_not_a_panic() {
         ballast_pool::PoolError::NoRuntime
     );
 }
+
+#[derive(diesel::QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+
+async fn backend_pid(pool: &Pool) -> i32 {
+    let mut conn = pool.get().await.unwrap();
+    let row: Pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result(&mut *conn)
+        .await
+        .unwrap();
+    row.pid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_dropped_mid_statement_is_cancelled_and_the_connection_kept() {
+    let Some(url) = db::postgres_url("a_checkout_dropped_mid_statement") else {
+        return;
+    };
+    let app = db::unique_name("ballast_abandon");
+    let pool = pool(
+        &url,
+        &format!("application_name={app}&connection_limit=1&pool_timeout=30"),
+    );
+    let pid = backend_pid(&pool).await;
+    // The request gives up on a 20 s statement after 200 ms, as a client that hangs up does.
+    let abandoned = tokio::time::timeout(Duration::from_millis(200), sleep_query(&pool, 20.0));
+    assert!(abandoned.await.is_err(), "the statement was still running");
+    let dropped = Instant::now();
+    // The pool's only connection: the next checkout gets it once the statement has stopped.
+    assert_eq!(backend_pid(&pool).await, pid, "the same connection, kept");
+    let next = dropped.elapsed();
+    let which = Backends::ApplicationName(app);
+    let running = db::pg_backends(&url, &which)
+        .await
+        .iter()
+        .filter(|backend| backend.is_running("pg_sleep"))
+        .count();
+    let stats = pool.stats();
+    println!("abandoned statement: the next checkout ran {next:?} after the drop; {stats:?}");
+    assert!(next < Duration::from_secs(1), "{next:?}");
+    assert_eq!(running, 0, "the statement was cancelled on the server");
+    assert_eq!((stats.cancelled, stats.closed_broken), (1, 0));
+
+    // A transaction abandoned between two statements (nothing in flight): rolled back, kept.
+    let abandoned_transaction = tokio::time::timeout(Duration::from_millis(100), async {
+        let mut conn = pool.get().await.unwrap();
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            conn.batch_execute("SELECT 1").await?;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok(())
+        })
+        .await
+    });
+    assert!(abandoned_transaction.await.is_err());
+    let mut conn = pool.get().await.unwrap();
+    assert!(
+        conn.batch_execute("SAVEPOINT probe").await.is_err(),
+        "the next checkout saw the abandoned transaction"
+    );
+    drop(conn);
+    assert_eq!(backend_pid(&pool).await, pid);
+    assert_eq!((pool.stats().cancelled, pool.stats().closed_broken), (2, 0));
+
+    // Closing waits for an abandoned statement to wind down: nothing is left running.
+    let abandoned = tokio::time::timeout(Duration::from_millis(100), sleep_query(&pool, 20.0));
+    assert!(abandoned.await.is_err());
+    pool.close().await;
+    wait_for_backends(&url, &which, 0).await;
+}

@@ -70,3 +70,36 @@ async fn an_in_memory_database_is_shared_by_the_pool() {
         Pool::new(PoolConfig::from_url("sqlite::memory:?connection_limit=3").unwrap()).unwrap();
     exercise(&pool).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_statement_never_reaches_the_next_checkout() {
+    let dir = std::env::temp_dir().join(ballast_testkit::db::unique_name("ballast_sqlite"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!(
+        "sqlite://{}?connection_limit=1",
+        dir.join("abandon.db").display()
+    );
+    let pool = Pool::new(PoolConfig::from_url(&url).unwrap()).unwrap();
+    drop(pool.get().await.unwrap());
+    // A statement SQLite spends a while on; diesel cannot interrupt it. diesel-async's wrapper
+    // waits for it when its future is dropped, so the connection comes back idle.
+    let busy = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) \
+                SELECT count(*) AS count FROM c";
+    let abandoned = tokio::time::timeout(std::time::Duration::from_millis(20), async {
+        let mut conn = pool.get().await.unwrap();
+        diesel::sql_query(busy)
+            .get_result::<Count>(&mut *conn)
+            .await
+    });
+    assert!(abandoned.await.is_err(), "abandoned");
+    let mut conn = pool.get().await.unwrap();
+    let count: Count = diesel::sql_query("SELECT 7 AS count")
+        .get_result(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(count.count, 7, "the next checkout's own answer");
+    drop(conn);
+    let stats = pool.stats();
+    assert_eq!((stats.open, stats.closed_broken, stats.connects), (1, 0, 1));
+    let _ = std::fs::remove_dir_all(&dir);
+}

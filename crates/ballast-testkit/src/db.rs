@@ -327,6 +327,19 @@ pub struct PgBackend {
     pub pid: i32,
     /// `active`, `idle`, `idle in transaction`, ... (`None` while the session starts).
     pub state: Option<String>,
+    /// The session's current statement, or its last one when idle.
+    pub query: Option<String>,
+}
+
+impl PgBackend {
+    /// Whether the session is running a statement that contains `text`.
+    pub fn is_running(&self, text: &str) -> bool {
+        self.state.as_deref() == Some("active")
+            && self
+                .query
+                .as_deref()
+                .is_some_and(|query| query.contains(text))
+    }
 }
 
 /// The sessions that match `which`, seen from a separate admin connection (not counted).
@@ -338,7 +351,7 @@ pub async fn pg_backends(admin_url: &str, which: &Backends) -> Vec<PgBackend> {
     let client = pg_connect(admin_url).await;
     let (column, value) = which.filter();
     let sql = format!(
-        "SELECT pid, state FROM pg_stat_activity WHERE {column} = $1 AND pid <> pg_backend_pid()"
+        "SELECT pid, state, query FROM pg_stat_activity WHERE {column} = $1 AND pid <> pg_backend_pid()"
     );
     client
         .query(&sql, &[&value])
@@ -348,6 +361,7 @@ pub async fn pg_backends(admin_url: &str, which: &Backends) -> Vec<PgBackend> {
         .map(|row| PgBackend {
             pid: row.get(0),
             state: row.get(1),
+            query: row.get(2),
         })
         .collect()
 }
@@ -540,6 +554,27 @@ async fn kill_connections(conn: &mut mysql_async::Conn, column: &str, value: &st
     for id in ids {
         let _ = conn.query_drop(format!("KILL CONNECTION {id}")).await;
     }
+}
+
+/// The statements running now in `database` on the server at `admin_url` (the process list's
+/// `INFO`), not counting the one asking.
+///
+/// # Panics
+///
+/// If the query fails.
+pub async fn mysql_statements(admin_url: &str, database: &str) -> Vec<String> {
+    use mysql_async::prelude::Queryable;
+    let mut conn = mysql_connect(admin_url).await;
+    let statements: Vec<Option<String>> = conn
+        .exec(
+            "SELECT INFO FROM information_schema.PROCESSLIST \
+             WHERE DB = ? AND ID <> CONNECTION_ID() AND INFO IS NOT NULL",
+            (database,),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("reading the process list failed: {error}"));
+    let _ = conn.disconnect().await;
+    statements.into_iter().flatten().collect()
 }
 
 /// How many connections `user` has open on the server at `admin_url`, not counting the one

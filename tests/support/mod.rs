@@ -1,0 +1,192 @@
+//! What the process tests share: the example binaries as child processes and a raw HTTP/1.1
+//! client that sends exactly what a test says (and can hang up mid-request).
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use ballast_testkit::db;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// `cargo test` builds the examples next to the test binaries: `target/<profile>/examples`.
+pub fn server_binary() -> PathBuf {
+    example_binary("server")
+}
+
+pub fn example_binary(name: &str) -> PathBuf {
+    let mut path = std::env::current_exe().expect("the test binary's path");
+    path.pop(); // the test binary
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    let binary = path.join("examples").join(name);
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo test` builds it (or `cargo build --example {name}`)",
+        binary.display()
+    );
+    binary
+}
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+}
+
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn command(env: &[(&str, &str)]) -> (Command, TempDir) {
+    command_for(server_binary(), env)
+}
+
+pub fn command_for(binary: PathBuf, env: &[(&str, &str)]) -> (Command, TempDir) {
+    let dir = std::env::temp_dir().join(db::unique_name("ballast_server"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut command = Command::new(binary);
+    command
+        .current_dir(&dir)
+        .env_remove("DATABASE_URL")
+        .env("BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    (command, TempDir(dir))
+}
+
+pub async fn start(env: &[(&str, &str)]) -> Server {
+    start_command(command(env)).await
+}
+
+pub async fn start_command((mut command, dir): (Command, TempDir)) -> Server {
+    let mut child = command.spawn().expect("the example server starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the server says where it listens")
+        .unwrap()
+        .expect("a line");
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected line: {line}"))
+        .parse()
+        .unwrap();
+    Server { child, addr, dir }
+}
+
+pub struct Answer {
+    pub status: u16,
+    /// The status line and headers, lowercased.
+    pub head: String,
+    pub body: String,
+}
+
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &str)>,
+) -> Answer {
+    request(addr, method, path, &[], body).await
+}
+
+/// Sends one request with extra headers on a new connection (`Connection: close`) and reads the
+/// whole answer.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &str)>,
+) -> Answer {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(request_text(method, path, headers, body).as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    parse(&response)
+}
+
+/// The text of an HTTP/1.1 request.
+pub fn request_text(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &str)>,
+) -> String {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: server\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    match body {
+        Some((content_type, body)) => request.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )),
+        None => request.push_str("\r\n"),
+    }
+    request
+}
+
+/// Parses a whole HTTP/1.1 response (as read until the server closed the connection).
+pub fn parse(response: &[u8]) -> Answer {
+    let text = String::from_utf8_lossy(response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Answer {
+        status: head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|status| status.parse().ok())
+            .unwrap_or(0),
+        head: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    }
+}
+
+impl Answer {
+    /// The value of header `name` (lowercase), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == name).then(|| value.trim())
+        })
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.body))
+    }
+}
+
+/// Sends a request and hangs up after `after`, without reading the answer: a client that gave up.
+pub async fn hang_up_after(addr: SocketAddr, path: String, after: Duration) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(request_text("GET", &path, &[], None).as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(after).await;
+    drop(stream);
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Answer {
+    send(addr, "GET", path, None).await
+}
