@@ -59,7 +59,7 @@
 //! // Retried (nothing was sent), then answered honestly: 503, retryable, Retry-After.
 //! assert_eq!(response.status(), 503);
 //! assert!(response.headers().contains_key("retry-after"));
-//! assert_eq!(retry.stats().retries, 3);
+//! assert_eq!(retry.stats().retries, 2);
 //! // And never cached.
 //! assert_eq!(cache.stats().await.entries, 0);
 //! # Ok(())

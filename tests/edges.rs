@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ballast_testkit::db::{self, Backends, MysqlDatabase, PgDatabase, PgRole};
+use ballast_testkit::proxy::{FaultProxy, Mode};
 use support::{get, hang_up_after, send, start, Answer};
 
 /// How long the abandoned statements of scenario 24 would run if nobody stopped them.
@@ -188,4 +189,307 @@ async fn scenario_24_abandoned_queries_are_cancelled_on_mariadb() {
     for _ in 0..20 {
         assert_eq!(get(addr, &format!("/items/{id}")).await.status, 200);
     }
+}
+
+/// What a client learned about one write.
+#[derive(Debug, Default)]
+struct Writes {
+    /// Names the server acknowledged (201).
+    acknowledged: Vec<String>,
+    /// Names whose last answer was a failure the client may not repeat.
+    unknown: Vec<String>,
+    /// Repeats made because the answer said `"retryable": true`.
+    repeats: usize,
+    /// Answers that were neither 201 nor a 503 problem.
+    unexpected: Vec<(u16, String)>,
+}
+
+/// Flaps the proxy until `stop`: every 2 s it resets every open connection and refuses new ones
+/// for a second.
+fn flap(proxy: Arc<FaultProxy>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut flaps = 0;
+        while !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            proxy.set_mode(Mode::Refuse);
+            proxy.wait_for_mode().await;
+            proxy.reset_all();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            proxy.set_mode(Mode::Pass);
+            proxy.wait_for_mode().await;
+            flaps += 1;
+        }
+        flaps
+    })
+}
+
+/// `clients` concurrent clients POST unique names for `run`; each repeats a write exactly when
+/// its answer said `"retryable": true`, with the same `Idempotency-Key` when `keyed`.
+async fn write_under_flapping(
+    addr: std::net::SocketAddr,
+    prefix: &str,
+    clients: usize,
+    run: Duration,
+    keyed: bool,
+) -> Writes {
+    let writes = Arc::new(std::sync::Mutex::new(Writes::default()));
+    let deadline = Instant::now() + run;
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let writes = Arc::clone(&writes);
+            let prefix = prefix.to_owned();
+            tokio::spawn(async move {
+                let mut n = 0;
+                while Instant::now() < deadline {
+                    n += 1;
+                    let name = format!("{prefix}-{client}-{n}");
+                    let body = format!(r#"{{"name":"{name}"}}"#);
+                    let headers: Vec<(&str, &str)> = if keyed {
+                        vec![("Idempotency-Key", name.as_str())]
+                    } else {
+                        Vec::new()
+                    };
+                    // A write is repeated while the server says it may be, for a while.
+                    for attempt in 0.. {
+                        let answer = support::request(
+                            addr,
+                            "POST",
+                            "/items",
+                            &headers,
+                            Some(("application/json", &body)),
+                        )
+                        .await;
+                        let repeat = {
+                            let mut writes = writes.lock().unwrap();
+                            let problem =
+                                answer.header("content-type") == Some("application/problem+json");
+                            let retryable = answer.body.contains(r#""retryable":true"#);
+                            if answer.status == 201 {
+                                writes.acknowledged.push(name.clone());
+                                false
+                            } else if !problem || ![503, 409].contains(&answer.status) {
+                                writes.unexpected.push((answer.status, answer.body.clone()));
+                                false
+                            } else if !retryable || attempt == 50 {
+                                writes.unknown.push(name.clone());
+                                false
+                            } else {
+                                writes.repeats += 1;
+                                true
+                            }
+                        };
+                        if !repeat {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    Arc::try_unwrap(writes).unwrap().into_inner().unwrap()
+}
+
+/// How many rows each name has, for names starting with `prefix`.
+async fn rows_by_name(url: &str, prefix: &str) -> std::collections::HashMap<String, i64> {
+    let client = db::pg_connect(url).await;
+    client
+        .query(
+            "SELECT name, count(*) FROM items WHERE name LIKE $1 GROUP BY name",
+            &[&format!("{prefix}-%")],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_25_repeating_exactly_the_retryable_answers_writes_nothing_twice() {
+    let Some(url) = db::postgres_url("scenario_25_honest_flag") else {
+        return;
+    };
+    let database = PgDatabase::create(&url).await;
+    let proxy = Arc::new(FaultProxy::start(db::socket_addr(&url)).await.unwrap());
+    let database_url = format!(
+        "{}?connection_limit=10&pool_timeout=2&connect_timeout=1",
+        proxy.url(database.url())
+    );
+    let server = start(&[("DATABASE_URL", &database_url)]).await;
+    create(server.addr, "warm-up").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flapper = flap(Arc::clone(&proxy), Arc::clone(&stop));
+    let writes = write_under_flapping(server.addr, "w", 50, Duration::from_secs(20), false).await;
+    stop.store(true, Ordering::SeqCst);
+    let flaps = flapper.await.unwrap();
+
+    let rows = rows_by_name(database.url(), "w").await;
+    let doubled: Vec<_> = rows.iter().filter(|(_, count)| **count > 1).collect();
+    let lost: Vec<_> = writes
+        .acknowledged
+        .iter()
+        .filter(|name| rows.get(*name) != Some(&1))
+        .collect();
+    let unknown_committed = writes
+        .unknown
+        .iter()
+        .filter(|name| rows.contains_key(*name))
+        .count();
+    println!(
+        "scenario 25 (honest flag, no idempotency key): {flaps} flaps in 20 s; {} writes \
+         acknowledged, {} repeats of retryable answers, {} answered with an unknown outcome \
+         ({unknown_committed} of them had committed); {} names doubled, {} acknowledged names \
+         missing",
+        writes.acknowledged.len(),
+        writes.repeats,
+        writes.unknown.len(),
+        doubled.len(),
+        lost.len()
+    );
+    assert!(writes.unexpected.is_empty(), "{:?}", writes.unexpected);
+    assert!(doubled.is_empty(), "written twice: {doubled:?}");
+    assert!(lost.is_empty(), "acknowledged but missing: {lost:?}");
+    assert!(
+        writes.repeats > 0,
+        "the flapping produced retryable answers"
+    );
+    assert!(
+        writes.acknowledged.len() > 100,
+        "{}",
+        writes.acknowledged.len()
+    );
+}
+
+/// Latency percentile `quantile` (0 to 1) of `samples`.
+fn percentile(samples: &[Duration], quantile: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let index = ((sorted.len() as f64 * quantile).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+/// 100 sequential requests (GET and POST `/items` in turn) while the database is down: each must
+/// be a 503 that says `"retryable": true` with a `Retry-After`. Their latencies and the
+/// `Retry-After` values seen.
+async fn outage_answers(addr: std::net::SocketAddr) -> (Vec<Duration>, Vec<u64>) {
+    let mut latencies = Vec::new();
+    let mut retry_after = Vec::new();
+    for i in 0..100 {
+        let started = Instant::now();
+        let answer = if i % 2 == 0 {
+            get(addr, "/items").await
+        } else {
+            send(
+                addr,
+                "POST",
+                "/items",
+                Some(("application/json", r#"{"name":"x"}"#)),
+            )
+            .await
+        };
+        latencies.push(started.elapsed());
+        assert_eq!(answer.status, 503, "{}", answer.body);
+        assert!(
+            answer.body.contains(r#""retryable":true"#),
+            "{}",
+            answer.body
+        );
+        let after = answer.header("retry-after").expect("Retry-After");
+        retry_after.push(after.parse().unwrap());
+    }
+    (latencies, retry_after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_26_a_refused_database_is_answered_at_once() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("postgres://postgres@127.0.0.1:{port}/test?pool_timeout=1&connect_timeout=1");
+    let server = start(&[("DATABASE_URL", &url)]).await;
+    let started = Instant::now();
+    let first = get(server.addr, "/items").await;
+    let first_took = started.elapsed();
+    assert_eq!(first.status, 503, "{}", first.body);
+
+    let (latencies, retry_after) = outage_answers(server.addr).await;
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    let stats = get(server.addr, "/stats").await.json();
+    println!(
+        "scenario 26 (database refused): first answer {first_took:?}; 100 sequential answers \
+         p50 {p50:?}, p99 {p99:?}; Retry-After values {:?}; retry stats {}; pool connect \
+         attempts {}",
+        retry_after
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>(),
+        stats["retry"],
+        stats["pool"]["connect_failures"]
+    );
+    assert!(
+        first_took <= Duration::from_secs(1) + Duration::from_millis(250),
+        "{first_took:?}"
+    );
+    assert!(p99 <= Duration::from_millis(100), "p99 {p99:?}");
+    // When the pool tries next (under a second), spread by the jitter: not a constant.
+    assert!(
+        retry_after.iter().all(|after| (1..=3).contains(after)),
+        "{retry_after:?}"
+    );
+    assert!(
+        retry_after.iter().any(|after| *after != retry_after[0]),
+        "{retry_after:?}"
+    );
+    assert!(stats["retry"]["outages"].as_u64().unwrap() >= 90, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_26_a_stalled_database_fails_within_connect_timeout_then_at_once() {
+    let Some(url) = db::postgres_url("scenario_26_stalled_database") else {
+        return;
+    };
+    let database = PgDatabase::create(&url).await;
+    let proxy = FaultProxy::start(db::socket_addr(&url)).await.unwrap();
+    // Accepts connections, never answers: a hung server or a silently dropped network.
+    proxy.set_mode(Mode::Stall);
+    proxy.wait_for_mode().await;
+    let database_url = format!(
+        "{}?pool_timeout=2&connect_timeout=1",
+        proxy.url(database.url())
+    );
+    let server = start(&[("DATABASE_URL", &database_url)]).await;
+    let started = Instant::now();
+    let first = get(server.addr, "/items").await;
+    let first_took = started.elapsed();
+    assert_eq!(first.status, 503, "{}", first.body);
+
+    let (latencies, _) = outage_answers(server.addr).await;
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+
+    proxy.set_mode(Mode::Pass);
+    proxy.wait_for_mode().await;
+    let back = Instant::now();
+    let recovered = wait_until(Duration::from_secs(5), || async {
+        get(server.addr, "/items").await.status == 200
+    })
+    .await;
+    println!(
+        "scenario 26 (database stalled): first answer {first_took:?}; 100 sequential answers \
+         p50 {p50:?}, p99 {p99:?}; recovered {recovered:?} after the database answered again \
+         ({:?} since)",
+        back.elapsed()
+    );
+    assert!(
+        first_took <= Duration::from_secs(1) + Duration::from_millis(250),
+        "{first_took:?}"
+    );
+    assert!(p99 <= Duration::from_millis(100), "p99 {p99:?}");
+    assert!(
+        recovered.is_some_and(|after| after <= Duration::from_secs(1)),
+        "{recovered:?}"
+    );
 }

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ballast_testkit::db;
@@ -36,6 +37,7 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub dir: TempDir,
+    log: Arc<Mutex<String>>,
 }
 
 pub struct TempDir(pub PathBuf);
@@ -86,7 +88,38 @@ pub async fn start_command((mut command, dir): (Command, TempDir)) -> Server {
         .unwrap_or_else(|| panic!("unexpected line: {line}"))
         .parse()
         .unwrap();
-    Server { child, addr, dir }
+    // Both pipes are drained for as long as the server runs: a full pipe would block the
+    // server's next log line, and with it a request.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let log = Arc::new(Mutex::new(String::new()));
+    if let Some(stderr) = child.stderr.take() {
+        let log = Arc::clone(&log);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = log.lock().unwrap();
+                // The last megabyte is plenty for any assertion on it.
+                if log.len() > 1 << 20 {
+                    log.clear();
+                }
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+    }
+    Server {
+        child,
+        addr,
+        dir,
+        log,
+    }
+}
+
+impl Server {
+    /// What the server has written to stderr so far (its log).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
 }
 
 pub struct Answer {

@@ -72,6 +72,7 @@
 use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
+use std::time::Duration;
 
 pub mod io;
 pub mod mysql;
@@ -394,6 +395,9 @@ struct Inner {
     code: Code,
     retryable: bool,
     reach: Reach,
+    idempotent: bool,
+    retry_after: Option<Duration>,
+    known_outage: bool,
     driver_code: Option<DriverCode>,
     public_message: Cow<'static, str>,
     detail: Option<String>,
@@ -410,6 +414,9 @@ impl Failure {
                 code: cause.code(),
                 retryable: cause.retryable(),
                 reach: cause.default_reach(),
+                idempotent: false,
+                retry_after: None,
+                known_outage: false,
                 driver_code: None,
                 public_message: Cow::Borrowed(cause.public_message()),
                 detail: None,
@@ -423,6 +430,35 @@ impl Failure {
     #[must_use]
     pub fn with_reach(mut self, reach: Reach) -> Self {
         self.inner.reach = reach;
+        self
+    }
+
+    /// Says whether the failed work may run again without a second effect whatever its reach —
+    /// because an idempotency key guards it, say: a repeat with the same key returns the first
+    /// outcome instead of writing again. [`may_retry`](Self::may_retry) then allows a repeat of a
+    /// statement that may have run.
+    #[must_use]
+    pub fn with_idempotent(mut self, idempotent: bool) -> Self {
+        self.inner.idempotent = idempotent;
+        self
+    }
+
+    /// Says when trying again can first succeed, as the source knows it: the pool, after failed
+    /// connects, tries the database again only once its pause is over. The error layer sends
+    /// it as `Retry-After`; the retry layer never retries sooner.
+    #[must_use]
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.inner.retry_after = Some(after);
+        self
+    }
+
+    /// Says the failure was already known when the operation started: the pool answered from
+    /// its closed connect gate, without trying, because connecting has been failing. An outage,
+    /// not a blip: retrying within the same request cannot help, so the HTTP retry layer does
+    /// not, and the client is answered at once.
+    #[must_use]
+    pub fn with_known_outage(mut self, known: bool) -> Self {
+        self.inner.known_outage = known;
         self
     }
 
@@ -496,9 +532,40 @@ impl Failure {
     }
 
     /// Whether the work may be run again: the failure is retryable **and** repeating it cannot
-    /// apply a write twice — either nothing was sent, or the caller says the work is idempotent.
+    /// apply a write twice — nothing was sent, or the caller says the work is idempotent (an
+    /// idempotent HTTP method), or the failure says so itself ([`with_idempotent`]
+    /// (Self::with_idempotent)).
+    ///
+    /// This is the answer a client may be given as `retryable`: a promise that repeating the
+    /// request cannot do it twice.
     pub fn may_retry(&self, idempotent: bool) -> bool {
-        self.inner.retryable && (self.inner.reach == Reach::NotSent || idempotent)
+        self.inner.retryable
+            && (self.inner.reach == Reach::NotSent || idempotent || self.inner.idempotent)
+    }
+
+    /// When trying again can first succeed, if the source knows (see
+    /// [`with_retry_after`](Self::with_retry_after)).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// Whether the failure was known before the operation started: an outage (see
+    /// [`with_known_outage`](Self::with_known_outage)).
+    pub fn is_known_outage(&self) -> bool {
+        self.inner.known_outage
+    }
+
+    /// Whether the failure says its work is safe to repeat whatever its reach (see
+    /// [`with_idempotent`](Self::with_idempotent)).
+    pub fn is_idempotent(&self) -> bool {
+        self.inner.idempotent
+    }
+
+    /// Whether the failure is worth retrying but repeating it may apply a write twice: the
+    /// statement may have run and nothing says it is idempotent. Nobody knows whether it took
+    /// effect; the client must check before repeating it.
+    pub fn outcome_unknown(&self, idempotent: bool) -> bool {
+        self.inner.retryable && !self.may_retry(idempotent)
     }
 
     /// The driver's code, when there was one.
@@ -556,6 +623,9 @@ impl Failure {
                 code: inner.code,
                 retryable: inner.retryable,
                 reach: inner.reach,
+                idempotent: inner.idempotent,
+                retry_after: inner.retry_after,
+                known_outage: inner.known_outage,
                 driver_code: inner.driver_code,
                 public_message: inner.public_message.clone(),
                 detail: inner.detail.clone(),
@@ -616,6 +686,9 @@ impl fmt::Debug for Failure {
             .field("cause", &self.inner.cause)
             .field("retryable", &self.inner.retryable)
             .field("reach", &self.inner.reach)
+            .field("idempotent", &self.inner.idempotent)
+            .field("retry_after", &self.inner.retry_after)
+            .field("known_outage", &self.inner.known_outage)
             .field("driver_code", &self.inner.driver_code)
             .field("public_message", &self.inner.public_message)
             .field("detail", &self.inner.detail)
@@ -685,6 +758,17 @@ mod tests {
 
         let overridden = Failure::new(Cause::ConnectionLost).with_reach(Reach::NotSent);
         assert!(overridden.may_retry(false));
+
+        // Guarded by an idempotency key: a write that may have run may be repeated.
+        let keyed = Failure::new(Cause::ConnectionLost).with_idempotent(true);
+        assert!(keyed.may_retry(false));
+        assert!(!keyed.outcome_unknown(false));
+        assert!(
+            maybe_sent.outcome_unknown(false),
+            "a POST that may have run"
+        );
+        assert!(!maybe_sent.outcome_unknown(true), "a GET may simply repeat");
+        assert!(!fatal.outcome_unknown(false), "not worth repeating at all");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ballast_core::Failure;
 use http::StatusCode;
 
-use crate::map::DefaultProblems;
+use crate::map::{keep_promise, DefaultProblems};
 use crate::problem::Problem;
 
 /// What a handler returns when it fails: a classified database failure, or a problem the
@@ -61,10 +61,17 @@ impl Error {
         }
     }
 
-    /// The problem document this error renders to with the default mapping.
+    /// The problem document this error renders to with the default mapping, for a request of
+    /// unknown method: a failure whose statement may have run is not called retryable
+    /// ([`ErrorResponseLayer`](crate::ErrorResponseLayer) knows the method and says `true` for
+    /// idempotent ones).
     pub fn problem(&self) -> Problem {
         match &self.repr {
-            Repr::Failure(failure) => DefaultProblems::problem_for(failure),
+            Repr::Failure(failure) => {
+                let mut problem = DefaultProblems::problem_for(failure);
+                keep_promise(&mut problem, failure, false);
+                problem
+            }
             Repr::Problem(problem) => (**problem).clone(),
         }
     }
@@ -168,11 +175,18 @@ impl std::error::Error for Error {
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for Error {
     fn into_response(self) -> axum_core::response::Response {
+        // Without the request, the method is unknown: `problem` treats it as one that must not
+        // run twice. The error layer renders it again knowing the method.
         let (problem, failure) = match self.repr {
-            Repr::Failure(failure) => (DefaultProblems::problem_for(&failure), Some(failure)),
+            Repr::Failure(failure) => {
+                let mut problem = DefaultProblems::problem_for(&failure);
+                keep_promise(&mut problem, &failure, false);
+                (problem, Some(failure))
+            }
             Repr::Problem(problem) => (*problem, None),
         };
-        let retry_after = crate::map::RetryAfter::default().for_status(problem.status);
+        let hint = failure.as_ref().and_then(|failure| failure.retry_after());
+        let retry_after = crate::map::RetryAfter::default().for_problem(&problem, hint);
         let mut response = problem
             .to_response(false, retry_after)
             .map(axum_core::body::Body::new);

@@ -21,7 +21,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::{Error, Repr};
-use crate::map::{DefaultProblems, MapProblem, RetryAfter};
+use crate::map::{keep_promise, DefaultProblems, MapProblem, RetryAfter};
 
 /// An error that can cross threads, as Tower services return them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -42,8 +42,14 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 ///   else is a 500 `CRITICAL_ERROR`. The stack's error type becomes [`Infallible`].
 /// - A panic in the service or its future becomes a 500 `CRITICAL_ERROR` (through tower-http's
 ///   [`CatchPanic`]), and the server keeps serving.
-/// - 503 responses carry `Retry-After` ([`RetryAfter`]: 1 s plus up to 2 s of jitter by
-///   default). `HEAD` requests get the headers only.
+/// - `retryable` is a promise: `true` only when repeating the request cannot do it twice — the
+///   failure is worth retrying **and** its statement never reached the database, or the method
+///   is idempotent (`GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE`, `TRACE`), or an idempotency key
+///   guards it. A `POST` whose connection broke after the `INSERT` went out gets a 503 with
+///   `"retryable": false` and `"outcome": "unknown"`.
+/// - Retryable 503 responses carry `Retry-After` ([`RetryAfter`]: when the pool will next try
+///   to connect, where the failure says, else 1 s; plus up to 2 s of jitter by default); others
+///   do not invite a repeat. `HEAD` requests get the headers only.
 /// - The log line (503: `warn`, 500: `error`) has the status, code, cause, retryability, reach,
 ///   driver code, method and path, and the failure's redacted report; never the query string,
 ///   a URL or a password.
@@ -256,7 +262,7 @@ where
             Err(error) => match classify(error) {
                 Repr::Failure(failure) => render(&context, failure, None),
                 Repr::Problem(problem) => {
-                    let retry_after = context.retry_after.for_status(problem.status);
+                    let retry_after = context.retry_after.for_problem(&problem, None);
                     to_boxed(problem.to_response(is_head(&context), retry_after))
                 }
             },
@@ -320,9 +326,12 @@ fn render<M: MapProblem>(
     failure: Arc<Failure>,
     extensions: Option<http::Extensions>,
 ) -> Response<ResponseBody> {
-    let problem = context.map.problem(&failure);
+    let mut problem = context.map.problem(&failure);
+    keep_promise(&mut problem, &failure, context.method.is_idempotent());
     log(context, &failure, problem.status);
-    let retry_after = context.retry_after.for_status(problem.status);
+    let retry_after = context
+        .retry_after
+        .for_problem(&problem, failure.retry_after());
     let mut response = problem.to_response(is_head(context), retry_after);
     if let Some(extensions) = extensions {
         *response.extensions_mut() = extensions;

@@ -113,8 +113,9 @@ async fn one_snapshot_per_code() {
             failure.driver_code().unwrap().to_string(),
             format!("SQLSTATE {state}")
         );
+        let retryable = json.contains(r#""retryable":true"#);
         match status {
-            503 => {
+            503 if retryable => {
                 let after: u64 = parts.headers["retry-after"]
                     .to_str()
                     .unwrap()
@@ -350,6 +351,10 @@ async fn a_custom_mapping_and_retry_after() {
             "/",
             get(|| async { Err::<String, Error>(ballast_core::sqlstate::failure("28P01").into()) }),
         )
+        .route(
+            "/busy",
+            get(|| async { Err::<String, Error>(ballast_core::sqlstate::failure("53300").into()) }),
+        )
         .layer(
             ErrorResponseLayer::new()
                 .map_problem(|failure: &Failure| {
@@ -357,11 +362,99 @@ async fn a_custom_mapping_and_retry_after() {
                 })
                 .retry_after(RetryAfter::new(Duration::from_secs(30), Duration::ZERO)),
         );
+    let response = app
+        .clone()
+        .oneshot(request(Method::GET, "/busy"))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["retry-after"], "30");
     let response = app.oneshot(request(Method::GET, "/")).await.unwrap();
     let (parts, body) = body_text(response).await;
-    assert_eq!(parts.headers["retry-after"], "30");
+    assert!(
+        !parts.headers.contains_key("retry-after"),
+        "a wrong password is not an invitation to come back"
+    );
     assert!(
         body.ends_with(r#""code":"DB_INIT_ERROR","retryable":false,"support":"ops@example.com"}"#),
         "{body}"
     );
+}
+
+/// `retryable` is a promise: a statement that may have run is only called retryable for a method
+/// that may run twice, or when an idempotency key guards it (scenario 25).
+#[tokio::test]
+async fn retryable_only_when_repeating_cannot_write_twice() {
+    let lost = || {
+        Failure::new(Cause::ConnectionLost)
+            .with_detail("the connection broke after the INSERT was sent")
+    };
+    let app = Router::new()
+        .route(
+            "/lost",
+            get(move || async move { Err::<String, Error>(lost().into()) })
+                .post(move || async move { Err::<String, Error>(lost().into()) })
+                .put(move || async move { Err::<String, Error>(lost().into()) }),
+        )
+        .route(
+            "/keyed",
+            axum::routing::post(move || async move {
+                Err::<String, Error>(lost().with_idempotent(true).into())
+            }),
+        )
+        .route(
+            "/refused",
+            axum::routing::post(|| async {
+                Err::<String, Error>(Failure::new(Cause::Unreachable).into())
+            }),
+        )
+        .layer(ErrorResponseLayer::new());
+    let cases = [
+        (Method::POST, "/lost", false, true),
+        (Method::GET, "/lost", true, false),
+        (Method::PUT, "/lost", true, false),
+        (Method::POST, "/keyed", true, false),
+        (Method::POST, "/refused", true, false),
+    ];
+    for (method, path, retryable, unknown) in cases {
+        let response = app
+            .clone()
+            .oneshot(request(method.clone(), path))
+            .await
+            .unwrap();
+        let (parts, body) = body_text(response).await;
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            parts.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{method} {path}"
+        );
+        assert_eq!(json["code"], "DB_CONNECTION_ERROR", "{method} {path}");
+        assert_eq!(json["retryable"], retryable, "{method} {path}: {body}");
+        assert_eq!(
+            parts.headers.contains_key("retry-after"),
+            retryable,
+            "{method} {path}: Retry-After only invites a safe repeat"
+        );
+        assert_eq!(
+            json.get("outcome")
+                .is_some_and(|outcome| outcome == "unknown"),
+            unknown,
+            "{method} {path}: {body}"
+        );
+        if unknown {
+            assert!(
+                json["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("may or may not have taken effect"),
+                "{body}"
+            );
+        }
+    }
+
+    // Without the layer, the method is unknown: the response never promises a repeat is safe.
+    let alone = axum::response::IntoResponse::into_response(Error::from(lost()));
+    let (parts, body) = body_text(alone).await;
+    assert!(body.contains(r#""retryable":false"#), "{body}");
+    assert!(!parts.headers.contains_key("retry-after"));
 }

@@ -50,6 +50,11 @@ pub trait Connect: AsyncConnection + PoolableConnection + Send + 'static {
 #[cfg(feature = "postgres")]
 const ROLLBACK_ATTEMPTS: usize = 3;
 
+/// How long an abandoned PostgreSQL statement gets to end on its own before it is cancelled: most
+/// statements are short, and a cancel request costs the server a connection and a process.
+#[cfg(feature = "postgres")]
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Runs a whole connect under the configured deadline, and marks every failure `NotSent`.
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 async fn bounded<C>(
@@ -83,52 +88,187 @@ impl Connect for diesel_async::AsyncPgConnection {
         .await
     }
 
-    /// Sends PostgreSQL's cancel request (a separate, short connection to the postmaster that
-    /// is not a session and counts against no connection limit), then `ROLLBACK`: it runs once
-    /// the cancelled statement has stopped, and leaves no transaction open.
+    /// `ROLLBACK` first: it queues behind the abandoned statement, so a statement that ends on
+    /// its own within a short grace needs nothing more. Otherwise PostgreSQL's cancel request
+    /// (a separate, short connection to the postmaster that is not a session and counts against
+    /// no connection limit) stops it, and the `ROLLBACK` runs right after. Either way no
+    /// transaction is left open.
     async fn cancel_abandoned(
         &mut self,
         config: &PoolConfig,
         in_flight: bool,
     ) -> Result<bool, Failure> {
         use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-        if in_flight {
-            let token = self.cancel_token();
-            match tokio::time::timeout(
-                config.connect_timeout(),
-                token.cancel_query(tokio_postgres::NoTls),
-            )
-            .await
-            {
-                Ok(result) => result?,
-                Err(_) => {
-                    return Err(Failure::new(ballast_core::Cause::TimedOut)
-                        .with_detail("the cancel request took longer than connect_timeout"))
+        let token = self.cancel_token();
+        let mut rolled_back = {
+            let rollback = self.batch_execute("ROLLBACK");
+            tokio::pin!(rollback);
+            match tokio::time::timeout(CANCEL_GRACE, &mut rollback).await {
+                Ok(result) => result,
+                Err(_) if in_flight => {
+                    let cancel = postgres_cancel(&token, config);
+                    match tokio::time::timeout(config.connect_timeout(), cancel).await {
+                        Ok(result) => result?,
+                        Err(_) => {
+                            return Err(Failure::new(ballast_core::Cause::TimedOut).with_detail(
+                                "the cancel request took longer than connect_timeout",
+                            ))
+                        }
+                    }
+                    rollback.await
                 }
+                Err(_) => rollback.await,
             }
-        }
-        let mut last = None;
-        for _ in 0..ROLLBACK_ATTEMPTS {
-            match self.batch_execute("ROLLBACK").await {
+        };
+        let mut attempts = 1;
+        loop {
+            match rolled_back {
                 Ok(()) => {
                     // The server is idle and outside any transaction: so is diesel's view of it.
                     *self.transaction_state() = Default::default();
                     return Ok(true);
                 }
-                // A closed connection will not recover; anything else may be the cancel that
-                // arrived late and hit this ROLLBACK.
+                // A closed connection will not recover.
                 Err(diesel::result::Error::DatabaseError(
                     diesel::result::DatabaseErrorKind::ClosedConnection
                     | diesel::result::DatabaseErrorKind::UnableToSendCommand,
                     _,
                 )) => return Ok(false),
-                Err(error) => last = Some(error),
+                // The cancel may have arrived as the statement ended and hit the ROLLBACK.
+                Err(error) if attempts < ROLLBACK_ATTEMPTS => {
+                    tracing::debug!("ROLLBACK of an abandoned connection failed: {error}");
+                    attempts += 1;
+                    rolled_back = self.batch_execute("ROLLBACK").await;
+                }
+                Err(error) => return Err(error.into()),
             }
         }
-        Err(last.map_or_else(
-            || Failure::new(ballast_core::Cause::Internal),
-            Failure::from,
-        ))
+    }
+}
+
+/// Sends PostgreSQL's cancel request for `token`'s backend and waits until the server has acted
+/// on it.
+///
+/// tokio-postgres's own `cancel_query` returns as soon as the request is written, before the
+/// server has signalled the backend: a `ROLLBACK` sent right after could then run first, and the
+/// late cancel would hit the next checkout's statement instead. As libpq's `PQcancel` does, this
+/// waits for the server to close the cancel connection, which it does after signalling.
+#[cfg(feature = "postgres")]
+async fn postgres_cancel(
+    token: &tokio_postgres::CancelToken,
+    config: &PoolConfig,
+) -> Result<(), Failure> {
+    use tokio_postgres::config::Host;
+    let pg_config: tokio_postgres::Config = config.driver_url().parse()?;
+    let ports = pg_config.get_ports();
+    let port = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+    let mut last = None;
+    // The token does not say which of several hosts the connection reached: the first that
+    // answers gets the request (a cancel for a backend a server does not have is ignored).
+    for (i, host) in pg_config.get_hosts().iter().enumerate() {
+        let sent = match host {
+            Host::Tcp(name) => {
+                let address = pg_config
+                    .get_hostaddrs()
+                    .get(i)
+                    .map_or_else(|| name.clone(), ToString::to_string);
+                match tokio::net::TcpStream::connect((address.as_str(), port(i))).await {
+                    Ok(stream) => token
+                        .cancel_query_raw(UntilClosed::new(stream), tokio_postgres::NoTls)
+                        .await
+                        .map_err(Failure::from),
+                    Err(error) => Err(Failure::from(error)),
+                }
+            }
+            #[cfg(unix)]
+            Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{}", port(i)));
+                match tokio::net::UnixStream::connect(path).await {
+                    Ok(stream) => token
+                        .cancel_query_raw(UntilClosed::new(stream), tokio_postgres::NoTls)
+                        .await
+                        .map_err(Failure::from),
+                    Err(error) => Err(Failure::from(error)),
+                }
+            }
+            #[cfg(not(unix))]
+            Host::Unix(_) => continue,
+        };
+        match sent {
+            Ok(()) => return Ok(()),
+            Err(failure) => last = Some(failure),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        Failure::new(ballast_core::Cause::InvalidConfig).with_detail("the URL names no host")
+    }))
+}
+
+/// A stream whose shutdown completes only when the peer has closed its side too.
+#[cfg(feature = "postgres")]
+struct UntilClosed<S> {
+    stream: S,
+    shut: bool,
+}
+
+#[cfg(feature = "postgres")]
+impl<S> UntilClosed<S> {
+    fn new(stream: S) -> Self {
+        UntilClosed {
+            stream,
+            shut: false,
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for UntilClosed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite
+    for UntilClosed<S>
+{
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::{ready, Poll};
+        if !self.shut {
+            ready!(std::pin::Pin::new(&mut self.stream).poll_shutdown(cx))?;
+            self.shut = true;
+        }
+        // The server sends nothing back: the read ends when it closes the connection.
+        let mut scratch = [0u8; 64];
+        loop {
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            ready!(std::pin::Pin::new(&mut self.stream).poll_read(cx, &mut buf))?;
+            if buf.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+        }
     }
 }
 

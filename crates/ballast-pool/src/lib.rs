@@ -23,7 +23,13 @@
 //!   hanging for `pool_timeout`. After a failed connect the next attempt waits 50 ms, doubling up
 //!   to 500 ms, and only one attempt probes at a time; meanwhile connects are answered with the
 //!   last failure without touching the network. An outage costs a couple of connect attempts per
-//!   second whatever the request rate, and recovery is noticed within half a second.
+//!   second whatever the request rate, and recovery is noticed within half a second. While the
+//!   gate is closed (or its one probe is under way — against a hung database that takes
+//!   `connect_timeout`) and no connection is open, a checkout fails at once, marked a known
+//!   outage ([`Failure::is_known_outage`](ballast_core::Failure::is_known_outage)); every
+//!   connect failure says when the pool will try again
+//!   ([`Failure::retry_after`](ballast_core::Failure::retry_after)), which the error layer sends
+//!   as `Retry-After`.
 //! - **No round trip per checkout.** bb8 with diesel-async's defaults runs `SELECT 1` on every
 //!   checkout. Here only connections idle longer than `check_idle_after` (30 s) are tested; a
 //!   connection that comes back broken — closed by the server, or with a transaction left open

@@ -1,7 +1,7 @@
 //! The bb8 connection manager: opens connections through [`Connect`], gates connects after a
 //! failure, checks only long-idle connections, and drops broken ones.
 
-use std::marker::PhantomData;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -88,34 +88,89 @@ impl Shared {
             .map(|(_, failure)| failure.detached())
     }
 
+    /// The failure to answer at once when the database is known to be unreachable: connecting
+    /// failed, and until the background probe gets through, the gate answers every connect. It
+    /// says when the pool will try again and that it was known before the caller asked.
+    pub(crate) fn known_outage(&self) -> Option<Failure> {
+        let gate = self.lock_gate();
+        let failure = gate.failure.as_ref()?;
+        Some(
+            failure
+                .detached()
+                .with_retry_after(gate.retry_in(Instant::now()))
+                .with_known_outage(true),
+        )
+    }
+
+    /// When the pool tries to connect next, while connecting is failing.
+    pub(crate) fn retry_in(&self) -> Option<Duration> {
+        let gate = self.lock_gate();
+        gate.failure.as_ref()?;
+        Some(gate.retry_in(Instant::now()))
+    }
+
     fn lock_gate(&self) -> std::sync::MutexGuard<'_, Gate> {
         self.gate.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Records a failed connect: counted, logged, the gate closed for a growing pause, waiting
+    /// checkouts told. Returns whether a probe must be started (none runs yet).
+    fn connect_failed(&self, failure: &Failure) -> bool {
+        let key = failure
+            .driver_code()
+            .map_or_else(|| format!("{:?}", failure.cause()), |code| code.to_string());
+        self.counters.connect_failed(key);
+        tracing::warn!(
+            code = failure.code().as_str(),
+            cause = ?failure.cause(),
+            retryable = failure.retryable(),
+            "database connect failed: {}",
+            failure.report()
+        );
+        let start_probe = {
+            let mut gate = self.lock_gate();
+            gate.consecutive = gate.consecutive.saturating_add(1);
+            gate.retry_at = Some(Instant::now() + Gate::backoff(gate.consecutive));
+            gate.failure = Some(failure.detached());
+            !std::mem::replace(&mut gate.probe_running, true)
+        };
+        *self
+            .latest_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), failure.detached()));
+        self.failures.send_modify(|count| *count += 1);
+        start_probe
+    }
 }
 
-/// A circuit in front of the network: after a failed connect, further connects are answered
-/// with that failure until a growing pause has passed; then one attempt probes the database.
+/// A circuit in front of the network. After a failed connect, connects are answered with that
+/// failure without touching the network, and one background probe tries the database again
+/// after a growing pause (50 ms doubling to 500 ms) until it answers. No request ever waits for
+/// a probe: against a database that accepts connections and never answers, a probe takes
+/// `connect_timeout`, and clients are told at once instead.
 #[derive(Debug, Default)]
 struct Gate {
     failure: Option<Failure>,
     consecutive: u32,
+    /// When the probe tries next, while `failure` is set.
     retry_at: Option<Instant>,
-    probing: bool,
+    /// Whether the probe task runs.
+    probe_running: bool,
 }
 
 impl Gate {
+    /// How long until the next attempt: the rest of the pause, or — while the probe's attempt
+    /// is under way and may fail too — the pause that would follow it.
+    fn retry_in(&self, now: Instant) -> Duration {
+        match self.retry_at {
+            Some(at) if now < at => at - now,
+            _ => Self::backoff(self.consecutive.saturating_add(1)),
+        }
+    }
+
     fn backoff(consecutive: u32) -> Duration {
         let exponent = consecutive.saturating_sub(1).min(16);
         (CONNECT_BACKOFF_FIRST * 2u32.pow(exponent)).min(CONNECT_BACKOFF_MAX)
-    }
-}
-
-/// Resets `probing` however the probing connect ends, cancellation included.
-struct ProbeGuard<'a>(&'a Shared);
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        self.0.lock_gate().probing = false;
     }
 }
 
@@ -132,18 +187,100 @@ pub(crate) struct Idle<C> {
 }
 
 /// bb8's view of the pool's connections.
-#[derive(Debug)]
 pub(crate) struct Manager<C> {
     pub(crate) shared: Arc<Shared>,
-    _connection: PhantomData<fn() -> C>,
+    /// The connection the probe opened when the database answered again, for the pool's next
+    /// connect. At most one, and only while bb8 has room for it: the probe runs only while the
+    /// gate keeps bb8 from connecting.
+    probed: Arc<Mutex<Option<C>>>,
 }
 
 impl<C> Manager<C> {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Manager {
             shared,
-            _connection: PhantomData,
+            probed: Arc::new(Mutex::new(None)),
         }
+    }
+}
+
+impl<C> fmt::Debug for Manager<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manager")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Connect> Manager<C> {
+    /// A freshly opened connection, instrumented, as the pool keeps it.
+    fn adopt(&self, mut conn: C) -> Idle<C> {
+        self.shared
+            .counters
+            .connects
+            .fetch_add(1, Ordering::Relaxed);
+        let activity = Arc::new(Activity::default());
+        conn.set_instrumentation(Tracking::new(Arc::clone(&activity)));
+        Idle {
+            conn,
+            idle_since: Instant::now(),
+            activity,
+            discard: false,
+        }
+    }
+
+    /// Starts the background probe: after each pause it tries to connect, until the database
+    /// answers (the connection is kept for the pool's next connect and the gate opens) or the
+    /// pool is closed or gone.
+    fn spawn_probe(&self) {
+        let shared = Arc::downgrade(&self.shared);
+        let probed = Arc::clone(&self.probed);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.shared.lock_gate().probe_running = false;
+            return;
+        };
+        runtime.spawn(async move {
+            loop {
+                // Only a weak handle across the pause: a pool dropped without `close` ends the
+                // probe too.
+                let retry_at = match shared.upgrade() {
+                    Some(shared) => shared.lock_gate().retry_at,
+                    None => return,
+                };
+                if let Some(at) = retry_at {
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                {
+                    // Closed, or a connect of the pool's own got through meanwhile.
+                    let mut gate = shared.lock_gate();
+                    if shared.is_closed() || gate.failure.is_none() {
+                        gate.probe_running = false;
+                        return;
+                    }
+                }
+                match C::open(&shared.config).await {
+                    Ok(conn) => {
+                        *probed.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+                        {
+                            let mut gate = shared.lock_gate();
+                            gate.failure = None;
+                            gate.consecutive = 0;
+                            gate.retry_at = None;
+                            gate.probe_running = false;
+                        }
+                        tracing::info!("database connects succeed again");
+                        return;
+                    }
+                    Err(failure) => {
+                        // The probe is this task: no second one is started.
+                        shared.connect_failed(&failure);
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -156,75 +293,47 @@ impl<C: Connect> bb8::ManageConnection for Manager<C> {
         if shared.is_closed() {
             return Err(Failure::new(Cause::PoolClosed));
         }
-        let _probe = {
-            let mut gate = shared.lock_gate();
-            match (&gate.failure, gate.retry_at) {
-                (Some(failure), Some(retry_at)) if gate.probing || Instant::now() < retry_at => {
-                    shared
-                        .counters
-                        .connects_skipped
-                        .fetch_add(1, Ordering::Relaxed);
-                    let failure = failure.detached();
-                    drop(gate);
-                    // The checkout that asked for this connect is waiting for it: tell it.
-                    shared.failures.send_modify(|count| *count += 1);
-                    return Err(failure);
-                }
-                (Some(_), _) => {
-                    gate.probing = true;
-                    Some(ProbeGuard(shared))
-                }
-                (None, _) => None,
-            }
-        };
+        let probed = self
+            .probed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(conn) = probed {
+            return Ok(self.adopt(conn));
+        }
+        let known = shared.lock_gate().failure.as_ref().map(Failure::detached);
+        if let Some(failure) = known {
+            shared
+                .counters
+                .connects_skipped
+                .fetch_add(1, Ordering::Relaxed);
+            // The checkout that asked for this connect is waiting for it: tell it.
+            shared.failures.send_modify(|count| *count += 1);
+            return Err(failure);
+        }
         shared.connecting.fetch_add(1, Ordering::AcqRel);
         let opened = C::open(&shared.config).await;
         // Before the failure is announced, so a waiter that hears of it sees this attempt over.
         shared.connecting.fetch_sub(1, Ordering::AcqRel);
         match opened {
-            Ok(mut conn) => {
-                shared.counters.connects.fetch_add(1, Ordering::Relaxed);
-                let activity = Arc::new(Activity::default());
-                conn.set_instrumentation(Tracking::new(Arc::clone(&activity)));
+            Ok(conn) => {
+                // Another attempt may have failed while this one was under way: this one says
+                // the database answers.
                 let recovered = {
                     let mut gate = shared.lock_gate();
                     gate.consecutive = 0;
+                    gate.retry_at = None;
                     gate.failure.take().is_some()
                 };
                 if recovered {
                     tracing::info!("database connects succeed again");
                 }
-                Ok(Idle {
-                    conn,
-                    idle_since: Instant::now(),
-                    activity,
-                    discard: false,
-                })
+                Ok(self.adopt(conn))
             }
             Err(failure) => {
-                let key = failure
-                    .driver_code()
-                    .map_or_else(|| format!("{:?}", failure.cause()), |code| code.to_string());
-                shared.counters.connect_failed(key);
-                tracing::warn!(
-                    code = failure.code().as_str(),
-                    cause = ?failure.cause(),
-                    retryable = failure.retryable(),
-                    "database connect failed: {}",
-                    failure.report()
-                );
-                {
-                    let mut gate = shared.lock_gate();
-                    gate.consecutive = gate.consecutive.saturating_add(1);
-                    gate.retry_at = Some(Instant::now() + Gate::backoff(gate.consecutive));
-                    gate.failure = Some(failure.detached());
+                if shared.connect_failed(&failure) {
+                    self.spawn_probe();
                 }
-                *shared
-                    .latest_failure
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) =
-                    Some((Instant::now(), failure.detached()));
-                shared.failures.send_modify(|count| *count += 1);
                 Err(failure)
             }
         }

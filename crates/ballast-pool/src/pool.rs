@@ -181,6 +181,15 @@ impl<C: Connect> SharedPool<C> {
         let Some(pool) = self.bb8_pool() else {
             return Err(Failure::new(Cause::PoolClosed));
         };
+        // Connecting has been failing and the gate is closed: the database is known to be
+        // down, and waiting cannot help. Answer at once (an outage costs the client nothing but
+        // the answer), unless open connections may still serve.
+        if pool.state().connections == 0 {
+            if let Some(failure) = shared.known_outage() {
+                shared.counters.failed_fast.fetch_add(1, Ordering::Relaxed);
+                return Err(failure.with_reach(Reach::NotSent));
+            }
+        }
         let _waiting = Waiting::start(shared);
         let mut failures = shared.subscribe_failures();
         failures.borrow_and_update();
@@ -233,7 +242,18 @@ impl<C: Connect> SharedPool<C> {
                     shared: Arc::clone(shared),
                 })
             }
-            Err(failure) => Err(failure.with_reach(Reach::NotSent)),
+            Err(failure) => {
+                let failure = failure.with_reach(Reach::NotSent);
+                // A connect failure says when the pool will try again.
+                let connecting =
+                    !matches!(failure.cause(), Cause::PoolExhausted | Cause::PoolClosed);
+                Err(match shared.retry_in() {
+                    Some(after) if connecting && failure.retry_after().is_none() => {
+                        failure.with_retry_after(after)
+                    }
+                    _ => failure,
+                })
+            }
         }
     }
 

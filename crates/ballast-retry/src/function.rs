@@ -133,6 +133,7 @@ impl Retrying {
             DEFAULT_JITTER,
             deadline,
             None,
+            false,
         )
         .ok()?;
         Some(Retrying {

@@ -22,9 +22,10 @@ use ballast_error::BoxError;
 
 use crate::body::RetryBody;
 use crate::policy::{
-    self, AsFailure, Attempts, Decision, RetryStats, Shared, DEFAULT_BASE_DELAY, DEFAULT_BODY_CAP,
-    DEFAULT_BUDGET_MIN_PER_SEC, DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_TTL, DEFAULT_DEADLINE,
-    DEFAULT_JITTER, DEFAULT_MAX_DELAY, DEFAULT_MAX_RETRIES,
+    self, AsFailure, Attempts, Decision, RetryStats, Shared, DEFAULT_BODY_CAP,
+    DEFAULT_BUDGET_MIN_PER_SEC, DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_TTL, DEFAULT_JITTER,
+    DEFAULT_LAYER_BASE_DELAY, DEFAULT_LAYER_DEADLINE, DEFAULT_LAYER_MAX_DELAY,
+    DEFAULT_LAYER_MAX_RETRIES,
 };
 
 /// Re-runs requests whose database failure is worth retrying and safe to repeat.
@@ -89,16 +90,19 @@ impl fmt::Debug for RetryLayer {
 }
 
 impl RetryLayer {
-    /// The layer with the defaults: 3 retries, 1 s doubling to at most 5 s with jitter, a 15 s
-    /// deadline, bodies up to 64 KiB replayed, `GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE` and
-    /// `TRACE` idempotent, and a budget of 10 retries a second plus 20 % of requests.
+    /// The layer with the defaults: 2 retries, 100 ms doubling to at most 500 ms with jitter, a
+    /// 2 s deadline — in-request retries are for blips and add at most about a second — bodies
+    /// up to 64 KiB replayed, `GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE` and `TRACE` idempotent,
+    /// and a budget of 10 retries a second plus 20 % of requests. A failure the pool answered
+    /// from its closed connect gate (a known outage) is not retried: the client gets its 503 at
+    /// once, with the `Retry-After` the pool's next attempt gives.
     pub fn new() -> Self {
         let settings = Settings {
-            max_retries: DEFAULT_MAX_RETRIES,
-            base_delay: DEFAULT_BASE_DELAY,
-            max_delay: DEFAULT_MAX_DELAY,
+            max_retries: DEFAULT_LAYER_MAX_RETRIES,
+            base_delay: DEFAULT_LAYER_BASE_DELAY,
+            max_delay: DEFAULT_LAYER_MAX_DELAY,
             jitter: DEFAULT_JITTER,
-            deadline: DEFAULT_DEADLINE,
+            deadline: DEFAULT_LAYER_DEADLINE,
             body_cap: DEFAULT_BODY_CAP,
             idempotent: Arc::new([
                 Method::GET,
@@ -128,6 +132,7 @@ impl RetryLayer {
             settings.jitter,
             settings.deadline,
             budget,
+            true,
         )
         .map_err(|error| InvalidRetrySetting(error.to_string()))?;
         Ok(RetryLayer {
@@ -142,7 +147,7 @@ impl RetryLayer {
         Self::from_settings(settings)
     }
 
-    /// Sets how many times a request may be retried after its first attempt. Defaults to 3.
+    /// Sets how many times a request may be retried after its first attempt. Defaults to 2.
     #[must_use]
     pub fn max_retries(self, retries: u32) -> Self {
         let settings = Settings {
@@ -153,7 +158,7 @@ impl RetryLayer {
     }
 
     /// Sets the first delay and the longest one; delays double in between, with jitter.
-    /// Defaults to 1 s and 5 s.
+    /// Defaults to 100 ms and 500 ms.
     ///
     /// # Errors
     ///
@@ -176,7 +181,7 @@ impl RetryLayer {
     }
 
     /// Sets the overall deadline from the first attempt; no retry starts that could not finish
-    /// by then. Defaults to 15 s.
+    /// by then. Defaults to 2 s.
     #[must_use]
     pub fn deadline(self, deadline: Duration) -> Self {
         let settings = Settings {

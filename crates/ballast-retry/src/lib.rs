@@ -4,6 +4,13 @@
 //! crate does that safely, as a Tower layer ([`RetryLayer`]) built on `tower::retry` and as a
 //! function ([`with_retry`], [`Retrying`]) for work outside HTTP.
 //!
+//! In a request, retries are for blips — a backend killed under a query, a connection refused
+//! for a moment — and a client waits for every one of them, so the layer's are short (two, from
+//! 100 ms, adding at most about a second). An outage is answered at once: a failure the pool
+//! answered from its closed connect gate ([`Failure::is_known_outage`]
+//! (ballast_core::Failure::is_known_outage)) is not retried, and the client is told when to come
+//! back. Background work has time: the function form keeps the seed's three retries from 1 s.
+//!
 //! # Contract
 //!
 //! A failed attempt is retried only when all of these hold:
@@ -16,20 +23,29 @@
 //! 3. **Repeating it cannot write twice**: the statement was never sent
 //!    ([`Reach::NotSent`](ballast_core::Reach::NotSent): any method, `POST` included), or the
 //!    request is idempotent (`GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE`, `TRACE` by default). A
-//!    `POST` whose connection broke after the `INSERT` went out is never retried.
-//! 4. **The request can be replayed**: its body has a known length within the cap (64 KiB by
+//!    `POST` whose connection broke after the `INSERT` went out is never retried, unless an
+//!    idempotency key guards it ([`Failure::is_idempotent`](ballast_core::Failure::is_idempotent)).
+//! 4. **It is not a known outage** (the layer only): the first attempt of the request met a
+//!    failure first-hand, rather than one the pool answered from its closed gate because the
+//!    database was already known to be down. (A request that met the failure first-hand may be
+//!    seeing a blip: its retries wait at least until the pool tries the database again.)
+//! 5. **The request can be replayed**: its body has a known length within the cap (64 KiB by
 //!    default) and was read into memory. A larger or streaming body passes through untouched —
 //!    never truncated, never fully buffered — and its request is not retried.
-//! 5. **Retries remain**: 3 by default.
-//! 6. **There is time**: the next attempt, after its delay, could still finish before the
-//!    overall deadline (15 s by default), judging by how long the last attempt took.
-//! 7. **The budget allows it**: a [`TpsBudget`](tower::retry::budget::TpsBudget) shared by every
+//! 6. **Retries remain**: 2 by default for the layer, 3 for the function form.
+//! 7. **There is time**: the next attempt, after its delay, could still finish before the
+//!    overall deadline (2 s by default for the layer, 15 s for the function form), judging by
+//!    how long the last attempt took.
+//! 8. **The budget allows it**: a [`TpsBudget`](tower::retry::budget::TpsBudget) shared by every
 //!    clone — 10 retries a second plus 20 % of requests by default — so an outage cannot multiply
 //!    the load on a database that is already struggling.
 //!
-//! Delays come from tower's `ExponentialBackoff`: 1 s doubling to at most 5 s, with jitter, so
-//! clients do not return in step. The failure adjusts the wait within the cap: a server starting
-//! up (`57P03`) waits twice as long, an exhausted pool half as long. When retries end, the last
+//! Delays come from tower's `ExponentialBackoff` — 100 ms doubling to at most 500 ms for the
+//! layer, 1 s doubling to at most 5 s for the function form — with jitter, so clients do not
+//! return in step. The failure adjusts the wait within the cap: a server starting up (`57P03`)
+//! waits twice as long, an exhausted pool half as long, and no retry comes sooner than the
+//! failure says trying again can succeed ([`Failure::retry_after`]
+//! (ballast_core::Failure::retry_after)). When retries end, the last
 //! response goes out unchanged. Dropping the response future (the client went away, a timeout)
 //! stops further attempts. Each retry is a `tracing` event with its attempt number and reason;
 //! [`RetryLayer::stats`] counts attempts, retries, give-ups and budget refusals for `/stats`.

@@ -19,6 +19,17 @@ pub const DEFAULT_MAX_RETRIES: u32 = 3;
 pub const DEFAULT_BASE_DELAY: Duration = Duration::from_secs(1);
 /// Default longest delay between two attempts.
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(5);
+/// The HTTP layer's default number of retries: in-request retries are for blips (a killed
+/// backend, a momentary refusal), and a client waits for every one of them.
+pub(crate) const DEFAULT_LAYER_MAX_RETRIES: u32 = 2;
+/// The HTTP layer's default first delay; with jitter and doubling, two retries sleep at most
+/// 600 ms in all.
+pub(crate) const DEFAULT_LAYER_BASE_DELAY: Duration = Duration::from_millis(100);
+/// The HTTP layer's default longest delay between two attempts.
+pub(crate) const DEFAULT_LAYER_MAX_DELAY: Duration = Duration::from_millis(500);
+/// The HTTP layer's default deadline from the first attempt: together with the delays, retries
+/// add at most about a second to a request that fails fast.
+pub(crate) const DEFAULT_LAYER_DEADLINE: Duration = Duration::from_secs(2);
 /// Default jitter: each delay is stretched by a random factor from 0 to this (tower's
 /// `ExponentialBackoff` semantics), so clients that failed together do not return together.
 pub const DEFAULT_JITTER: f64 = 1.0;
@@ -44,6 +55,7 @@ pub(crate) struct Counters {
     not_retryable: AtomicU64,
     unsafe_to_repeat: AtomicU64,
     not_replayable: AtomicU64,
+    outages: AtomicU64,
 }
 
 /// A snapshot of the retry layer's counters since it was built.
@@ -64,6 +76,9 @@ pub struct RetryStats {
     pub unsafe_to_repeat: u64,
     /// Requests whose body was too large or of unknown length to replay.
     pub not_replayable: u64,
+    /// Retryable failures sent on at once because the pool already knew the database was down
+    /// (an outage is answered at once; the client is told when to come back).
+    pub outages: u64,
 }
 
 impl Counters {
@@ -77,6 +92,7 @@ impl Counters {
             not_retryable: get(&self.not_retryable),
             unsafe_to_repeat: get(&self.unsafe_to_repeat),
             not_replayable: get(&self.not_replayable),
+            outages: get(&self.outages),
         }
     }
 
@@ -97,6 +113,9 @@ pub(crate) struct Shared {
     pub(crate) max_delay: Duration,
     jitter: f64,
     pub(crate) budget: Option<TpsBudget>,
+    /// Whether a known outage ends the retries (the HTTP layer) or is waited out like any other
+    /// failure (the function form: a background job has time).
+    pub(crate) stop_on_outage: bool,
     pub(crate) counters: Counters,
 }
 
@@ -194,6 +213,13 @@ impl Attempts {
             counters.unsafe_to_repeat.fetch_add(1, Ordering::Relaxed);
             return Decision::Stop;
         }
+        // A request that meets an outage the pool already knew of is answered at once. One that
+        // met the failure first-hand may be seeing a blip: its retries wait for the pool's next
+        // attempt (the hint below), within the usual limits.
+        if failure.is_known_outage() && self.shared.stop_on_outage && self.retries == 0 {
+            counters.outages.fetch_add(1, Ordering::Relaxed);
+            return Decision::Stop;
+        }
         if self.retries >= self.shared.max_retries {
             counters.given_up.fetch_add(1, Ordering::Relaxed);
             return Decision::Stop;
@@ -201,11 +227,13 @@ impl Attempts {
         let now = Instant::now();
         // tower's backoff hands out a sleep; its deadline is the jittered delay.
         let planned = self.next_delay();
+        // Never sooner than the source says trying again can succeed (the pool's connect gate).
         let delay = hinted_delay(
             planned.into_std().saturating_duration_since(now),
             failure.cause(),
             self.shared.max_delay,
-        );
+        )
+        .max(failure.retry_after().unwrap_or_default());
         // The next attempt may take as long as the last one did.
         let last_attempt = now.saturating_duration_since(self.attempt_started);
         if now + delay + last_attempt > self.deadline {
@@ -258,6 +286,7 @@ pub(crate) fn shared(
     jitter: f64,
     deadline: Duration,
     budget: Option<TpsBudget>,
+    stop_on_outage: bool,
 ) -> Result<Shared, tower::retry::backoff::InvalidBackoff> {
     // Checked once here; each request makes its own from the same settings.
     ExponentialBackoffMaker::new(base, max_delay, jitter, HasherRng::default())?;
@@ -268,6 +297,7 @@ pub(crate) fn shared(
         max_delay,
         jitter,
         budget,
+        stop_on_outage,
         counters: Counters::default(),
     })
 }

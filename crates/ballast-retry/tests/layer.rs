@@ -413,3 +413,79 @@ fn bad_settings_are_errors() {
         .delays(Duration::from_secs(2), Duration::ZERO)
         .is_none());
 }
+
+#[tokio::test]
+async fn a_known_outage_is_answered_at_once_and_a_hint_delays_the_retry() {
+    // The pool answered from its closed connect gate: no retry within the request.
+    let flaky = Flaky::new(1, || {
+        Failure::new(Cause::Unreachable)
+            .with_known_outage(true)
+            .with_retry_after(Duration::from_millis(300))
+    });
+    let layer = RetryLayer::new();
+    let response = layer
+        .layer(flaky.service())
+        .oneshot(request(Method::GET, ""))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(flaky.calls(), 1);
+    assert_eq!(layer.stats().outages, 1);
+
+    // This request's own connect attempt failed (not known before): it is retried, but not
+    // before the pool will try again.
+    let flaky = Flaky::new(1, || {
+        Failure::new(Cause::Unreachable).with_retry_after(Duration::from_millis(150))
+    });
+    let layer = RetryLayer::new()
+        .delays(Duration::from_millis(10), Duration::from_millis(20))
+        .unwrap();
+    let response = layer
+        .layer(flaky.service())
+        .oneshot(request(Method::GET, ""))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let calls = flaky.calls.lock().unwrap().clone();
+    assert!(calls[1].0 - calls[0].0 >= Duration::from_millis(150));
+
+    // The function form has time: it waits an outage out like any other failure.
+    let attempts = AtomicUsize::new(0);
+    let result = Retrying::new()
+        .retries(1)
+        .delays(Duration::from_millis(10), Duration::from_millis(20))
+        .unwrap()
+        .run(|| async {
+            match attempts.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(Failure::new(Cause::Unreachable).with_known_outage(true)),
+                _ => Ok(()),
+            }
+        })
+        .await;
+    assert!(result.is_ok());
+}
+
+#[tokio::test]
+async fn the_budget_bounds_retries_of_blips() {
+    // Every GET meets a killed backend; 200 of them over about two seconds.
+    let layer = RetryLayer::new()
+        .delays(Duration::from_millis(1), Duration::from_millis(2))
+        .unwrap()
+        .budget(Duration::from_secs(1), 5, 0.1)
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let service = layer.layer(Flaky::new(usize::MAX, lost).service());
+        tasks.push(tokio::spawn(service.oneshot(request(Method::GET, ""))));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let stats = layer.stats();
+    println!("scenario 15 (budget): {stats:?}");
+    // Without a budget: 400 retries (two each).
+    assert!(stats.retries <= 60, "{stats:?}");
+    assert!(stats.budget_exhausted > 0, "{stats:?}");
+    assert_eq!(stats.attempts, 200 + stats.retries);
+}
