@@ -17,6 +17,8 @@
 //! curl -i localhost:3000/healthz                  # 200 while the process lives
 //! curl -i localhost:3000/readyz                   # 200 when the database answers, else 503
 //! curl -i -X POST localhost:3000/items -H 'content-type: application/json' -d '{"name":"lamp"}'
+//! curl -i -X POST localhost:3000/items -H 'idempotency-key: 4f1c' -H 'content-type: application/json' -d '{"name":"desk"}'
+//!                                                 # the same again: the same item, Idempotent-Replayed: true
 //! curl -i localhost:3000/items                    # x-cache: MISS, then HIT
 //! curl -i localhost:3000/items/1                  # the item, or a 404 problem
 //! curl -i -X POST localhost:3000/items -d 'nope'  # a 4xx problem+json
@@ -46,6 +48,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use ballast::cache::{CacheLayer, CleanupTask, ResponseCache};
 use ballast::error::ErrorResponseLayer;
+use ballast::idempotency::{Idempotency, IdempotencyKey, Outcome};
 use ballast::pool::{Backend, PoolConfig, SharedPool};
 use ballast::retry::RetryLayer;
 use ballast::shutdown::{Shutdown, ShutdownHandle, ShutdownLayer};
@@ -107,6 +110,27 @@ macro_rules! on_connection {
     }};
 }
 
+/// Runs `$body` with `$pool` bound to the pool of whichever backend `$db` is, and `$dialect` to
+/// that backend's SQL; the body is compiled once per backend.
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident, $dialect:ident| $body:expr) => {
+        match $db {
+            Db::Postgres($pool) => {
+                let $dialect: &'static Dialect = &POSTGRES;
+                $body
+            }
+            Db::Mysql($pool) => {
+                let $dialect: &'static Dialect = &MYSQL;
+                $body
+            }
+            Db::Sqlite($pool) => {
+                let $dialect: &'static Dialect = &SQLITE;
+                $body
+            }
+        }
+    };
+}
+
 /// The SQL that differs between backends.
 struct Dialect {
     schema: &'static str,
@@ -163,7 +187,7 @@ struct Item {
     created_at: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 struct NewItem {
     name: String,
 }
@@ -177,6 +201,8 @@ struct App {
     cache: ResponseCache,
     retry: RetryLayer,
     shutdown: ShutdownHandle,
+    /// Exactly-once `POST /items` for requests with an `Idempotency-Key`.
+    keys: Idempotency,
 }
 
 impl App {
@@ -252,10 +278,14 @@ async fn get_item(State(app): State<App>, Path(id): Path<i64>) -> Result<Json<It
     Ok(Json(item))
 }
 
+/// `POST /items`. With an `Idempotency-Key` header the insert is recorded with its key in one
+/// transaction: a repeat with the same key answers the first outcome again instead of inserting
+/// twice, so even a failure whose outcome is unknown may be repeated (`"retryable": true`).
 async fn create_item(
     State(app): State<App>,
+    key: Option<IdempotencyKey>,
     body: Result<Json<NewItem>, JsonRejection>,
-) -> Result<(StatusCode, Json<Item>), Error> {
+) -> Result<Outcome, Error> {
     let Json(new) = body.map_err(|rejection| {
         Error::new(rejection.status(), "INVALID_BODY", rejection.body_text())
     })?;
@@ -268,15 +298,24 @@ async fn create_item(
         ));
     }
     app.ensure_schema().await?;
-    let item = on_connection!(&app.db, |conn, dialect| {
-        diesel::sql_query(dialect.insert)
-            .bind::<Text, _>(&name)
-            .get_result::<Item>(&mut *conn)
+    let request = NewItem { name: name.clone() };
+    let outcome = on_pool!(&app.db, |pool, dialect| {
+        let mut conn = pool.get().await?;
+        app.keys
+            .run(&mut *conn, key.as_ref(), &request, move |conn| {
+                Box::pin(async move {
+                    let item: Item = diesel::sql_query(dialect.insert)
+                        .bind::<Text, _>(name)
+                        .get_result(conn)
+                        .await?;
+                    Ok((StatusCode::CREATED, item))
+                })
+            })
             .await?
     });
     // The cached list is stale now.
     app.cache.invalidate_path("/items").await;
-    Ok((StatusCode::CREATED, Json(item)))
+    Ok(outcome)
 }
 
 #[derive(Debug, Deserialize)]
@@ -512,6 +551,7 @@ async fn main() -> ExitCode {
         cache: cache.clone(),
         retry: retry.clone(),
         shutdown: handle.clone(),
+        keys: Idempotency::new(),
     };
     let app = Router::new()
         .route("/healthz", get(healthz))

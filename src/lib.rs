@@ -13,6 +13,7 @@
 //! | [`retry`] | `ballast-retry` | retries of connection failures that never run a write twice |
 //! | [`cache`] | `ballast-cache` | a response cache bounded by entries and bytes |
 //! | [`shutdown`] | `ballast-shutdown` | readiness, bounded drain, ordered teardown |
+//! | [`idempotency`] | `ballast-idempotency` | exactly-once writes for requests with an `Idempotency-Key` |
 //!
 //! and, always, the classified failure they share ([`Failure`], from `ballast-core`). Backends are
 //! features too: `postgres` (default), `mysql`, `sqlite`.
@@ -80,6 +81,8 @@ pub use ballast_cache as cache;
 pub use ballast_error as error;
 #[cfg(feature = "error")]
 pub use ballast_error::Error;
+#[cfg(feature = "idempotency")]
+pub use ballast_idempotency as idempotency;
 #[cfg(feature = "pool")]
 pub use ballast_pool as pool;
 #[cfg(feature = "retry")]

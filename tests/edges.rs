@@ -493,3 +493,158 @@ async fn scenario_26_a_stalled_database_fails_within_connect_timeout_then_at_onc
         "{recovered:?}"
     );
 }
+
+/// Repeats a keyed POST while its answer says `"retryable": true` (409 while the first is still
+/// running, 503 while the outcome is unknown); the final answer and how many repeats it took.
+async fn post_until_settled(addr: std::net::SocketAddr, key: &str, name: &str) -> (Answer, usize) {
+    let body = format!(r#"{{"name":"{name}"}}"#);
+    for repeats in 0..200 {
+        let answer = support::request(
+            addr,
+            "POST",
+            "/items",
+            &[("Idempotency-Key", key)],
+            Some(("application/json", &body)),
+        )
+        .await;
+        if !answer.body.contains(r#""retryable":true"#) {
+            return (answer, repeats);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{key} never settled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_25_a_keyed_post_whose_connection_died_is_written_exactly_once() {
+    let Some(url) = db::postgres_url("scenario_25_idempotency_key") else {
+        return;
+    };
+    let database = PgDatabase::create(&url).await;
+    let proxy = FaultProxy::start(db::socket_addr(&url)).await.unwrap();
+    let database_url = format!(
+        "{}?pool_timeout=2&connect_timeout=1",
+        proxy.url(database.url())
+    );
+    let server = start(&[("DATABASE_URL", &database_url)]).await;
+    create(server.addr, "warm-up").await;
+    // Slow writes, so the connection can be reset at a known point: during the INSERT
+    // (nothing commits), or during the COMMIT (it commits; the answer is lost).
+    db::pg_execute(
+        database.url(),
+        "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN IF NEW.name LIKE 'slow-insert%' THEN PERFORM pg_sleep(1); END IF; RETURN NEW; END $$;
+         CREATE TRIGGER slow_insert BEFORE INSERT ON items FOR EACH ROW EXECUTE FUNCTION slow_insert();
+         CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN IF NEW.name LIKE 'slow-commit%' THEN PERFORM pg_sleep(1); END IF; RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON items DEFERRABLE INITIALLY DEFERRED
+           FOR EACH ROW EXECUTE FUNCTION slow_commit();",
+    )
+    .await;
+
+    for (key, name) in [("key-commit", "slow-commit"), ("key-insert", "slow-insert")] {
+        let body = format!(r#"{{"name":"{name}"}}"#);
+        let first = {
+            let body = body.clone();
+            let addr = server.addr;
+            tokio::spawn(async move {
+                support::request(
+                    addr,
+                    "POST",
+                    "/items",
+                    &[("Idempotency-Key", key)],
+                    Some(("application/json", &body)),
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        proxy.reset_all();
+        let first = first.await.unwrap();
+        let (last, repeats) = post_until_settled(server.addr, key, name).await;
+        let again = support::request(
+            server.addr,
+            "POST",
+            "/items",
+            &[("Idempotency-Key", key)],
+            Some(("application/json", &body)),
+        )
+        .await;
+        let client = db::pg_connect(database.url()).await;
+        let ids: Vec<i64> = client
+            .query("SELECT id FROM items WHERE name = $1", &[&name])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        println!(
+            "scenario 25 (idempotency key, reset during {name}): first answer {} {}; settled \
+             after {repeats} repeats with {} (replayed: {:?}); rows {ids:?}",
+            first.status,
+            first.body,
+            last.status,
+            last.header("idempotent-replayed")
+        );
+        // The first answer could not know the outcome, yet says it may be repeated: the key
+        // guards it. (A 503; or, when the server's own retry came while the cut-off backend
+        // still held the key, a 409 that says to repeat in a moment.)
+        assert!([503, 409].contains(&first.status), "{}", first.body);
+        assert!(first.body.contains(r#""retryable":true"#), "{}", first.body);
+        assert_eq!(last.status, 201, "{}", last.body);
+        assert_eq!(ids.len(), 1, "{name}: exactly one row");
+        assert_eq!(last.json()["id"], ids[0], "the id of the one row");
+        assert_eq!(again.status, 201);
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        assert_eq!(
+            again.json()["id"],
+            ids[0],
+            "a later repeat replays the same id"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_25_keyed_writes_under_a_flapping_database_are_never_doubled_or_lost() {
+    let Some(url) = db::postgres_url("scenario_25_keyed_flapping") else {
+        return;
+    };
+    let database = PgDatabase::create(&url).await;
+    let proxy = Arc::new(FaultProxy::start(db::socket_addr(&url)).await.unwrap());
+    let database_url = format!(
+        "{}?connection_limit=10&pool_timeout=2&connect_timeout=1",
+        proxy.url(database.url())
+    );
+    let server = start(&[("DATABASE_URL", &database_url)]).await;
+    create(server.addr, "warm-up").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flapper = flap(Arc::clone(&proxy), Arc::clone(&stop));
+    let writes = write_under_flapping(server.addr, "k", 50, Duration::from_secs(20), true).await;
+    stop.store(true, Ordering::SeqCst);
+    let flaps = flapper.await.unwrap();
+
+    let rows = rows_by_name(database.url(), "k").await;
+    let doubled: Vec<_> = rows.iter().filter(|(_, count)| **count > 1).collect();
+    let lost: Vec<_> = writes
+        .acknowledged
+        .iter()
+        .filter(|name| rows.get(*name) != Some(&1))
+        .collect();
+    println!(
+        "scenario 25 (honest flag, Idempotency-Key on every write): {flaps} flaps in 20 s; {} \
+         writes acknowledged, {} repeats of retryable answers, {} given up; {} names doubled, \
+         {} acknowledged names missing",
+        writes.acknowledged.len(),
+        writes.repeats,
+        writes.unknown.len(),
+        doubled.len(),
+        lost.len()
+    );
+    assert!(writes.unexpected.is_empty(), "{:?}", writes.unexpected);
+    assert!(doubled.is_empty(), "written twice: {doubled:?}");
+    assert!(lost.is_empty(), "acknowledged but missing: {lost:?}");
+    // With a key, no answer leaves the client unsure: every write settles.
+    assert!(writes.unknown.is_empty(), "{:?}", writes.unknown);
+    assert!(writes.repeats > 0);
+}

@@ -76,6 +76,20 @@ impl Error {
         }
     }
 
+    /// Marks a classified failure as safe to repeat whatever its reach, because an idempotency
+    /// key guards the work ([`Failure::with_idempotent`]); an application problem is unchanged.
+    #[must_use]
+    pub fn with_idempotent(self, idempotent: bool) -> Self {
+        match self.repr {
+            Repr::Failure(failure) => {
+                // Usually the only handle; otherwise a copy carries the mark.
+                let failure = Arc::try_unwrap(failure).unwrap_or_else(|shared| shared.detached());
+                Error::from(failure.with_idempotent(idempotent))
+            }
+            repr @ Repr::Problem(_) => Error { repr },
+        }
+    }
+
     pub(crate) fn into_repr(self) -> Repr {
         self.repr
     }
