@@ -11,7 +11,9 @@
 //! ```
 //!
 //! `BIND` (default `127.0.0.1:3000`) sets the address; `RUST_LOG` the log level (`error`, `warn`,
-//! `info` — the default — `debug`, `trace`). Then try:
+//! `info` — the default — `debug`, `trace`); `CACHE_TTL` (60) and `CACHE_STALE_IF_ERROR` (300)
+//! how long, in seconds, a cached response is fresh and then may stand in for a failing
+//! database. Then try:
 //!
 //! ```text
 //! curl -i localhost:3000/healthz                  # 200 while the process lives
@@ -451,14 +453,44 @@ async fn metrics(State(app): State<App>) -> Result<Response, Error> {
 }
 
 /// Reads the settings; a bad one ends the process with a one-line message naming it.
-fn settings() -> Result<(PoolConfig, SocketAddr), String> {
+/// The settings the environment gives.
+struct Settings {
+    pool: PoolConfig,
+    addr: SocketAddr,
+    cache: ResponseCache,
+}
+
+fn settings() -> Result<Settings, String> {
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
-    let config = PoolConfig::from_url(&url).map_err(|error| format!("DATABASE_URL: {error}"))?;
+    let pool = PoolConfig::from_url(&url).map_err(|error| format!("DATABASE_URL: {error}"))?;
     let bind = std::env::var("BIND").unwrap_or_else(|_| DEFAULT_BIND.to_owned());
     let addr = bind
         .parse()
         .map_err(|_| format!("BIND: {bind:?} is not an address such as 127.0.0.1:3000"))?;
-    Ok((config, addr))
+    let mut cache = ResponseCache::builder();
+    if let Some(ttl) = seconds_setting("CACHE_TTL")? {
+        cache = cache.ttl(ttl);
+    }
+    if let Some(window) = seconds_setting("CACHE_STALE_IF_ERROR")? {
+        cache = cache.stale_if_error(window);
+    }
+    let cache = cache
+        .build()
+        .map_err(|error| format!("CACHE_TTL: {error}"))?;
+    Ok(Settings { pool, addr, cache })
+}
+
+/// An optional setting in seconds, fractions allowed.
+fn seconds_setting(name: &str) -> Result<Option<Duration>, String> {
+    let Ok(value) = std::env::var(name) else {
+        return Ok(None);
+    };
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|seconds| seconds.is_finite() && (0.0..=86_400.0).contains(seconds))
+        .map(|seconds| Some(Duration::from_secs_f64(seconds)))
+        .ok_or_else(|| format!("{name}: {value:?} is not a number of seconds from 0 to 86400"))
 }
 
 fn open_pool(config: PoolConfig) -> Result<Db, String> {
@@ -490,7 +522,11 @@ async fn main() -> ExitCode {
         .with_max_level(log_level())
         .with_writer(std::io::stderr)
         .init();
-    let (config, addr) = match settings() {
+    let Settings {
+        pool: config,
+        addr,
+        cache,
+    } = match settings() {
         Ok(settings) => settings,
         Err(message) => {
             eprintln!("error: {message}");
@@ -502,13 +538,6 @@ async fn main() -> ExitCode {
         Ok(db) => db,
         Err(message) => {
             eprintln!("error: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    let cache = match ResponseCache::builder().build() {
-        Ok(cache) => cache,
-        Err(error) => {
-            eprintln!("error: cache: {error}");
             return ExitCode::from(2);
         }
     };

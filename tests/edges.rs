@@ -648,3 +648,56 @@ async fn scenario_25_keyed_writes_under_a_flapping_database_are_never_doubled_or
     assert!(writes.unknown.is_empty(), "{:?}", writes.unknown);
     assert!(writes.repeats > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_27_a_cached_get_is_served_stale_while_the_database_is_down() {
+    let Some(url) = db::postgres_url("scenario_27_stale_if_error") else {
+        return;
+    };
+    let database = PgDatabase::create(&url).await;
+    let proxy = FaultProxy::start(db::socket_addr(&url)).await.unwrap();
+    let database_url = format!(
+        "{}?pool_timeout=1&connect_timeout=1",
+        proxy.url(database.url())
+    );
+    let server = start(&[
+        ("DATABASE_URL", &database_url),
+        ("CACHE_TTL", "1"),
+        ("CACHE_STALE_IF_ERROR", "2"),
+    ])
+    .await;
+    let addr = server.addr;
+    create(addr, "lamp").await;
+    let cached = get(addr, "/items").await;
+    assert_eq!(cached.status, 200);
+    assert_eq!(cached.header("x-cache"), Some("miss"));
+
+    proxy.set_mode(Mode::Refuse);
+    proxy.wait_for_mode().await;
+    proxy.reset_all();
+    // Past its freshness (1 s), within stale-if-error (2 s more): the stored list, not a 503.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let started = Instant::now();
+    let stale = get(addr, "/items").await;
+    let stale_took = started.elapsed();
+    assert_eq!(stale.status, 200, "{}", stale.body);
+    assert_eq!(stale.header("x-cache"), Some("stale"));
+    assert_eq!(stale.body, cached.body);
+    let age: u64 = stale.header("age").unwrap().parse().unwrap();
+    assert!(age >= 1, "{age}");
+    // A route the cache never stored still says the database is down.
+    assert_eq!(get(addr, "/items/1").await.status, 503);
+
+    // Past the window: the failure goes through.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let gone = get(addr, "/items").await;
+    let stats = get(addr, "/stats").await.json();
+    println!(
+        "scenario 27 (stale over nothing): database down, GET /items answered 200 from the cache \
+         in {stale_took:?} (age {age} s); after the window {}; cache stale count {}",
+        gone.status, stats["cache"]["stale"]
+    );
+    assert_eq!(gone.status, 503, "{}", gone.body);
+    assert!(gone.body.contains(r#""retryable":true"#));
+    assert!(stats["cache"]["stale"].as_u64().unwrap() >= 1, "{stats}");
+}

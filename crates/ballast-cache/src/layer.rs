@@ -17,7 +17,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::rules::{self, NotStored};
-use crate::store::{CacheKey, Entry, ResponseCache, Stored, StoredResponse};
+use crate::store::{CacheKey, Entry, Freshness, ResponseCache, Stored, StoredResponse};
 
 /// An error that can cross threads.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -203,9 +203,11 @@ async fn lookup<S, ReqBody, ResBody>(
     request: Request<ReqBody>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
     S::Error: Send + Sync + 'static,
-    ResBody: Body<Data = Bytes> + Unpin,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + Unpin + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let cache = &layer.cache;
@@ -221,10 +223,32 @@ where
         }
     }
     let pass = match found.as_deref().map(|entry| &entry.stored) {
-        Some(Stored::Response(stored)) => {
-            cache.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(hit(stored, head, layer.x_cache));
-        }
+        Some(Stored::Response(stored)) => match stored.freshness() {
+            Freshness::Fresh => {
+                cache.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(hit(stored, head, layer.x_cache, "HIT"));
+            }
+            Freshness::WhileRevalidating => {
+                // Served stale at once; one background request brings it up to date.
+                cache.inner.counters.stale.fetch_add(1, Ordering::Relaxed);
+                let response = hit(stored, head, layer.x_cache, "STALE");
+                if !head && stored.revalidating.try_lock().is_ok() {
+                    if let (Some(entry), Ok(runtime)) =
+                        (found.clone(), tokio::runtime::Handle::try_current())
+                    {
+                        runtime.spawn(revalidate(inner, layer.clone(), key, entry, request));
+                    }
+                }
+                return Ok(response);
+            }
+            Freshness::IfError => {
+                let Some(entry) = found.clone() else {
+                    unreachable!("matched on `found`")
+                };
+                return revalidate(inner, layer, key, entry, request).await;
+            }
+            Freshness::Expired => false,
+        },
         Some(Stored::Pass) => true,
         _ => false,
     };
@@ -270,7 +294,7 @@ where
                     // response varies).
                     let own_entry = variant.as_ref().unwrap_or(&entry);
                     if let Stored::Response(stored) = &own_entry.stored {
-                        *own = Some(Ok(hit(stored, false, false)));
+                        *own = Some(Ok(hit(stored, false, false, "MISS")));
                     }
                     cache.account(&entry);
                     Ok(entry)
@@ -301,7 +325,7 @@ where
             Stored::Pass => {}
             // Another request's response, stored for this key.
             Stored::Response(stored) => {
-                let mut response = hit(stored, false, false);
+                let mut response = hit(stored, false, false, "MISS");
                 mark(&mut response, layer.x_cache, "MISS");
                 return Ok(response);
             }
@@ -315,7 +339,7 @@ where
                 ));
                 if let Some(entry) = cache.inner.moka.get(&variant).await {
                     if let Stored::Response(stored) = &entry.stored {
-                        let mut response = hit(stored, false, false);
+                        let mut response = hit(stored, false, false, "MISS");
                         mark(&mut response, layer.x_cache, "MISS");
                         return Ok(response);
                     }
@@ -329,6 +353,101 @@ where
         unreachable!("the first request's own response was returned above")
     };
     let mut response = pass_through(inner, request).await?;
+    mark(&mut response, layer.x_cache, "MISS");
+    Ok(response)
+}
+
+/// Asks the service again for a stored response that is no longer fresh, one request at a time
+/// per entry: a storable answer replaces it; a failure (a 5xx, a classified failure, an error) is
+/// answered with the stale response while it is within `stale-if-error`.
+async fn revalidate<S, ReqBody, ResBody>(
+    mut inner: S,
+    layer: CacheLayer,
+    key: CacheKey,
+    entry: Arc<Entry>,
+    request: Request<ReqBody>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody::Error: Into<BoxError>,
+{
+    let cache = &layer.cache;
+    let counters = &cache.inner.counters;
+    let Stored::Response(stale) = &entry.stored else {
+        unreachable!("only stored responses are revalidated")
+    };
+    let head = request.method() == Method::HEAD;
+    let asked_at = Instant::now();
+    let _revalidating = stale.revalidating.lock().await;
+    // The request ahead found the service failing while this one waited: that is this one's
+    // answer too, rather than another request to a failing service.
+    let failed_meanwhile = stale
+        .failed_at
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .is_some_and(|at| at >= asked_at);
+    if failed_meanwhile && stale.usable_if_error() {
+        counters.stale.fetch_add(1, Ordering::Relaxed);
+        return Ok(hit(stale, head, layer.x_cache, "STALE"));
+    }
+    // Another request may have brought it up to date while this one waited.
+    if let Some(current) = cache.inner.moka.get(&key).await {
+        if let Stored::Response(current_response) = &current.stored {
+            if !Arc::ptr_eq(&current, &entry) && current_response.freshness() == Freshness::Fresh {
+                counters.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(hit(current_response, head, layer.x_cache, "HIT"));
+            }
+        }
+    }
+    counters.misses.fetch_add(1, Ordering::Relaxed);
+    let request_headers = request.headers().clone();
+    let answer = inner.call(request).await;
+    let failed = match &answer {
+        Ok(response) => rules::is_error(response.status(), response.extensions()),
+        Err(_) => true,
+    };
+    if failed {
+        *stale
+            .failed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    }
+    if failed && stale.usable_if_error() {
+        counters.stale.fetch_add(1, Ordering::Relaxed);
+        return Ok(hit(stale, head, layer.x_cache, "STALE"));
+    }
+    let response = answer?;
+    if head || failed {
+        let mut response = response.map(CacheBody::inner);
+        mark(&mut response, layer.x_cache, "MISS");
+        return Ok(response);
+    }
+    let mut response = match store(cache, &key, &request_headers, response).await {
+        Ok(StoreOutcome { entry, variant }) => {
+            let own_entry = variant.as_ref().unwrap_or(&entry);
+            let own = match &own_entry.stored {
+                Stored::Response(stored) => Some(hit(stored, false, false, "MISS")),
+                _ => None,
+            };
+            cache.insert(key, Arc::clone(&entry)).await;
+            match own {
+                Some(response) => response,
+                None => unreachable!("a stored outcome holds its response"),
+            }
+        }
+        Err((response, remember)) => {
+            // No longer storable: the stale entry goes, and the key is remembered as such.
+            if remember {
+                cache
+                    .insert(key.clone(), Entry::new(&key, Stored::Pass))
+                    .await;
+            } else {
+                cache.inner.moka.invalidate(&key).await;
+            }
+            response
+        }
+    };
     mark(&mut response, layer.x_cache, "MISS");
     Ok(response)
 }
@@ -365,6 +484,7 @@ where
         }
     };
     let vary = rules::vary_names(response.headers()).unwrap_or_default();
+    let stale = rules::stale_windows(response.headers(), cache.inner.stale_if_error);
     let (parts, body) = response.into_parts();
     let body = match read_up_to(body, cache.inner.max_entry_bytes).await {
         Ok(body) => body,
@@ -383,6 +503,9 @@ where
         body,
         stored_at: Instant::now(),
         ttl,
+        stale,
+        revalidating: tokio::sync::Mutex::new(()),
+        failed_at: std::sync::Mutex::new(None),
     };
     if vary.is_empty() {
         return Ok(StoreOutcome {
@@ -468,11 +591,13 @@ where
     Ok(bytes.freeze())
 }
 
-/// The response for a cache hit: the stored status, headers and body, with `Age`.
+/// The response from a stored one: its status, headers and body, with `Age`, and
+/// `x-cache: <label>` when enabled.
 fn hit<ResBody>(
     stored: &StoredResponse,
     head: bool,
     x_cache: bool,
+    label: &'static str,
 ) -> Response<CacheBody<ResBody>> {
     let body = if head {
         Bytes::new()
@@ -487,7 +612,7 @@ fn hit<ResBody>(
     if head {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
     }
-    mark(&mut response, x_cache, "HIT");
+    mark(&mut response, x_cache, label);
     response
 }
 

@@ -21,7 +21,19 @@
 //!   streams through untruncated and is not stored, and the layer never holds more than the
 //!   limit of it.
 //! - The TTL is the configured one (60 s) capped by the response's `s-maxage` or `max-age`.
-//!   Hits carry `Age`; `x-cache: HIT|MISS` is optional.
+//!   Hits carry `Age`; `x-cache: HIT|MISS|STALE` is optional.
+//!
+//! # Stale over nothing (RFC 5861)
+//!
+//! A stored response stays available past its freshness for a `stale_if_error` window (5 min by
+//! default, or the response's own `stale-if-error=N`), within the same bounds. A `GET` for it asks
+//! the service again; when the service fails — a 5xx, a classified failure such as the database
+//! being down, an error — the stale response is served instead, with its `Age`
+//! (`x-cache: STALE`). Concurrent requests for a stale entry wait for one answer of the service
+//! rather than each asking a failing one. A response that says `stale-while-revalidate=N` is
+//! served stale at once within that window while one background request refreshes it.
+//! `must-revalidate`, `proxy-revalidate` and `s-maxage` (which implies `proxy-revalidate`) forbid
+//! serving a response stale. [`CacheStats::stale`] counts stale responses served.
 //!
 //! # Bounds, eviction, cleanup, stats
 //!

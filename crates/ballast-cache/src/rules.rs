@@ -43,6 +43,10 @@ pub(crate) struct Directives {
     pub(crate) private: bool,
     pub(crate) max_age: Option<u64>,
     pub(crate) s_maxage: Option<u64>,
+    pub(crate) must_revalidate: bool,
+    pub(crate) proxy_revalidate: bool,
+    pub(crate) stale_if_error: Option<u64>,
+    pub(crate) stale_while_revalidate: Option<u64>,
 }
 
 pub(crate) fn directives(headers: &HeaderMap) -> Directives {
@@ -69,6 +73,14 @@ pub(crate) fn directives(headers: &HeaderMap) -> Directives {
                 directives.max_age = Some(seconds().unwrap_or(0));
             } else if name.eq_ignore_ascii_case("s-maxage") {
                 directives.s_maxage = Some(seconds().unwrap_or(0));
+            } else if name.eq_ignore_ascii_case("must-revalidate") {
+                directives.must_revalidate = true;
+            } else if name.eq_ignore_ascii_case("proxy-revalidate") {
+                directives.proxy_revalidate = true;
+            } else if name.eq_ignore_ascii_case("stale-if-error") {
+                directives.stale_if_error = Some(seconds().unwrap_or(0));
+            } else if name.eq_ignore_ascii_case("stale-while-revalidate") {
+                directives.stale_while_revalidate = Some(seconds().unwrap_or(0));
             }
         }
     }
@@ -133,6 +145,38 @@ pub(crate) fn response_ttl(
         return Err(NotStored::CacheControl);
     }
     Ok(ttl)
+}
+
+/// How long past its freshness a stored response may still be served (RFC 5861).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct StaleWindows {
+    /// When the service fails (a 5xx, a classified failure, an error) while revalidating.
+    pub(crate) if_error: Duration,
+    /// While a background request revalidates it.
+    pub(crate) while_revalidate: Duration,
+}
+
+/// The stale windows of a response: its own `stale-if-error` and `stale-while-revalidate`
+/// directives, else `default_if_error` and no revalidation window. None at all when the response
+/// forbids serving it stale: `must-revalidate`, `proxy-revalidate`, or `s-maxage` (which implies
+/// `proxy-revalidate` for a shared cache, RFC 9111 §5.2.2.10).
+pub(crate) fn stale_windows(headers: &HeaderMap, default_if_error: Duration) -> StaleWindows {
+    let directives = directives(headers);
+    if directives.must_revalidate || directives.proxy_revalidate || directives.s_maxage.is_some() {
+        return StaleWindows::default();
+    }
+    StaleWindows {
+        if_error: directives
+            .stale_if_error
+            .map_or(default_if_error, Duration::from_secs),
+        while_revalidate: Duration::from_secs(directives.stale_while_revalidate.unwrap_or(0)),
+    }
+}
+
+/// Whether an answer of the service is an error a stale response may stand in for (RFC 5861:
+/// 500, 502, 503, 504), or one that carries a classified failure.
+pub(crate) fn is_error(status: StatusCode, extensions: &http::Extensions) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504) || extensions.get::<Arc<Failure>>().is_some()
 }
 
 /// The request header names a response varies on, lowercased and sorted; `None` for `Vary: *`
@@ -265,6 +309,40 @@ mod tests {
             Err(NotStored::CacheControl)
         );
         assert_eq!(ttl(&[("vary", "*")]), Err(NotStored::VaryStar));
+    }
+
+    #[test]
+    fn stale_windows_come_from_the_response_or_the_default() {
+        let default = Duration::from_secs(300);
+        let windows = |pairs: &[(&str, &str)]| stale_windows(&headers(pairs), default);
+        assert_eq!(
+            windows(&[("cache-control", "max-age=60")]),
+            StaleWindows {
+                if_error: default,
+                while_revalidate: Duration::ZERO
+            }
+        );
+        assert_eq!(
+            windows(&[(
+                "cache-control",
+                "max-age=60, stale-if-error=30, stale-while-revalidate=10"
+            )]),
+            StaleWindows {
+                if_error: Duration::from_secs(30),
+                while_revalidate: Duration::from_secs(10)
+            }
+        );
+        for forbids in [
+            "max-age=60, must-revalidate",
+            "max-age=60, proxy-revalidate",
+            "s-maxage=60, stale-if-error=30",
+        ] {
+            assert_eq!(
+                windows(&[("cache-control", forbids)]),
+                StaleWindows::default(),
+                "{forbids}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::rules::DEFAULT_KEYED_HEADERS;
+use crate::rules::{StaleWindows, DEFAULT_KEYED_HEADERS};
 
 /// Default most entries (the seed's 100).
 pub const DEFAULT_MAX_ENTRIES: u64 = 100;
@@ -27,6 +27,10 @@ pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 /// Default interval of the cleanup task (the seed's 60 s).
 pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
+/// Default `stale_if_error`: how long past its freshness a stored response may stand in for a
+/// failing service (RFC 5861), when the response does not say. An outage of a few minutes is
+/// answered with what the cache has rather than 503s.
+const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(300);
 /// Fixed cost counted for each entry on top of its key, headers and body: the entry's own
 /// bookkeeping (moka's node, the `Arc`, the header map's table).
 const ENTRY_OVERHEAD: u64 = 256;
@@ -100,6 +104,9 @@ impl CacheKey {
 /// A stored response, the note that responses for this key vary on some request headers, or
 /// the note that this key answered with something that may not be stored.
 #[derive(Debug)]
+// Every value lives behind the entry's `Arc`: a note is as big as a response, which the fixed
+// per-entry overhead in the byte count already covers, and a hit is spared a second pointer.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Stored {
     Response(StoredResponse),
     Vary(Vec<HeaderName>),
@@ -116,6 +123,51 @@ pub(crate) struct StoredResponse {
     pub(crate) body: Bytes,
     pub(crate) stored_at: Instant,
     pub(crate) ttl: Duration,
+    /// How long past `ttl` it may still be served (RFC 5861).
+    pub(crate) stale: StaleWindows,
+    /// Held by the request revalidating it, so concurrent requests for a stale entry wait for
+    /// one answer of the service instead of each asking it.
+    pub(crate) revalidating: tokio::sync::Mutex<()>,
+    /// When revalidating it last failed: requests that waited for that answer take it as theirs.
+    pub(crate) failed_at: std::sync::Mutex<Option<Instant>>,
+}
+
+/// Where a stored response stands at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// Within its time to live: served as it is.
+    Fresh,
+    /// Stale, within `stale-while-revalidate`: served, and revalidated in the background.
+    WhileRevalidating,
+    /// Stale, within `stale-if-error`: the service is asked, and if it fails this is served.
+    IfError,
+    /// Too old to serve.
+    Expired,
+}
+
+impl StoredResponse {
+    pub(crate) fn freshness(&self) -> Freshness {
+        let age = self.stored_at.elapsed();
+        if age < self.ttl {
+            Freshness::Fresh
+        } else if age < self.ttl + self.stale.while_revalidate {
+            Freshness::WhileRevalidating
+        } else if age < self.ttl + self.stale.if_error {
+            Freshness::IfError
+        } else {
+            Freshness::Expired
+        }
+    }
+
+    /// Whether it may still stand in for a failing service.
+    pub(crate) fn usable_if_error(&self) -> bool {
+        self.stored_at.elapsed() < self.ttl + self.stale.if_error.max(self.stale.while_revalidate)
+    }
+
+    /// How long it is kept: its freshness and the longest stale window after it.
+    fn keep(&self) -> Duration {
+        self.ttl + self.stale.if_error.max(self.stale.while_revalidate)
+    }
 }
 
 /// A stored value with its size, computed once.
@@ -145,9 +197,10 @@ impl Entry {
         })
     }
 
-    fn ttl(&self, default: Duration) -> Duration {
+    /// How long moka keeps the entry: a response as long as it may be served, stale included.
+    fn keep(&self, default: Duration) -> Duration {
         match &self.stored {
-            Stored::Response(response) => response.ttl,
+            Stored::Response(response) => response.keep(),
             Stored::Vary(_) | Stored::Pass => default,
         }
     }
@@ -176,9 +229,22 @@ pub struct ResponseCacheBuilder {
     eviction: Eviction,
     statuses: Vec<StatusCode>,
     keyed_headers: Vec<HeaderName>,
+    stale_if_error: Duration,
 }
 
 impl ResponseCacheBuilder {
+    /// Sets how long past its freshness a stored response may stand in for a failing service
+    /// (a 5xx, a classified failure such as the database being down, an error): a `GET` for it
+    /// gets the stale response, with its `Age`, instead of the failure. A response's own
+    /// `stale-if-error` directive takes precedence; `must-revalidate`, `proxy-revalidate` and
+    /// `s-maxage` forbid it. Zero turns it off. Defaults to 5 minutes. Stale responses count
+    /// against the same bounds.
+    #[must_use]
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = window;
+        self
+    }
+
     /// Sets the most entries. Defaults to 100.
     #[must_use]
     pub fn max_entries(mut self, entries: u64) -> Self {
@@ -288,6 +354,7 @@ pub(crate) struct Inner {
     pub(crate) cleanup_interval: Duration,
     pub(crate) statuses: Vec<StatusCode>,
     pub(crate) keyed_headers: Vec<HeaderName>,
+    pub(crate) stale_if_error: Duration,
     pub(crate) counters: Arc<Counters>,
 }
 
@@ -303,6 +370,7 @@ pub(crate) struct Counters {
     pub(crate) not_storable: AtomicU64,
     pub(crate) bypassed: AtomicU64,
     pub(crate) passes: AtomicU64,
+    pub(crate) stale: AtomicU64,
     pub(crate) bytes: AtomicU64,
 }
 
@@ -316,7 +384,7 @@ impl Expiry<CacheKey, Arc<Entry>> for PerEntryTtl {
         value: &Arc<Entry>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(value.ttl(self.0))
+        Some(value.keep(self.0))
     }
 }
 
@@ -336,6 +404,7 @@ impl ResponseCache {
                 .iter()
                 .map(|name| HeaderName::from_static(name))
                 .collect(),
+            stale_if_error: DEFAULT_STALE_IF_ERROR,
         }
     }
 
@@ -383,6 +452,7 @@ impl ResponseCache {
                 cleanup_interval: builder.cleanup_interval,
                 statuses: builder.statuses,
                 keyed_headers: builder.keyed_headers,
+                stale_if_error: builder.stale_if_error,
                 counters,
             }),
         }
@@ -464,6 +534,7 @@ impl ResponseCache {
             not_storable: get(&counters.not_storable),
             bypassed: get(&counters.bypassed),
             passes: get(&counters.passes),
+            stale: get(&counters.stale),
             hit_ratio: if lookups == 0 {
                 0.0
             } else {
@@ -579,6 +650,9 @@ pub struct CacheStats {
     /// Requests sent straight to the service because their key recently answered with
     /// something that may not be stored ("hit-for-pass"; counted as misses too).
     pub passes: u64,
+    /// Stale responses served: the service failed while revalidating (within `stale-if-error`),
+    /// or a background request was revalidating (within `stale-while-revalidate`).
+    pub stale: u64,
     /// `hits / (hits + misses)`.
     pub hit_ratio: f64,
 }

@@ -538,6 +538,8 @@ async fn huge_and_endless_bodies_pass_through_and_are_not_stored() {
 async fn entries_expire_after_their_ttl_and_cleanup_stops() {
     let cache = ResponseCache::builder()
         .ttl(Duration::from_millis(150))
+        // Nothing kept past freshness for a failing service: the entry goes at its TTL.
+        .stale_if_error(Duration::ZERO)
         .cleanup_interval(Duration::from_millis(50))
         .build()
         .unwrap();
@@ -639,4 +641,222 @@ fn bad_settings_are_errors() {
         .build()
         .is_err());
     assert!(ResponseCache::builder().max_bytes(1 << 40).build().is_err());
+}
+
+/// A service that answers `{"n":<call>}` while `up`, else (after 20 ms) a 503 that carries a classified failure
+/// (what the error layer's response for a down database carries); `cache_control` is its
+/// `Cache-Control`.
+fn flaky_origin(
+    up: Arc<std::sync::atomic::AtomicBool>,
+    calls: Arc<AtomicUsize>,
+    cache_control: &'static str,
+) -> impl tower::Service<
+    Request<String>,
+    Response = Response<String>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
+       + Send {
+    service_fn(move |_request: Request<String>| {
+        let (up, calls) = (Arc::clone(&up), Arc::clone(&calls));
+        async move {
+            let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut response = if up.load(Ordering::SeqCst) {
+                Response::new(format!("{{\"n\":{call}}}"))
+            } else {
+                // Failing takes a moment, as a timeout or a refused connect does.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let mut response = Response::new(String::from("down"));
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                response
+                    .extensions_mut()
+                    .insert(Arc::new(ballast_core::Failure::new(
+                        ballast_core::Cause::Unreachable,
+                    )));
+                response
+            };
+            response
+                .headers_mut()
+                .insert("cache-control", cache_control.parse().unwrap());
+            Ok::<_, Infallible>(response)
+        }
+    })
+}
+
+async fn body_of(
+    response: Response<ballast_cache::CacheBody<String>>,
+) -> (StatusCode, HeaderMap, String) {
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+/// RFC 5861 `stale-if-error`: while the service fails, a stored response past its freshness is
+/// served instead of the failure, for the window; then the failure goes through.
+#[tokio::test]
+async fn stale_if_error_serves_what_the_cache_has_while_the_service_fails() {
+    let cache = ResponseCache::builder()
+        .ttl(Duration::from_millis(100))
+        .stale_if_error(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = CacheLayer::new(cache.clone())
+        .x_cache_header(true)
+        .layer(flaky_origin(
+            Arc::clone(&up),
+            Arc::clone(&calls),
+            "max-age=60",
+        ));
+    let (status, _, body) = body_of(
+        service
+            .clone()
+            .oneshot(get_request("/items"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"n":1}"#));
+
+    up.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Past its freshness, the service down: the stale response, with its age.
+    let (status, headers, body) = body_of(
+        service
+            .clone()
+            .oneshot(get_request("/items"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"n":1}"#));
+    assert_eq!(headers["x-cache"], "STALE");
+    assert!(headers.contains_key("age"));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the service was asked first"
+    );
+
+    // Concurrent requests for it while the service fails: one answer of the service serves them.
+    let before = calls.load(Ordering::SeqCst);
+    let answers = futures_join(&service, 20).await;
+    assert!(answers
+        .iter()
+        .all(|(status, _, body)| *status == StatusCode::OK && body == r#"{"n":1}"#));
+    let asked = calls.load(Ordering::SeqCst) - before;
+    assert!(asked < 20, "{asked} requests reached the failing service");
+
+    // Past the window: the failure goes through.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let (status, _, _) = body_of(
+        service
+            .clone()
+            .oneshot(get_request("/items"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let stats = cache.stats().await;
+    println!("scenario 27 (stale-if-error, in process): {asked} of 20 concurrent stale requests asked the service; {stats:?}");
+    assert!(stats.stale >= 21, "{stats:?}");
+}
+
+async fn futures_join<S>(service: &S, n: usize) -> Vec<(StatusCode, HeaderMap, String)>
+where
+    S: tower::Service<Request<String>, Response = Response<ballast_cache::CacheBody<String>>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug + Send,
+{
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                body_of(service.oneshot(get_request("/items")).await.unwrap()).await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
+/// `must-revalidate` (and `s-maxage`, which implies `proxy-revalidate`) forbid serving a stale
+/// response, even for a failing service; a response's own `stale-if-error` sets the window.
+#[tokio::test]
+async fn revalidate_directives_forbid_stale_and_the_response_sets_its_window() {
+    // The cache's TTL (50 ms) caps each response's lifetime, so they are stale within 100 ms.
+    for (cache_control, stale_served) in [
+        ("max-age=1, must-revalidate", false),
+        ("s-maxage=1", false),
+        ("max-age=1, stale-if-error=60", true),
+    ] {
+        let cache = ResponseCache::builder()
+            .ttl(Duration::from_millis(50))
+            .stale_if_error(Duration::ZERO)
+            .build()
+            .unwrap();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let service = CacheLayer::new(cache.clone()).layer(flaky_origin(
+            Arc::clone(&up),
+            Arc::clone(&calls),
+            cache_control,
+        ));
+        service.clone().oneshot(get_request("/r")).await.unwrap();
+        up.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, _, _) =
+            body_of(service.clone().oneshot(get_request("/r")).await.unwrap()).await;
+        assert_eq!(status == StatusCode::OK, stale_served, "{cache_control}");
+    }
+}
+
+/// RFC 5861 `stale-while-revalidate`: a stale response within the window is served at once, and
+/// one background request brings the entry up to date.
+#[tokio::test]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
+    let cache = ResponseCache::builder()
+        .ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = CacheLayer::new(cache.clone())
+        .x_cache_header(true)
+        .layer(flaky_origin(
+            Arc::clone(&up),
+            Arc::clone(&calls),
+            "max-age=1, stale-while-revalidate=30",
+        ));
+    service.clone().oneshot(get_request("/s")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, headers, body) =
+        body_of(service.clone().oneshot(get_request("/s")).await.unwrap()).await;
+    assert_eq!(body, r#"{"n":1}"#, "the stale response, at once");
+    assert_eq!(headers["x-cache"], "STALE");
+    // The background request stores the new answer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let (_, headers, body) =
+            body_of(service.clone().oneshot(get_request("/s")).await.unwrap()).await;
+        if body == r#"{"n":2}"# {
+            assert_eq!(headers["x-cache"], "HIT");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never refreshed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
