@@ -11,9 +11,9 @@
 //! ```
 //!
 //! `BIND` (default `127.0.0.1:3000`) sets the address; `RUST_LOG` the log level (`error`, `warn`,
-//! `info` — the default — `debug`, `trace`); `CACHE_TTL` (60) and `CACHE_STALE_IF_ERROR` (300)
-//! how long, in seconds, a cached response is fresh and then may stand in for a failing
-//! database. Then try:
+//! `info` — the default — `debug`, `trace`); `REQUEST_TIMEOUT` (30) the longest a request may
+//! take, in seconds; `CACHE_TTL` (60) and `CACHE_STALE_IF_ERROR` (300) how long, in seconds, a
+//! cached response is fresh and then may stand in for a failing database. Then try:
 //!
 //! ```text
 //! curl -i localhost:3000/healthz                  # 200 while the process lives
@@ -34,7 +34,7 @@
 //! and everything works, the schema included. Ctrl-C (or SIGTERM) drains in-flight requests,
 //! stops the cache cleanup, clears the cache, closes the pool and exits 0.
 //!
-//! Stack, outermost first: shutdown → error → timeout (30 s) → cache → retry → handlers.
+//! Stack, outermost first: shutdown → error → request timeout (30 s) → cache → retry → handlers.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -49,7 +49,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use ballast::cache::{CacheLayer, CleanupTask, ResponseCache};
-use ballast::error::ErrorResponseLayer;
+use ballast::error::{ErrorResponseLayer, RequestTimeoutLayer};
 use ballast::idempotency::{Idempotency, IdempotencyKey, Outcome};
 use ballast::pool::{Backend, PoolConfig, SharedPool};
 use ballast::retry::RetryLayer;
@@ -70,11 +70,10 @@ const DEFAULT_DATABASE_URL: &str = "sqlite://ballast-example.db";
 const DEFAULT_BIND: &str = "127.0.0.1:3000";
 /// The longest `/sleep` may hold a connection, so a typo cannot pin the pool for an hour.
 const MAX_SLEEP_MS: u64 = 60_000;
-/// How long `/readyz` waits for the database.
-const READY_CHECK: Duration = Duration::from_secs(2);
-/// The longest a request may take, retries included: past it the client gets a 503
-/// (`tower::timeout`, rendered by the error layer), and a query stuck on a silently dead
-/// connection cannot hold a request forever.
+/// The longest a request may take unless `REQUEST_TIMEOUT` says, retries included: past it the client gets an answer that
+/// says what ran out (`RequestTimeoutLayer`: a 408 for a request body that stopped arriving, a
+/// 503 for the database), a query stuck on a silently dead connection cannot hold a request
+/// forever, and no checkout waits past it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The process's pool, whichever backend the URL names.
@@ -235,26 +234,23 @@ async fn healthz() -> Response {
     no_store("ok")
 }
 
+/// Ready while not shutting down and the database can be reached. A pool busy with slow
+/// requests is ready: readiness asks the pool (`SharedPool::readiness`), never waits for a
+/// checkout behind them.
 async fn readyz(State(app): State<App>) -> Response {
     if !app.shutdown.is_ready() {
         return no_store((StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     }
-    let check = async {
-        app.ensure_schema().await?;
-        on_connection!(&app.db, |conn, _dialect| {
-            conn.batch_execute("SELECT 1").await?;
-        });
-        Ok::<_, Error>(())
+    let ready = match &app.db {
+        Db::Postgres(pool) => pool.readiness().await,
+        Db::Mysql(pool) => pool.readiness().await,
+        Db::Sqlite(pool) => pool.readiness().await,
     };
-    match tokio::time::timeout(READY_CHECK, check).await {
-        Ok(Ok(())) => no_store("ready"),
-        Ok(Err(error)) => no_store((
+    match ready {
+        Ok(()) => no_store("ready"),
+        Err(failure) => no_store((
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {error}"),
-        )),
-        Err(_) => no_store((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the database is slow",
+            format!("not ready: {failure}"),
         )),
     }
 }
@@ -458,6 +454,7 @@ struct Settings {
     pool: PoolConfig,
     addr: SocketAddr,
     cache: ResponseCache,
+    request_timeout: Duration,
 }
 
 fn settings() -> Result<Settings, String> {
@@ -477,7 +474,19 @@ fn settings() -> Result<Settings, String> {
     let cache = cache
         .build()
         .map_err(|error| format!("CACHE_TTL: {error}"))?;
-    Ok(Settings { pool, addr, cache })
+    let request_timeout = match seconds_setting("REQUEST_TIMEOUT")? {
+        Some(timeout) if timeout.is_zero() => {
+            return Err("REQUEST_TIMEOUT: must be greater than 0".to_owned())
+        }
+        Some(timeout) => timeout,
+        None => REQUEST_TIMEOUT,
+    };
+    Ok(Settings {
+        pool,
+        addr,
+        cache,
+        request_timeout,
+    })
 }
 
 /// An optional setting in seconds, fractions allowed.
@@ -526,6 +535,7 @@ async fn main() -> ExitCode {
         pool: config,
         addr,
         cache,
+        request_timeout,
     } = match settings() {
         Ok(settings) => settings,
         Err(message) => {
@@ -598,7 +608,7 @@ async fn main() -> ExitCode {
                         .serve_while_draining(["/healthz", "/readyz"]),
                 )
                 .layer(ErrorResponseLayer::new())
-                .timeout(REQUEST_TIMEOUT)
+                .layer(RequestTimeoutLayer::new(request_timeout))
                 .layer(CacheLayer::new(cache).x_cache_header(true))
                 .layer(retry),
         );

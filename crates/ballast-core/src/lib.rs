@@ -34,6 +34,9 @@
 //! | `sqlite`   | SQLite errors as diesel reports them (implies `diesel`)              |
 //! | `bb8`      | `bb8::RunError<E>` for any `E` that converts into a `Failure`        |
 //!
+//! The feature `scope` adds [`scope::RequestScope`]: a request's deadline and its use of the
+//! database, which a timeout layer sets and the pool reads.
+//!
 //! A conversion infers [`Reach`] from what the error alone can tell (a SQLSTATE that only occurs at
 //! connection startup, a refused connection). Code that knows better — the pool, which knows a
 //! failure happened while connecting — says so with [`Failure::with_reach`].
@@ -76,6 +79,8 @@ use std::time::Duration;
 
 pub mod io;
 pub mod mysql;
+#[cfg(feature = "scope")]
+pub mod scope;
 pub mod sqlite;
 pub mod sqlstate;
 

@@ -78,6 +78,7 @@ mod error;
 mod layer;
 mod map;
 mod problem;
+mod timeout;
 
 pub use error::Error;
 pub use layer::{
@@ -87,3 +88,4 @@ pub use map::{
     DefaultProblems, MapProblem, RetryAfter, DEFAULT_RETRY_AFTER, DEFAULT_RETRY_AFTER_JITTER,
 };
 pub use problem::{Problem, PROBLEM_JSON};
+pub use timeout::{RequestTimeout, RequestTimeoutLayer, TimedBody, TimeoutBody, TimeoutFuture};

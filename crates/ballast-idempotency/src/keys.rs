@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ballast_core::scope::RequestScope;
 use ballast_error::Error;
 use bytes::Bytes;
 use diesel_async::TransactionManager;
@@ -119,6 +120,11 @@ impl Idempotency {
             return Ok(Outcome::new(status, to_json(&value)?, false));
         };
         let key = key.as_str();
+        // The whole request is guarded now: a failure anywhere in it — a checkout that fails
+        // after an attempt of this work ran, say — may be repeated with the same key.
+        if let Some(scope) = RequestScope::current() {
+            scope.guard();
+        }
         let fingerprint = fingerprint(request)?;
         self.ensure_table(conn).await.map_err(guarded)?;
         let now = unix_millis();

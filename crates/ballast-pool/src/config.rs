@@ -21,6 +21,12 @@ pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(1800);
 /// is handed out. Shorter idles are trusted: a connection that broke since is caught by the query
 /// itself and dropped when it comes back.
 pub const DEFAULT_CHECK_IDLE_AFTER: Duration = Duration::from_secs(30);
+/// How many checkouts may wait per connection by default: `queue_limit` is this times
+/// `connection_limit`. With 100 ms queries a full queue is about half a second of waiting; past
+/// it, waiting longer only makes every request slow, so a checkout is refused at once.
+const QUEUE_PER_CONNECTION: u32 = 4;
+/// The largest accepted `queue_limit`.
+const MAX_QUEUE_LIMIT: u32 = 100_000;
 /// The largest accepted `connection_limit`. PostgreSQL's default `max_connections` is 100; a pool
 /// of more than a thousand is a configuration mistake.
 pub const MAX_CONNECTION_LIMIT: u32 = 1000;
@@ -54,6 +60,7 @@ pub enum Backend {
 /// | `idle_timeout` | [`with_idle_timeout`](Self::with_idle_timeout) | 600 s | idle connections close after this (0: never) |
 /// | `max_lifetime` | [`with_max_lifetime`](Self::with_max_lifetime) | 1800 s | connections are replaced after this (0: never) |
 /// | `check_idle_after` | [`with_check_idle_after`](Self::with_check_idle_after) | 30 s | connections idle this long are tested before checkout (0: test every checkout) |
+/// | `queue_limit` | [`with_queue_limit`](Self::with_queue_limit) | 4 × `connection_limit` | most checkouts waiting at once; one more is refused at once (0: no limit) |
 ///
 /// Durations are seconds, fractions allowed (`pool_timeout=0.5`), from 0 to 86400; `pool_timeout`
 /// and `connect_timeout` must be greater than 0.
@@ -89,6 +96,8 @@ pub struct PoolConfig {
     idle_timeout: Option<Duration>,
     max_lifetime: Option<Duration>,
     check_idle_after: Duration,
+    /// As set: `None` derives it from `connection_limit`; `Some(0)` is no limit.
+    queue_limit: Option<u32>,
 }
 
 /// A setting that was rejected: which one, and why. Never contains a password.
@@ -130,13 +139,14 @@ impl From<ConfigError> for ballast_core::Failure {
 }
 
 /// The pool's own URL parameters, removed before the URL reaches the driver.
-const POOL_PARAMETERS: [&str; 6] = [
+const POOL_PARAMETERS: [&str; 7] = [
     "connection_limit",
     "pool_timeout",
     "connect_timeout",
     "idle_timeout",
     "max_lifetime",
     "check_idle_after",
+    "queue_limit",
 ];
 
 impl PoolConfig {
@@ -150,6 +160,7 @@ impl PoolConfig {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             max_lifetime: Some(DEFAULT_MAX_LIFETIME),
             check_idle_after: DEFAULT_CHECK_IDLE_AFTER,
+            queue_limit: None,
         }
     }
 
@@ -187,6 +198,12 @@ impl PoolConfig {
                 "max_lifetime" => config.max_lifetime = optional_seconds("max_lifetime", value)?,
                 "check_idle_after" => {
                     config.check_idle_after = seconds("check_idle_after", value)?;
+                }
+                "queue_limit" => {
+                    let limit = value
+                        .parse::<u32>()
+                        .map_err(|_| queue_limit_error(&format!("{value:?}")))?;
+                    config = config.with_queue_limit(limit)?;
                 }
                 _ => kept.push(pair),
             }
@@ -277,6 +294,31 @@ impl PoolConfig {
         Ok(self)
     }
 
+    /// Sets how many checkouts may wait for a connection at once; a checkout beyond it is
+    /// refused at once with `PoolExhausted` (a 503 that says `retryable` and `Retry-After`)
+    /// rather than queueing for up to `pool_timeout` behind all the others. 0 sets no limit.
+    /// Defaults to 4 × `connection_limit`.
+    ///
+    /// # Errors
+    ///
+    /// `limit` is above 100 000.
+    pub fn with_queue_limit(mut self, limit: u32) -> Result<Self, ConfigError> {
+        if limit > MAX_QUEUE_LIMIT {
+            return Err(queue_limit_error(&limit.to_string()));
+        }
+        self.queue_limit = Some(limit);
+        Ok(self)
+    }
+
+    /// The most checkouts waiting at once, or `None` for no limit.
+    pub fn queue_limit(&self) -> Option<u32> {
+        match self.queue_limit {
+            Some(0) => None,
+            Some(limit) => Some(limit),
+            None => Some(self.connection_limit.saturating_mul(QUEUE_PER_CONNECTION)),
+        }
+    }
+
     /// The database the URL names.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -330,6 +372,7 @@ impl fmt::Debug for PoolConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_lifetime", &self.max_lifetime)
             .field("check_idle_after", &self.check_idle_after)
+            .field("queue_limit", &self.queue_limit())
             .finish()
     }
 }
@@ -442,6 +485,13 @@ fn limit_error(got: &str) -> ConfigError {
     )
 }
 
+fn queue_limit_error(got: &str) -> ConfigError {
+    ConfigError::new(
+        "queue_limit",
+        format!("must be a whole number from 0 (no limit) to {MAX_QUEUE_LIMIT} (got {got})"),
+    )
+}
+
 fn seconds_error(setting: &'static str, got: &str) -> ConfigError {
     ConfigError::new(
         setting,
@@ -494,6 +544,14 @@ mod tests {
         assert_eq!(config.idle_timeout(), Some(Duration::from_secs(600)));
         assert_eq!(config.max_lifetime(), Some(Duration::from_secs(1800)));
         assert_eq!(config.check_idle_after(), Duration::from_secs(30));
+        assert_eq!(config.queue_limit(), Some(40), "4 per connection");
+        let config = PoolConfig::from_url("postgres://u@h/db?connection_limit=3").unwrap();
+        assert_eq!(config.queue_limit(), Some(12));
+        let config = PoolConfig::from_url("postgres://u@h/db?queue_limit=0").unwrap();
+        assert_eq!(config.queue_limit(), None, "no limit");
+        let config = PoolConfig::from_url("postgres://u@h/db?queue_limit=7").unwrap();
+        assert_eq!(config.queue_limit(), Some(7));
+        assert_eq!(config.driver_url(), "postgres://u@h/db");
 
         let config = PoolConfig::from_url(
             "postgresql://u:p@h:5433/db?sslmode=disable&connection_limit=3&pool_timeout=0.5\
@@ -558,6 +616,9 @@ mod tests {
             ("idle_timeout=x", "idle_timeout"),
             ("max_lifetime=-1", "max_lifetime"),
             ("check_idle_after=inf", "check_idle_after"),
+            ("queue_limit=-1", "queue_limit"),
+            ("queue_limit=lots", "queue_limit"),
+            ("queue_limit=100001", "queue_limit"),
         ];
         for (query, setting) in cases {
             let url = format!("postgres://app:{CANARY}@db:5432/shop?{query}");

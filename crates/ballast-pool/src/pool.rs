@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use ballast_core::scope::{Mark, RequestScope};
 use ballast_core::{Cause, Failure, Reach};
 
 use crate::config::{Backend, PoolConfig};
@@ -178,6 +179,7 @@ impl<C: Connect> SharedPool<C> {
     pub async fn get(&self) -> Result<PooledConnection<C>, Failure> {
         let started = Instant::now();
         let shared = &self.inner.shared;
+        let scope = RequestScope::current();
         let Some(pool) = self.bb8_pool() else {
             return Err(Failure::new(Cause::PoolClosed));
         };
@@ -187,13 +189,32 @@ impl<C: Connect> SharedPool<C> {
         if pool.state().connections == 0 {
             if let Some(failure) = shared.known_outage() {
                 shared.counters.failed_fast.fetch_add(1, Ordering::Relaxed);
-                return Err(failure.with_reach(Reach::NotSent));
+                return Err(self.honest(failure, scope.as_deref()));
             }
         }
-        let _waiting = Waiting::start(shared);
+        let (_waiting, ahead) = Waiting::start(shared);
+        if let Some(limit) = shared.config.queue_limit() {
+            if ahead >= u64::from(limit) {
+                // Waiting behind this many makes every request slow: refuse at once, so the
+                // client can come back (or go to another instance) instead of queueing.
+                shared.counters.shed.fetch_add(1, Ordering::Relaxed);
+                let state = pool.state();
+                let failure = Failure::new(Cause::PoolExhausted).with_detail(format!(
+                    "{ahead} checkouts already waiting (queue_limit {limit}; {} of {} in use)",
+                    state.connections - state.idle_connections,
+                    shared.config.connection_limit()
+                ));
+                return Err(self.honest(failure, scope.as_deref()));
+            }
+        }
         let mut failures = shared.subscribe_failures();
         failures.borrow_and_update();
-        let deadline = started + shared.config.pool_timeout();
+        // Never past the request's own deadline, where a layer set one (`RequestScope`).
+        let deadline = match RequestScope::remaining() {
+            Some(remaining) => (started + remaining).min(started + shared.config.pool_timeout()),
+            None => started + shared.config.pool_timeout(),
+        };
+        let _waiting_mark = scope.as_ref().map(RequestScope::waiting);
         let result = 'checkout: loop {
             // bb8 asks for a new connection only when a checkout starts (or is woken by a
             // returned one), and a connect that fails wakes nobody. A checkout that started
@@ -237,13 +258,16 @@ impl<C: Connect> SharedPool<C> {
                 if waited > SLOW_CHECKOUT {
                     tracing::debug!(waited_ms = waited.as_millis() as u64, "slow checkout");
                 }
+                conn.activity.checked_out();
                 Ok(PooledConnection {
                     conn: Some(conn),
                     shared: Arc::clone(shared),
+                    _holding: scope.as_ref().map(RequestScope::holding),
+                    scope,
                 })
             }
             Err(failure) => {
-                let failure = failure.with_reach(Reach::NotSent);
+                let failure = self.honest(failure, scope.as_deref());
                 // A connect failure says when the pool will try again.
                 let connecting =
                     !matches!(failure.cause(), Cause::PoolExhausted | Cause::PoolClosed);
@@ -255,6 +279,22 @@ impl<C: Connect> SharedPool<C> {
                 })
             }
         }
+    }
+
+    /// Where a checkout failure leaves the request: nothing was sent for it — unless an earlier
+    /// connection of the same request ran statements, and then a repeat may write twice
+    /// (unless an idempotency key guards the request).
+    fn honest(&self, failure: Failure, scope: Option<&RequestScope>) -> Failure {
+        let Some(scope) = scope else {
+            return failure.with_reach(Reach::NotSent);
+        };
+        let database = scope.database();
+        let reach = if database.statement_sent {
+            Reach::MaybeSent
+        } else {
+            Reach::NotSent
+        };
+        failure.with_reach(reach).with_idempotent(database.guarded)
     }
 
     /// The connect failure a waiting checkout should report now, if waiting is pointless: no
@@ -328,6 +368,53 @@ impl<C: Connect> SharedPool<C> {
         drop(pool);
     }
 
+    /// Whether this instance can reach its database — what a readiness probe should answer.
+    ///
+    /// **Busy is ready.** A pool whose every connection is checked out by slow requests is
+    /// working: failing readiness then would take every instance out of the load balancer at
+    /// once, exactly when all of them are busy. So:
+    ///
+    /// - closed, or connecting is failing with no connection open: not ready, with the failure;
+    /// - every connection in use and connecting not failing: ready, at once, without waiting;
+    /// - otherwise one connection — an idle one, or a new one within `connect_timeout` — answers
+    ///   a `SELECT 1` within `connect_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// The failure that keeps the database out of reach.
+    pub async fn readiness(&self) -> Result<(), Failure> {
+        let shared = &self.inner.shared;
+        let Some(pool) = self.bb8_pool() else {
+            return Err(Failure::new(Cause::PoolClosed));
+        };
+        let all_busy = |pool: &bb8::Pool<Manager<C>>| {
+            let state = pool.state();
+            state.idle_connections == 0 && state.connections >= shared.config.connection_limit()
+        };
+        if pool.state().connections == 0 {
+            if let Some(failure) = shared.known_outage() {
+                return Err(failure);
+            }
+        }
+        if all_busy(&pool) && shared.last_connect_failure().is_none() {
+            return Ok(());
+        }
+        let limit = shared.config.connect_timeout();
+        let check = async {
+            let mut conn = self.get().await?;
+            conn.batch_execute("SELECT 1").await?;
+            Ok::<_, Failure>(())
+        };
+        match tokio::time::timeout(limit, check).await {
+            Ok(result) => result,
+            // Every connection got taken meanwhile: busy, and busy is ready.
+            Err(_) if all_busy(&pool) => Ok(()),
+            Err(_) => Err(Failure::new(Cause::TimedOut).with_detail(format!(
+                "the readiness check got no answer within connect_timeout ({limit:?})"
+            ))),
+        }
+    }
+
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
         self.inner.shared.is_closed()
@@ -370,6 +457,7 @@ impl<C: Connect> SharedPool<C> {
             connect_failures_by_code: counters.failures_by_code(),
             connects_skipped: counters.connects_skipped.load(Ordering::Relaxed),
             closed_broken: counters.closed_broken.load(Ordering::Relaxed),
+            shed: counters.shed.load(Ordering::Relaxed),
             cancelled: counters.cancelled.load(Ordering::Relaxed),
             closed_invalid: statistics.connections_closed_invalid,
             closed_expired: statistics.connections_closed_idle_timeout
@@ -393,9 +481,10 @@ impl<C: Connect> SharedPool<C> {
 struct Waiting<'a>(&'a Shared);
 
 impl<'a> Waiting<'a> {
-    fn start(shared: &'a Shared) -> Self {
-        shared.counters.waiting.fetch_add(1, Ordering::Relaxed);
-        Waiting(shared)
+    /// Starts counting; also says how many were waiting already.
+    fn start(shared: &'a Shared) -> (Self, u64) {
+        let ahead = shared.counters.waiting.fetch_add(1, Ordering::Relaxed);
+        (Waiting(shared), ahead)
     }
 }
 
@@ -466,6 +555,10 @@ pub struct PooledConnection<C: Connect> {
     /// Taken by `drop`.
     conn: Option<bb8::PooledConnection<'static, Manager<C>>>,
     shared: Arc<Shared>,
+    /// The request's scope, told when the connection ran statements.
+    scope: Option<Arc<RequestScope>>,
+    /// Marks the connection in use for the request's scope while it is checked out.
+    _holding: Option<Mark>,
 }
 
 impl<C: Connect> PooledConnection<C> {
@@ -487,6 +580,11 @@ impl<C: Connect> Drop for PooledConnection<C> {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
+        if let Some(scope) = &self.scope {
+            if conn.activity.sent() {
+                scope.sent();
+            }
+        }
         if reclaim::needs_reclaim(&mut conn) {
             reclaim::spawn(conn, Arc::clone(&self.shared));
         }

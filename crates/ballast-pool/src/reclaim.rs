@@ -14,10 +14,11 @@
 //! stops the statement on the server and makes the connection idle again, or says it must be
 //! closed. Only then does the slot go back to the pool.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ballast_core::scope::RequestScope;
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 
 use crate::connect::Connect;
@@ -33,12 +34,24 @@ const RECLAIM_DEADLINE: Duration = Duration::from_secs(5);
 pub(crate) struct Activity {
     /// Statements started and not yet finished.
     in_flight: AtomicU32,
+    /// Whether a statement was started since the connection was last checked out.
+    sent: AtomicBool,
 }
 
 impl Activity {
     /// Whether a statement may still be running.
     pub(crate) fn in_flight(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether a statement was started since the last [`checked_out`](Self::checked_out).
+    pub(crate) fn sent(&self) -> bool {
+        self.sent.load(Ordering::Acquire)
+    }
+
+    /// A new checkout begins: nothing sent for it yet.
+    pub(crate) fn checked_out(&self) {
+        self.sent.store(false, Ordering::Release);
     }
 
     /// The connection was made idle again: the statements it abandoned are over.
@@ -68,6 +81,13 @@ impl Instrumentation for Tracking {
         match &event {
             InstrumentationEvent::StartQuery { .. } => {
                 self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
+                self.activity.sent.store(true, Ordering::Release);
+                // Tell the request at once where the statement starts on its own task (every
+                // backend but SQLite, whose statements run on a blocking thread); the checkout
+                // tells it again when it ends.
+                if let Some(scope) = RequestScope::current() {
+                    scope.sent();
+                }
             }
             InstrumentationEvent::FinishQuery { .. } => {
                 // Saturating: an event from before the last reclaim must not wrap the count.

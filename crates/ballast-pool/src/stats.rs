@@ -38,6 +38,8 @@ pub struct PoolStats {
     /// Checkouts that failed before `pool_timeout` because connecting failed and there was no
     /// open connection to wait for.
     pub failed_fast: u64,
+    /// Checkouts refused at once because `queue_limit` checkouts were already waiting.
+    pub shed: u64,
     /// Connections opened.
     pub connects: u64,
     /// Connect attempts that failed, in total.
@@ -78,6 +80,7 @@ pub(crate) struct Counters {
     pub(crate) connects_skipped: AtomicU64,
     pub(crate) closed_broken: AtomicU64,
     pub(crate) cancelled: AtomicU64,
+    pub(crate) shed: AtomicU64,
     failures_by_code: Mutex<BTreeMap<String, u64>>,
     wait: WaitHistogram,
 }

@@ -1,0 +1,191 @@
+//! The request a piece of database work belongs to: its deadline, and what the database did for
+//! it (feature `scope`).
+//!
+//! A request's deadline is known to the layer that bounds it, not to the pool that hands out
+//! connections deep inside the handler; and when the deadline passes, the layer must say what ran
+//! out — the database, the client's request body, or something else. A [`RequestScope`] carries
+//! both across: the layer runs the request inside one ([`RequestScope::run`], a Tokio task-local),
+//! and the pool reads the deadline ([`RequestScope::remaining`]) and marks what it does for the
+//! request ([`RequestScope::waiting`], [`RequestScope::holding`], [`RequestScope::sent`]).
+//! Without a scope, everything works as before: no deadline, nothing marked.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use std::time::{Duration, Instant};
+//! use ballast_core::scope::RequestScope;
+//!
+//! let scope = RequestScope::new(Some(Instant::now() + Duration::from_secs(5)));
+//! let remaining = scope
+//!     .run(async {
+//!         // Deep inside a handler, the pool asks how long it may wait.
+//!         RequestScope::remaining()
+//!     })
+//!     .await;
+//! assert!(remaining.unwrap() <= Duration::from_secs(5));
+//! assert_eq!(RequestScope::remaining(), None, "outside the scope");
+//! # }
+//! ```
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+tokio::task_local! {
+    static SCOPE: Arc<RequestScope>;
+}
+
+/// A future running inside a [`RequestScope`] ([`RequestScope::run`]).
+pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<Arc<RequestScope>, F>;
+
+/// One request's deadline and its use of the database. See the [module docs](self).
+#[derive(Debug)]
+pub struct RequestScope {
+    deadline: Option<Instant>,
+    waiting: AtomicU32,
+    holding: AtomicU32,
+    sent: AtomicBool,
+    guarded: AtomicBool,
+}
+
+/// What the database was doing for a request at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct DatabaseUse {
+    /// A checkout was waiting for a connection.
+    pub waiting_for_connection: bool,
+    /// A connection was checked out (a statement may be running on it).
+    pub connection_in_use: bool,
+    /// A statement was started for the request: whatever fails now may have written.
+    pub statement_sent: bool,
+    /// An idempotency key guards the request's writes: repeating it cannot do them twice.
+    pub guarded: bool,
+}
+
+impl RequestScope {
+    /// A scope with this deadline (or none).
+    pub fn new(deadline: Option<Instant>) -> Arc<Self> {
+        Arc::new(RequestScope {
+            deadline,
+            waiting: AtomicU32::new(0),
+            holding: AtomicU32::new(0),
+            sent: AtomicBool::new(false),
+            guarded: AtomicBool::new(false),
+        })
+    }
+
+    /// Runs `future` inside this scope: code it runs (on this task) finds the scope with
+    /// [`current`](Self::current).
+    pub fn run<F: Future>(self: &Arc<Self>, future: F) -> Scoped<F> {
+        SCOPE.scope(Arc::clone(self), future)
+    }
+
+    /// The scope of the request this task is running, if it runs inside one.
+    pub fn current() -> Option<Arc<RequestScope>> {
+        SCOPE.try_with(Arc::clone).ok()
+    }
+
+    /// The time left until the current request's deadline (zero once it has passed), if the
+    /// task runs inside a scope that has one.
+    pub fn remaining() -> Option<Duration> {
+        SCOPE
+            .try_with(|scope| scope.deadline)
+            .ok()
+            .flatten()
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// The deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// What the database is doing for the request now (and whether a statement was ever sent).
+    pub fn database(&self) -> DatabaseUse {
+        DatabaseUse {
+            waiting_for_connection: self.waiting.load(Ordering::Acquire) > 0,
+            connection_in_use: self.holding.load(Ordering::Acquire) > 0,
+            statement_sent: self.sent.load(Ordering::Acquire),
+            guarded: self.guarded.load(Ordering::Acquire),
+        }
+    }
+
+    /// For pools: marks a checkout waiting for a connection, until the mark is dropped.
+    pub fn waiting(self: &Arc<Self>) -> Mark {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        Mark {
+            scope: Arc::clone(self),
+            counter: Counter::Waiting,
+        }
+    }
+
+    /// For pools: marks a connection checked out for the request, until the mark is dropped.
+    pub fn holding(self: &Arc<Self>) -> Mark {
+        self.holding.fetch_add(1, Ordering::AcqRel);
+        Mark {
+            scope: Arc::clone(self),
+            counter: Counter::Holding,
+        }
+    }
+
+    /// For pools: notes that a statement was started for the request.
+    pub fn sent(&self) {
+        self.sent.store(true, Ordering::Release);
+    }
+
+    /// Notes that an idempotency key guards the request's writes (`ballast-idempotency` does,
+    /// for a request with a key): a failure anywhere in it may be repeated
+    /// ([`Failure::with_idempotent`](crate::Failure::with_idempotent)).
+    pub fn guard(&self) {
+        self.guarded.store(true, Ordering::Release);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Counter {
+    Waiting,
+    Holding,
+}
+
+/// A mark on a [`RequestScope`] that lasts until it is dropped (see
+/// [`RequestScope::waiting`], [`RequestScope::holding`]).
+#[derive(Debug)]
+pub struct Mark {
+    scope: Arc<RequestScope>,
+    counter: Counter,
+}
+
+impl Drop for Mark {
+    fn drop(&mut self) {
+        let counter = match self.counter {
+            Counter::Waiting => &self.scope.waiting,
+            Counter::Holding => &self.scope.holding,
+        };
+        counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn marks_last_as_long_as_they_are_held() {
+        let scope = RequestScope::new(None);
+        assert_eq!(scope.database(), DatabaseUse::default());
+        let waiting = scope.waiting();
+        assert!(scope.database().waiting_for_connection);
+        drop(waiting);
+        let holding = scope.holding();
+        scope.sent();
+        let seen = scope
+            .run(async { RequestScope::current().unwrap().database() })
+            .await;
+        assert!(seen.connection_in_use && seen.statement_sent && !seen.waiting_for_connection);
+        drop(holding);
+        assert!(!scope.database().connection_in_use);
+        assert!(scope.database().statement_sent, "sent stays sent");
+        assert_eq!(scope.run(async { RequestScope::remaining() }).await, None);
+    }
+}

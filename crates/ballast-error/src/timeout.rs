@@ -1,0 +1,400 @@
+//! A deadline for each request that says what ran out when it passes.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use ballast_core::scope::{RequestScope, Scoped};
+use ballast_core::{Cause, Failure, Reach};
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::map::{keep_promise, DefaultProblems};
+use crate::problem::Problem;
+
+/// Bounds every request by a deadline, and answers by what actually ran out when it passes.
+///
+/// The request runs inside a [`RequestScope`], so the pool never lets a checkout wait past the
+/// request's deadline, and marks what the database is doing for it. When the deadline passes,
+/// the request is dropped (its connections are cancelled and returned, see `ballast-pool`) and
+/// the answer says whose time ran out:
+///
+/// | at the deadline | answer |
+/// |---|---|
+/// | the handler was waiting for the client's request body | `408` `REQUEST_TIMEOUT`, `Connection: close`: the client's fault, never a database error |
+/// | a connection was in use (a statement running) | `503` `DB_CONNECTION_ERROR`, "the database did not answer in time" |
+/// | a checkout was waiting for a connection | `503` `DB_CONNECTION_ERROR`, "no database connection became free in time" |
+/// | anything else | `503` `REQUEST_TIMEOUT` |
+///
+/// A 503 is `retryable` only when repeating the request cannot do it twice: nothing was sent to
+/// the database for it, its method is idempotent, or an idempotency key guards it. Database failures ride in the response
+/// extensions, so [`ErrorResponseLayer`](crate::ErrorResponseLayer) (outside this layer)
+/// renders and logs them like any other.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+/// use ballast_error::{ErrorResponseLayer, RequestTimeoutLayer};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// let service = ServiceBuilder::new()
+///     .layer(ErrorResponseLayer::new())
+///     .layer(RequestTimeoutLayer::new(Duration::from_millis(50)))
+///     .service(service_fn(|_request: http::Request<_>| async {
+///         tokio::time::sleep(Duration::from_secs(10)).await;
+///         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+///     }));
+/// let request = http::Request::new(String::new());
+/// let response = service.oneshot(request).await.unwrap();
+/// assert_eq!(response.status(), 503);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct RequestTimeoutLayer {
+    timeout: Duration,
+}
+
+impl RequestTimeoutLayer {
+    /// Every request gets `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        RequestTimeoutLayer { timeout }
+    }
+}
+
+impl<S> Layer<S> for RequestTimeoutLayer {
+    type Service = RequestTimeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestTimeout {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The service made by [`RequestTimeoutLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestTimeout<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestTimeout<S>
+where
+    S: Service<Request<TimedBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body,
+{
+    type Response = Response<TimeoutBody<ResBody>>;
+    type Error = S::Error;
+    type Future = TimeoutFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let started = Instant::now();
+        let scope = RequestScope::new(Some(started + self.timeout));
+        let reading = Arc::new(BodyState::default());
+        let method = request.method().clone();
+        let request = request.map(|body| {
+            if body.is_end_stream() {
+                reading.set(READ_DONE);
+            }
+            TimedBody {
+                body,
+                state: Arc::clone(&reading),
+            }
+        });
+        TimeoutFuture {
+            state: State::Running {
+                future: scope.run(self.inner.call(request)),
+            },
+            sleep: tokio::time::sleep(self.timeout),
+            scope,
+            reading,
+            method,
+            timeout: self.timeout,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RequestTimeout`].
+    pub struct TimeoutFuture<F> {
+        #[pin]
+        state: State<F>,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        scope: Arc<RequestScope>,
+        reading: Arc<BodyState>,
+        method: Method,
+        timeout: Duration,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Running { #[pin] future: Scoped<F> },
+        Done,
+    }
+}
+
+impl<F> fmt::Debug for TimeoutFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimeoutFuture")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, ResBody, E> Future for TimeoutFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<TimeoutBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let StateProj::Running { future } = this.state.as_mut().project() {
+            if let Poll::Ready(result) = future.poll(cx) {
+                this.state.set(State::Done);
+                return Poll::Ready(result.map(|response| response.map(TimeoutBody::inner)));
+            }
+        }
+        ready!(this.sleep.poll(cx));
+        // What the request was doing when its time ran out, before it is dropped.
+        let waiting_for_client = this.reading.get() == READ_WAITING;
+        let database = this.scope.database();
+        // Dropping it returns (and cancels) its connections; only then is "sent" complete.
+        this.state.set(State::Done);
+        let after = this.scope.database();
+        let (sent, guarded) = (after.statement_sent, after.guarded);
+        let reach = if sent {
+            Reach::MaybeSent
+        } else {
+            Reach::NotSent
+        };
+        let idempotent = this.method.is_idempotent();
+        let detail = format!(
+            "no answer within the request's deadline ({:?})",
+            this.timeout
+        );
+        let failure = if waiting_for_client {
+            None
+        } else if database.connection_in_use {
+            Some(
+                Failure::new(Cause::TimedOut)
+                    .with_reach(reach)
+                    .with_idempotent(guarded)
+                    .with_detail(format!("{detail}: a statement was still running")),
+            )
+        } else if database.waiting_for_connection {
+            Some(
+                Failure::new(Cause::PoolExhausted)
+                    .with_reach(reach)
+                    .with_idempotent(guarded)
+                    .with_detail(format!("{detail}: still waiting for a connection")),
+            )
+        } else {
+            None
+        };
+        let head = *this.method == Method::HEAD;
+        let response = match failure {
+            Some(failure) => {
+                let mut problem = DefaultProblems::problem_for(&failure);
+                keep_promise(&mut problem, &failure, idempotent);
+                let mut response = problem.to_response(head, None);
+                response.extensions_mut().insert(Arc::new(failure));
+                response
+            }
+            None if waiting_for_client => {
+                let problem = Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "REQUEST_TIMEOUT",
+                    "The request body did not arrive in time.",
+                );
+                let mut response = problem.to_response(head, None);
+                // The rest of the body may still come: the connection cannot be reused.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                tracing::debug!(
+                    timeout_ms = this.timeout.as_millis() as u64,
+                    "request body did not arrive in time"
+                );
+                response
+            }
+            None => {
+                let problem = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "REQUEST_TIMEOUT",
+                    "The request took longer than its deadline.",
+                )
+                .with_retryable(idempotent || guarded || !sent);
+                let retry_after = crate::map::RetryAfter::default().for_problem(&problem, None);
+                tracing::warn!(
+                    timeout_ms = this.timeout.as_millis() as u64,
+                    method = %this.method,
+                    "request took longer than its deadline"
+                );
+                problem.to_response(head, retry_after)
+            }
+        };
+        Poll::Ready(Ok(response.map(TimeoutBody::problem)))
+    }
+}
+
+/// The request body hasn't ended, and nobody is waiting for more of it.
+const READ_IDLE: u8 = 0;
+/// The handler asked for more of the body and the client has not sent it yet.
+const READ_WAITING: u8 = 1;
+/// The body ended.
+const READ_DONE: u8 = 2;
+
+/// Where reading a request body stands.
+#[derive(Debug, Default)]
+struct BodyState(AtomicU8);
+
+impl BodyState {
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Release);
+    }
+}
+
+pin_project! {
+    /// The request body as [`RequestTimeout`] passes it on: the same bytes, watched so a
+    /// deadline can tell a client that stopped sending from a slow server.
+    pub struct TimedBody<B> {
+        #[pin]
+        body: B,
+        state: Arc<BodyState>,
+    }
+}
+
+impl<B> fmt::Debug for TimedBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimedBody").finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for TimedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        match this.body.poll_frame(cx) {
+            Poll::Pending => {
+                this.state.set(READ_WAITING);
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                this.state.set(READ_DONE);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(frame)) => {
+                this.state.set(READ_IDLE);
+                Poll::Ready(Some(frame))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+pin_project! {
+    /// The response body of [`RequestTimeout`]: the service's, or the problem it answered with.
+    pub struct TimeoutBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Inner { #[pin] body: B },
+        Problem { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl<B> TimeoutBody<B> {
+    fn inner(body: B) -> Self {
+        TimeoutBody {
+            kind: Kind::Inner { body },
+        }
+    }
+
+    fn problem(body: Full<Bytes>) -> Self {
+        TimeoutBody {
+            kind: Kind::Problem { body },
+        }
+    }
+}
+
+impl<B> fmt::Debug for TimeoutBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            Kind::Inner { .. } => "inner",
+            Kind::Problem { .. } => "problem",
+        };
+        f.debug_struct("TimeoutBody").field("kind", &kind).finish()
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for TimeoutBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Problem { body } => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(|never| match never {}))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Problem { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Problem { body } => body.size_hint(),
+        }
+    }
+}
