@@ -22,9 +22,10 @@ pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(1800);
 /// itself and dropped when it comes back.
 pub const DEFAULT_CHECK_IDLE_AFTER: Duration = Duration::from_secs(30);
 /// How many checkouts may wait per connection by default: `queue_limit` is this times
-/// `connection_limit`. With 100 ms queries a full queue is about half a second of waiting; past
-/// it, waiting longer only makes every request slow, so a checkout is refused at once.
-const QUEUE_PER_CONNECTION: u32 = 4;
+/// `connection_limit`. A full queue is about a second of waiting when queries take 100 ms (10 ms
+/// when they take 1 ms); past it, waiting longer only makes every request slower, so a checkout
+/// is refused at once.
+const QUEUE_PER_CONNECTION: u32 = 10;
 /// The largest accepted `queue_limit`.
 const MAX_QUEUE_LIMIT: u32 = 100_000;
 /// The largest accepted `connection_limit`. PostgreSQL's default `max_connections` is 100; a pool
@@ -60,7 +61,7 @@ pub enum Backend {
 /// | `idle_timeout` | [`with_idle_timeout`](Self::with_idle_timeout) | 600 s | idle connections close after this (0: never) |
 /// | `max_lifetime` | [`with_max_lifetime`](Self::with_max_lifetime) | 1800 s | connections are replaced after this (0: never) |
 /// | `check_idle_after` | [`with_check_idle_after`](Self::with_check_idle_after) | 30 s | connections idle this long are tested before checkout (0: test every checkout) |
-/// | `queue_limit` | [`with_queue_limit`](Self::with_queue_limit) | 4 × `connection_limit` | most checkouts waiting at once; one more is refused at once (0: no limit) |
+/// | `queue_limit` | [`with_queue_limit`](Self::with_queue_limit) | 10 × `connection_limit` | most checkouts waiting at once; one more is refused at once (0: no limit) |
 ///
 /// Durations are seconds, fractions allowed (`pool_timeout=0.5`), from 0 to 86400; `pool_timeout`
 /// and `connect_timeout` must be greater than 0.
@@ -297,7 +298,7 @@ impl PoolConfig {
     /// Sets how many checkouts may wait for a connection at once; a checkout beyond it is
     /// refused at once with `PoolExhausted` (a 503 that says `retryable` and `Retry-After`)
     /// rather than queueing for up to `pool_timeout` behind all the others. 0 sets no limit.
-    /// Defaults to 4 × `connection_limit`.
+    /// Defaults to 10 × `connection_limit`.
     ///
     /// # Errors
     ///
@@ -544,9 +545,9 @@ mod tests {
         assert_eq!(config.idle_timeout(), Some(Duration::from_secs(600)));
         assert_eq!(config.max_lifetime(), Some(Duration::from_secs(1800)));
         assert_eq!(config.check_idle_after(), Duration::from_secs(30));
-        assert_eq!(config.queue_limit(), Some(40), "4 per connection");
+        assert_eq!(config.queue_limit(), Some(100), "10 per connection");
         let config = PoolConfig::from_url("postgres://u@h/db?connection_limit=3").unwrap();
-        assert_eq!(config.queue_limit(), Some(12));
+        assert_eq!(config.queue_limit(), Some(30));
         let config = PoolConfig::from_url("postgres://u@h/db?queue_limit=0").unwrap();
         assert_eq!(config.queue_limit(), None, "no limit");
         let config = PoolConfig::from_url("postgres://u@h/db?queue_limit=7").unwrap();

@@ -60,7 +60,8 @@ async fn two_hundred_tasks_never_exceed_ten_backends() {
         return;
     };
     let role = PgRole::create(&url, None).await;
-    let pool = pool(role.url(), "connection_limit=10");
+    // Every task waits its turn: this is about the bound, not about shedding.
+    let pool = pool(role.url(), "connection_limit=10&queue_limit=0");
     let stop = Arc::new(AtomicUsize::new(0));
     let sampler = sample_backends(
         url.clone(),
@@ -378,9 +379,10 @@ async fn cancelled_transactions_never_leave_a_backend_idle_in_transaction() {
     )
     .await;
     let app = db::unique_name("ballast_pool_cancel");
+    // Every request waits its turn: this is about cancellation, not about shedding.
     let pool = pool(
         &format!("{}?application_name={app}", database.url()),
-        "connection_limit=4",
+        "connection_limit=4&queue_limit=0",
     );
 
     let tasks: Vec<_> = (0..60)
