@@ -8,7 +8,8 @@
 //!
 //! Each side runs the shipped server as a process (`cargo build --release --example server`,
 //! which this bench runs first) and drives it from this process: 500 clients, each sending
-//! `GET /sleep?ms=100` over a new connection as soon as its last answer came, for 30 s
+//! `GET /sleep?ms=100` over its keep-alive connection as soon as its last answer came — after a 503 at
+//! once (impatient clients) or after its `Retry-After` (polite ones) — for 30 s
 //! (`OVERLOAD_SECONDS` to change it). It prints throughput and the p50/p99 latency of the
 //! successes and of the 503s, for `queue_limit=0` (no bound: checkouts queue for up to
 //! `pool_timeout`, 20 s) and for the default (10 × `connection_limit` = 100).
@@ -66,16 +67,84 @@ async fn start(database_url: &str) -> (Child, SocketAddr) {
     (child, addr)
 }
 
-/// One request on a new connection: its status and how long the answer took.
-async fn request(addr: SocketAddr, path: &str) -> Option<(u16, Duration)> {
-    let started = Instant::now();
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    let text = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
-    stream.write_all(text.as_bytes()).await.ok()?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.ok()?;
-    let status = std::str::from_utf8(answer.get(9..12)?).ok()?.parse().ok()?;
-    Some((status, started.elapsed()))
+/// A client's keep-alive connection (new connections per request would measure the kernel's
+/// accept queue, not the server).
+struct Connection {
+    addr: SocketAddr,
+    stream: Option<BufReader<TcpStream>>,
+}
+
+impl Connection {
+    fn new(addr: SocketAddr) -> Self {
+        Connection { addr, stream: None }
+    }
+
+    /// Opens the connection now, so the first measured request does not include a connect
+    /// (500 at once can overflow the accept queue, and a dropped SYN is retried after a second).
+    async fn connect(&mut self) {
+        if self.stream.is_none() {
+            self.stream = TcpStream::connect(self.addr).await.ok().map(BufReader::new);
+        }
+    }
+
+    /// One request: its status, how long the answer took, and its `Retry-After` in seconds.
+    async fn request(&mut self, path: &str) -> Option<(u16, Duration, Option<u64>)> {
+        let started = Instant::now();
+        let answer = self.exchange(path).await;
+        if answer.is_none() {
+            self.stream = None;
+        }
+        let (status, retry_after, close) = answer?;
+        if close {
+            self.stream = None;
+        }
+        Some((status, started.elapsed(), retry_after))
+    }
+
+    async fn exchange(&mut self, path: &str) -> Option<(u16, Option<u64>, bool)> {
+        if self.stream.is_none() {
+            self.stream = Some(BufReader::new(TcpStream::connect(self.addr).await.ok()?));
+        }
+        let stream = self.stream.as_mut()?;
+        let text = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+        stream.get_mut().write_all(text.as_bytes()).await.ok()?;
+        let mut status = None;
+        let mut length = 0usize;
+        let mut retry_after = None;
+        let mut close = false;
+        loop {
+            let mut line = String::new();
+            if stream.read_line(&mut line).await.ok()? == 0 {
+                return None;
+            }
+            let line = line.trim_end().to_ascii_lowercase();
+            if line.is_empty() {
+                break;
+            }
+            if status.is_none() {
+                status = line.get(9..12)?.parse().ok();
+            } else if let Some((name, value)) = line.split_once(':') {
+                match name.trim() {
+                    "content-length" => length = value.trim().parse().ok()?,
+                    "retry-after" => retry_after = value.trim().parse().ok(),
+                    "connection" => close = value.trim() == "close",
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await.ok()?;
+        Some((status?, retry_after, close))
+    }
+}
+
+/// What a client does after a 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// Sends its next request at once: the worst case for the server.
+    Impatient,
+    /// Waits the `Retry-After` it was given, as a well-behaved client does.
+    Polite,
 }
 
 #[derive(Default)]
@@ -94,34 +163,59 @@ fn percentile(samples: &mut [Duration], quantile: f64) -> Duration {
     samples[index]
 }
 
-async fn run(label: &str, database_url: &str, seconds: u64) {
+async fn run(label: &str, database_url: &str, seconds: u64, behaviour: Client) {
     let (_server, addr) = start(database_url).await;
     // Warm up: the schema and the pool's connections.
+    let mut warm = Connection::new(addr);
     for _ in 0..3 {
-        let _ = request(addr, "/sleep?ms=1").await;
+        let _ = warm.request("/sleep?ms=1").await;
     }
     let latencies = Arc::new(Mutex::new(Latencies::default()));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    // Every client connects first; the measured run starts when all have.
+    let connected = Arc::new(tokio::sync::Barrier::new(CLIENTS + 1));
+    let start = Arc::new(tokio::sync::OnceCell::new());
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
             let latencies = Arc::clone(&latencies);
+            let (connected, start) = (Arc::clone(&connected), Arc::clone(&start));
             tokio::spawn(async move {
+                let mut connection = Connection::new(addr);
+                connection.connect().await;
+                connected.wait().await;
+                let deadline = *start
+                    .get_or_init(|| async { Instant::now() + Duration::from_secs(seconds) })
+                    .await;
                 let mut n = 0u64;
                 while Instant::now() < deadline {
                     n += 1;
                     // Distinct URLs: each request runs its own query.
                     let path = format!("/sleep?ms={QUERY_MS}&c={client}&n={n}");
-                    let answer = request(addr, &path).await;
-                    let mut latencies = latencies.lock().unwrap();
-                    match answer {
-                        Some((200, took)) => latencies.ok.push(took),
-                        Some((503, took)) => latencies.shed.push(took),
-                        _ => latencies.other += 1,
+                    let answer = connection.request(&path).await;
+                    let wait = {
+                        let mut latencies = latencies.lock().unwrap();
+                        match answer {
+                            Some((200, took, _)) => {
+                                latencies.ok.push(took);
+                                None
+                            }
+                            Some((503, took, retry_after)) => {
+                                latencies.shed.push(took);
+                                retry_after.filter(|_| behaviour == Client::Polite)
+                            }
+                            _ => {
+                                latencies.other += 1;
+                                None
+                            }
+                        }
+                    };
+                    if let Some(seconds) = wait {
+                        tokio::time::sleep(Duration::from_secs(seconds)).await;
                     }
                 }
             })
         })
         .collect();
+    connected.wait().await;
     for client in clients {
         client.await.unwrap();
     }
@@ -155,16 +249,23 @@ async fn main() {
     println!(
         "{CLIENTS} clients, pool of {POOL}, {QUERY_MS} ms queries, {seconds} s per side, example server (release)"
     );
-    run(
-        "before: queue_limit=0 (no bound)",
-        &format!("{url}{separator}connection_limit={POOL}&queue_limit=0"),
-        seconds,
-    )
-    .await;
-    run(
-        "after: default queue_limit (100)",
-        &format!("{url}{separator}connection_limit={POOL}"),
-        seconds,
-    )
-    .await;
+    let before = format!("{url}{separator}connection_limit={POOL}&queue_limit=0");
+    let after = format!("{url}{separator}connection_limit={POOL}");
+    for behaviour in [Client::Impatient, Client::Polite] {
+        println!("clients {behaviour:?}:");
+        run(
+            "  before: queue_limit=0 (no bound)",
+            &before,
+            seconds,
+            behaviour,
+        )
+        .await;
+        run(
+            "  after: default queue_limit (100)",
+            &after,
+            seconds,
+            behaviour,
+        )
+        .await;
+    }
 }

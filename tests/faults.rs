@@ -21,6 +21,7 @@
 //! | 21 stampede | `crates/ballast-cache/tests/cache.rs::a_hundred_concurrent_misses_run_the_handler_once` |
 //! | 22 drain | `crates/ballast-shutdown/tests/process.rs`, `tests/server.rs` |
 //! | 23 deadline and second signal | `crates/ballast-shutdown/tests/process.rs` |
+//! | 24–29 the edges real clients found | `tests/edges.rs` (the example server as a process); `crates/ballast-pool/tests/postgres.rs::a_checkout_dropped_mid_statement_is_cancelled_and_the_connection_kept`, `...::overload_is_shed_at_once_and_no_checkout_outwaits_its_request`; `crates/ballast-idempotency/tests/keys.rs`; `crates/ballast-cache/tests/cache.rs::stale_if_error_serves_what_the_cache_has_while_the_service_fails` |
 //!
 //! The rest are here: 1, 2, 4, 5, 6, 7, 8 (simulated with the proxy, and for real on a private
 //! PostgreSQL cluster this test starts and restarts) and 10.

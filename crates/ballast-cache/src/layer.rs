@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, AGE, CONTENT_LENGTH};
@@ -223,32 +223,35 @@ where
         }
     }
     let pass = match found.as_deref().map(|entry| &entry.stored) {
-        Some(Stored::Response(stored)) => match stored.freshness() {
-            Freshness::Fresh => {
-                cache.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(hit(stored, head, layer.x_cache, "HIT"));
-            }
-            Freshness::WhileRevalidating => {
-                // Served stale at once; one background request brings it up to date.
-                cache.inner.counters.stale.fetch_add(1, Ordering::Relaxed);
-                let response = hit(stored, head, layer.x_cache, "STALE");
-                if !head && stored.revalidating.try_lock().is_ok() {
-                    if let (Some(entry), Ok(runtime)) =
-                        (found.clone(), tokio::runtime::Handle::try_current())
-                    {
-                        runtime.spawn(revalidate(inner, layer.clone(), key, entry, request));
-                    }
+        Some(Stored::Response(stored)) => {
+            let age = stored.age();
+            match stored.freshness(age) {
+                Freshness::Fresh => {
+                    cache.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(hit(stored, age, head, layer.x_cache, "HIT"));
                 }
-                return Ok(response);
+                Freshness::WhileRevalidating => {
+                    // Served stale at once; one background request brings it up to date.
+                    cache.inner.counters.stale.fetch_add(1, Ordering::Relaxed);
+                    let response = hit(stored, age, head, layer.x_cache, "STALE");
+                    if !head && stored.revalidating.try_lock().is_ok() {
+                        if let (Some(entry), Ok(runtime)) =
+                            (found.clone(), tokio::runtime::Handle::try_current())
+                        {
+                            runtime.spawn(revalidate(inner, layer.clone(), key, entry, request));
+                        }
+                    }
+                    return Ok(response);
+                }
+                Freshness::IfError => {
+                    let Some(entry) = found.clone() else {
+                        unreachable!("matched on `found`")
+                    };
+                    return revalidate(inner, layer, key, entry, request).await;
+                }
+                Freshness::Expired => false,
             }
-            Freshness::IfError => {
-                let Some(entry) = found.clone() else {
-                    unreachable!("matched on `found`")
-                };
-                return revalidate(inner, layer, key, entry, request).await;
-            }
-            Freshness::Expired => false,
-        },
+        }
         Some(Stored::Pass) => true,
         _ => false,
     };
@@ -294,7 +297,7 @@ where
                     // response varies).
                     let own_entry = variant.as_ref().unwrap_or(&entry);
                     if let Stored::Response(stored) = &own_entry.stored {
-                        *own = Some(Ok(hit(stored, false, false, "MISS")));
+                        *own = Some(Ok(hit(stored, stored.age(), false, false, "MISS")));
                     }
                     cache.account(&entry);
                     Ok(entry)
@@ -325,7 +328,7 @@ where
             Stored::Pass => {}
             // Another request's response, stored for this key.
             Stored::Response(stored) => {
-                let mut response = hit(stored, false, false, "MISS");
+                let mut response = hit(stored, stored.age(), false, false, "MISS");
                 mark(&mut response, layer.x_cache, "MISS");
                 return Ok(response);
             }
@@ -339,7 +342,7 @@ where
                 ));
                 if let Some(entry) = cache.inner.moka.get(&variant).await {
                     if let Stored::Response(stored) = &entry.stored {
-                        let mut response = hit(stored, false, false, "MISS");
+                        let mut response = hit(stored, stored.age(), false, false, "MISS");
                         mark(&mut response, layer.x_cache, "MISS");
                         return Ok(response);
                     }
@@ -389,14 +392,22 @@ where
         .is_some_and(|at| at >= asked_at);
     if failed_meanwhile && stale.usable_if_error() {
         counters.stale.fetch_add(1, Ordering::Relaxed);
-        return Ok(hit(stale, head, layer.x_cache, "STALE"));
+        return Ok(hit(stale, stale.age(), head, layer.x_cache, "STALE"));
     }
     // Another request may have brought it up to date while this one waited.
     if let Some(current) = cache.inner.moka.get(&key).await {
         if let Stored::Response(current_response) = &current.stored {
-            if !Arc::ptr_eq(&current, &entry) && current_response.freshness() == Freshness::Fresh {
+            if !Arc::ptr_eq(&current, &entry)
+                && current_response.freshness(current_response.age()) == Freshness::Fresh
+            {
                 counters.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(hit(current_response, head, layer.x_cache, "HIT"));
+                return Ok(hit(
+                    current_response,
+                    current_response.age(),
+                    head,
+                    layer.x_cache,
+                    "HIT",
+                ));
             }
         }
     }
@@ -415,7 +426,7 @@ where
     }
     if failed && stale.usable_if_error() {
         counters.stale.fetch_add(1, Ordering::Relaxed);
-        return Ok(hit(stale, head, layer.x_cache, "STALE"));
+        return Ok(hit(stale, stale.age(), head, layer.x_cache, "STALE"));
     }
     let response = answer?;
     if head || failed {
@@ -427,7 +438,7 @@ where
         Ok(StoreOutcome { entry, variant }) => {
             let own_entry = variant.as_ref().unwrap_or(&entry);
             let own = match &own_entry.stored {
-                Stored::Response(stored) => Some(hit(stored, false, false, "MISS")),
+                Stored::Response(stored) => Some(hit(stored, stored.age(), false, false, "MISS")),
                 _ => None,
             };
             cache.insert(key, Arc::clone(&entry)).await;
@@ -595,6 +606,7 @@ where
 /// `x-cache: <label>` when enabled.
 fn hit<ResBody>(
     stored: &StoredResponse,
+    age: Duration,
     head: bool,
     x_cache: bool,
     label: &'static str,
@@ -608,7 +620,7 @@ fn hit<ResBody>(
     *response.status_mut() = stored.status;
     *response.headers_mut() = stored.headers.clone();
     let headers = response.headers_mut();
-    headers.insert(AGE, HeaderValue::from(stored.stored_at.elapsed().as_secs()));
+    headers.insert(AGE, HeaderValue::from(age.as_secs()));
     if head {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
     }

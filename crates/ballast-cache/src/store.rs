@@ -146,8 +146,13 @@ pub(crate) enum Freshness {
 }
 
 impl StoredResponse {
-    pub(crate) fn freshness(&self) -> Freshness {
-        let age = self.stored_at.elapsed();
+    /// How long ago it was stored.
+    pub(crate) fn age(&self) -> Duration {
+        self.stored_at.elapsed()
+    }
+
+    /// Where it stands at `age` (one clock read serves both this and the `Age` header).
+    pub(crate) fn freshness(&self, age: Duration) -> Freshness {
         if age < self.ttl {
             Freshness::Fresh
         } else if age < self.ttl + self.stale.while_revalidate {

@@ -457,10 +457,11 @@ impl Failure {
         self
     }
 
-    /// Says the failure was already known when the operation started: the pool answered from
-    /// its closed connect gate, without trying, because connecting has been failing. An outage,
-    /// not a blip: retrying within the same request cannot help, so the HTTP retry layer does
-    /// not, and the client is answered at once.
+    /// Says the failure was already known when the operation started: the pool answered without
+    /// trying — from its closed connect gate, because connecting has been failing, or because
+    /// too many checkouts already wait. An outage or an overload, not a blip: retrying within
+    /// the same request cannot help, so the HTTP retry layer does not, and the client is
+    /// answered at once.
     #[must_use]
     pub fn with_known_outage(mut self, known: bool) -> Self {
         self.inner.known_outage = known;
@@ -538,8 +539,8 @@ impl Failure {
 
     /// Whether the work may be run again: the failure is retryable **and** repeating it cannot
     /// apply a write twice — nothing was sent, or the caller says the work is idempotent (an
-    /// idempotent HTTP method), or the failure says so itself ([`with_idempotent`]
-    /// (Self::with_idempotent)).
+    /// idempotent HTTP method), or the failure says so itself
+    /// ([`with_idempotent`](Self::with_idempotent)).
     ///
     /// This is the answer a client may be given as `retryable`: a promise that repeating the
     /// request cannot do it twice.

@@ -9,11 +9,20 @@
 //!
 //! | failure | status | `code` | `retryable` | `Retry-After` |
 //! |---|---|---|---|---|
-//! | connection refused, reset, timed out; too many connections; pool exhausted; server starting | 503 | `DB_CONNECTION_ERROR` | `true` | yes |
-//! | wrong credentials, missing database, bad settings | 503 | `DB_INIT_ERROR` | `false` | yes |
-//! | the database out of memory or resources | 503 | `MEMORY_ERROR` | mostly `true` | yes |
+//! | connection refused, reset, timed out; too many connections; pool exhausted; server starting | 503 | `DB_CONNECTION_ERROR` | `true` when safe to repeat | when `retryable` |
+//! | the same, but the statement may have run and nothing makes a repeat safe | 503 | `DB_CONNECTION_ERROR` | `false`, `"outcome": "unknown"` | no |
+//! | wrong credentials, missing database, bad settings | 503 | `DB_INIT_ERROR` | `false` | no |
+//! | the database out of memory or resources | 503 | `MEMORY_ERROR` | mostly `true` | when `retryable` |
 //! | anything else: bad query, bug, panic, unknown error | 500 | `CRITICAL_ERROR` | `false` | no |
-//! | application-defined ([`Error::new`]) | its own | its own | its own | on 503 |
+//! | application-defined ([`Error::new`]) | its own | its own | its own | on a `retryable` 503 |
+//!
+//! - **`retryable` is a promise**: `true` only when repeating the request cannot do it twice —
+//!   the failure is worth retrying **and** its statement never reached the database, or the
+//!   method is idempotent, or an idempotency key guards it
+//!   ([`Failure::may_retry`](ballast_core::Failure::may_retry)). `Retry-After` says when the
+//!   pool tries the database again, where the failure knows.
+//! - [`RequestTimeoutLayer`] bounds each request and says what ran out: a request body that
+//!   stopped arriving is a 408, never a database error.
 //!
 //! - The body is `application/problem+json`: `type`, `title`, `status`, `detail`, `code`,
 //!   `retryable` ([`Problem`]). `HEAD` requests get headers only. Problem responses carry

@@ -24,7 +24,9 @@
 //! Because the key guards it, a database failure of a keyed request is
 //! [idempotent](ballast_core::Failure::with_idempotent): a `POST` whose `COMMIT` may or may not
 //! have happened is answered `503` with `"retryable": true`, and repeating it with the same key
-//! either replays the committed outcome or writes once. Keys expire after a day (a setting);
+//! either replays the committed outcome or writes once. Inside a request scope (ballast-error's
+//! `RequestTimeoutLayer`), the key guards the whole request: a checkout that fails after an
+//! attempt of the work ran is safe to repeat too. Keys expire after a day (a setting);
 //! [`Idempotency::purge_expired`] deletes old ones.
 //!
 //! The keys live in a table, `ballast_idempotency`, in the same database as the writes (that is

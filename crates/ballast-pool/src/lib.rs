@@ -41,6 +41,13 @@
 //!   MySQL's `KILL QUERY`, then the connection is closed); it returns to the pool only once it is
 //!   idle, so no later request waits behind it. [`PoolStats::cancelled`] counts these.
 //!   [`SharedPool::close`] waits for them to wind down.
+//! - **Overload is shed.** Past `queue_limit` waiting checkouts (10 × `connection_limit`), one
+//!   more fails at once with `PoolExhausted` instead of queueing for `pool_timeout`, and inside a
+//!   [`RequestScope`](ballast_core::scope::RequestScope) (set by a request-timeout layer) no
+//!   checkout waits past the request's deadline. A checkout failure is `NotSent` unless the same
+//!   request already ran statements on another connection.
+//! - **Busy is ready.** [`SharedPool::readiness`] answers whether the database can be reached; a
+//!   pool whose every connection is busy is ready.
 //! - **A real close.** bb8 has no close. [`SharedPool::close`] takes the pool out and drops it:
 //!   idle connections close at once, later checkouts fail with `PoolClosed`, connections checked
 //!   out close when they come back.

@@ -199,11 +199,15 @@ impl<C: Connect> SharedPool<C> {
                 // client can come back (or go to another instance) instead of queueing.
                 shared.counters.shed.fetch_add(1, Ordering::Relaxed);
                 let state = pool.state();
-                let failure = Failure::new(Cause::PoolExhausted).with_detail(format!(
-                    "{ahead} checkouts already waiting (queue_limit {limit}; {} of {} in use)",
-                    state.connections - state.idle_connections,
-                    shared.config.connection_limit()
-                ));
+                // Like an outage, an overload is answered without trying, and retrying within
+                // the request would only join the queue again.
+                let failure = Failure::new(Cause::PoolExhausted)
+                    .with_known_outage(true)
+                    .with_detail(format!(
+                        "{ahead} checkouts already waiting (queue_limit {limit}; {} of {} in use)",
+                        state.connections - state.idle_connections,
+                        shared.config.connection_limit()
+                    ));
                 return Err(self.honest(failure, scope.as_deref()));
             }
         }
@@ -219,7 +223,8 @@ impl<C: Connect> SharedPool<C> {
             // bb8 asks for a new connection only when a checkout starts (or is woken by a
             // returned one), and a connect that fails wakes nobody. A checkout that started
             // while another's failed connect was still being counted asks for none and would
-            // sleep until `pool_timeout`; starting it again every slice closes that gap.
+            // sleep until `pool_timeout`; starting it again every slice, while the pool has
+            // room to grow, closes that gap.
             let checkout = pool.get_owned();
             tokio::pin!(checkout);
             let slice =
@@ -246,7 +251,15 @@ impl<C: Connect> SharedPool<C> {
                             shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
                             break 'checkout Err(self.timed_out(&pool, started));
                         }
-                        continue 'checkout;
+                        // A full pool hands returned connections to its waiters in order:
+                        // starting again would send this checkout to the back of the line.
+                        // Only a pool that could still grow may have forgotten to connect.
+                        if pool.state().connections < shared.config.connection_limit() {
+                            continue 'checkout;
+                        }
+                        slice.as_mut().reset(
+                            deadline.min(Instant::now() + CHECKOUT_SLICE).into(),
+                        );
                     }
                 }
             }

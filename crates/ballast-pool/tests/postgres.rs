@@ -646,6 +646,7 @@ async fn overload_is_shed_at_once_and_no_checkout_outwaits_its_request() {
     let shed_took = started.elapsed();
     assert_eq!(shed.cause(), Cause::PoolExhausted, "{}", shed.report());
     assert!(shed.retryable());
+    assert!(shed.is_known_outage(), "not retried within the request");
     assert_eq!(shed.reach(), Reach::NotSent);
     assert!(shed_took < Duration::from_millis(50), "{shed_took:?}");
     assert_eq!(busy.stats().shed, 1);

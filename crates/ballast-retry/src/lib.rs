@@ -7,9 +7,10 @@
 //! In a request, retries are for blips — a backend killed under a query, a connection refused
 //! for a moment — and a client waits for every one of them, so the layer's are short (two, from
 //! 100 ms, adding at most about a second). An outage is answered at once: a failure the pool
-//! answered from its closed connect gate ([`Failure::is_known_outage`]
-//! (ballast_core::Failure::is_known_outage)) is not retried, and the client is told when to come
-//! back. Background work has time: the function form keeps the seed's three retries from 1 s.
+//! answered from its closed connect gate
+//! ([`Failure::is_known_outage`](ballast_core::Failure::is_known_outage)) is not retried, and the
+//! client is told when to come back. Background work has time: the function form keeps the
+//! seed's three retries from 1 s.
 //!
 //! # Contract
 //!
@@ -44,8 +45,8 @@
 //! layer, 1 s doubling to at most 5 s for the function form — with jitter, so clients do not
 //! return in step. The failure adjusts the wait within the cap: a server starting up (`57P03`)
 //! waits twice as long, an exhausted pool half as long, and no retry comes sooner than the
-//! failure says trying again can succeed ([`Failure::retry_after`]
-//! (ballast_core::Failure::retry_after)). When retries end, the last
+//! failure says trying again can succeed
+//! ([`Failure::retry_after`](ballast_core::Failure::retry_after)). When retries end, the last
 //! response goes out unchanged. Dropping the response future (the client went away, a timeout)
 //! stops further attempts. Each retry is a `tracing` event with its attempt number and reason;
 //! [`RetryLayer::stats`] counts attempts, retries, give-ups and budget refusals for `/stats`.
