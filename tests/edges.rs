@@ -314,43 +314,71 @@ async fn rows_by_name(url: &str, prefix: &str) -> std::collections::HashMap<Stri
         .collect()
 }
 
+/// One flapping run against the example server: 50 clients write unique names for 20 s (with an
+/// `Idempotency-Key` when `keyed`), then the table is read back.
+struct FlappingRun {
+    writes: Writes,
+    rows: std::collections::HashMap<String, i64>,
+    flaps: usize,
+}
+
+impl FlappingRun {
+    async fn run(url: &str, prefix: &str, keyed: bool) -> Self {
+        let database = PgDatabase::create(url).await;
+        let proxy = Arc::new(FaultProxy::start(db::socket_addr(url)).await.unwrap());
+        let database_url = format!(
+            "{}?connection_limit=10&pool_timeout=2&connect_timeout=1",
+            proxy.url(database.url())
+        );
+        let server = start(&[("DATABASE_URL", &database_url)]).await;
+        create(server.addr, "warm-up").await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flapper = flap(Arc::clone(&proxy), Arc::clone(&stop));
+        let writes =
+            write_under_flapping(server.addr, prefix, 50, Duration::from_secs(20), keyed).await;
+        stop.store(true, Ordering::SeqCst);
+        let flaps = flapper.await.unwrap();
+        let rows = rows_by_name(database.url(), prefix).await;
+        FlappingRun {
+            writes,
+            rows,
+            flaps,
+        }
+    }
+
+    /// Names written more than once.
+    fn doubled(&self) -> Vec<(&String, &i64)> {
+        self.rows.iter().filter(|(_, count)| **count > 1).collect()
+    }
+
+    /// Acknowledged names not in the table exactly once.
+    fn lost(&self) -> Vec<&String> {
+        self.writes
+            .acknowledged
+            .iter()
+            .filter(|name| self.rows.get(*name) != Some(&1))
+            .collect()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_25_repeating_exactly_the_retryable_answers_writes_nothing_twice() {
     let Some(url) = db::postgres_url("scenario_25_honest_flag") else {
         return;
     };
-    let database = PgDatabase::create(&url).await;
-    let proxy = Arc::new(FaultProxy::start(db::socket_addr(&url)).await.unwrap());
-    let database_url = format!(
-        "{}?connection_limit=10&pool_timeout=2&connect_timeout=1",
-        proxy.url(database.url())
-    );
-    let server = start(&[("DATABASE_URL", &database_url)]).await;
-    create(server.addr, "warm-up").await;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let flapper = flap(Arc::clone(&proxy), Arc::clone(&stop));
-    let writes = write_under_flapping(server.addr, "w", 50, Duration::from_secs(20), false).await;
-    stop.store(true, Ordering::SeqCst);
-    let flaps = flapper.await.unwrap();
-
-    let rows = rows_by_name(database.url(), "w").await;
-    let doubled: Vec<_> = rows.iter().filter(|(_, count)| **count > 1).collect();
-    let lost: Vec<_> = writes
-        .acknowledged
-        .iter()
-        .filter(|name| rows.get(*name) != Some(&1))
-        .collect();
+    let run = FlappingRun::run(&url, "w", false).await;
+    let (writes, doubled, lost) = (&run.writes, run.doubled(), run.lost());
     let unknown_committed = writes
         .unknown
         .iter()
-        .filter(|name| rows.contains_key(*name))
+        .filter(|name| run.rows.contains_key(*name))
         .count();
     println!(
-        "scenario 25 (honest flag, no idempotency key): {flaps} flaps in 20 s; {} writes \
+        "scenario 25 (honest flag, no idempotency key): {} flaps in 20 s; {} writes \
          acknowledged, {} repeats of retryable answers, {} answered with an unknown outcome \
          ({unknown_committed} of them had committed); {} names doubled, {} acknowledged names \
          missing",
+        run.flaps,
         writes.acknowledged.len(),
         writes.repeats,
         writes.unknown.len(),
@@ -615,32 +643,13 @@ async fn scenario_25_keyed_writes_under_a_flapping_database_are_never_doubled_or
     let Some(url) = db::postgres_url("scenario_25_keyed_flapping") else {
         return;
     };
-    let database = PgDatabase::create(&url).await;
-    let proxy = Arc::new(FaultProxy::start(db::socket_addr(&url)).await.unwrap());
-    let database_url = format!(
-        "{}?connection_limit=10&pool_timeout=2&connect_timeout=1",
-        proxy.url(database.url())
-    );
-    let server = start(&[("DATABASE_URL", &database_url)]).await;
-    create(server.addr, "warm-up").await;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let flapper = flap(Arc::clone(&proxy), Arc::clone(&stop));
-    let writes = write_under_flapping(server.addr, "k", 50, Duration::from_secs(20), true).await;
-    stop.store(true, Ordering::SeqCst);
-    let flaps = flapper.await.unwrap();
-
-    let rows = rows_by_name(database.url(), "k").await;
-    let doubled: Vec<_> = rows.iter().filter(|(_, count)| **count > 1).collect();
-    let lost: Vec<_> = writes
-        .acknowledged
-        .iter()
-        .filter(|name| rows.get(*name) != Some(&1))
-        .collect();
+    let run = FlappingRun::run(&url, "k", true).await;
+    let (writes, doubled, lost) = (&run.writes, run.doubled(), run.lost());
     println!(
-        "scenario 25 (honest flag, Idempotency-Key on every write): {flaps} flaps in 20 s; {} \
+        "scenario 25 (honest flag, Idempotency-Key on every write): {} flaps in 20 s; {} \
          writes acknowledged, {} repeats of retryable answers, {} given up; {} names doubled, \
          {} acknowledged names missing",
+        run.flaps,
         writes.acknowledged.len(),
         writes.repeats,
         writes.unknown.len(),
