@@ -86,6 +86,12 @@ impl RequestScope {
         SCOPE.try_with(Arc::clone).ok()
     }
 
+    /// Calls `f` with the scope of the request this task is running, if it runs inside one
+    /// (without taking a handle to it, for the hot paths).
+    pub fn with_current<R>(f: impl FnOnce(&RequestScope) -> R) -> Option<R> {
+        SCOPE.try_with(|scope| f(scope)).ok()
+    }
+
     /// The time left until the current request's deadline (zero once it has passed), if the
     /// task runs inside a scope that has one.
     pub fn remaining() -> Option<Duration> {

@@ -122,9 +122,7 @@ impl Idempotency {
         let key = key.as_str();
         // The whole request is guarded now: a failure anywhere in it — a checkout that fails
         // after an attempt of this work ran, say — may be repeated with the same key.
-        if let Some(scope) = RequestScope::current() {
-            scope.guard();
-        }
+        RequestScope::with_current(RequestScope::guard);
         let fingerprint = fingerprint(request)?;
         self.ensure_table(conn).await.map_err(guarded)?;
         let now = unix_millis();

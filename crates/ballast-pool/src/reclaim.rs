@@ -85,9 +85,7 @@ impl Instrumentation for Tracking {
                 // Tell the request at once where the statement starts on its own task (every
                 // backend but SQLite, whose statements run on a blocking thread); the checkout
                 // tells it again when it ends.
-                if let Some(scope) = RequestScope::current() {
-                    scope.sent();
-                }
+                RequestScope::with_current(RequestScope::sent);
             }
             InstrumentationEvent::FinishQuery { .. } => {
                 // Saturating: an event from before the last reclaim must not wrap the count.
