@@ -414,7 +414,22 @@ async fn metrics(State(app): State<App>) -> Result<Response, Error> {
         "Failed connect attempts",
         pool.connect_failures,
     );
+    counter(
+        "pool_cancelled",
+        "Checkouts abandoned mid-statement, cancelled on the server",
+        pool.cancelled,
+    );
+    counter(
+        "pool_shed",
+        "Checkouts refused at once past queue_limit",
+        pool.shed,
+    );
     counter("cache_hits", "Cache hits", cache.hits);
+    counter(
+        "cache_stale",
+        "Stale responses served while the database failed",
+        cache.stale,
+    );
     counter("cache_misses", "Cache misses", cache.misses);
     counter(
         "cache_evictions",
@@ -431,6 +446,11 @@ async fn metrics(State(app): State<App>) -> Result<Response, Error> {
         "retry_budget_exhausted",
         "Retries refused by the budget",
         retry.budget_exhausted,
+    );
+    counter(
+        "retry_outages",
+        "Failures answered at once because the database was known to be down",
+        retry.outages,
     );
     counter(
         "shutdown_rejected",
