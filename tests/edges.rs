@@ -49,6 +49,44 @@ async fn five_abandoned_sleeps(addr: std::net::SocketAddr) {
     }
 }
 
+/// Five clients start `/sleep?ms=20000` and hang up after a second (see
+/// [`five_abandoned_sleeps`]); then item `id` is asked for. How long after the hang-up the item
+/// came, and when `sleeping` (the statements still running on the server) reached zero.
+async fn abandon_five_sleeps<F, Fut>(
+    addr: std::net::SocketAddr,
+    id: i64,
+    sleeping: F,
+) -> (Duration, Option<Duration>)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    let clients = tokio::spawn(five_abandoned_sleeps(addr));
+    let all_running = wait_until(Duration::from_secs(1), || async { sleeping().await == 5 }).await;
+    clients.await.unwrap();
+    let hung_up = Instant::now();
+    assert!(all_running.is_some(), "the five statements ran at once");
+    let next = get(addr, &format!("/items/{id}")).await;
+    let next_took = hung_up.elapsed();
+    assert_eq!(next.status, 200, "{}", next.body);
+    let stopped = wait_until(Duration::from_secs(5), || async { sleeping().await == 0 }).await;
+    (next_took, stopped.map(|_| hung_up.elapsed()))
+}
+
+/// The server's `/stats` once its pool counts `cancelled` abandoned checkouts (each is counted
+/// when its cancel ends, which may be just after the next request was served), or after 2 s.
+async fn cancelled_stats(addr: std::net::SocketAddr, cancelled: u64) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let stats = get(addr, "/stats").await.json();
+        let counted = stats["pool"]["cancelled"].as_u64().unwrap_or(0);
+        if counted >= cancelled || started.elapsed() > Duration::from_secs(2) {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn created_id(answer: &Answer) -> i64 {
     assert_eq!(answer.status, 201, "{}", answer.body);
     answer.json()["id"].as_i64().unwrap()
@@ -103,20 +141,10 @@ async fn scenario_24_abandoned_queries_are_cancelled_on_postgresql() {
             .count()
     };
 
-    let clients = tokio::spawn(five_abandoned_sleeps(addr));
-    let all_running = wait_until(Duration::from_secs(1), || async { sleeping().await == 5 }).await;
-    clients.await.unwrap();
-    let hung_up = Instant::now();
-    assert!(all_running.is_some(), "the five statements ran at once");
-
-    let next = get(addr, &format!("/items/{id}")).await;
-    let next_took = hung_up.elapsed();
-    assert_eq!(next.status, 200, "{}", next.body);
-    let stopped = wait_until(Duration::from_secs(5), || async { sleeping().await == 0 }).await;
-    let stopped = stopped.map(|_| hung_up.elapsed());
+    let (next_took, stopped) = abandon_five_sleeps(addr, id, sleeping).await;
     stop.store(true, Ordering::SeqCst);
     sampler.await.unwrap();
-    let stats = get(addr, "/stats").await.json();
+    let stats = cancelled_stats(addr, 5).await;
     let peak = peak.load(Ordering::SeqCst);
     println!(
         "scenario 24 (abandoned queries, PostgreSQL): the next request answered {next_took:?} after \
@@ -159,18 +187,8 @@ async fn scenario_24_abandoned_queries_are_cancelled_on_mariadb() {
             .count()
     };
 
-    let clients = tokio::spawn(five_abandoned_sleeps(addr));
-    let all_running = wait_until(Duration::from_secs(1), || async { sleeping().await == 5 }).await;
-    clients.await.unwrap();
-    let hung_up = Instant::now();
-    assert!(all_running.is_some(), "the five statements ran at once");
-
-    let next = get(addr, &format!("/items/{id}")).await;
-    let next_took = hung_up.elapsed();
-    assert_eq!(next.status, 200, "{}", next.body);
-    let stopped = wait_until(Duration::from_secs(5), || async { sleeping().await == 0 }).await;
-    let stopped = stopped.map(|_| hung_up.elapsed());
-    let stats = get(addr, "/stats").await.json();
+    let (next_took, stopped) = abandon_five_sleeps(addr, id, sleeping).await;
+    let stats = cancelled_stats(addr, 5).await;
     println!(
         "scenario 24 (abandoned queries, MariaDB): the next request answered {next_took:?} after \
          the clients hung up; the abandoned statements stopped on the server {stopped:?} after; \
