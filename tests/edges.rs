@@ -377,6 +377,23 @@ impl FlappingRun {
             .filter(|name| self.rows.get(*name) != Some(&1))
             .collect()
     }
+
+    /// Nothing written twice, nothing acknowledged lost, no answer other than 201 or a problem,
+    /// and the flapping did produce answers to repeat.
+    fn assert_exactly_once(&self) {
+        let (doubled, lost) = (self.doubled(), self.lost());
+        assert!(
+            self.writes.unexpected.is_empty(),
+            "{:?}",
+            self.writes.unexpected
+        );
+        assert!(doubled.is_empty(), "written twice: {doubled:?}");
+        assert!(lost.is_empty(), "acknowledged but missing: {lost:?}");
+        assert!(
+            self.writes.repeats > 0,
+            "the flapping produced retryable answers"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,13 +420,7 @@ async fn scenario_25_repeating_exactly_the_retryable_answers_writes_nothing_twic
         doubled.len(),
         lost.len()
     );
-    assert!(writes.unexpected.is_empty(), "{:?}", writes.unexpected);
-    assert!(doubled.is_empty(), "written twice: {doubled:?}");
-    assert!(lost.is_empty(), "acknowledged but missing: {lost:?}");
-    assert!(
-        writes.repeats > 0,
-        "the flapping produced retryable answers"
-    );
+    run.assert_exactly_once();
     assert!(
         writes.acknowledged.len() > 100,
         "{}",
@@ -674,12 +685,9 @@ async fn scenario_25_keyed_writes_under_a_flapping_database_are_never_doubled_or
         doubled.len(),
         lost.len()
     );
-    assert!(writes.unexpected.is_empty(), "{:?}", writes.unexpected);
-    assert!(doubled.is_empty(), "written twice: {doubled:?}");
-    assert!(lost.is_empty(), "acknowledged but missing: {lost:?}");
+    run.assert_exactly_once();
     // With a key, no answer leaves the client unsure: every write settles.
     assert!(writes.unknown.is_empty(), "{:?}", writes.unknown_answers);
-    assert!(writes.repeats > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -292,15 +292,10 @@ where
                 }
             };
             match store(cache, &key, &request_headers, response).await {
-                Ok(StoreOutcome { entry, variant }) => {
-                    // This request's own response: the one stored (under its variant, when the
-                    // response varies).
-                    let own_entry = variant.as_ref().unwrap_or(&entry);
-                    if let Stored::Response(stored) = &own_entry.stored {
-                        *own = Some(Ok(hit(stored, stored.age(), false, false, "MISS")));
-                    }
-                    cache.account(&entry);
-                    Ok(entry)
+                Ok(outcome) => {
+                    *own = outcome.own_response().map(Ok);
+                    cache.account(&outcome.entry);
+                    Ok(outcome.entry)
                 }
                 Err((response, remember)) => {
                     *own = Some(Ok(response));
@@ -435,17 +430,10 @@ where
         return Ok(response);
     }
     let mut response = match store(cache, &key, &request_headers, response).await {
-        Ok(StoreOutcome { entry, variant }) => {
-            let own_entry = variant.as_ref().unwrap_or(&entry);
-            let own = match &own_entry.stored {
-                Stored::Response(stored) => Some(hit(stored, stored.age(), false, false, "MISS")),
-                _ => None,
-            };
-            cache.insert(key, Arc::clone(&entry)).await;
-            match own {
-                Some(response) => response,
-                None => unreachable!("a stored outcome holds its response"),
-            }
+        Ok(outcome) => {
+            let own = outcome.own_response();
+            cache.insert(key, outcome.entry).await;
+            own.unwrap_or_else(|| unreachable!("a stored outcome holds its response"))
         }
         Err((response, remember)) => {
             // No longer storable: the stale entry goes, and the key is remembered as such.
@@ -549,6 +537,17 @@ where
 struct StoreOutcome {
     entry: Arc<Entry>,
     variant: Option<Arc<Entry>>,
+}
+
+impl StoreOutcome {
+    /// The storing request's own response: the one stored (under its variant, when the response
+    /// varies).
+    fn own_response<B>(&self) -> Option<Response<CacheBody<B>>> {
+        match &self.variant.as_ref().unwrap_or(&self.entry).stored {
+            Stored::Response(stored) => Some(hit(stored, stored.age(), false, false, "MISS")),
+            Stored::Vary(_) | Stored::Pass => None,
+        }
+    }
 }
 
 /// Reads `body` into memory, stopping as soon as it exceeds `limit`: then the frames read so far
