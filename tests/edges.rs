@@ -179,8 +179,13 @@ async fn scenario_24_abandoned_queries_are_cancelled_on_mariadb() {
     let server = start(&[("DATABASE_URL", &database_url)]).await;
     let addr = server.addr;
     let id = create(addr, "lamp").await;
+    // One admin connection for every look: a connect per look could itself be slow.
+    let processes = tokio::sync::Mutex::new(db::MysqlProcessList::connect(&url).await);
     let sleeping = || async {
-        db::mysql_statements(&url, database.name())
+        processes
+            .lock()
+            .await
+            .statements(database.name())
             .await
             .iter()
             .filter(|statement| statement.contains("SLEEP"))

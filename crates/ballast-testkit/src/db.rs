@@ -556,25 +556,45 @@ async fn kill_connections(conn: &mut mysql_async::Conn, column: &str, value: &st
     }
 }
 
-/// The statements running now in `database` on the server at `admin_url` (the process list's
-/// `INFO`), not counting the one asking.
-///
-/// # Panics
-///
-/// If the query fails.
-pub async fn mysql_statements(admin_url: &str, database: &str) -> Vec<String> {
-    use mysql_async::prelude::Queryable;
-    let mut conn = mysql_connect(admin_url).await;
-    let statements: Vec<Option<String>> = conn
-        .exec(
-            "SELECT INFO FROM information_schema.PROCESSLIST \
-             WHERE DB = ? AND ID <> CONNECTION_ID() AND INFO IS NOT NULL",
-            (database,),
-        )
-        .await
-        .unwrap_or_else(|error| panic!("reading the process list failed: {error}"));
-    let _ = conn.disconnect().await;
-    statements.into_iter().flatten().collect()
+/// One admin connection that reads the MySQL process list again and again: a test that polls it
+/// does not pay (or wait for) a connect per look.
+#[derive(Debug)]
+pub struct MysqlProcessList(mysql_async::Conn);
+
+impl MysqlProcessList {
+    /// Connects to the server at `admin_url`.
+    ///
+    /// # Panics
+    ///
+    /// If the connection fails.
+    pub async fn connect(admin_url: &str) -> Self {
+        MysqlProcessList(mysql_connect(admin_url).await)
+    }
+
+    /// The statements running now in `database` (the process list's `INFO`), not counting this
+    /// connection's own.
+    ///
+    /// # Panics
+    ///
+    /// If the query fails.
+    pub async fn statements(&mut self, database: &str) -> Vec<String> {
+        use mysql_async::prelude::Queryable;
+        let statements: Vec<Option<String>> = self
+            .0
+            .exec(
+                "SELECT INFO FROM information_schema.PROCESSLIST \
+                 WHERE DB = ? AND ID <> CONNECTION_ID() AND INFO IS NOT NULL",
+                (database,),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("reading the process list failed: {error}"));
+        statements.into_iter().flatten().collect()
+    }
+
+    /// Disconnects.
+    pub async fn close(self) {
+        let _ = self.0.disconnect().await;
+    }
 }
 
 /// How many connections `user` has open on the server at `admin_url`, not counting the one
