@@ -169,6 +169,10 @@ async fn scenario_24_abandoned_queries_are_cancelled_on_postgresql() {
     assert!(db::pg_backends(&url, &which).await.len() <= 5);
 }
 
+/// How soon a MariaDB `KILL QUERY` must have stopped an abandoned `SLEEP()`: 1 s plus the 2 s the
+/// server may spend retrying the wake-up.
+const MARIADB_KILL_BOUND: Duration = Duration::from_secs(3);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_24_abandoned_queries_are_cancelled_on_mariadb() {
     let Some(url) = db::mysql_url("scenario_24_abandoned_queries_mariadb") else {
@@ -204,9 +208,13 @@ async fn scenario_24_abandoned_queries_are_cancelled_on_mariadb() {
         next_took <= Duration::from_millis(100),
         "the next request waited behind an abandoned statement: {next_took:?}"
     );
+    // MariaDB's `KILL` wakes a thread waiting in `SLEEP()` through a lock every sleeping thread
+    // shares, and when that lock is busy it retries the wake-up for up to 2 s (seen here in
+    // about one run in twenty): the bound is the server's, the statement still ends long before
+    // its 20 s.
     assert!(
-        stopped.is_some_and(|stopped| stopped <= Duration::from_secs(1)),
-        "the statements did not stop on the server within 1 s: {stopped:?}"
+        stopped.is_some_and(|stopped| stopped <= MARIADB_KILL_BOUND),
+        "the statements did not stop on the server within {MARIADB_KILL_BOUND:?}: {stopped:?}"
     );
     assert!(stats["pool"]["cancelled"].as_u64().unwrap() >= 5, "{stats}");
     for _ in 0..20 {

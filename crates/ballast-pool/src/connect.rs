@@ -302,13 +302,20 @@ impl Connect for diesel_async::AsyncMysqlConnection {
     /// tell where an abandoned command left its side of the protocol, so the connection is
     /// closed afterwards rather than risk reading the killed statement's answer as the next
     /// one's.
+    ///
+    /// The process sends one `KILL` at a time: a burst of abandoned requests then costs one
+    /// extra connection, not one per request, and the server is not asked to wake several
+    /// threads waiting on one lock at once (MariaDB's `KILL` retries such a wake-up for up to
+    /// 2 s).
     async fn cancel_abandoned(
         &mut self,
         config: &PoolConfig,
         in_flight: bool,
     ) -> Result<bool, Failure> {
+        static ONE_KILL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         if in_flight {
             let token = self.cancel_token();
+            let _turn = ONE_KILL_AT_A_TIME.lock().await;
             match tokio::time::timeout(config.connect_timeout(), token.cancel_query()).await {
                 Ok(result) => result?,
                 Err(_) => {
