@@ -4,23 +4,21 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use ballast_core::BoxError;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, AGE, CONTENT_LENGTH};
 use http::{HeaderName, Method, Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::body::CacheBody;
 use crate::rules::{self, NotStored};
-use crate::store::{CacheKey, Entry, Freshness, ResponseCache, Stored, StoredResponse};
-
-/// An error that can cross threads.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+use crate::store::{CacheKey, Entry, Event, Freshness, ResponseCache, Stored, StoredResponse};
 
 /// The header that says whether a response came from the cache, when enabled.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -163,9 +161,8 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         let (parts, body) = request.into_parts();
-        let counters = &layer.cache.inner.counters;
         if rules::request_bypasses(&parts.method, &parts.headers, layer.credentialed) {
-            counters.bypassed.fetch_add(1, Ordering::Relaxed);
+            layer.cache.count(Event::Bypassed);
             return Box::pin(pass_through(inner, Request::from_parts(parts, body)));
         }
         let primary = match &layer.key {
@@ -173,7 +170,7 @@ where
             None => Some(rules::default_key(&parts, &layer.cache.inner.keyed_headers)),
         };
         let Some(primary) = primary else {
-            counters.bypassed.fetch_add(1, Ordering::Relaxed);
+            layer.cache.count(Event::Bypassed);
             return Box::pin(pass_through(inner, Request::from_parts(parts, body)));
         };
         let key = CacheKey::new(parts.uri.path(), &primary);
@@ -227,12 +224,12 @@ where
             let age = stored.age();
             match stored.freshness(age) {
                 Freshness::Fresh => {
-                    cache.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    cache.count(Event::Hit);
                     return Ok(hit(stored, age, head, layer.x_cache, "HIT"));
                 }
                 Freshness::WhileRevalidating => {
                     // Served stale at once; one background request brings it up to date.
-                    cache.inner.counters.stale.fetch_add(1, Ordering::Relaxed);
+                    cache.count(Event::Stale);
                     let response = hit(stored, age, head, layer.x_cache, "STALE");
                     if !head && stored.revalidating.try_lock().is_ok() {
                         if let (Some(entry), Ok(runtime)) =
@@ -255,9 +252,9 @@ where
         Some(Stored::Pass) => true,
         _ => false,
     };
-    cache.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+    cache.count(Event::Miss);
     if pass {
-        cache.inner.counters.passes.fetch_add(1, Ordering::Relaxed);
+        cache.count(Event::Pass);
         let mut response = pass_through(inner, request).await?;
         mark(&mut response, layer.x_cache, "MISS");
         return Ok(response);
@@ -269,8 +266,26 @@ where
         return Ok(response);
     }
 
-    // Concurrent misses of one key run the inner service once: the first one's future runs
-    // inside moka's `try_get_with`; the others wait for its entry.
+    fill(inner, layer, key, request).await
+}
+
+/// A miss that may be stored: concurrent misses of one key run the inner service once.
+async fn fill<S, ReqBody, ResBody>(
+    inner: S,
+    layer: CacheLayer,
+    key: CacheKey,
+    request: Request<ReqBody>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + Sync + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + Unpin + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let cache = &layer.cache;
+    // The first one's future runs inside moka's `try_get_with`; the others wait for its entry.
     let mut request = Some(request);
     let mut own: Option<Result<Response<CacheBody<ResBody>>, S::Error>> = None;
     let moka = cache.inner.moka.clone();
@@ -371,7 +386,6 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let cache = &layer.cache;
-    let counters = &cache.inner.counters;
     let Stored::Response(stale) = &entry.stored else {
         unreachable!("only stored responses are revalidated")
     };
@@ -386,7 +400,7 @@ where
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .is_some_and(|at| at >= asked_at);
     if failed_meanwhile && stale.usable_if_error() {
-        counters.stale.fetch_add(1, Ordering::Relaxed);
+        cache.count(Event::Stale);
         return Ok(hit(stale, stale.age(), head, layer.x_cache, "STALE"));
     }
     // Another request may have brought it up to date while this one waited.
@@ -395,7 +409,7 @@ where
             if !Arc::ptr_eq(&current, &entry)
                 && current_response.freshness(current_response.age()) == Freshness::Fresh
             {
-                counters.hits.fetch_add(1, Ordering::Relaxed);
+                cache.count(Event::Hit);
                 return Ok(hit(
                     current_response,
                     current_response.age(),
@@ -406,7 +420,7 @@ where
             }
         }
     }
-    counters.misses.fetch_add(1, Ordering::Relaxed);
+    cache.count(Event::Miss);
     let request_headers = request.headers().clone();
     let answer = inner.call(request).await;
     let failed = match &answer {
@@ -420,7 +434,7 @@ where
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
     }
     if failed && stale.usable_if_error() {
-        counters.stale.fetch_add(1, Ordering::Relaxed);
+        cache.count(Event::Stale);
         return Ok(hit(stale, stale.age(), head, layer.x_cache, "STALE"));
     }
     let response = answer?;
@@ -464,7 +478,6 @@ where
     ResBody: Body<Data = Bytes> + Unpin,
     ResBody::Error: Into<BoxError>,
 {
-    let counters = &cache.inner.counters;
     let ttl = match rules::response_ttl(
         response.status(),
         response.headers(),
@@ -474,7 +487,7 @@ where
     ) {
         Ok(ttl) => ttl,
         Err(reason) => {
-            counters.not_storable.fetch_add(1, Ordering::Relaxed);
+            cache.count(Event::NotStorable);
             // A failure is transient: the next request may well be storable. What the response
             // says about itself (private, no-store, Set-Cookie, a status outside the set) holds
             // for its key: remember it.
@@ -488,11 +501,10 @@ where
     let body = match read_up_to(body, cache.inner.max_entry_bytes).await {
         Ok(body) => body,
         Err((reason, body)) => {
-            let counter = match reason {
-                NotStored::TooLarge => &counters.too_large,
-                _ => &counters.not_storable,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+            cache.count(match reason {
+                NotStored::TooLarge => Event::TooLarge,
+                _ => Event::NotStorable,
+            });
             return Err((Response::from_parts(parts, body), false));
         }
     };
@@ -632,111 +644,5 @@ fn mark<B>(response: &mut Response<B>, enabled: bool, value: &'static str) {
         response
             .headers_mut()
             .insert(X_CACHE, HeaderValue::from_static(value));
-    }
-}
-
-/// The response body of [`Cache`]: a stored body, the inner service's body, or the part of it
-/// read while deciding whether to store it followed by the rest.
-pub struct CacheBody<B> {
-    kind: Kind<B>,
-}
-
-enum Kind<B> {
-    Cached(Option<Bytes>),
-    Inner(B),
-    Prefixed {
-        frames: VecDeque<Frame<Bytes>>,
-        error: Option<BoxError>,
-        rest: Option<B>,
-    },
-}
-
-impl<B> CacheBody<B> {
-    fn cached(body: Bytes) -> Self {
-        CacheBody {
-            kind: Kind::Cached((!body.is_empty()).then_some(body)),
-        }
-    }
-
-    fn inner(body: B) -> Self {
-        CacheBody {
-            kind: Kind::Inner(body),
-        }
-    }
-
-    fn prefixed(frames: VecDeque<Frame<Bytes>>, error: Option<BoxError>, rest: Option<B>) -> Self {
-        CacheBody {
-            kind: Kind::Prefixed {
-                frames,
-                error,
-                rest,
-            },
-        }
-    }
-}
-
-impl<B> Body for CacheBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.get_mut().kind {
-            Kind::Cached(body) => Poll::Ready(body.take().map(|body| Ok(Frame::data(body)))),
-            Kind::Inner(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Kind::Prefixed {
-                frames,
-                error,
-                rest,
-            } => {
-                if let Some(frame) = frames.pop_front() {
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                if let Some(error) = error.take() {
-                    return Poll::Ready(Some(Err(error)));
-                }
-                match rest {
-                    Some(rest) => Pin::new(rest).poll_frame(cx).map_err(Into::into),
-                    None => Poll::Ready(None),
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Cached(body) => body.is_none(),
-            Kind::Inner(body) => body.is_end_stream(),
-            Kind::Prefixed {
-                frames,
-                error,
-                rest,
-            } => frames.is_empty() && error.is_none() && rest.as_ref().is_none_or(B::is_end_stream),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Cached(body) => SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Inner(body) => body.size_hint(),
-            Kind::Prefixed { .. } => SizeHint::default(),
-        }
-    }
-}
-
-impl<B> fmt::Debug for CacheBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match &self.kind {
-            Kind::Cached(_) => "cached",
-            Kind::Inner(_) => "inner",
-            Kind::Prefixed { .. } => "prefixed",
-        };
-        f.debug_struct("CacheBody").field("kind", &kind).finish()
     }
 }

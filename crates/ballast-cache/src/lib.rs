@@ -92,11 +92,13 @@
 //! grew the process by 93 MiB after a million keys (goal 96 MiB); on a Zipf (s = 1) trace LRU hits
 //! 50.7 % and TinyLFU 52.1 %.
 
+mod body;
 mod layer;
 mod rules;
 mod store;
 
-pub use layer::{BoxError, Cache, CacheBody, CacheLayer, ResponseFuture, X_CACHE};
+pub use body::CacheBody;
+pub use layer::{Cache, CacheLayer, ResponseFuture, X_CACHE};
 pub use rules::DEFAULT_KEYED_HEADERS;
 pub use store::{
     CacheConfigError, CacheKey, CacheStats, CleanupTask, Eviction, ResponseCache,

@@ -1,9 +1,8 @@
 //! What may be stored and under which key (RFC 9111, as a shared cache).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use ballast_core::Failure;
+use ballast_core::http::attached;
 use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, HOST, PRAGMA, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 
@@ -123,7 +122,7 @@ pub(crate) fn response_ttl(
     if !statuses.contains(&status) {
         return Err(NotStored::Status);
     }
-    if extensions.get::<Arc<Failure>>().is_some() {
+    if attached(extensions).is_some() {
         return Err(NotStored::Failure);
     }
     if headers.contains_key(SET_COOKIE) {
@@ -176,7 +175,7 @@ pub(crate) fn stale_windows(headers: &HeaderMap, default_if_error: Duration) -> 
 /// Whether an answer of the service is an error a stale response may stand in for (RFC 5861:
 /// 500, 502, 503, 504), or one that carries a classified failure.
 pub(crate) fn is_error(status: StatusCode, extensions: &http::Extensions) -> bool {
-    matches!(status.as_u16(), 500 | 502 | 503 | 504) || extensions.get::<Arc<Failure>>().is_some()
+    matches!(status.as_u16(), 500 | 502 | 503 | 504) || attached(extensions).is_some()
 }
 
 /// The request header names a response varies on, lowercased and sorted; `None` for `Vary: *`

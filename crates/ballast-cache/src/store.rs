@@ -379,6 +379,42 @@ pub(crate) struct Counters {
     pub(crate) bytes: AtomicU64,
 }
 
+/// What the layer tells the cache it did with a request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Event {
+    /// Served fresh from the cache.
+    Hit,
+    /// Served stale (while revalidating, or because the service failed).
+    Stale,
+    /// Sent to the service.
+    Miss,
+    /// Sent to the service because the key is remembered as not storable.
+    Pass,
+    /// Not looked up at all (a method or request the cache never serves).
+    Bypassed,
+    /// The response was not storable.
+    NotStorable,
+    /// The response was larger than an entry may be.
+    TooLarge,
+}
+
+impl ResponseCache {
+    /// Counts one `event`.
+    pub(crate) fn count(&self, event: Event) {
+        let counters = &self.inner.counters;
+        let counter = match event {
+            Event::Hit => &counters.hits,
+            Event::Stale => &counters.stale,
+            Event::Miss => &counters.misses,
+            Event::Pass => &counters.passes,
+            Event::Bypassed => &counters.bypassed,
+            Event::NotStorable => &counters.not_storable,
+            Event::TooLarge => &counters.too_large,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Expires each entry after its own TTL.
 struct PerEntryTtl(Duration);
 

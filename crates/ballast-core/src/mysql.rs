@@ -36,6 +36,10 @@
 //! Reach: 1040, 1203, 1226, 1045, 1044, 1698, 1130, 1049, 2002, 2003, 2005 and 2026 only happen while a
 //! connection is being made, so they are [`Reach::NotSent`]; the rest are [`Reach::MaybeSent`].
 
+/// `From<mysql_async::Error> for Failure`, by this table.
+#[cfg(feature = "mysql")]
+mod driver;
+
 use crate::{Cause, DriverCode, Failure, Reach};
 
 /// The cause of a MySQL or MariaDB error with this number (see the module table).

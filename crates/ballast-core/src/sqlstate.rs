@@ -34,7 +34,13 @@
 //! in answer to a statement, so they are [`Reach::MaybeSent`] — even a
 //! rolled-back transaction may follow others in the same request that committed.
 
-use crate::{Cause, DriverCode, Failure, Reach, SqlState};
+/// `From<tokio_postgres::Error> for Failure`, by this table.
+#[cfg(feature = "postgres")]
+mod driver;
+
+use std::fmt;
+
+use crate::{Cause, DriverCode, Failure, Reach};
 
 /// The cause of a PostgreSQL error with this SQLSTATE (see the module table).
 ///
@@ -87,9 +93,60 @@ pub fn failure(sqlstate: &str) -> Failure {
     }
 }
 
+/// A five-character PostgreSQL SQLSTATE, such as `53300`.
+///
+/// Stored inline, so a [`DriverCode`] is `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SqlState([u8; 5]);
+
+impl SqlState {
+    /// Parses a SQLSTATE: exactly five ASCII digits or upper-case letters.
+    ///
+    /// Returns `None` for anything else.
+    pub fn new(code: &str) -> Option<Self> {
+        let bytes: [u8; 5] = code.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+            .then_some(SqlState(bytes))
+    }
+
+    /// The code as text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever stored (checked in `new`).
+        std::str::from_utf8(&self.0).unwrap_or("?????")
+    }
+
+    /// The class: the first two characters (`"53"` for `53300`).
+    pub fn class(&self) -> &str {
+        &self.as_str()[..2]
+    }
+}
+
+impl fmt::Display for SqlState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for SqlState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SqlState({})", self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlstate_parsing() {
+        assert_eq!(SqlState::new("57P03").unwrap().as_str(), "57P03");
+        assert_eq!(SqlState::new("57P03").unwrap().class(), "57");
+        for bad in ["", "5330", "533000", "53 00", "5330x", "ñ5330"] {
+            assert!(SqlState::new(bad).is_none(), "{bad:?} accepted");
+        }
+    }
     use crate::Code;
 
     /// Every entry of the module table, written out independently of `cause()`.

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use ballast_core::Failure;
 use http::StatusCode;
 
-use crate::map::{keep_promise, DefaultProblems};
-use crate::problem::Problem;
+use ballast_core::http::Problem;
+#[cfg(feature = "axum")]
+use ballast_core::http::{failure_response, RetryAfter};
 
 /// What a handler returns when it fails: a classified database failure, or a problem the
 /// application defines itself (a 404, a 409).
@@ -68,8 +69,8 @@ impl Error {
     pub fn problem(&self) -> Problem {
         match &self.repr {
             Repr::Failure(failure) => {
-                let mut problem = DefaultProblems::problem_for(failure);
-                keep_promise(&mut problem, failure, false);
+                let mut problem = Problem::for_failure(failure);
+                problem.keep_promise(failure, false);
                 problem
             }
             Repr::Problem(problem) => (**problem).clone(),
@@ -159,6 +160,12 @@ via_failure!(
     ballast_pool::ConfigError,
 );
 
+impl ballast_core::http::AsFailure for Error {
+    fn as_failure(&self) -> Option<&Failure> {
+        self.failure().map(|failure| &**failure)
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.repr {
@@ -189,24 +196,14 @@ impl std::error::Error for Error {
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for Error {
     fn into_response(self) -> axum_core::response::Response {
-        // Without the request, the method is unknown: `problem` treats it as one that must not
-        // run twice. The error layer renders it again knowing the method.
-        let (problem, failure) = match self.repr {
+        // Without the request, the method is unknown: it is treated as one that must not run
+        // twice. The error layer renders it again knowing the method.
+        let response = match self.repr {
             Repr::Failure(failure) => {
-                let mut problem = DefaultProblems::problem_for(&failure);
-                keep_promise(&mut problem, &failure, false);
-                (problem, Some(failure))
+                failure_response(failure, false, false, Some(&RetryAfter::default()))
             }
-            Repr::Problem(problem) => (*problem, None),
+            Repr::Problem(problem) => problem.to_response(false, None),
         };
-        let hint = failure.as_ref().and_then(|failure| failure.retry_after());
-        let retry_after = crate::map::RetryAfter::default().for_problem(&problem, hint);
-        let mut response = problem
-            .to_response(false, retry_after)
-            .map(axum_core::body::Body::new);
-        if let Some(failure) = failure {
-            response.extensions_mut().insert(failure);
-        }
-        response
+        response.map(axum_core::body::Body::new)
     }
 }

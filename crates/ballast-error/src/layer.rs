@@ -21,10 +21,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::{Error, Repr};
-use crate::map::{keep_promise, DefaultProblems, MapProblem, RetryAfter};
-
-/// An error that can cross threads, as Tower services return them.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+use crate::map::{DefaultProblems, MapProblem};
+use ballast_core::http::{attach, attached, failure_response, RetryAfter};
+pub use ballast_core::BoxError;
 
 /// The response body of [`ErrorResponse`]: tower-http's, since its `CatchPanic` boxes every
 /// body already.
@@ -251,7 +250,7 @@ where
             return Poll::Ready(Ok(internal_response()));
         };
         Poll::Ready(Ok(match result {
-            Ok(response) => match response.extensions().get::<Arc<Failure>>() {
+            Ok(response) => match attached(response.extensions()) {
                 Some(failure) => {
                     let failure = Arc::clone(failure);
                     let (parts, _body) = response.into_parts();
@@ -280,43 +279,18 @@ fn classify(error: BoxError) -> Repr {
         Ok(error) => return error.into_repr(),
         Err(error) => error,
     };
-    let failure = match error.downcast::<Failure>() {
-        Ok(failure) => *failure,
-        Err(error) => classify_foreign(error),
-    };
-    Repr::Failure(Arc::new(failure))
+    Repr::Failure(Arc::new(classify_foreign(error)))
 }
 
 fn classify_foreign(error: BoxError) -> Failure {
-    let error = match error.downcast::<diesel::result::Error>() {
-        Ok(error) => return Failure::from(*error),
-        Err(error) => error,
-    };
-    let error = match error.downcast::<std::io::Error>() {
-        Ok(error) => return Failure::from(*error),
-        Err(error) => error,
-    };
     // `tower::timeout::TimeoutLayer` gave up on the request: the database (or whatever the
     // handler waited on) did not answer in time. Retrying later may work.
-    let error = match error.downcast::<tower::timeout::error::Elapsed>() {
-        Ok(error) => {
-            return Failure::new(Cause::TimedOut)
-                .with_detail("the request took longer than its timeout")
-                .with_source(*error)
-        }
-        Err(error) => error,
-    };
-    #[cfg(feature = "postgres")]
-    let error = match error.downcast::<tokio_postgres::Error>() {
-        Ok(error) => return Failure::from(*error),
-        Err(error) => error,
-    };
-    #[cfg(feature = "mysql")]
-    let error = match error.downcast::<mysql_async::Error>() {
-        Ok(error) => return Failure::from(*error),
-        Err(error) => error,
-    };
-    Failure::new(Cause::Internal).with_source(error)
+    match error.downcast::<tower::timeout::error::Elapsed>() {
+        Ok(error) => Failure::new(Cause::TimedOut)
+            .with_detail("the request took longer than its timeout")
+            .with_source(*error),
+        Err(error) => Failure::from_boxed(error),
+    }
 }
 
 /// The problem response for `failure`, logged once; `extensions` are carried over from the
@@ -327,7 +301,7 @@ fn render<M: MapProblem>(
     extensions: Option<http::Extensions>,
 ) -> Response<ResponseBody> {
     let mut problem = context.map.problem(&failure);
-    keep_promise(&mut problem, &failure, context.method.is_idempotent());
+    problem.keep_promise(&failure, context.method.is_idempotent());
     log(context, &failure, problem.status);
     let retry_after = context
         .retry_after
@@ -336,7 +310,7 @@ fn render<M: MapProblem>(
     if let Some(extensions) = extensions {
         *response.extensions_mut() = extensions;
     }
-    response.extensions_mut().insert(failure);
+    attach(response.extensions_mut(), failure);
     to_boxed(response)
 }
 
@@ -396,8 +370,6 @@ impl ResponseForPanic for PanicResponse {
             .unwrap_or_else(|| "a panic without a message".to_owned());
         let failure =
             Failure::new(Cause::Internal).with_detail(format!("handler panicked: {message}"));
-        let mut response = DefaultProblems::problem_for(&failure).to_response(false, None);
-        response.extensions_mut().insert(Arc::new(failure));
-        response
+        failure_response(Arc::new(failure), false, false, None)
     }
 }

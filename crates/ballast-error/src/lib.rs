@@ -86,15 +86,12 @@
 mod error;
 mod layer;
 mod map;
-mod problem;
 mod timeout;
 
+pub use ballast_core::http::{Problem, RetryAfter, PROBLEM_JSON};
 pub use error::Error;
 pub use layer::{
     BoxError, ErrorResponse, ErrorResponseLayer, PanicResponse, ResponseBody, ResponseFuture,
 };
-pub use map::{
-    DefaultProblems, MapProblem, RetryAfter, DEFAULT_RETRY_AFTER, DEFAULT_RETRY_AFTER_JITTER,
-};
-pub use problem::{Problem, PROBLEM_JSON};
+pub use map::{DefaultProblems, MapProblem};
 pub use timeout::{RequestTimeout, RequestTimeoutLayer, TimedBody, TimeoutBody, TimeoutFuture};

@@ -19,8 +19,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::map::{keep_promise, DefaultProblems};
-use crate::problem::Problem;
+use ballast_core::http::{failure_response, Problem, RetryAfter};
 
 /// Bounds every request by a deadline, and answers by what actually ran out when it passes.
 ///
@@ -213,13 +212,8 @@ where
         };
         let head = *this.method == Method::HEAD;
         let response = match failure {
-            Some(failure) => {
-                let mut problem = DefaultProblems::problem_for(&failure);
-                keep_promise(&mut problem, &failure, idempotent);
-                let mut response = problem.to_response(head, None);
-                response.extensions_mut().insert(Arc::new(failure));
-                response
-            }
+            // No `Retry-After`: the error layer outside adds its own, with its policy.
+            Some(failure) => failure_response(Arc::new(failure), idempotent, head, None),
             None if waiting_for_client => {
                 let problem = Problem::new(
                     StatusCode::REQUEST_TIMEOUT,
@@ -244,7 +238,7 @@ where
                     "The request took longer than its deadline.",
                 )
                 .with_retryable(idempotent || guarded || !sent);
-                let retry_after = crate::map::RetryAfter::default().for_problem(&problem, None);
+                let retry_after = RetryAfter::default().for_problem(&problem, None);
                 tracing::warn!(
                     timeout_ms = this.timeout.as_millis() as u64,
                     method = %this.method,

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use ballast_error::BoxError;
+use ballast_core::BoxError;
 
 pin_project! {
     /// A request body as [`Retry`](crate::Retry) hands it on.

@@ -18,14 +18,14 @@ use tower::retry::Policy;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use ballast_error::BoxError;
+use ballast_core::http::{attached, AsFailure};
+use ballast_core::BoxError;
 
 use crate::body::RetryBody;
 use crate::policy::{
-    self, AsFailure, Attempts, Decision, RetryStats, Shared, DEFAULT_BODY_CAP,
-    DEFAULT_BUDGET_MIN_PER_SEC, DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_TTL, DEFAULT_JITTER,
-    DEFAULT_LAYER_BASE_DELAY, DEFAULT_LAYER_DEADLINE, DEFAULT_LAYER_MAX_DELAY,
-    DEFAULT_LAYER_MAX_RETRIES,
+    self, Attempts, Decision, RetryStats, Shared, DEFAULT_BODY_CAP, DEFAULT_BUDGET_MIN_PER_SEC,
+    DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_TTL, DEFAULT_JITTER, DEFAULT_LAYER_BASE_DELAY,
+    DEFAULT_LAYER_DEADLINE, DEFAULT_LAYER_MAX_DELAY, DEFAULT_LAYER_MAX_RETRIES,
 };
 
 /// Re-runs requests whose database failure is worth retrying and safe to repeat.
@@ -348,7 +348,7 @@ where
         result: &mut Result<Response<ResBody>, E>,
     ) -> Option<Self::Future> {
         let failure: Option<&Failure> = match result {
-            Ok(response) => response.extensions().get::<Arc<Failure>>().map(|f| &**f),
+            Ok(response) => attached(response.extensions()).map(|failure| &**failure),
             Err(error) => error.as_failure(),
         };
         match self.attempts.decide(failure) {

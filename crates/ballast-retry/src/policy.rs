@@ -1,13 +1,11 @@
 //! When to retry: the classified failure, the request's safety, the budget, the deadline.
 
-use std::convert::Infallible;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ballast_core::{Cause, Failure};
-use ballast_error::BoxError;
 use serde::Serialize;
 use tower::retry::backoff::{Backoff, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff};
 use tower::retry::budget::{Budget, TpsBudget};
@@ -306,44 +304,6 @@ pub(crate) fn shared(
 pub(crate) fn deposit(shared: &Shared) {
     if let Some(budget) = &shared.budget {
         budget.deposit();
-    }
-}
-
-/// Finds the classified failure in a service error, where there is one.
-///
-/// Implemented for the error types ballast stacks use: [`Infallible`] (axum), [`BoxError`]
-/// (plain Tower: a boxed [`Failure`] or [`ballast_error::Error`] inside is found), [`Failure`] and
-/// [`ballast_error::Error`].
-pub trait AsFailure {
-    /// The failure inside, if any.
-    fn as_failure(&self) -> Option<&Failure>;
-}
-
-impl AsFailure for Infallible {
-    fn as_failure(&self) -> Option<&Failure> {
-        match *self {}
-    }
-}
-
-impl AsFailure for Failure {
-    fn as_failure(&self) -> Option<&Failure> {
-        Some(self)
-    }
-}
-
-impl AsFailure for ballast_error::Error {
-    fn as_failure(&self) -> Option<&Failure> {
-        self.failure().map(|failure| &**failure)
-    }
-}
-
-impl AsFailure for BoxError {
-    fn as_failure(&self) -> Option<&Failure> {
-        if let Some(failure) = self.downcast_ref::<Failure>() {
-            return Some(failure);
-        }
-        self.downcast_ref::<ballast_error::Error>()
-            .and_then(AsFailure::as_failure)
     }
 }
 

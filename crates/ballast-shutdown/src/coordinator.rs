@@ -12,12 +12,10 @@ use tokio::sync::{watch, Notify};
 
 /// Default drain deadline: Kubernetes' default grace period is 30 s; 25 s of draining leaves
 /// time for the teardown hooks before the kubelet's SIGKILL.
-pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(25);
-/// Default time each teardown hook may take.
-pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(25);
 /// Exit code after a second signal: 128 + SIGINT, what shells report for an interrupted
 /// program.
-pub const EXIT_SECOND_SIGNAL: i32 = 130;
+const EXIT_SECOND_SIGNAL: i32 = 130;
 
 /// Where the process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -110,6 +108,7 @@ impl ShutdownBuilder {
                     idle: Notify::new(),
                     rejected: AtomicU64::new(0),
                     started: Mutex::new(None),
+                    interrupted: watch::channel(false).0,
                     pre_drain_delay: self.pre_drain_delay,
                     drain_deadline: self.drain_deadline,
                 }),
@@ -137,11 +136,13 @@ pub struct ShutdownHandle {
 #[derive(Debug)]
 pub(crate) struct Shared {
     phase: watch::Sender<Phase>,
-    pub(crate) in_flight: AtomicUsize,
+    in_flight: AtomicUsize,
     /// Notified whenever the in-flight count drops to zero.
-    pub(crate) idle: Notify,
-    pub(crate) rejected: AtomicU64,
+    idle: Notify,
+    rejected: AtomicU64,
     started: Mutex<Option<Instant>>,
+    /// Set by [`ShutdownHandle::interrupt`].
+    interrupted: watch::Sender<bool>,
     pre_drain_delay: Duration,
     drain_deadline: Duration,
 }
@@ -201,6 +202,41 @@ impl ShutdownHandle {
         });
     }
 
+    /// Cuts the shutdown sequence short, as a second signal does: [`Shutdown::run`] stops
+    /// draining or running hooks and returns at once, with exit code 130. Starts the sequence
+    /// first if it had not started.
+    pub fn interrupt(&self) {
+        self.trigger();
+        self.shared.interrupted.send_replace(true);
+    }
+
+    /// Resolves when [`interrupt`](Self::interrupt) is called.
+    async fn interrupted(&self) {
+        let mut watch = self.shared.interrupted.subscribe();
+        // The sender lives as long as `self`.
+        let _ = watch.wait_for(|interrupted| *interrupted).await;
+    }
+
+    /// When the sequence was triggered.
+    fn started(&self) -> Option<Instant> {
+        *self
+            .shared
+            .started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a request in flight until the returned guard is dropped.
+    pub(crate) fn request_started(&self) -> InFlight {
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(&self.shared))
+    }
+
+    /// Counts a request refused while draining.
+    pub(crate) fn count_rejected(&self) {
+        self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Requests in flight now.
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::Acquire)
@@ -256,6 +292,25 @@ impl ShutdownHandle {
     }
 }
 
+/// One request in flight for as long as it lives; the last one out wakes the drain.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    /// The phase now.
+    pub(crate) fn phase(&self) -> Phase {
+        self.0.current_phase()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// What the shutdown sequence did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -264,10 +319,13 @@ pub struct Summary {
     pub drained: bool,
     /// Requests still in flight when the deadline passed.
     pub abandoned: usize,
-    /// Each hook: name, outcome (`ok`, `failed: ...`, `timed out`) and how long it took.
+    /// Each hook: name, result and how long it took.
     pub hooks: Vec<HookOutcome>,
     /// From the trigger to the end of the last hook.
     pub total: Duration,
+    /// Whether a second signal cut the sequence short (see [`Shutdown::listen_for_signals`]):
+    /// the rest of the drain and the hooks not yet run were skipped.
+    pub interrupted: bool,
 }
 
 /// How one teardown hook went.
@@ -276,16 +334,45 @@ pub struct Summary {
 pub struct HookOutcome {
     /// The hook's name.
     pub name: String,
-    /// `ok`, `failed: <error>` or `timed out`.
-    pub outcome: String,
+    /// How it ended.
+    pub result: HookResult,
     /// How long it ran.
     pub took: Duration,
 }
 
+/// How a teardown hook ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HookResult {
+    /// It finished and returned `Ok`.
+    Ok,
+    /// It returned an error, shown here.
+    Failed(String),
+    /// It did not finish within its timeout.
+    TimedOut,
+}
+
+impl fmt::Display for HookResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HookResult::Ok => f.write_str("ok"),
+            HookResult::Failed(error) => write!(f, "failed: {error}"),
+            HookResult::TimedOut => f.write_str("timed out"),
+        }
+    }
+}
+
 impl Summary {
-    /// The process exit code: 0 after a clean drain with every hook ok, 1 otherwise.
+    /// The process exit code: 0 after a clean drain with every hook ok, 130 (128 + SIGINT, what
+    /// shells report for an interrupted program) when a second signal cut it short, 1
+    /// otherwise. Return it from `main` (`std::process::ExitCode::from(code as u8)`) or pass it
+    /// to `std::process::exit`: the library never exits the process itself.
     pub fn exit_code(&self) -> i32 {
-        let hooks_ok = self.hooks.iter().all(|hook| hook.outcome == "ok");
+        if self.interrupted {
+            return EXIT_SECOND_SIGNAL;
+        }
+        let hooks_ok = self.hooks.iter().all(|hook| hook.result == HookResult::Ok);
         i32::from(!(self.drained && hooks_ok))
     }
 }
@@ -306,30 +393,24 @@ impl Shutdown {
         self.handle.clone()
     }
 
-    /// Listens for SIGTERM and SIGINT: the first starts the sequence; a second exits the process
-    /// at once with [`EXIT_SECOND_SIGNAL`].
+    /// Listens for SIGTERM and SIGINT (Ctrl-C alone where Unix signals do not exist): the first
+    /// starts the sequence; a second [interrupts](ShutdownHandle::interrupt) it, so
+    /// [`run`](Self::run) returns at once with exit code 130. The process is never exited from
+    /// here: `main` returns the code.
     ///
     /// # Errors
     ///
     /// The signal handlers could not be installed.
     pub fn listen_for_signals(&self) -> std::io::Result<()> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut signals = Signals::new()?;
         let handle = self.handle();
         tokio::spawn(async move {
-            let name = tokio::select! {
-                _ = terminate.recv() => "SIGTERM",
-                _ = interrupt.recv() => "SIGINT",
-            };
+            let name = signals.recv().await;
             tracing::info!(signal = name, "signal received");
             handle.trigger();
-            let again = tokio::select! {
-                _ = terminate.recv() => "SIGTERM",
-                _ = interrupt.recv() => "SIGINT",
-            };
-            tracing::warn!(signal = again, "second signal: exiting at once");
-            std::process::exit(EXIT_SECOND_SIGNAL);
+            let again = signals.recv().await;
+            tracing::warn!(signal = again, "second signal: stopping at once");
+            handle.interrupt();
         });
         Ok(())
     }
@@ -343,7 +424,7 @@ impl Shutdown {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             previous(info);
-            if !crate::layer::in_request() {
+            if !crate::request::in_request() {
                 tracing::error!("panic outside a request: starting an orderly shutdown");
                 handle.trigger();
             }
@@ -362,6 +443,35 @@ impl Shutdown {
         F: Future<Output = T> + Send,
     {
         let handle = self.handle();
+        let done = Mutex::new(Vec::new());
+        tokio::select! {
+            biased;
+            () = handle.interrupted() => {
+                let started = handle.started().unwrap_or_else(Instant::now);
+                let summary = Summary {
+                    drained: false,
+                    abandoned: handle.in_flight(),
+                    hooks: done.into_inner().unwrap_or_else(PoisonError::into_inner),
+                    total: started.elapsed(),
+                    interrupted: true,
+                };
+                tracing::warn!(
+                    abandoned = summary.abandoned,
+                    exit_code = summary.exit_code(),
+                    "shutdown interrupted"
+                );
+                summary
+            }
+            summary = self.sequence(server, &done) => summary,
+        }
+    }
+
+    /// The sequence [`run`](Self::run) runs; each hook's outcome goes into `done` as it ends.
+    async fn sequence<F, T>(self, server: F, done: &Mutex<Vec<HookOutcome>>) -> Summary
+    where
+        F: Future<Output = T> + Send,
+    {
+        let handle = self.handle();
         let mut server = std::pin::pin!(server);
         let mut server_done = false;
         tokio::select! {
@@ -371,12 +481,7 @@ impl Shutdown {
                 handle.trigger();
             }
         }
-        let started = handle
-            .shared
-            .started
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .unwrap_or_else(Instant::now);
+        let started = handle.started().unwrap_or_else(Instant::now);
 
         if !handle.shared.pre_drain_delay.is_zero() && !server_done {
             let step = Instant::now();
@@ -412,31 +517,34 @@ impl Shutdown {
         }
         handle.set_phase(Phase::Stopped);
 
-        let mut hooks = Vec::with_capacity(self.hooks.len());
         for hook in self.hooks {
             let step = Instant::now();
-            let outcome = match tokio::time::timeout(hook.timeout, (hook.run)()).await {
-                Ok(Ok(())) => "ok".to_owned(),
-                Ok(Err(error)) => format!("failed: {error}"),
-                Err(_) => "timed out".to_owned(),
+            let result = match tokio::time::timeout(hook.timeout, (hook.run)()).await {
+                Ok(Ok(())) => HookResult::Ok,
+                Ok(Err(error)) => HookResult::Failed(error),
+                Err(_) => HookResult::TimedOut,
             };
             let took = step.elapsed();
-            if outcome == "ok" {
+            if result == HookResult::Ok {
                 tracing::info!(hook = %hook.name, took_ms = millis(took), "shutdown step done");
             } else {
-                tracing::warn!(hook = %hook.name, took_ms = millis(took), %outcome, "shutdown step did not finish cleanly");
+                tracing::warn!(hook = %hook.name, took_ms = millis(took), outcome = %result, "shutdown step did not finish cleanly");
             }
-            hooks.push(HookOutcome {
-                name: hook.name,
-                outcome,
-                took,
-            });
+            done.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(HookOutcome {
+                    name: hook.name,
+                    result,
+                    took,
+                });
         }
+        let hooks = std::mem::take(&mut *done.lock().unwrap_or_else(PoisonError::into_inner));
         let summary = Summary {
             drained,
             abandoned,
             hooks,
             total: started.elapsed(),
+            interrupted: false,
         };
         tracing::info!(
             drained = summary.drained,
@@ -446,6 +554,52 @@ impl Shutdown {
             "shutdown complete"
         );
         summary
+    }
+}
+
+/// The signals that stop the process: SIGTERM and SIGINT on Unix.
+#[cfg(unix)]
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The next signal's name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}
+
+/// The signal that stops the process where Unix signals do not exist: Ctrl-C.
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Signals)
+    }
+
+    /// The next Ctrl-C; never, if it cannot be listened for.
+    async fn recv(&mut self) -> &'static str {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+        "Ctrl-C"
     }
 }
 

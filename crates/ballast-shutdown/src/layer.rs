@@ -3,12 +3,11 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use ballast_error::{Problem, RetryAfter};
+use ballast_core::http::{Problem, RetryAfter};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response, StatusCode};
@@ -18,18 +17,8 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::coordinator::{Phase, Shared, ShutdownHandle};
-
-tokio::task_local! {
-    /// Set while a request is being served through the layer, so the panic hook can tell a
-    /// handler's panic from a background task's.
-    static IN_REQUEST: ();
-}
-
-/// Whether the current task is serving a request through [`ShutdownLayer`].
-pub(crate) fn in_request() -> bool {
-    IN_REQUEST.try_with(|()| ()).is_ok()
-}
+use crate::coordinator::{InFlight, Phase, ShutdownHandle};
+use crate::request::IN_REQUEST;
 
 /// The outermost layer: counts requests in flight (until their response body is finished) and,
 /// once draining, answers new requests with a 503 problem (`retryable: true`, `Retry-After`,
@@ -123,7 +112,7 @@ where
             .iter()
             .any(|path| path == request.uri().path());
         if draining && !exempt {
-            handle.shared.rejected.fetch_add(1, Ordering::Relaxed);
+            handle.count_rejected();
             let problem = Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "SHUTTING_DOWN",
@@ -141,31 +130,12 @@ where
                 },
             };
         }
-        let guard = InFlight::start(Arc::clone(&handle.shared));
+        let guard = handle.request_started();
         ResponseFuture {
             state: State::Called {
                 future: IN_REQUEST.scope((), self.inner.call(request)),
                 guard: Some(guard),
             },
-        }
-    }
-}
-
-/// Counts one request in flight for as long as it lives; the last one out wakes the drain.
-#[derive(Debug)]
-struct InFlight(Arc<Shared>);
-
-impl InFlight {
-    fn start(shared: Arc<Shared>) -> Self {
-        shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(shared)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
         }
     }
 }
@@ -211,7 +181,7 @@ where
                     let guard = guard.take();
                     // Draining now: this connection should not carry another request.
                     if let Some(guard) = &guard {
-                        let draining = guard.0.current_phase() >= Phase::Draining;
+                        let draining = guard.phase() >= Phase::Draining;
                         if draining {
                             response
                                 .headers_mut()

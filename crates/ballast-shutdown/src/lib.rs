@@ -17,8 +17,10 @@
 //!
 //! Then the hooks run in the order given, each bounded by its own timeout; one that fails or
 //! hangs is logged and the next still runs. Every step logs its duration; a final line sums up.
-//! [`Summary::exit_code`] is 0 after a clean drain with every hook ok. A second signal exits at
-//! once with 130. [`Shutdown::install_panic_hook`] turns a panic outside request handling (a
+//! [`Summary::exit_code`] is 0 after a clean drain with every hook ok. A second signal cuts the
+//! sequence short: [`Shutdown::run`] returns at once and the exit code is 130. The crate never
+//! exits the process; `main` returns the code. Signals are SIGTERM and SIGINT on Unix, Ctrl-C
+//! elsewhere. [`Shutdown::install_panic_hook`] turns a panic outside request handling (a
 //! background task) into an orderly shutdown instead of a half-dead process.
 //!
 //! The server stops accepting connections when [`ShutdownHandle::draining`] resolves; with
@@ -35,7 +37,7 @@
 //! use ballast_shutdown::{Shutdown, ShutdownLayer};
 //!
 //! #[tokio::main]
-//! async fn main() -> std::io::Result<()> {
+//! async fn main() -> std::io::Result<std::process::ExitCode> {
 //!     let shutdown = Shutdown::builder()
 //!         .pre_drain_delay(Duration::from_secs(2))
 //!         .drain_deadline(Duration::from_secs(20))
@@ -55,15 +57,16 @@
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //!     let server = axum::serve(listener, app).with_graceful_shutdown(handle.draining());
 //!     let summary = shutdown.run(server.into_future()).await;
-//!     std::process::exit(summary.exit_code());
+//!     Ok(std::process::ExitCode::from(summary.exit_code() as u8))
 //! }
 //! ```
 
 mod coordinator;
 mod layer;
+mod request;
 
 pub use coordinator::{
-    HookOutcome, Phase, Shutdown, ShutdownBuilder, ShutdownHandle, ShutdownStats, Summary,
-    DEFAULT_DRAIN_DEADLINE, DEFAULT_HOOK_TIMEOUT, EXIT_SECOND_SIGNAL,
+    HookOutcome, HookResult, Phase, Shutdown, ShutdownBuilder, ShutdownHandle, ShutdownStats,
+    Summary,
 };
 pub use layer::{ResponseFuture, ShutdownBody, ShutdownLayer, ShutdownService};

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use ballast_shutdown::{Phase, Shutdown, ShutdownLayer};
+use ballast_shutdown::{HookResult, Phase, Shutdown, ShutdownLayer};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -115,11 +115,61 @@ async fn hooks_run_in_order_each_bounded() {
     shutdown.handle().trigger();
     let summary = shutdown.run(std::future::ready(())).await;
     assert_eq!(*order.lock().unwrap(), ["first", "fails", "last"]);
-    let outcomes: Vec<&str> = summary
+    let outcomes: Vec<&HookResult> = summary.hooks.iter().map(|hook| &hook.result).collect();
+    assert_eq!(
+        outcomes,
+        [
+            &HookResult::Ok,
+            &HookResult::Failed("no".to_owned()),
+            &HookResult::TimedOut,
+            &HookResult::Ok
+        ]
+    );
+    assert_eq!(summary.exit_code(), 1);
+}
+
+#[tokio::test]
+async fn an_interrupt_cuts_the_hooks_short_with_exit_code_130() {
+    let shutdown = Shutdown::builder()
+        .hook("quick", Duration::from_secs(1), || async {
+            Ok::<_, String>(())
+        })
+        .hook("slow", Duration::from_secs(30), || async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<_, String>(())
+        })
+        .hook("never", Duration::from_secs(1), || async {
+            Ok::<_, String>(())
+        })
+        .build();
+    let handle = shutdown.handle();
+    handle.trigger();
+    let interrupter = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            handle.reached(Phase::Stopped).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            handle.interrupt();
+        })
+    };
+    let started = std::time::Instant::now();
+    let summary = shutdown.run(std::future::ready(())).await;
+    interrupter.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(summary.interrupted);
+    assert_eq!(summary.exit_code(), 130);
+    let names: Vec<&str> = summary
         .hooks
         .iter()
-        .map(|hook| hook.outcome.as_str())
+        .map(|hook| hook.name.as_str())
         .collect();
-    assert_eq!(outcomes, ["ok", "failed: no", "timed out", "ok"]);
-    assert_eq!(summary.exit_code(), 1);
+    assert_eq!(
+        names,
+        ["quick"],
+        "the hook that finished is reported, the rest skipped"
+    );
 }

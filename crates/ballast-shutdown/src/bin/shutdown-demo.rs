@@ -191,7 +191,7 @@ async fn main() {
         summary
             .hooks
             .iter()
-            .map(|hook| format!("{}={}", hook.name, hook.outcome))
+            .map(|hook| format!("{}={}", hook.name, hook.result))
             .collect::<Vec<_>>(),
         summary.total.as_millis()
     ));

@@ -9,6 +9,8 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{Map, Value};
 
+use crate::{Code, Failure};
+
 /// The members every document has, in the order they are written; extra members cannot replace
 /// them.
 const STANDARD_MEMBERS: [&str; 6] = ["type", "title", "status", "detail", "code", "retryable"];
@@ -136,8 +138,52 @@ impl Problem {
     }
 }
 
+/// The member a problem carries when the failed request may or may not have taken effect.
+pub const OUTCOME_MEMBER: &str = "outcome";
+
+impl Problem {
+    /// The default document for `failure`: its code and that code's HTTP status
+    /// (`DB_CONNECTION_ERROR`, `DB_INIT_ERROR` and `MEMORY_ERROR` are 503, `CRITICAL_ERROR` 500),
+    /// its public message as the detail (a 500 says only "An internal error occurred."), and
+    /// its retryability.
+    pub fn for_failure(failure: &Failure) -> Problem {
+        let status =
+            StatusCode::from_u16(failure.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // Every failure of a 500 says the same thing: the cause of a bug is nobody's business
+        // outside the service.
+        let detail = if failure.code() == Code::Critical {
+            "An internal error occurred.".to_owned()
+        } else {
+            sentence(failure.public_message())
+        };
+        Problem::new(status, failure.code().as_str(), detail).with_retryable(failure.retryable())
+    }
+
+    /// Makes `retryable` a promise: `true` only when repeating the request cannot do it twice —
+    /// the failure is retryable **and** its statement never reached the database, or the
+    /// request is `idempotent`, or an idempotency key guards it ([`Failure::may_retry`]).
+    ///
+    /// A failure worth retrying whose statement may have run stays a 503, but says
+    /// `"retryable": false` and `"outcome": "unknown"` ([`OUTCOME_MEMBER`]), with a detail that
+    /// tells the client to check before repeating it.
+    pub fn keep_promise(&mut self, failure: &Failure, idempotent: bool) {
+        if failure.outcome_unknown(idempotent) {
+            self.retryable = false;
+            self.detail = format!(
+                "{} The request may or may not have taken effect: check before repeating it.",
+                sentence(failure.public_message())
+            )
+            .into();
+            self.members
+                .insert(OUTCOME_MEMBER.to_owned(), "unknown".into());
+        } else if !failure.may_retry(idempotent) {
+            self.retryable = false;
+        }
+    }
+}
+
 /// A public message as a sentence: capital first letter, final period.
-pub(crate) fn sentence(message: &str) -> String {
+fn sentence(message: &str) -> String {
     let mut chars = message.chars();
     let mut sentence: String = match chars.next() {
         Some(first) => first.to_uppercase().chain(chars).collect(),
