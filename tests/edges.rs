@@ -1,4 +1,4 @@
-//! The edges real clients found (`shared/ACCEPTANCE.md` scenarios 24 to 29): the example server as
+//! The edges real clients found (scenarios 24 to 29 of `docs/resilience.md`): the example server as
 //! a process, against the real PostgreSQL and MariaDB, driven by a raw HTTP client that hangs up,
 //! repeats what it is told it may repeat, and stalls. Each test prints its figures (run with
 //! `--nocapture`).

@@ -1,30 +1,11 @@
-//! The fault suite: the scenarios of `shared/ACCEPTANCE.md` end to end, against the real
-//! PostgreSQL with `ballast-testkit` faults, sized for a 2-core machine. Each test prints the
-//! figures its scenario names (`scenario N: ...`; run with `--nocapture` to see them).
+//! The fault suite: the scenarios of [`docs/resilience.md`](../docs/resilience.md) that need a
+//! whole stack under load, end to end against the real PostgreSQL with `ballast-testkit` faults,
+//! sized for a 2-core machine. Each test prints the figures its scenario names
+//! (`scenario N: ...`; run with `--nocapture` to see them).
 //!
-//! Scenarios proved elsewhere, where a crate's own tests already drive them for real:
-//!
-//! | scenario | test |
-//! |---|---|
-//! | 3 one pool | `crates/ballast-pool/tests/global.rs` |
-//! | 9 connect hang | `crates/ballast-pool/tests/postgres.rs::refused_and_stalled_databases_fail_within_the_deadlines` |
-//! | 11 retryable codes | `crates/ballast-pool/tests/postgres.rs::startup_errors_fail_fast_classified_and_without_a_storm`, `crates/ballast-pool/tests/mysql.rs::server_wide_1040_fails_fast`, `crates/ballast-error/tests/responses.rs::one_snapshot_per_code` |
-//! | 12 fatal configuration | `crates/ballast-pool/tests/postgres.rs::startup_errors_fail_fast_classified_and_without_a_storm`, `crates/ballast-pool/tests/secrets.rs`, `tests/server.rs::bad_settings_exit_at_once_with_one_line_and_no_password` |
-//! | 13 safe retry | `crates/ballast-retry/tests/postgres.rs::a_get_refused_for_a_moment_is_retried_and_succeeds` |
-//! | 14 no duplicate writes | `crates/ballast-retry/tests/postgres.rs::acknowledged_writes_exist_exactly_once_under_resets` |
-//! | 15 budget and jitter | `crates/ballast-retry/tests/postgres.rs::with_the_database_down_attempts_stay_within_the_budget`, `crates/ballast-retry/tests/layer.rs::delays_are_jittered_capped_and_within_the_deadline` |
-//! | 16 nothing leaks | `crates/ballast-error/tests/leak.rs` |
-//! | 17 never stored | `crates/ballast-cache/tests/cache.rs::what_must_never_be_stored_is_not` |
-//! | 18 Vary and poisoning | `crates/ballast-cache/tests/cache.rs::a_response_varying_on_language_is_never_served_to_another_language`, `...::a_reflected_forwarding_header_never_reaches_another_client` |
-//! | 19 bounds | `crates/ballast-cache/tests/cache.rs::both_bounds_hold_under_twenty_thousand_keys`, `cargo bench -p ballast-cache --bench memory` |
-//! | 20 huge and endless bodies | `crates/ballast-cache/tests/cache.rs::huge_and_endless_bodies_pass_through_and_are_not_stored` |
-//! | 21 stampede | `crates/ballast-cache/tests/cache.rs::a_hundred_concurrent_misses_run_the_handler_once` |
-//! | 22 drain | `crates/ballast-shutdown/tests/process.rs`, `tests/server.rs` |
-//! | 23 deadline and second signal | `crates/ballast-shutdown/tests/process.rs` |
-//! | 24–29 the edges real clients found | `tests/edges.rs` (the example server as a process); `crates/ballast-pool/tests/postgres.rs::a_checkout_dropped_mid_statement_is_cancelled_and_the_connection_kept`, `...::overload_is_shed_at_once_and_no_checkout_outwaits_its_request`; `crates/ballast-idempotency/tests/keys.rs`; `crates/ballast-cache/tests/cache.rs::stale_if_error_serves_what_the_cache_has_while_the_service_fails` |
-//!
-//! The rest are here: 1, 2, 4, 5, 6, 7, 8 (simulated with the proxy, and for real on a private
-//! PostgreSQL cluster this test starts and restarts) and 10.
+//! Here: 1, 2, 4, 5, 6, 7, 8 (simulated with the proxy, and for real on a private PostgreSQL
+//! cluster this test starts and restarts) and 10. `docs/resilience.md` names the test that proves
+//! each of the others.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
