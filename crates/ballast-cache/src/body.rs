@@ -9,7 +9,7 @@ use ballast_core::BoxError;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-/// The response body of [`Cache`]: a stored body, the inner service's body, or the part of it
+/// The response body of [`Cache`](crate::Cache): a stored body, the inner service's body, or the part of it
 /// read while deciding whether to store it followed by the rest.
 pub struct CacheBody<B> {
     kind: Kind<B>,

@@ -97,11 +97,8 @@ mod layer;
 mod rules;
 mod store;
 
+pub use ballast_core::ConfigError;
 pub use body::CacheBody;
 pub use layer::{Cache, CacheLayer, ResponseFuture, X_CACHE};
 pub use rules::DEFAULT_KEYED_HEADERS;
-pub use store::{
-    CacheConfigError, CacheKey, CacheStats, CleanupTask, Eviction, ResponseCache,
-    ResponseCacheBuilder, DEFAULT_CLEANUP_INTERVAL, DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES,
-    DEFAULT_MAX_ENTRY_BYTES, DEFAULT_TTL,
-};
+pub use store::{CacheKey, CacheStats, CleanupTask, Eviction, ResponseCache, ResponseCacheBuilder};

@@ -1,5 +1,6 @@
 //! The store: a moka cache bounded by entries and bytes, with stats, invalidation and cleanup.
 
+use ballast_core::ConfigError;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,16 +18,16 @@ use tokio::task::JoinHandle;
 use crate::rules::{StaleWindows, DEFAULT_KEYED_HEADERS};
 
 /// Default most entries (the seed's 100).
-pub const DEFAULT_MAX_ENTRIES: u64 = 100;
+const DEFAULT_MAX_ENTRIES: u64 = 100;
 /// Default most bytes (the seed's 10 MB), counting keys, headers and bodies.
-pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
+const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
 /// Default largest single response stored: a tenth of the default byte bound, so one response
 /// cannot push out the other ninety-nine.
-pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
+const DEFAULT_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
 /// Default time to live, capped by a response's own `max-age`/`s-maxage`.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+const DEFAULT_TTL: Duration = Duration::from_secs(60);
 /// Default interval of the cleanup task (the seed's 60 s).
-pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 /// Default `stale_if_error`: how long past its freshness a stored response may stand in for a
 /// failing service (RFC 5861), when the response does not say. An outage of a few minutes is
 /// answered with what the cache has rather than 503s.
@@ -211,18 +212,6 @@ impl Entry {
     }
 }
 
-/// Why a [`ResponseCache`] could not be built.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheConfigError(String);
-
-impl fmt::Display for CacheConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid cache setting: {}", self.0)
-    }
-}
-
-impl std::error::Error for CacheConfigError {}
-
 /// Builds a [`ResponseCache`]; every setting has a default.
 #[derive(Debug, Clone)]
 pub struct ResponseCacheBuilder {
@@ -317,22 +306,38 @@ impl ResponseCacheBuilder {
     ///
     /// A bound is zero, `max_entry_bytes` exceeds `max_bytes`, the TTL or cleanup interval is
     /// zero, or a weight would not fit moka's 32-bit weigher.
-    pub fn build(self) -> Result<ResponseCache, CacheConfigError> {
-        let error = |message: String| Err(CacheConfigError(message));
-        if self.max_entries == 0 || self.max_bytes == 0 || self.max_entry_bytes == 0 {
-            return error("max_entries, max_bytes and max_entry_bytes must be at least 1".into());
+    pub fn build(self) -> Result<ResponseCache, ConfigError> {
+        for (setting, value) in [
+            ("max_entries", self.max_entries),
+            ("max_bytes", self.max_bytes),
+            ("max_entry_bytes", self.max_entry_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(setting, "must be at least 1"));
+            }
         }
         if self.max_entry_bytes > self.max_bytes {
-            return error(format!(
-                "max_entry_bytes ({}) must not exceed max_bytes ({})",
-                self.max_entry_bytes, self.max_bytes
+            return Err(ConfigError::new(
+                "max_entry_bytes",
+                format!(
+                    "must not exceed max_bytes ({} > {})",
+                    self.max_entry_bytes, self.max_bytes
+                ),
             ));
         }
         if self.max_bytes > u64::from(u32::MAX) {
-            return error(format!("max_bytes must be at most {} (4 GiB)", u32::MAX));
+            return Err(ConfigError::new(
+                "max_bytes",
+                format!("must be at most {} (4 GiB)", u32::MAX),
+            ));
         }
-        if self.ttl.is_zero() || self.cleanup_interval.is_zero() {
-            return error("ttl and cleanup_interval must be greater than zero".into());
+        for (setting, value) in [
+            ("ttl", self.ttl),
+            ("cleanup_interval", self.cleanup_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(setting, "must be greater than zero"));
+            }
         }
         Ok(ResponseCache::from_builder(self))
     }

@@ -5,7 +5,7 @@ use std::fmt;
 /// What failed, in the terms clients already understand.
 ///
 /// These are the codes of the service ballast grew out of. Each has a fixed HTTP status; whether a
-/// failure is worth retrying is a separate question ([`Failure::retryable`]).
+/// failure is worth retrying is a separate question ([`Failure::retryable`](crate::Failure::retryable)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Code {
@@ -64,7 +64,8 @@ pub enum Reach {
 /// Why the operation failed, in more detail than [`Code`]: the words an operator needs.
 ///
 /// Each cause has a default [`Code`], retryability and public message; the tables in
-/// [`sqlstate`], [`mysql`], [`sqlite`] and [`io`] map driver codes to causes.
+/// [`sqlstate`](crate::sqlstate), [`mysql`](crate::mysql), [`sqlite`](crate::sqlite) and
+/// [`io`](crate::io) map driver codes to causes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Cause {

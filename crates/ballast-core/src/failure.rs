@@ -35,7 +35,7 @@ impl fmt::Display for DriverCode {
 /// run, and the private error behind it.
 ///
 /// Build one from a driver error with `From`/`?` (see the crate docs for the features), from a
-/// driver code with [`sqlstate::failure`], [`mysql::failure`] or [`sqlite::failure`], or from a
+/// driver code with [`sqlstate::failure`](crate::sqlstate::failure), [`mysql::failure`](crate::mysql::failure) or [`sqlite::failure`](crate::sqlite::failure), or from a
 /// [`Cause`] with [`Failure::new`], then refine it with the `with_*` methods.
 pub struct Failure {
     // Boxed so `Result<T, Failure>` stays one pointer wide on the happy path.

@@ -73,6 +73,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod cause;
+mod config;
 mod failure;
 #[cfg(feature = "http")]
 pub mod http;
@@ -90,6 +91,7 @@ mod bb8_impl;
 mod diesel_impl;
 
 pub use cause::{Cause, Code, Reach};
+pub use config::ConfigError;
 pub(crate) use failure::find_in_chain;
 pub use failure::{BoxError, DriverCode, Failure};
 pub use redact::redact;

@@ -1,5 +1,6 @@
 //! Pool settings, from code or from a database URL's query parameters.
 
+pub use ballast_core::ConfigError;
 use std::fmt;
 use std::time::Duration;
 
@@ -7,20 +8,20 @@ use ballast_core::redact;
 
 /// Default `connection_limit`: the seed's pool size, and Prisma's default for a 2-core machine
 /// (`num_cpus * 2 + 1` rounded up).
-pub const DEFAULT_CONNECTION_LIMIT: u32 = 10;
+const DEFAULT_CONNECTION_LIMIT: u32 = 10;
 /// Default `pool_timeout`: the longest a request waits for a connection (Prisma's default).
-pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(20);
+const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default `connect_timeout`: the longest one connect may take, TCP and startup (Prisma's default).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `idle_timeout`: idle connections are closed after this long (bb8's default).
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default `max_lifetime`: connections are replaced after this long (bb8's default), so server-side
 /// memory growth and configuration changes do not live forever.
-pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(1800);
+const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(1800);
 /// Default `check_idle_after`: a connection idle this long is tested with one round trip before it
 /// is handed out. Shorter idles are trusted: a connection that broke since is caught by the query
 /// itself and dropped when it comes back.
-pub const DEFAULT_CHECK_IDLE_AFTER: Duration = Duration::from_secs(30);
+const DEFAULT_CHECK_IDLE_AFTER: Duration = Duration::from_secs(30);
 /// How many checkouts may wait per connection by default: `queue_limit` is this times
 /// `connection_limit`. A full queue is about a second of waiting when queries take 100 ms (10 ms
 /// when they take 1 ms); past it, waiting longer only makes every request slower, so a checkout
@@ -30,9 +31,9 @@ const QUEUE_PER_CONNECTION: u32 = 10;
 const MAX_QUEUE_LIMIT: u32 = 100_000;
 /// The largest accepted `connection_limit`. PostgreSQL's default `max_connections` is 100; a pool
 /// of more than a thousand is a configuration mistake.
-pub const MAX_CONNECTION_LIMIT: u32 = 1000;
+const MAX_CONNECTION_LIMIT: u32 = 1000;
 /// The largest accepted duration setting, in seconds (one day).
-pub const MAX_SECONDS: f64 = 86_400.0;
+const MAX_SECONDS: f64 = 86_400.0;
 
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,7 +83,7 @@ pub enum Backend {
 /// let error = PoolConfig::from_url("postgres://db/shop?connection_limit=lots").unwrap_err();
 /// assert_eq!(
 ///     error.to_string(),
-///     "invalid database setting `connection_limit`: must be a whole number from 1 to 1000 (got \"lots\")",
+///     "invalid setting `connection_limit`: must be a whole number from 1 to 1000 (got \"lots\")",
 /// );
 /// # Ok::<(), ballast_pool::ConfigError>(())
 /// ```
@@ -99,44 +100,6 @@ pub struct PoolConfig {
     check_idle_after: Duration,
     /// As set: `None` derives it from `connection_limit`; `Some(0)` is no limit.
     queue_limit: Option<u32>,
-}
-
-/// A setting that was rejected: which one, and why. Never contains a password.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConfigError {
-    /// The setting: a URL parameter name, or `url` for the URL itself.
-    pub setting: &'static str,
-    /// What is wrong with it.
-    pub reason: String,
-}
-
-impl ConfigError {
-    fn new(setting: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError {
-            setting,
-            reason: reason.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid database setting `{}`: {}",
-            self.setting, self.reason
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-impl From<ConfigError> for ballast_core::Failure {
-    fn from(error: ConfigError) -> Self {
-        ballast_core::Failure::new(ballast_core::Cause::InvalidConfig)
-            .with_detail(error.to_string())
-    }
 }
 
 /// The pool's own URL parameters, removed before the URL reaches the driver.
@@ -225,7 +188,7 @@ impl PoolConfig {
     ///
     /// # Errors
     ///
-    /// `limit` is 0 or above [`MAX_CONNECTION_LIMIT`].
+    /// `limit` is 0 or above 1000.
     pub fn with_connection_limit(mut self, limit: u32) -> Result<Self, ConfigError> {
         if !(1..=MAX_CONNECTION_LIMIT).contains(&limit) {
             return Err(limit_error(&limit.to_string()));

@@ -112,11 +112,7 @@ mod pool;
 mod reclaim;
 mod stats;
 
-pub use config::{
-    Backend, ConfigError, PoolConfig, DEFAULT_CHECK_IDLE_AFTER, DEFAULT_CONNECTION_LIMIT,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LIFETIME, DEFAULT_POOL_TIMEOUT,
-    MAX_CONNECTION_LIMIT, MAX_SECONDS,
-};
+pub use config::{Backend, ConfigError, PoolConfig};
 pub use connect::Connect;
 pub use layer::{AddPool, PoolLayer};
 pub use pool::{PoolError, PoolProvider, PooledConnection, SharedPool};

@@ -19,13 +19,14 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use ballast_core::http::{attached, AsFailure};
-use ballast_core::BoxError;
+use ballast_core::{BoxError, ConfigError};
 
 use crate::body::RetryBody;
 use crate::policy::{
-    self, Attempts, Decision, RetryStats, Shared, DEFAULT_BODY_CAP, DEFAULT_BUDGET_MIN_PER_SEC,
-    DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_TTL, DEFAULT_JITTER, DEFAULT_LAYER_BASE_DELAY,
-    DEFAULT_LAYER_DEADLINE, DEFAULT_LAYER_MAX_DELAY, DEFAULT_LAYER_MAX_RETRIES,
+    self, Attempts, Counters, Decision, RetryStats, Shared, DEFAULT_BODY_CAP,
+    DEFAULT_BUDGET_MIN_PER_SEC, DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_TTL, DEFAULT_JITTER,
+    DEFAULT_LAYER_BASE_DELAY, DEFAULT_LAYER_DEADLINE, DEFAULT_LAYER_MAX_DELAY,
+    DEFAULT_LAYER_MAX_RETRIES,
 };
 
 /// Re-runs requests whose database failure is worth retrying and safe to repeat.
@@ -62,18 +63,6 @@ struct Settings {
     idempotent: Arc<[Method]>,
     budget: Option<(Duration, u32, f32)>,
 }
-
-/// A retry setting that was rejected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidRetrySetting(String);
-
-impl fmt::Display for InvalidRetrySetting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid retry setting: {}", self.0)
-    }
-}
-
-impl std::error::Error for InvalidRetrySetting {}
 
 impl Default for RetryLayer {
     fn default() -> Self {
@@ -118,14 +107,18 @@ impl RetryLayer {
                 DEFAULT_BUDGET_PERCENT,
             )),
         };
-        Self::from_settings(settings).unwrap_or_else(|_| unreachable!("the defaults are valid"))
+        Self::from_settings(settings, None)
+            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
     }
 
-    fn from_settings(settings: Settings) -> Result<Self, InvalidRetrySetting> {
+    fn from_settings(
+        settings: Settings,
+        counters: Option<Arc<Counters>>,
+    ) -> Result<Self, ConfigError> {
         let budget = settings
             .budget
             .map(|(ttl, min_per_sec, percent)| TpsBudget::new(ttl, min_per_sec, percent));
-        let shared = policy::shared(
+        let mut shared = policy::shared(
             settings.max_retries,
             settings.base_delay,
             settings.max_delay,
@@ -134,17 +127,22 @@ impl RetryLayer {
             budget,
             true,
         )
-        .map_err(|error| InvalidRetrySetting(error.to_string()))?;
+        .map_err(|error| ConfigError::new("delays", error.to_string()))?;
+        // A layer changed by a setter keeps counting where it counted: clones taken before
+        // the change share one set of counters with it.
+        if let Some(counters) = counters {
+            shared.counters = counters;
+        }
         Ok(RetryLayer {
             settings,
             shared: Arc::new(shared),
         })
     }
 
-    fn rebuilt(self, change: impl FnOnce(&mut Settings)) -> Result<Self, InvalidRetrySetting> {
+    fn rebuilt(self, change: impl FnOnce(&mut Settings)) -> Result<Self, ConfigError> {
         let mut settings = self.settings;
         change(&mut settings);
-        Self::from_settings(settings)
+        Self::from_settings(settings, Some(Arc::clone(&self.shared.counters)))
     }
 
     /// Sets how many times a request may be retried after its first attempt. Defaults to 2.
@@ -154,7 +152,7 @@ impl RetryLayer {
             max_retries: retries,
             ..self.settings.clone()
         };
-        Self::from_settings(settings).unwrap_or(self)
+        Self::from_settings(settings, Some(Arc::clone(&self.shared.counters))).unwrap_or(self)
     }
 
     /// Sets the first delay and the longest one; delays double in between, with jitter.
@@ -163,7 +161,7 @@ impl RetryLayer {
     /// # Errors
     ///
     /// `base` is longer than `cap`, or `cap` is zero.
-    pub fn delays(self, base: Duration, cap: Duration) -> Result<Self, InvalidRetrySetting> {
+    pub fn delays(self, base: Duration, cap: Duration) -> Result<Self, ConfigError> {
         self.rebuilt(|settings| {
             settings.base_delay = base;
             settings.max_delay = cap;
@@ -176,8 +174,9 @@ impl RetryLayer {
     /// # Errors
     ///
     /// `jitter` is negative, above 100 or NaN.
-    pub fn jitter(self, jitter: f64) -> Result<Self, InvalidRetrySetting> {
+    pub fn jitter(self, jitter: f64) -> Result<Self, ConfigError> {
         self.rebuilt(|settings| settings.jitter = jitter)
+            .map_err(|error| ConfigError::new("jitter", error.reason))
     }
 
     /// Sets the overall deadline from the first attempt; no retry starts that could not finish
@@ -188,7 +187,7 @@ impl RetryLayer {
             deadline,
             ..self.settings.clone()
         };
-        Self::from_settings(settings).unwrap_or(self)
+        Self::from_settings(settings, Some(Arc::clone(&self.shared.counters))).unwrap_or(self)
     }
 
     /// Sets the largest request body buffered for replay. Larger bodies, and bodies of unknown
@@ -219,13 +218,16 @@ impl RetryLayer {
         ttl: Duration,
         min_per_sec: u32,
         percent: f32,
-    ) -> Result<Self, InvalidRetrySetting> {
+    ) -> Result<Self, ConfigError> {
         if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&ttl)
             || !(0.0..=1000.0).contains(&percent)
         {
-            return Err(InvalidRetrySetting(format!(
-                "budget ttl must be 1 to 60 seconds and percent 0 to 1000 (got {ttl:?}, {percent})"
-            )));
+            return Err(ConfigError::new(
+                "budget",
+                format!(
+                    "ttl must be 1 to 60 seconds and percent 0 to 1000 (got {ttl:?}, {percent})"
+                ),
+            ));
         }
         self.rebuilt(|settings| settings.budget = Some((ttl, min_per_sec, percent)))
     }
@@ -237,7 +239,7 @@ impl RetryLayer {
             budget: None,
             ..self.settings.clone()
         };
-        Self::from_settings(settings).unwrap_or(self)
+        Self::from_settings(settings, Some(Arc::clone(&self.shared.counters))).unwrap_or(self)
     }
 
     /// The counters of this layer and every service it made.

@@ -82,11 +82,8 @@ mod layer;
 mod policy;
 
 pub use ballast_core::http::AsFailure;
+pub use ballast_core::ConfigError;
 pub use body::RetryBody;
 pub use function::{with_retry, Retrying};
-pub use layer::{InvalidRetrySetting, ResponseFuture, Retry, RetryLayer};
-pub use policy::{
-    RetryStats, DEFAULT_BASE_DELAY, DEFAULT_BODY_CAP, DEFAULT_BUDGET_MIN_PER_SEC,
-    DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_TTL, DEFAULT_DEADLINE, DEFAULT_JITTER,
-    DEFAULT_MAX_DELAY, DEFAULT_MAX_RETRIES,
-};
+pub use layer::{ResponseFuture, Retry, RetryLayer};
+pub use policy::RetryStats;

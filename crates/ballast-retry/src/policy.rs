@@ -12,11 +12,11 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::util::rng::HasherRng;
 
 /// Default number of retries after the first attempt (the seed's 3).
-pub const DEFAULT_MAX_RETRIES: u32 = 3;
+pub(crate) const DEFAULT_MAX_RETRIES: u32 = 3;
 /// Default first delay (the seed's 1 s); later delays double.
-pub const DEFAULT_BASE_DELAY: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_BASE_DELAY: Duration = Duration::from_secs(1);
 /// Default longest delay between two attempts.
-pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(5);
 /// The HTTP layer's default number of retries: in-request retries are for blips (a killed
 /// backend, a momentary refusal), and a client waits for every one of them.
 pub(crate) const DEFAULT_LAYER_MAX_RETRIES: u32 = 2;
@@ -30,18 +30,18 @@ pub(crate) const DEFAULT_LAYER_MAX_DELAY: Duration = Duration::from_millis(500);
 pub(crate) const DEFAULT_LAYER_DEADLINE: Duration = Duration::from_secs(2);
 /// Default jitter: each delay is stretched by a random factor from 0 to this (tower's
 /// `ExponentialBackoff` semantics), so clients that failed together do not return together.
-pub const DEFAULT_JITTER: f64 = 1.0;
+pub(crate) const DEFAULT_JITTER: f64 = 1.0;
 /// Default overall deadline from the first attempt: no attempt starts that could not finish by
 /// then.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
 /// Default largest request body that is buffered so the request can be replayed (64 KiB).
-pub const DEFAULT_BODY_CAP: usize = 64 * 1024;
+pub(crate) const DEFAULT_BODY_CAP: usize = 64 * 1024;
 /// Default budget window: deposits expire after this long.
-pub const DEFAULT_BUDGET_TTL: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_BUDGET_TTL: Duration = Duration::from_secs(10);
 /// Default retries per second allowed whatever the traffic, so a quiet service can still retry.
-pub const DEFAULT_BUDGET_MIN_PER_SEC: u32 = 10;
+pub(crate) const DEFAULT_BUDGET_MIN_PER_SEC: u32 = 10;
 /// Default share of requests that may be retried on top: an outage adds at most 20 % load.
-pub const DEFAULT_BUDGET_PERCENT: f32 = 0.2;
+pub(crate) const DEFAULT_BUDGET_PERCENT: f32 = 0.2;
 
 /// Why a request was not retried or was, for counters and logs.
 #[derive(Debug, Default)]
@@ -114,7 +114,7 @@ pub(crate) struct Shared {
     /// Whether a known outage ends the retries (the HTTP layer) or is waited out like any other
     /// failure (the function form: a background job has time).
     pub(crate) stop_on_outage: bool,
-    pub(crate) counters: Counters,
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl fmt::Debug for Shared {
@@ -296,7 +296,7 @@ pub(crate) fn shared(
         jitter,
         budget,
         stop_on_outage,
-        counters: Counters::default(),
+        counters: Arc::default(),
     })
 }
 

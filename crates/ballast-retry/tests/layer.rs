@@ -489,3 +489,41 @@ async fn the_budget_bounds_retries_of_blips() {
     assert!(stats.budget_exhausted > 0, "{stats:?}");
     assert_eq!(stats.attempts, 200 + stats.retries);
 }
+
+#[tokio::test]
+async fn a_clone_taken_before_a_setter_counts_with_the_changed_layer() {
+    let before = RetryLayer::new();
+    let layer = before
+        .clone()
+        .max_retries(1)
+        .delays(Duration::from_millis(5), Duration::from_millis(10))
+        .unwrap()
+        .without_budget();
+    let flaky = Flaky::new(1, || Failure::new(Cause::Unreachable));
+    let response = layer
+        .layer(flaky.service())
+        .oneshot(request(Method::GET, ""))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(layer.stats().retries, 1);
+    assert_eq!(before.stats(), layer.stats(), "one set of counters");
+}
+
+#[test]
+fn a_rejected_setting_is_named() {
+    let error = RetryLayer::new()
+        .delays(Duration::from_secs(5), Duration::from_secs(1))
+        .unwrap_err();
+    assert_eq!(error.setting, "delays");
+    let error = RetryLayer::new().jitter(f64::NAN).unwrap_err();
+    assert_eq!(error.setting, "jitter");
+    let error = RetryLayer::new()
+        .budget(Duration::ZERO, 1, 0.1)
+        .unwrap_err();
+    assert_eq!(error.setting, "budget");
+    assert!(
+        error.to_string().starts_with("invalid setting `budget`: "),
+        "{error}"
+    );
+}
