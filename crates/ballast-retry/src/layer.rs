@@ -114,7 +114,7 @@ impl RetryLayer {
     fn from_settings(
         settings: Settings,
         counters: Option<Arc<Counters>>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Self, tower::retry::backoff::InvalidBackoff> {
         let budget = settings
             .budget
             .map(|(ttl, min_per_sec, percent)| TpsBudget::new(ttl, min_per_sec, percent));
@@ -126,8 +126,7 @@ impl RetryLayer {
             settings.deadline,
             budget,
             true,
-        )
-        .map_err(|error| ConfigError::new("delays", error.to_string()))?;
+        )?;
         // A layer changed by a setter keeps counting where it counted: clones taken before
         // the change share one set of counters with it.
         if let Some(counters) = counters {
@@ -139,10 +138,16 @@ impl RetryLayer {
         })
     }
 
-    fn rebuilt(self, change: impl FnOnce(&mut Settings)) -> Result<Self, ConfigError> {
+    /// This layer with `change` made to its settings; a rejected change names `setting`.
+    fn rebuilt(
+        self,
+        setting: &'static str,
+        change: impl FnOnce(&mut Settings),
+    ) -> Result<Self, ConfigError> {
         let mut settings = self.settings;
         change(&mut settings);
         Self::from_settings(settings, Some(Arc::clone(&self.shared.counters)))
+            .map_err(|error| ConfigError::new(setting, error.to_string()))
     }
 
     /// Sets how many times a request may be retried after its first attempt. Defaults to 2.
@@ -162,7 +167,7 @@ impl RetryLayer {
     ///
     /// `base` is longer than `cap`, or `cap` is zero.
     pub fn delays(self, base: Duration, cap: Duration) -> Result<Self, ConfigError> {
-        self.rebuilt(|settings| {
+        self.rebuilt("delays", |settings| {
             settings.base_delay = base;
             settings.max_delay = cap;
         })
@@ -175,8 +180,7 @@ impl RetryLayer {
     ///
     /// `jitter` is negative, above 100 or NaN.
     pub fn jitter(self, jitter: f64) -> Result<Self, ConfigError> {
-        self.rebuilt(|settings| settings.jitter = jitter)
-            .map_err(|error| ConfigError::new("jitter", error.reason))
+        self.rebuilt("jitter", |settings| settings.jitter = jitter)
     }
 
     /// Sets the overall deadline from the first attempt; no retry starts that could not finish
@@ -229,7 +233,9 @@ impl RetryLayer {
                 ),
             ));
         }
-        self.rebuilt(|settings| settings.budget = Some((ttl, min_per_sec, percent)))
+        self.rebuilt("budget", |settings| {
+            settings.budget = Some((ttl, min_per_sec, percent));
+        })
     }
 
     /// Turns the budget off: only `max_retries` and the deadline limit retries.
