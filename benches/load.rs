@@ -233,8 +233,7 @@ fn main() {
         // The database round trip: check a connection out, run one trivial query.
         let config = PoolConfig::from_url(&url)
             .expect("DATABASE_URL")
-            .with_connection_limit(10)
-            .expect("pool size");
+            .with_connection_limit(10);
         let pool = SharedPool::<AsyncPgConnection>::new(config).expect("pool");
         let ballast_db = Router::new()
             .route(

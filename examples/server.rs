@@ -52,7 +52,7 @@ use ballast::cache::{CacheLayer, CleanupTask, ResponseCache};
 use ballast::error::{ErrorResponseLayer, RequestTimeoutLayer};
 use ballast::idempotency::{Idempotency, IdempotencyKey, Outcome};
 use ballast::pool::{Backend, PoolConfig, SharedPool};
-use ballast::retry::RetryLayer;
+use ballast::retry::{RetryHandle, RetryLayer};
 use ballast::shutdown::{Shutdown, ShutdownHandle, ShutdownLayer};
 use ballast::{Cause, Error, Failure};
 use diesel::sql_types::{BigInt, Text};
@@ -200,7 +200,7 @@ struct App {
     /// database is down and works as soon as it answers.
     schema: Arc<OnceCell<()>>,
     cache: ResponseCache,
-    retry: RetryLayer,
+    retry: RetryHandle,
     shutdown: ShutdownHandle,
     /// Exactly-once `POST /items` for requests with an `Idempotency-Key`.
     keys: Idempotency,
@@ -608,7 +608,7 @@ async fn main() -> ExitCode {
         db,
         schema: Arc::new(OnceCell::new()),
         cache: cache.clone(),
-        retry: retry.clone(),
+        retry: retry.handle(),
         shutdown: handle.clone(),
         keys: Idempotency::new(),
     };

@@ -43,10 +43,12 @@
 //!
 //! let shutdown = Shutdown::builder().build();
 //! let cache = ResponseCache::builder().build()?;
-//! let retry = RetryLayer::new().delays(
-//!     std::time::Duration::from_millis(1),
-//!     std::time::Duration::from_millis(5),
-//! )?;
+//! let retry = RetryLayer::builder()
+//!     .delays(
+//!         std::time::Duration::from_millis(1),
+//!         std::time::Duration::from_millis(5),
+//!     )
+//!     .build()?;
 //! let app = Router::new().route("/items", get(items)).layer(
 //!     ServiceBuilder::new()
 //!         .layer(ShutdownLayer::new(shutdown.handle()))
@@ -60,7 +62,7 @@
 //! // Retried (nothing was sent), then answered honestly: 503, retryable, Retry-After.
 //! assert_eq!(response.status(), 503);
 //! assert!(response.headers().contains_key("retry-after"));
-//! assert_eq!(retry.stats().retries, 2);
+//! assert_eq!(retry.handle().stats().retries, 2);
 //! // And never cached.
 //! assert_eq!(cache.stats().await.entries, 0);
 //! # Ok(())

@@ -18,7 +18,7 @@ use axum::routing::get;
 use axum::Router;
 use ballast::error::ErrorResponseLayer;
 use ballast::pool::{PoolConfig, SharedPool};
-use ballast::retry::RetryLayer;
+use ballast::retry::{RetryLayer, RetryLayerBuilder};
 use ballast::{Cause, Error, Failure};
 use ballast_testkit::db::{self, Backends, PgDatabase, PgRole};
 use ballast_testkit::proxy::{FaultProxy, Mode};
@@ -162,10 +162,8 @@ fn sample(
     })
 }
 
-fn fast_retry() -> RetryLayer {
-    RetryLayer::new()
-        .delays(Duration::from_millis(50), Duration::from_millis(200))
-        .unwrap()
+fn fast_retry() -> RetryLayerBuilder {
+    RetryLayer::builder().delays(Duration::from_millis(50), Duration::from_millis(200))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +180,7 @@ async fn scenario_1_ceiling_two_instances_never_exceed_their_pools() {
                 role.url(),
                 &format!("application_name={name}&connection_limit=8&pool_timeout=2"),
             );
-            app(pool, fast_retry())
+            app(pool, fast_retry().build().unwrap())
         })
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
@@ -208,7 +206,7 @@ async fn scenario_2_incident_replay_only_200_or_503_and_no_reconnect_storm() {
     };
     let role = PgRole::create(&url, Some(3)).await;
     let pool = pool(role.url(), "connection_limit=10&pool_timeout=2");
-    let app = app(pool.clone(), fast_retry());
+    let app = app(pool.clone(), fast_retry().build().unwrap());
     let tally = load(&[app], "/work?ms=20", 100, Duration::from_secs(4)).await;
     let stats = pool.stats();
     let attempts = stats.connects + stats.connect_failures;
@@ -236,7 +234,7 @@ async fn scenario_4_cancellation_of_half_of_two_thousand_requests() {
         // waits its turn instead of being shed).
         &format!("application_name={name}&connection_limit=10&pool_timeout=5&queue_limit=0"),
     );
-    let app = app(pool.clone(), fast_retry());
+    let app = app(pool.clone(), fast_retry().build().unwrap());
     let unaborted = Arc::new(Mutex::new(Tally::default()));
     let tasks: Vec<_> = (0..2000)
         .map(|i| {
@@ -417,7 +415,14 @@ async fn scenario_6_database_unreachable_answers_fast_and_flat() {
     proxy.wait_for_mode().await;
     let pool_timeout = Duration::from_secs(2);
     let pool = pool(&proxy.url(&url), "pool_timeout=2");
-    let app = app(pool, fast_retry().without_budget().max_retries(1));
+    let app = app(
+        pool,
+        fast_retry()
+            .without_budget()
+            .max_retries(1)
+            .build()
+            .unwrap(),
+    );
     let before = resident();
     let slowest = Arc::new(Mutex::new(Duration::ZERO));
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -467,7 +472,7 @@ async fn scenario_7_backends_killed_under_load() {
         &url,
         &format!("application_name={name}&connection_limit=8&pool_timeout=5"),
     );
-    let app = app(pool, fast_retry());
+    let app = app(pool, fast_retry().build().unwrap());
     let which = Backends::ApplicationName(name);
     let killer = {
         let url = url.clone();
@@ -506,7 +511,7 @@ async fn scenario_8_restart_503_during_the_outage_then_success_within_a_second()
     // refused — and then lets the database answer again.
     let proxy = FaultProxy::start(db::socket_addr(&url)).await.unwrap();
     let pool = pool(&proxy.url(&url), "connection_limit=8&pool_timeout=2");
-    let app = app(pool, fast_retry().max_retries(1));
+    let app = app(pool, fast_retry().max_retries(1).build().unwrap());
     assert_eq!(call(&app, "/work").await.0, StatusCode::OK);
     proxy.set_mode(Mode::Refuse);
     proxy.wait_for_mode().await;
@@ -550,7 +555,7 @@ async fn scenario_10_half_open_connections_fail_within_the_deadline_then_recover
         &proxy.url(&url),
         "connection_limit=4&pool_timeout=2&connect_timeout=1",
     );
-    let app = app(pool, fast_retry().max_retries(0));
+    let app = app(pool, fast_retry().max_retries(0).build().unwrap());
     // Open the connections, then freeze them silently.
     load(
         std::slice::from_ref(&app),
@@ -708,7 +713,7 @@ async fn scenario_8_real_restart_of_a_private_postgresql() {
         Err(reason) => panic!("cannot start a private PostgreSQL: {reason}"),
     };
     let pool = pool(&cluster.url(), "connection_limit=8&pool_timeout=2");
-    let app = app(pool, fast_retry().max_retries(1));
+    let app = app(pool, fast_retry().max_retries(1).build().unwrap());
     assert_eq!(call(&app, "/work").await.0, StatusCode::OK);
 
     let started = Instant::now();

@@ -94,8 +94,7 @@ fn main() {
     runtime.block_on(async {
         let config = PoolConfig::from_url(&url)
             .expect("DATABASE_URL")
-            .with_connection_limit(POOL_SIZE)
-            .expect("pool size");
+            .with_connection_limit(POOL_SIZE);
         let ballast = Subject::Ballast(SharedPool::new(config).expect("ballast pool"));
         let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url.as_str());
         let stock = Subject::Stock(

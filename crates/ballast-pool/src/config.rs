@@ -51,8 +51,10 @@ pub enum Backend {
 ///
 /// Build one from a URL with [`PoolConfig::from_url`] — the pool's own query parameters use
 /// Prisma's names and are removed before the URL reaches the driver — then adjust it from code
-/// with the `with_*` setters. Every setting is checked when it is set; nothing
-/// panics on bad input.
+/// with the `with_*` setters, which never fail: like bb8's and moka's builders, the settings are
+/// checked together when the pool is built ([`SharedPool::new`](crate::SharedPool::new), or
+/// [`check`](Self::check) on its own), and the error names the first setting out of range.
+/// [`from_url`](Self::from_url) checks what the URL sets at once. Nothing panics on bad input.
 ///
 /// | URL parameter | setter | default | meaning |
 /// |---|---|---|---|
@@ -153,7 +155,11 @@ impl PoolConfig {
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
-                "connection_limit" => config = config.with_connection_limit_text(value)?,
+                "connection_limit" => {
+                    config.connection_limit = value
+                        .parse::<u32>()
+                        .map_err(|_| limit_error(&format!("{value:?}")))?;
+                }
                 "pool_timeout" => config.pool_timeout = positive_seconds("pool_timeout", value)?,
                 "connect_timeout" => {
                     config.connect_timeout = positive_seconds("connect_timeout", value)?;
@@ -167,111 +173,101 @@ impl PoolConfig {
                     let limit = value
                         .parse::<u32>()
                         .map_err(|_| queue_limit_error(&format!("{value:?}")))?;
-                    config = config.with_queue_limit(limit)?;
+                    config.queue_limit = Some(limit);
                 }
                 _ => kept.push(pair),
             }
         }
         debug_assert!(POOL_PARAMETERS.iter().all(|name| !kept.contains(name)));
         config.driver_url = driver_url(backend, base, &kept.join("&"))?;
+        config.check()?;
         Ok(config)
     }
 
-    fn with_connection_limit_text(self, value: &str) -> Result<Self, ConfigError> {
-        let limit = value
-            .parse::<u32>()
-            .map_err(|_| limit_error(&format!("{value:?}")))?;
-        self.with_connection_limit(limit)
-    }
-
-    /// Sets the most connections the pool opens at once. Defaults to 10.
+    /// Checks every setting, naming the first one out of range. [`from_url`](Self::from_url)
+    /// and [`SharedPool::new`](crate::SharedPool::new) call it: the setters below never fail.
     ///
     /// # Errors
     ///
-    /// `limit` is 0 or above 1000.
-    pub fn with_connection_limit(mut self, limit: u32) -> Result<Self, ConfigError> {
-        if !(1..=MAX_CONNECTION_LIMIT).contains(&limit) {
-            return Err(limit_error(&limit.to_string()));
+    /// A [`ConfigError`] naming the setting and the accepted range.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_CONNECTION_LIMIT).contains(&self.connection_limit) {
+            return Err(limit_error(&self.connection_limit.to_string()));
         }
+        positive_duration("pool_timeout", self.pool_timeout)?;
+        positive_duration("connect_timeout", self.connect_timeout)?;
+        if let Some(timeout) = self.idle_timeout {
+            positive_duration("idle_timeout", timeout)?;
+        }
+        if let Some(lifetime) = self.max_lifetime {
+            positive_duration("max_lifetime", lifetime)?;
+        }
+        if self.check_idle_after.as_secs_f64() > MAX_SECONDS {
+            let got = format!("{:?}", self.check_idle_after);
+            return Err(seconds_error("check_idle_after", &got));
+        }
+        if let Some(limit) = self.queue_limit.filter(|limit| *limit > MAX_QUEUE_LIMIT) {
+            return Err(queue_limit_error(&limit.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Sets the most connections the pool opens at once: 1 to 1000. Defaults to 10.
+    #[must_use]
+    pub fn with_connection_limit(mut self, limit: u32) -> Self {
         self.connection_limit = limit;
-        Ok(self)
+        self
     }
 
-    /// Sets the longest a checkout waits for a connection. Defaults to 20 s.
-    ///
-    /// # Errors
-    ///
-    /// `timeout` is zero or longer than a day.
-    pub fn with_pool_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
-        self.pool_timeout = positive_duration("pool_timeout", timeout)?;
-        Ok(self)
+    /// Sets the longest a checkout waits for a connection: more than zero, at most a day.
+    /// Defaults to 20 s.
+    #[must_use]
+    pub fn with_pool_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_timeout = timeout;
+        self
     }
 
-    /// Sets the longest one connect may take, TCP and startup included. Defaults to 10 s.
-    ///
-    /// # Errors
-    ///
-    /// `timeout` is zero or longer than a day.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
-        self.connect_timeout = positive_duration("connect_timeout", timeout)?;
-        Ok(self)
+    /// Sets the longest one connect may take, TCP and startup included: more than zero, at most
+    /// a day. Defaults to 10 s.
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
     }
 
-    /// Sets how long a connection may stay idle before it is closed; `None` keeps idle
-    /// connections open. Defaults to 600 s.
-    ///
-    /// # Errors
-    ///
-    /// The duration is zero or longer than a day.
-    pub fn with_idle_timeout(mut self, timeout: Option<Duration>) -> Result<Self, ConfigError> {
-        self.idle_timeout = timeout
-            .map(|timeout| positive_duration("idle_timeout", timeout))
-            .transpose()?;
-        Ok(self)
+    /// Sets how long a connection may stay idle before it is closed (more than zero, at most a
+    /// day); `None` keeps idle connections open. Defaults to 600 s.
+    #[must_use]
+    pub fn with_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
     }
 
-    /// Sets how long a connection lives before it is replaced; `None` keeps it forever. Defaults
-    /// to 1800 s.
-    ///
-    /// # Errors
-    ///
-    /// The duration is zero or longer than a day.
-    pub fn with_max_lifetime(mut self, lifetime: Option<Duration>) -> Result<Self, ConfigError> {
-        self.max_lifetime = lifetime
-            .map(|lifetime| positive_duration("max_lifetime", lifetime))
-            .transpose()?;
-        Ok(self)
+    /// Sets how long a connection lives before it is replaced (more than zero, at most a day);
+    /// `None` keeps it forever. Defaults to 1800 s.
+    #[must_use]
+    pub fn with_max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.max_lifetime = lifetime;
+        self
     }
 
     /// Sets how long a connection may sit idle before it is tested with a round trip at
-    /// checkout; zero tests every checkout (bb8's and diesel-async's default behaviour). Defaults
-    /// to 30 s.
-    ///
-    /// # Errors
-    ///
-    /// The duration is longer than a day.
-    pub fn with_check_idle_after(mut self, after: Duration) -> Result<Self, ConfigError> {
-        if after.as_secs_f64() > MAX_SECONDS {
-            return Err(seconds_error("check_idle_after", &format!("{after:?}")));
-        }
+    /// checkout (at most a day); zero tests every checkout (bb8's and diesel-async's default
+    /// behaviour). Defaults to 30 s.
+    #[must_use]
+    pub fn with_check_idle_after(mut self, after: Duration) -> Self {
         self.check_idle_after = after;
-        Ok(self)
+        self
     }
 
-    /// Sets how many checkouts may wait for a connection at once; a checkout beyond it is
-    /// refused at once with `PoolExhausted` (a 503 that says `retryable` and `Retry-After`)
-    /// rather than queueing for up to `pool_timeout` behind all the others. 0 sets no limit.
-    /// Defaults to 10 × `connection_limit`.
-    ///
-    /// # Errors
-    ///
-    /// `limit` is above 100 000.
-    pub fn with_queue_limit(mut self, limit: u32) -> Result<Self, ConfigError> {
-        if limit > MAX_QUEUE_LIMIT {
-            return Err(queue_limit_error(&limit.to_string()));
-        }
+    /// Sets how many checkouts may wait for a connection at once (at most 100 000); a checkout
+    /// beyond it is refused at once with `PoolExhausted` (a 503 that says `retryable` and
+    /// `Retry-After`) rather than queueing for up to `pool_timeout` behind all the others. 0 sets
+    /// no limit. Defaults to 10 × `connection_limit`.
+    #[must_use]
+    pub fn with_queue_limit(mut self, limit: u32) -> Self {
         self.queue_limit = Some(limit);
-        Ok(self)
+        self
     }
 
     /// The most checkouts waiting at once, or `None` for no limit.
@@ -609,23 +605,35 @@ mod tests {
     }
 
     #[test]
-    fn setters_validate() {
+    fn settings_are_checked_together_and_named() {
         let config = PoolConfig::from_url("postgres://u@h/db").unwrap();
-        assert!(config.clone().with_connection_limit(0).is_err());
-        assert!(config.clone().with_pool_timeout(Duration::ZERO).is_err());
-        assert!(config
-            .clone()
-            .with_connect_timeout(Duration::from_secs(100_000))
-            .is_err());
-        assert!(config
-            .clone()
-            .with_idle_timeout(Some(Duration::ZERO))
-            .is_err());
-        let config = config
-            .with_connection_limit(4)
-            .unwrap()
-            .with_idle_timeout(None)
-            .unwrap();
+        let rejected = |config: PoolConfig| config.check().unwrap_err().setting;
+        assert_eq!(
+            rejected(config.clone().with_connection_limit(0)),
+            "connection_limit"
+        );
+        assert_eq!(
+            rejected(config.clone().with_pool_timeout(Duration::ZERO)),
+            "pool_timeout"
+        );
+        assert_eq!(
+            rejected(
+                config
+                    .clone()
+                    .with_connect_timeout(Duration::from_secs(100_000))
+            ),
+            "connect_timeout"
+        );
+        assert_eq!(
+            rejected(config.clone().with_idle_timeout(Some(Duration::ZERO))),
+            "idle_timeout"
+        );
+        assert_eq!(
+            rejected(config.clone().with_queue_limit(200_000)),
+            "queue_limit"
+        );
+        let config = config.with_connection_limit(4).with_idle_timeout(None);
+        assert_eq!(config.check(), Ok(()));
         assert_eq!(config.connection_limit(), 4);
         assert_eq!(config.idle_timeout(), None);
     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use ballast_core::scope::{Mark, RequestScope};
-use ballast_core::{Cause, Failure, Reach};
+use ballast_core::{Cause, ConfigError, Failure, Reach};
 
 use crate::config::{Backend, PoolConfig};
 use crate::connect::Connect;
@@ -66,6 +66,8 @@ pub enum PoolError {
     AlreadyInitialized,
     /// There is no Tokio runtime to run the pool's background work on.
     NoRuntime,
+    /// A setting is out of range (see [`PoolConfig::check`]).
+    Config(ConfigError),
 }
 
 impl fmt::Display for PoolError {
@@ -82,6 +84,7 @@ impl fmt::Display for PoolError {
                 "the shared pool is already initialised with another configuration or connection type",
             ),
             PoolError::NoRuntime => f.write_str("a pool must be created inside a Tokio runtime"),
+            PoolError::Config(error) => error.fmt(f),
         }
     }
 }
@@ -89,8 +92,12 @@ impl fmt::Display for PoolError {
 impl std::error::Error for PoolError {}
 
 impl From<PoolError> for Failure {
-    /// A pool that cannot be built is a deployment mistake: `CRITICAL_ERROR`, not retryable.
+    /// A pool that cannot be built is a deployment mistake: a setting out of range is
+    /// `DB_INIT_ERROR` (as a bad URL is), anything else `CRITICAL_ERROR`; neither is retryable.
     fn from(error: PoolError) -> Self {
+        if let PoolError::Config(error) = error {
+            return error.into();
+        }
         Failure::new(Cause::Internal).with_detail(error.to_string())
     }
 }
@@ -107,8 +114,10 @@ impl<C: Connect> SharedPool<C> {
     ///
     /// # Errors
     ///
-    /// The configuration is for another backend, or there is no Tokio runtime.
+    /// A setting is out of range, the configuration is for another backend, or there is no
+    /// Tokio runtime.
     pub fn new(config: PoolConfig) -> Result<Self, PoolError> {
+        config.check().map_err(PoolError::Config)?;
         if config.backend() != C::BACKEND {
             return Err(PoolError::WrongBackend {
                 expected: C::BACKEND,

@@ -29,12 +29,18 @@ async fn fifty_concurrent_inits_make_one_pool() {
     assert_eq!(again, pools[0]);
 
     // A different configuration: an error, and the pool is untouched.
-    let other = config.with_connection_limit(9).unwrap();
+    let other = config.clone().with_connection_limit(9);
     assert_eq!(
         SharedPool::<AsyncPgConnection>::init(other).unwrap_err(),
         PoolError::AlreadyInitialized
     );
     assert_eq!(pools[0].config().connection_limit(), 8);
+
+    // A setting out of range fails the build, named; the setters themselves never fail.
+    match SharedPool::<AsyncPgConnection>::new(config.with_connection_limit(0)) {
+        Err(PoolError::Config(error)) => assert_eq!(error.setting, "connection_limit"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
 
     // A configuration for another backend is refused by the connection type itself.
     let mysql = PoolConfig::from_url("mysql://root@127.0.0.1:3306/test").unwrap();

@@ -24,9 +24,10 @@ type Case = (&'static str, Method, fn() -> Failure);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let retry = RetryLayer::new()
+    let retry = RetryLayer::builder()
         .delays(Duration::from_millis(50), Duration::from_millis(200))
-        .expect("base below cap");
+        .build()
+        .unwrap();
     let cases: [Case; 4] = [
         ("GET, refused while connecting", Method::GET, || {
             Failure::new(Cause::Unreachable)
@@ -66,7 +67,7 @@ async fn main() {
             calls.load(Ordering::SeqCst)
         );
     }
-    println!("layer stats: {:?}", retry.stats());
+    println!("layer stats: {:?}", retry.handle().stats());
 
     let attempts = AtomicUsize::new(0);
     let backup = with_retry(

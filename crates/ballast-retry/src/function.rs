@@ -4,13 +4,14 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ballast_core::Failure;
+use ballast_core::{ConfigError, Failure};
 use tower::retry::Policy;
 use tower::ServiceExt;
 
+use crate::layer::RetryHandle;
 use crate::policy::{
-    self, Attempts, Decision, RetryStats, Shared, DEFAULT_BASE_DELAY, DEFAULT_DEADLINE,
-    DEFAULT_JITTER, DEFAULT_MAX_DELAY, DEFAULT_MAX_RETRIES,
+    Attempts, Decision, Settings, Shared, DEFAULT_BASE_DELAY, DEFAULT_DEADLINE, DEFAULT_JITTER,
+    DEFAULT_MAX_DELAY, DEFAULT_MAX_RETRIES,
 };
 
 /// Runs `operation`, retrying it up to `retries` times, `base_delay` apart at first (doubling,
@@ -55,15 +56,12 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Failure>>,
 {
-    let retrying = Retrying::new().retries(retries);
-    // A base above the cap would be an invalid backoff: lift the cap with it.
-    let retrying = match retrying
-        .clone()
+    // A base above the default cap lifts the cap with it: these settings are always valid.
+    let retrying = Retrying::builder()
+        .max_retries(retries)
         .delays(base_delay, base_delay.max(DEFAULT_MAX_DELAY))
-    {
-        Some(retrying) => retrying,
-        None => retrying,
-    };
+        .build()
+        .unwrap_or_else(|_| unreachable!("the base never exceeds the cap, which is never zero"));
     retrying.run(operation).await
 }
 
@@ -71,30 +69,27 @@ where
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
+/// # async fn main() -> Result<(), ballast_retry::ConfigError> {
 /// use std::time::Duration;
 /// use ballast_core::{Cause, Failure, Reach};
 /// use ballast_retry::Retrying;
 ///
 /// // An upsert may run twice: a connection lost mid-statement is retried too.
-/// let retrying = Retrying::new()
-///     .retries(2)
+/// let retrying = Retrying::builder()
+///     .max_retries(2)
 ///     .delays(Duration::from_millis(5), Duration::from_millis(20))
-///     .expect("base below cap")
-///     .idempotent(true);
+///     .idempotent(true)
+///     .build()?;
 /// let result: Result<(), Failure> = retrying
 ///     .run(|| async { Err(Failure::new(Cause::ConnectionLost).with_reach(Reach::MaybeSent)) })
 ///     .await;
 /// assert!(result.is_err());
-/// assert_eq!(retrying.stats().retries, 2);
+/// assert_eq!(retrying.handle().stats().retries, 2);
+/// # Ok(())
 /// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct Retrying {
-    retries: u32,
-    base_delay: Duration,
-    max_delay: Duration,
-    deadline: Duration,
     idempotent: bool,
     shared: Arc<Shared>,
 }
@@ -109,87 +104,29 @@ impl Retrying {
     /// The defaults: 3 retries, 1 s doubling to 5 s with jitter, a 15 s deadline, not
     /// idempotent, no budget (one caller cannot storm).
     pub fn new() -> Self {
-        Self::build(
-            DEFAULT_MAX_RETRIES,
-            DEFAULT_BASE_DELAY,
-            DEFAULT_MAX_DELAY,
-            DEFAULT_DEADLINE,
-            false,
-        )
-        .unwrap_or_else(|| unreachable!("the defaults are valid"))
+        Self::builder()
+            .build()
+            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
     }
 
-    fn build(
-        retries: u32,
-        base_delay: Duration,
-        max_delay: Duration,
-        deadline: Duration,
-        idempotent: bool,
-    ) -> Option<Self> {
-        let shared = policy::shared(
-            retries,
-            base_delay,
-            max_delay,
-            DEFAULT_JITTER,
-            deadline,
-            None,
-            false,
-        )
-        .ok()?;
-        Some(Retrying {
-            retries,
-            base_delay,
-            max_delay,
-            deadline,
-            idempotent,
-            shared: Arc::new(shared),
-        })
+    /// A builder starting from the defaults of [`Retrying::new`].
+    pub fn builder() -> RetryingBuilder {
+        RetryingBuilder {
+            settings: Settings {
+                max_retries: DEFAULT_MAX_RETRIES,
+                base_delay: DEFAULT_BASE_DELAY,
+                max_delay: DEFAULT_MAX_DELAY,
+                jitter: DEFAULT_JITTER,
+                deadline: DEFAULT_DEADLINE,
+                budget: None,
+            },
+            idempotent: false,
+        }
     }
 
-    /// Sets the number of retries after the first attempt.
-    #[must_use]
-    pub fn retries(self, retries: u32) -> Self {
-        Self::build(
-            retries,
-            self.base_delay,
-            self.max_delay,
-            self.deadline,
-            self.idempotent,
-        )
-        .unwrap_or(self)
-    }
-
-    /// Sets the first and the longest delay. Returns `None` when `base` exceeds `cap` or `cap`
-    /// is zero.
-    #[must_use]
-    pub fn delays(self, base: Duration, cap: Duration) -> Option<Self> {
-        Self::build(self.retries, base, cap, self.deadline, self.idempotent)
-    }
-
-    /// Sets the overall deadline.
-    #[must_use]
-    pub fn deadline(self, deadline: Duration) -> Self {
-        Self::build(
-            self.retries,
-            self.base_delay,
-            self.max_delay,
-            deadline,
-            self.idempotent,
-        )
-        .unwrap_or(self)
-    }
-
-    /// Marks the operation as safe to run twice: failures whose statement may have reached the
-    /// database are retried too.
-    #[must_use]
-    pub fn idempotent(mut self, idempotent: bool) -> Self {
-        self.idempotent = idempotent;
-        self
-    }
-
-    /// The counters of every run so far.
-    pub fn stats(&self) -> RetryStats {
-        self.shared.counters.snapshot()
+    /// A handle on the counters of every run of this runner and its clones.
+    pub fn handle(&self) -> RetryHandle {
+        RetryHandle::new(Arc::clone(&self.shared.counters))
     }
 
     /// Runs `operation` under these settings.
@@ -214,6 +151,64 @@ impl Retrying {
             attempts: Attempts::new(Arc::clone(&self.shared), self.idempotent),
         };
         tower::retry::Retry::new(policy, service).oneshot(()).await
+    }
+}
+
+/// Collects a [`Retrying`]'s settings; [`build`](Self::build) checks them together. The
+/// setters never fail; they mean what the [`RetryLayerBuilder`](crate::RetryLayerBuilder)'s
+/// of the same name mean.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RetryingBuilder {
+    settings: Settings,
+    idempotent: bool,
+}
+
+impl RetryingBuilder {
+    /// Sets how many times the operation may be retried after its first attempt. Defaults to 3.
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.settings.max_retries = retries;
+        self
+    }
+
+    /// Sets the first delay and the longest one (the first must not exceed the longest, which
+    /// must be above zero). Defaults to 1 s and 5 s.
+    pub fn delays(mut self, base: Duration, cap: Duration) -> Self {
+        self.settings.base_delay = base;
+        self.settings.max_delay = cap;
+        self
+    }
+
+    /// Sets the jitter factor, from 0 to 100. Defaults to 1.
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.settings.jitter = jitter;
+        self
+    }
+
+    /// Sets the overall deadline from the first attempt. Defaults to 15 s.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.settings.deadline = deadline;
+        self
+    }
+
+    /// Marks the operation as safe to run twice: failures whose statement may have reached the
+    /// database are retried too. Defaults to `false`.
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
+    }
+
+    /// The runner, with counters of its own.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting out of range (`delays`, `jitter`).
+    pub fn build(self) -> Result<Retrying, ConfigError> {
+        self.settings.check()?;
+        Ok(Retrying {
+            idempotent: self.idempotent,
+            shared: Arc::new(self.settings.shared(false)),
+        })
     }
 }
 

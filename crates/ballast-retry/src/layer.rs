@@ -13,7 +13,6 @@ use http::{Method, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Collected, Limited};
 use pin_project_lite::pin_project;
-use tower::retry::budget::TpsBudget;
 use tower::retry::Policy;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -23,7 +22,7 @@ use ballast_core::{BoxError, ConfigError};
 
 use crate::body::RetryBody;
 use crate::policy::{
-    self, Attempts, Counters, Decision, RetryStats, Shared, DEFAULT_BODY_CAP,
+    Attempts, Counters, Decision, RetryStats, Settings, Shared, DEFAULT_BODY_CAP,
     DEFAULT_BUDGET_MIN_PER_SEC, DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_TTL, DEFAULT_JITTER,
     DEFAULT_LAYER_BASE_DELAY, DEFAULT_LAYER_DEADLINE, DEFAULT_LAYER_MAX_DELAY,
     DEFAULT_LAYER_MAX_RETRIES,
@@ -31,37 +30,31 @@ use crate::policy::{
 
 /// Re-runs requests whose database failure is worth retrying and safe to repeat.
 ///
-/// See the [crate docs](crate) for the rules. Clones share one budget and one set of counters
-/// ([`RetryLayer::stats`]).
+/// See the [crate docs](crate) for the rules. [`RetryLayer::new`] has the defaults;
+/// [`RetryLayer::builder`] changes them. Clones share one budget and one set of counters, read
+/// through [`RetryLayer::handle`].
 ///
 /// ```
 /// use std::time::Duration;
 /// use ballast_retry::RetryLayer;
 ///
-/// let layer = RetryLayer::new()
+/// let layer = RetryLayer::builder()
 ///     .max_retries(2)
 ///     .delays(Duration::from_millis(200), Duration::from_secs(2))
-///     .expect("base below cap")
-///     .deadline(Duration::from_secs(5));
-/// assert_eq!(layer.stats().retries, 0);
+///     .deadline(Duration::from_secs(5))
+///     .build()?;
+/// let handle = layer.handle(); // for a /stats handler
+/// assert_eq!(handle.stats().retries, 0);
+///
+/// let error = RetryLayer::builder().jitter(-1.0).build().unwrap_err();
+/// assert_eq!(error.setting, "jitter");
+/// # Ok::<(), ballast_retry::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct RetryLayer {
-    settings: Settings,
-    shared: Arc<Shared>,
-}
-
-/// What the setters change; `shared` is rebuilt from it.
-#[derive(Debug, Clone)]
-struct Settings {
-    max_retries: u32,
-    base_delay: Duration,
-    max_delay: Duration,
-    jitter: f64,
-    deadline: Duration,
     body_cap: usize,
-    idempotent: Arc<[Method]>,
-    budget: Option<(Duration, u32, f32)>,
+    idempotent: MethodSet,
+    shared: Arc<Shared>,
 }
 
 impl Default for RetryLayer {
@@ -73,7 +66,8 @@ impl Default for RetryLayer {
 impl fmt::Debug for RetryLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryLayer")
-            .field("settings", &self.settings)
+            .field("shared", &self.shared)
+            .field("body_cap", &self.body_cap)
             .finish_non_exhaustive()
     }
 }
@@ -86,171 +80,144 @@ impl RetryLayer {
     /// from its closed connect gate (a known outage) is not retried: the client gets its 503 at
     /// once, with the `Retry-After` the pool's next attempt gives.
     pub fn new() -> Self {
-        let settings = Settings {
-            max_retries: DEFAULT_LAYER_MAX_RETRIES,
-            base_delay: DEFAULT_LAYER_BASE_DELAY,
-            max_delay: DEFAULT_LAYER_MAX_DELAY,
-            jitter: DEFAULT_JITTER,
-            deadline: DEFAULT_LAYER_DEADLINE,
+        Self::builder()
+            .build()
+            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
+    }
+
+    /// A builder starting from the defaults of [`RetryLayer::new`].
+    pub fn builder() -> RetryLayerBuilder {
+        RetryLayerBuilder {
+            settings: Settings {
+                max_retries: DEFAULT_LAYER_MAX_RETRIES,
+                base_delay: DEFAULT_LAYER_BASE_DELAY,
+                max_delay: DEFAULT_LAYER_MAX_DELAY,
+                jitter: DEFAULT_JITTER,
+                deadline: DEFAULT_LAYER_DEADLINE,
+                budget: Some((
+                    DEFAULT_BUDGET_TTL,
+                    DEFAULT_BUDGET_MIN_PER_SEC,
+                    DEFAULT_BUDGET_PERCENT,
+                )),
+            },
             body_cap: DEFAULT_BODY_CAP,
-            idempotent: Arc::new([
+            idempotent: vec![
                 Method::GET,
                 Method::HEAD,
                 Method::OPTIONS,
                 Method::PUT,
                 Method::DELETE,
                 Method::TRACE,
-            ]),
-            budget: Some((
-                DEFAULT_BUDGET_TTL,
-                DEFAULT_BUDGET_MIN_PER_SEC,
-                DEFAULT_BUDGET_PERCENT,
-            )),
-        };
-        Self::from_settings(settings, None)
-            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
-    }
-
-    fn from_settings(
-        settings: Settings,
-        counters: Option<Arc<Counters>>,
-    ) -> Result<Self, tower::retry::backoff::InvalidBackoff> {
-        let budget = settings
-            .budget
-            .map(|(ttl, min_per_sec, percent)| TpsBudget::new(ttl, min_per_sec, percent));
-        let mut shared = policy::shared(
-            settings.max_retries,
-            settings.base_delay,
-            settings.max_delay,
-            settings.jitter,
-            settings.deadline,
-            budget,
-            true,
-        )?;
-        // A layer changed by a setter keeps counting where it counted: clones taken before
-        // the change share one set of counters with it.
-        if let Some(counters) = counters {
-            shared.counters = counters;
+            ],
         }
-        Ok(RetryLayer {
-            settings,
-            shared: Arc::new(shared),
-        })
     }
 
-    /// This layer with `change` made to its settings; a rejected change names `setting`.
-    fn rebuilt(
-        self,
-        setting: &'static str,
-        change: impl FnOnce(&mut Settings),
-    ) -> Result<Self, ConfigError> {
-        let mut settings = self.settings;
-        change(&mut settings);
-        Self::from_settings(settings, Some(Arc::clone(&self.shared.counters)))
-            .map_err(|error| ConfigError::new(setting, error.to_string()))
+    /// A handle on the counters of this layer, its clones and every service they made.
+    pub fn handle(&self) -> RetryHandle {
+        RetryHandle {
+            counters: Arc::clone(&self.shared.counters),
+        }
+    }
+}
+
+/// Reads the counters of a [`RetryLayer`] or a [`Retrying`](crate::Retrying) (and their
+/// clones) without holding the layer: cheap to clone, for a `/stats` or metrics handler.
+#[derive(Debug, Clone)]
+pub struct RetryHandle {
+    counters: Arc<Counters>,
+}
+
+impl RetryHandle {
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+        RetryHandle { counters }
     }
 
+    /// The counters since the layer was built.
+    pub fn stats(&self) -> RetryStats {
+        self.counters.snapshot()
+    }
+}
+
+/// Collects a [`RetryLayer`]'s settings; [`build`](Self::build) checks them together. The
+/// setters never fail.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RetryLayerBuilder {
+    settings: Settings,
+    body_cap: usize,
+    idempotent: Vec<Method>,
+}
+
+impl RetryLayerBuilder {
     /// Sets how many times a request may be retried after its first attempt. Defaults to 2.
-    #[must_use]
-    pub fn max_retries(self, retries: u32) -> Self {
-        let settings = Settings {
-            max_retries: retries,
-            ..self.settings.clone()
-        };
-        Self::from_settings(settings, Some(Arc::clone(&self.shared.counters))).unwrap_or(self)
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.settings.max_retries = retries;
+        self
     }
 
-    /// Sets the first delay and the longest one; delays double in between, with jitter.
-    /// Defaults to 100 ms and 500 ms.
-    ///
-    /// # Errors
-    ///
-    /// `base` is longer than `cap`, or `cap` is zero.
-    pub fn delays(self, base: Duration, cap: Duration) -> Result<Self, ConfigError> {
-        self.rebuilt("delays", |settings| {
-            settings.base_delay = base;
-            settings.max_delay = cap;
-        })
+    /// Sets the first delay and the longest one; delays double in between, with jitter. The
+    /// first must not exceed the longest, which must be above zero. Defaults to 100 ms and
+    /// 500 ms.
+    pub fn delays(mut self, base: Duration, cap: Duration) -> Self {
+        self.settings.base_delay = base;
+        self.settings.max_delay = cap;
+        self
     }
 
-    /// Sets the jitter factor: each delay grows by a random share of itself up to this (0 for
-    /// none, 1 for up to double). Defaults to 1.
-    ///
-    /// # Errors
-    ///
-    /// `jitter` is negative, above 100 or NaN.
-    pub fn jitter(self, jitter: f64) -> Result<Self, ConfigError> {
-        self.rebuilt("jitter", |settings| settings.jitter = jitter)
+    /// Sets the jitter factor, from 0 to 100: each delay grows by a random share of itself up
+    /// to this (0 for none, 1 for up to double). Defaults to 1.
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.settings.jitter = jitter;
+        self
     }
 
     /// Sets the overall deadline from the first attempt; no retry starts that could not finish
     /// by then. Defaults to 2 s.
-    #[must_use]
-    pub fn deadline(self, deadline: Duration) -> Self {
-        let settings = Settings {
-            deadline,
-            ..self.settings.clone()
-        };
-        Self::from_settings(settings, Some(Arc::clone(&self.shared.counters))).unwrap_or(self)
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.settings.deadline = deadline;
+        self
     }
 
     /// Sets the largest request body buffered for replay. Larger bodies, and bodies of unknown
     /// length, stream through untouched and their requests are not retried. Defaults to 64 KiB.
-    #[must_use]
     pub fn body_cap(mut self, bytes: usize) -> Self {
-        self.settings.body_cap = bytes;
+        self.body_cap = bytes;
         self
     }
 
     /// Sets the methods whose requests may run twice (retried even when the statement may have
     /// reached the database).
-    #[must_use]
     pub fn idempotent_methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
-        self.settings.idempotent = methods.into_iter().collect();
+        self.idempotent = methods.into_iter().collect();
         self
     }
 
-    /// Sets the budget shared by every clone: deposits expire after `ttl`; `min_per_sec` retries
-    /// a second are always allowed; on top, `percent` (0.0 to 1000.0) of requests may be
-    /// retried. Defaults to 10 s, 10 a second and 0.2.
-    ///
-    /// # Errors
-    ///
-    /// `ttl` is not between 1 and 60 seconds, or `percent` is out of range (tower's limits).
-    pub fn budget(
-        self,
-        ttl: Duration,
-        min_per_sec: u32,
-        percent: f32,
-    ) -> Result<Self, ConfigError> {
-        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&ttl)
-            || !(0.0..=1000.0).contains(&percent)
-        {
-            return Err(ConfigError::new(
-                "budget",
-                format!(
-                    "ttl must be 1 to 60 seconds and percent 0 to 1000 (got {ttl:?}, {percent})"
-                ),
-            ));
-        }
-        self.rebuilt("budget", |settings| {
-            settings.budget = Some((ttl, min_per_sec, percent));
-        })
+    /// Sets the budget shared by every clone: deposits expire after `ttl` (1 to 60 s);
+    /// `min_per_sec` retries a second are always allowed; on top, `percent` (0.0 to 1000.0) of
+    /// requests may be retried. Defaults to 10 s, 10 a second and 0.2.
+    pub fn budget(mut self, ttl: Duration, min_per_sec: u32, percent: f32) -> Self {
+        self.settings.budget = Some((ttl, min_per_sec, percent));
+        self
     }
 
     /// Turns the budget off: only `max_retries` and the deadline limit retries.
-    #[must_use]
-    pub fn without_budget(self) -> Self {
-        let settings = Settings {
-            budget: None,
-            ..self.settings.clone()
-        };
-        Self::from_settings(settings, Some(Arc::clone(&self.shared.counters))).unwrap_or(self)
+    pub fn without_budget(mut self) -> Self {
+        self.settings.budget = None;
+        self
     }
 
-    /// The counters of this layer and every service it made.
-    pub fn stats(&self) -> RetryStats {
-        self.shared.counters.snapshot()
+    /// The layer, with counters of its own.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting out of range (`delays`, `jitter`, `budget`).
+    pub fn build(self) -> Result<RetryLayer, ConfigError> {
+        self.settings.check()?;
+        Ok(RetryLayer {
+            body_cap: self.body_cap,
+            idempotent: MethodSet::new(&self.idempotent),
+            shared: Arc::new(self.settings.shared(true)),
+        })
     }
 }
 
@@ -260,12 +227,12 @@ impl<S> Layer<S> for RetryLayer {
     fn layer(&self, inner: S) -> Retry<S> {
         let policy = HttpPolicy {
             attempts: Attempts::new(Arc::clone(&self.shared), false),
-            idempotent: MethodSet::new(&self.settings.idempotent),
+            idempotent: self.idempotent.clone(),
         };
         Retry {
             inner: tower::retry::Retry::new(policy, inner),
             shared: Arc::clone(&self.shared),
-            body_cap: self.settings.body_cap,
+            body_cap: self.body_cap,
         }
     }
 }
@@ -366,12 +333,13 @@ where
     }
 
     fn clone_request(&mut self, request: &Request<RetryBody<B>>) -> Option<Request<RetryBody<B>>> {
-        let body = request.body().replay()?;
         if self.attempts.retries() == 0 {
-            // The first copy, made as the request is first sent: its clock starts here.
+            // Asked once as the request is first sent: its clock starts here, and it counts
+            // into the budget (replayable or not).
             let idempotent = self.idempotent.contains(request.method());
             self.attempts.restart(idempotent);
         }
+        let body = request.body().replay()?;
         let mut clone = Request::new(body);
         *clone.method_mut() = request.method().clone();
         *clone.uri_mut() = request.uri().clone();
@@ -398,7 +366,6 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        policy::deposit(&self.shared);
         self.shared.counters.attempt();
         let (parts, body) = request.into_parts();
         let state = if body.is_end_stream() {

@@ -37,8 +37,8 @@
 //! 7. **There is time**: the next attempt, after its delay, could still finish before the
 //!    overall deadline (2 s by default for the layer, 15 s for the function form), judging by
 //!    how long the last attempt took.
-//! 8. **The budget allows it**: a [`TpsBudget`](tower::retry::budget::TpsBudget) shared by every
-//!    clone — 10 retries a second plus 20 % of requests by default — so an outage cannot multiply
+//! 8. **The budget allows it**: tower's [`TpsBudget`](tower::retry::budget::TpsBudget) rule,
+//!    kept without a lock (every request deposits into it), shared by every clone — 10 retries a second plus 20 % of requests by default — so an outage cannot multiply
 //!    the load on a database that is already struggling.
 //!
 //! Delays come from tower's `ExponentialBackoff` — 100 ms doubling to at most 500 ms for the
@@ -49,7 +49,7 @@
 //! ([`Failure::retry_after`](ballast_core::Failure::retry_after)). When retries end, the last
 //! response goes out unchanged. Dropping the response future (the client went away, a timeout)
 //! stops further attempts. Each retry is a `tracing` event with its attempt number and reason;
-//! [`RetryLayer::stats`] counts attempts, retries, give-ups and budget refusals for `/stats`.
+//! [`RetryHandle::stats`] counts attempts, retries, give-ups and budget refusals for `/stats`.
 //!
 //! # Example
 //!
@@ -60,7 +60,7 @@
 //! use tower::ServiceBuilder;
 //!
 //! let retry = RetryLayer::new();
-//! let stats = retry.clone(); // read `stats.stats()` from a /stats handler
+//! let stats = retry.handle(); // read `stats.stats()` from a /stats handler
 //! let app: Router = Router::new()
 //!     .route("/items", get(|| async { "[]" }))
 //!     // The error layer outside the retry layer: the stack's error type is `Infallible`.
@@ -77,6 +77,7 @@
 //! per-request deposit. Buffering a 4 KiB or 64 KiB body adds about 125 ns more.
 
 mod body;
+mod budget;
 mod function;
 mod layer;
 mod policy;
@@ -84,6 +85,6 @@ mod policy;
 pub use ballast_core::http::AsFailure;
 pub use ballast_core::ConfigError;
 pub use body::RetryBody;
-pub use function::{with_retry, Retrying};
-pub use layer::{ResponseFuture, Retry, RetryLayer};
+pub use function::{with_retry, Retrying, RetryingBuilder};
+pub use layer::{ResponseFuture, Retry, RetryHandle, RetryLayer, RetryLayerBuilder};
 pub use policy::RetryStats;

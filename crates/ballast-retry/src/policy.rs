@@ -5,11 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ballast_core::{Cause, Failure};
+use ballast_core::{Cause, ConfigError, Failure};
 use serde::Serialize;
 use tower::retry::backoff::{Backoff, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff};
-use tower::retry::budget::{Budget, TpsBudget};
 use tower::util::rng::HasherRng;
+
+use crate::budget::Budget;
 
 /// Default number of retries after the first attempt (the seed's 3).
 pub(crate) const DEFAULT_MAX_RETRIES: u32 = 3;
@@ -110,7 +111,7 @@ pub(crate) struct Shared {
     base_delay: Duration,
     pub(crate) max_delay: Duration,
     jitter: f64,
-    pub(crate) budget: Option<TpsBudget>,
+    pub(crate) budget: Option<Budget>,
     /// Whether a known outage ends the retries (the HTTP layer) or is waited out like any other
     /// failure (the function form: a background job has time).
     pub(crate) stop_on_outage: bool,
@@ -160,9 +161,13 @@ impl Attempts {
         }
     }
 
-    /// Starts the count for a new request: its first attempt begins now.
+    /// Starts the count for a new request: its first attempt begins now, and the request is
+    /// deposited into the budget (one clock reading for both).
     pub(crate) fn restart(&mut self, idempotent: bool) {
         let now = Instant::now();
+        if let Some(budget) = &self.shared.budget {
+            budget.deposit(now);
+        }
         self.deadline = now + self.shared.deadline;
         self.attempt_started = now;
         self.idempotent = idempotent;
@@ -239,7 +244,7 @@ impl Attempts {
             return Decision::Stop;
         }
         if let Some(budget) = &self.shared.budget {
-            if !budget.withdraw() {
+            if !budget.withdraw(now) {
                 counters.budget_exhausted.fetch_add(1, Ordering::Relaxed);
                 return Decision::Stop;
             }
@@ -276,34 +281,69 @@ fn hinted_delay(delay: Duration, cause: Cause, cap: Duration) -> Duration {
     .min(cap)
 }
 
-/// Builds the shared state, checking the backoff settings.
-pub(crate) fn shared(
-    max_retries: u32,
-    base: Duration,
-    max_delay: Duration,
-    jitter: f64,
-    deadline: Duration,
-    budget: Option<TpsBudget>,
-    stop_on_outage: bool,
-) -> Result<Shared, tower::retry::backoff::InvalidBackoff> {
-    // Checked once here; each request makes its own from the same settings.
-    ExponentialBackoffMaker::new(base, max_delay, jitter, HasherRng::default())?;
-    Ok(Shared {
-        max_retries,
-        deadline,
-        base_delay: base,
-        max_delay,
-        jitter,
-        budget,
-        stop_on_outage,
-        counters: Arc::default(),
-    })
+/// The settings the layer and the function form share, as their builders collect them.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) max_retries: u32,
+    pub(crate) base_delay: Duration,
+    pub(crate) max_delay: Duration,
+    pub(crate) jitter: f64,
+    pub(crate) deadline: Duration,
+    /// `ttl`, `min_per_sec`, `percent`; `None` for no budget.
+    pub(crate) budget: Option<(Duration, u32, f32)>,
 }
 
-/// Deposits one request into the budget, which lets a share of requests be retried.
-pub(crate) fn deposit(shared: &Shared) {
-    if let Some(budget) = &shared.budget {
-        budget.deposit();
+impl Settings {
+    /// Checks every setting, naming the first one out of range (the ranges are tower's, whose
+    /// backoff each request builds from these).
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        if self.base_delay > self.max_delay || self.max_delay.is_zero() {
+            return Err(ConfigError::new(
+                "delays",
+                format!(
+                    "the first delay must not exceed the longest, which must be above zero \
+                     (got {:?} and {:?})",
+                    self.base_delay, self.max_delay
+                ),
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.jitter) {
+            return Err(ConfigError::new(
+                "jitter",
+                format!("must be from 0 to 100 (got {})", self.jitter),
+            ));
+        }
+        if let Some((ttl, _, percent)) = self.budget {
+            if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&ttl)
+                || !(0.0..=1000.0).contains(&percent)
+            {
+                return Err(ConfigError::new(
+                    "budget",
+                    format!(
+                        "ttl must be 1 to 60 seconds and percent 0 to 1000 (got {ttl:?}, {percent})"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The shared state of one built layer or runner, with counters of its own. Call after
+    /// [`check`](Self::check).
+    pub(crate) fn shared(&self, stop_on_outage: bool) -> Shared {
+        debug_assert!(self.check().is_ok());
+        Shared {
+            max_retries: self.max_retries,
+            deadline: self.deadline,
+            base_delay: self.base_delay,
+            max_delay: self.max_delay,
+            jitter: self.jitter,
+            budget: self
+                .budget
+                .map(|(ttl, min_per_sec, percent)| Budget::new(ttl, min_per_sec, percent)),
+            stop_on_outage,
+            counters: Arc::default(),
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ballast_core::{Cause, Failure, Reach};
-use ballast_retry::{with_retry, RetryBody, RetryLayer, Retrying};
+use ballast_retry::{with_retry, RetryBody, RetryLayer, RetryLayerBuilder, Retrying};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -81,10 +81,8 @@ fn lost() -> Failure {
     Failure::new(Cause::ConnectionLost).with_reach(Reach::MaybeSent)
 }
 
-fn fast() -> RetryLayer {
-    RetryLayer::new()
-        .delays(Duration::from_millis(20), Duration::from_millis(80))
-        .unwrap()
+fn fast() -> RetryLayerBuilder {
+    RetryLayer::builder().delays(Duration::from_millis(20), Duration::from_millis(80))
 }
 
 fn request(method: Method, body: &'static str) -> Request<Full<Bytes>> {
@@ -97,19 +95,19 @@ fn request(method: Method, body: &'static str) -> Request<Full<Bytes>> {
 #[tokio::test]
 async fn a_get_is_retried_until_it_succeeds() {
     let flaky = Flaky::new(2, refused);
-    let layer = fast();
+    let layer = fast().build().unwrap();
     let service = layer.layer(flaky.service());
     let response = service.oneshot(request(Method::GET, "")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(flaky.calls(), 3);
-    let stats = layer.stats();
+    let stats = layer.handle().stats();
     assert_eq!((stats.attempts, stats.retries), (3, 2));
 }
 
 #[tokio::test]
 async fn a_post_not_sent_is_retried_with_its_body_but_maybe_sent_is_not() {
     let flaky = Flaky::new(1, refused);
-    let service = fast().layer(flaky.service());
+    let service = fast().build().unwrap().layer(flaky.service());
     let response = service
         .oneshot(request(Method::POST, "{\"name\":\"lamp\"}"))
         .await
@@ -122,7 +120,7 @@ async fn a_post_not_sent_is_retried_with_its_body_but_maybe_sent_is_not() {
     assert_eq!(flaky.calls(), 2);
 
     let flaky = Flaky::new(1, lost);
-    let layer = fast();
+    let layer = fast().build().unwrap();
     let response = layer
         .layer(flaky.service())
         .oneshot(request(Method::POST, "{}"))
@@ -138,11 +136,13 @@ async fn a_post_not_sent_is_retried_with_its_body_but_maybe_sent_is_not() {
         1,
         "a write that may have run is never repeated"
     );
-    assert_eq!(layer.stats().unsafe_to_repeat, 1);
+    assert_eq!(layer.handle().stats().unsafe_to_repeat, 1);
 
     // The same failure on an idempotent method is retried.
     let flaky = Flaky::new(1, lost);
     let response = fast()
+        .build()
+        .unwrap()
         .layer(flaky.service())
         .oneshot(request(Method::PUT, "{}"))
         .await
@@ -159,7 +159,7 @@ async fn non_retryable_failures_are_never_retried() {
         || ballast_core::sqlstate::failure("42601"),
     ] {
         let flaky = Flaky::new(5, failure);
-        let layer = fast();
+        let layer = fast().build().unwrap();
         let response = layer
             .layer(flaky.service())
             .oneshot(request(Method::GET, ""))
@@ -167,14 +167,14 @@ async fn non_retryable_failures_are_never_retried() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(flaky.calls(), 1);
-        assert_eq!(layer.stats().not_retryable, 1);
+        assert_eq!(layer.handle().stats().not_retryable, 1);
     }
 }
 
 #[tokio::test]
 async fn never_more_attempts_than_set_and_the_last_response_goes_out() {
     let flaky = Flaky::new(100, refused);
-    let layer = fast().max_retries(2);
+    let layer = fast().max_retries(2).build().unwrap();
     let response = layer
         .layer(flaky.service())
         .oneshot(request(Method::GET, ""))
@@ -183,7 +183,7 @@ async fn never_more_attempts_than_set_and_the_last_response_goes_out() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.extensions().get::<Arc<Failure>>().is_some());
     assert_eq!(flaky.calls(), 3);
-    assert_eq!(layer.stats().given_up, 1);
+    assert_eq!(layer.handle().stats().given_up, 1);
 }
 
 #[tokio::test]
@@ -191,12 +191,13 @@ async fn delays_are_jittered_capped_and_within_the_deadline() {
     let base = Duration::from_millis(30);
     let cap = Duration::from_millis(120);
     let flaky = Flaky::new(100, refused);
-    let layer = RetryLayer::new()
+    let layer = RetryLayer::builder()
         .max_retries(6)
         .delays(base, cap)
-        .unwrap()
         .deadline(Duration::from_millis(400))
-        .without_budget();
+        .without_budget()
+        .build()
+        .unwrap();
     let started = Instant::now();
     layer
         .layer(flaky.service())
@@ -225,17 +226,18 @@ async fn delays_are_jittered_capped_and_within_the_deadline() {
         gaps.iter().any(|gap| *gap != gaps[0]),
         "not all equal: {gaps:?}"
     );
-    assert!(layer.stats().given_up >= 1);
+    assert!(layer.handle().stats().given_up >= 1);
 }
 
 #[tokio::test]
 async fn jitter_differs_between_requests() {
     // Across requests failing at the same moment, the first delay differs: clients spread out.
-    let layer = RetryLayer::new()
+    let layer = RetryLayer::builder()
         .max_retries(1)
         .delays(Duration::from_millis(40), Duration::from_millis(200))
-        .unwrap()
-        .without_budget();
+        .without_budget()
+        .build()
+        .unwrap();
     let mut firsts = Vec::new();
     for _ in 0..8 {
         let flaky = Flaky::new(1, refused);
@@ -260,7 +262,7 @@ async fn jitter_differs_between_requests() {
 async fn a_body_over_the_cap_is_delivered_whole_and_not_retried() {
     let big = "x".repeat(100 * 1024);
     let flaky = Flaky::new(1, refused);
-    let layer = fast();
+    let layer = fast().build().unwrap();
     let request = Request::post("/")
         .body(Full::new(Bytes::from(big.clone())))
         .unwrap();
@@ -268,11 +270,13 @@ async fn a_body_over_the_cap_is_delivered_whole_and_not_retried() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(flaky.calls.lock().unwrap()[0].1, big.len(), "untruncated");
     assert_eq!(flaky.calls(), 1);
-    assert_eq!(layer.stats().not_replayable, 1);
+    assert_eq!(layer.handle().stats().not_replayable, 1);
 
     // A streaming body of unknown length is never buffered either.
     let flaky = Flaky::new(1, refused);
     let response = fast()
+        .build()
+        .unwrap()
         .layer(flaky.service())
         .oneshot(
             Request::post("/")
@@ -306,10 +310,11 @@ impl http_body::Body for Chunked {
 #[tokio::test]
 async fn dropping_the_response_future_stops_retries() {
     let flaky = Flaky::new(100, refused);
-    let layer = RetryLayer::new()
+    let layer = RetryLayer::builder()
         .delays(Duration::from_millis(50), Duration::from_millis(50))
-        .unwrap()
-        .max_retries(10);
+        .max_retries(10)
+        .build()
+        .unwrap();
     let future = layer
         .layer(flaky.service())
         .oneshot(request(Method::GET, ""));
@@ -331,7 +336,7 @@ async fn dropping_the_response_future_stops_retries() {
 async fn service_errors_are_read_too() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&calls);
-    let service = fast().layer(service_fn(
+    let service = fast().build().unwrap().layer(service_fn(
         move |_request: Request<RetryBody<Full<Bytes>>>| {
             let call = counter.fetch_add(1, Ordering::SeqCst);
             async move {
@@ -367,11 +372,12 @@ async fn with_retry_follows_the_same_rules() {
         "MaybeSent: not retried by default"
     );
 
-    let retrying = Retrying::new()
-        .retries(3)
+    let retrying = Retrying::builder()
+        .max_retries(3)
         .delays(Duration::from_millis(5), Duration::from_millis(10))
-        .unwrap()
-        .idempotent(true);
+        .idempotent(true)
+        .build()
+        .unwrap();
     let calls = AtomicUsize::new(0);
     let result = retrying
         .run(|| async {
@@ -382,7 +388,7 @@ async fn with_retry_follows_the_same_rules() {
         })
         .await;
     assert_eq!(result.unwrap(), 7);
-    assert_eq!(retrying.stats().retries, 2);
+    assert_eq!(retrying.handle().stats().retries, 2);
 
     let calls = AtomicUsize::new(0);
     let result = with_retry(
@@ -404,14 +410,19 @@ async fn with_retry_follows_the_same_rules() {
 
 #[test]
 fn bad_settings_are_errors() {
-    assert!(RetryLayer::new()
+    assert!(RetryLayer::builder()
         .delays(Duration::from_secs(5), Duration::from_secs(1))
+        .build()
         .is_err());
-    assert!(RetryLayer::new().jitter(-1.0).is_err());
-    assert!(RetryLayer::new().budget(Duration::ZERO, 1, 0.1).is_err());
-    assert!(Retrying::new()
+    assert!(RetryLayer::builder().jitter(-1.0).build().is_err());
+    assert!(RetryLayer::builder()
+        .budget(Duration::ZERO, 1, 0.1)
+        .build()
+        .is_err());
+    assert!(Retrying::builder()
         .delays(Duration::from_secs(2), Duration::ZERO)
-        .is_none());
+        .build()
+        .is_err());
 }
 
 #[tokio::test]
@@ -430,15 +441,16 @@ async fn a_known_outage_is_answered_at_once_and_a_hint_delays_the_retry() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(flaky.calls(), 1);
-    assert_eq!(layer.stats().outages, 1);
+    assert_eq!(layer.handle().stats().outages, 1);
 
     // This request's own connect attempt failed (not known before): it is retried, but not
     // before the pool will try again.
     let flaky = Flaky::new(1, || {
         Failure::new(Cause::Unreachable).with_retry_after(Duration::from_millis(150))
     });
-    let layer = RetryLayer::new()
+    let layer = RetryLayer::builder()
         .delays(Duration::from_millis(10), Duration::from_millis(20))
+        .build()
         .unwrap();
     let response = layer
         .layer(flaky.service())
@@ -451,9 +463,10 @@ async fn a_known_outage_is_answered_at_once_and_a_hint_delays_the_retry() {
 
     // The function form has time: it waits an outage out like any other failure.
     let attempts = AtomicUsize::new(0);
-    let result = Retrying::new()
-        .retries(1)
+    let result = Retrying::builder()
+        .max_retries(1)
         .delays(Duration::from_millis(10), Duration::from_millis(20))
+        .build()
         .unwrap()
         .run(|| async {
             match attempts.fetch_add(1, Ordering::SeqCst) {
@@ -468,10 +481,10 @@ async fn a_known_outage_is_answered_at_once_and_a_hint_delays_the_retry() {
 #[tokio::test]
 async fn the_budget_bounds_retries_of_blips() {
     // Every GET meets a killed backend; 200 of them over about two seconds.
-    let layer = RetryLayer::new()
+    let layer = RetryLayer::builder()
         .delays(Duration::from_millis(1), Duration::from_millis(2))
-        .unwrap()
         .budget(Duration::from_secs(1), 5, 0.1)
+        .build()
         .unwrap();
     let mut tasks = Vec::new();
     for _ in 0..200 {
@@ -482,7 +495,7 @@ async fn the_budget_bounds_retries_of_blips() {
     for task in tasks {
         task.await.unwrap().unwrap();
     }
-    let stats = layer.stats();
+    let stats = layer.handle().stats();
     println!("scenario 15 (budget): {stats:?}");
     // Without a budget: 400 retries (two each).
     assert!(stats.retries <= 60, "{stats:?}");
@@ -491,39 +504,48 @@ async fn the_budget_bounds_retries_of_blips() {
 }
 
 #[tokio::test]
-async fn a_clone_taken_before_a_setter_counts_with_the_changed_layer() {
-    let before = RetryLayer::new();
-    let layer = before
-        .clone()
+async fn clones_and_handles_share_one_set_of_counters() {
+    let layer = RetryLayer::builder()
         .max_retries(1)
         .delays(Duration::from_millis(5), Duration::from_millis(10))
-        .unwrap()
-        .without_budget();
+        .without_budget()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let clone = layer.clone();
     let flaky = Flaky::new(1, || Failure::new(Cause::Unreachable));
-    let response = layer
+    let response = clone
         .layer(flaky.service())
         .oneshot(request(Method::GET, ""))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(layer.stats().retries, 1);
-    assert_eq!(before.stats(), layer.stats(), "one set of counters");
+    assert_eq!(handle.stats().retries, 1);
+    assert_eq!(
+        layer.handle().stats(),
+        handle.stats(),
+        "one set of counters"
+    );
+    // Another built layer counts on its own.
+    assert_eq!(RetryLayer::new().handle().stats().retries, 0);
 }
 
 #[test]
 fn a_rejected_setting_is_named() {
-    let error = RetryLayer::new()
-        .delays(Duration::from_secs(5), Duration::from_secs(1))
-        .unwrap_err();
+    let rejected = |builder: RetryLayerBuilder| builder.build().unwrap_err();
+    let error =
+        rejected(RetryLayer::builder().delays(Duration::from_secs(5), Duration::from_secs(1)));
     assert_eq!(error.setting, "delays");
-    let error = RetryLayer::new().jitter(f64::NAN).unwrap_err();
-    assert_eq!(error.setting, "jitter");
-    let error = RetryLayer::new()
-        .budget(Duration::ZERO, 1, 0.1)
-        .unwrap_err();
+    assert_eq!(
+        rejected(RetryLayer::builder().jitter(f64::NAN)).setting,
+        "jitter"
+    );
+    let error = rejected(RetryLayer::builder().budget(Duration::ZERO, 1, 0.1));
     assert_eq!(error.setting, "budget");
     assert!(
         error.to_string().starts_with("invalid setting `budget`: "),
         "{error}"
     );
+    let error = Retrying::builder().jitter(101.0).build().unwrap_err();
+    assert_eq!(error.setting, "jitter");
 }

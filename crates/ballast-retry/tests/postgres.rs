@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use ballast_error::{Error, ErrorResponseLayer};
 use ballast_pool::{PoolConfig, SharedPool};
-use ballast_retry::RetryLayer;
+use ballast_retry::{RetryLayer, RetryLayerBuilder};
 use ballast_testkit::db::{self, PgDatabase};
 use ballast_testkit::fake::FakeServer;
 use ballast_testkit::proxy::{FaultProxy, Mode};
@@ -71,11 +71,10 @@ fn app(pool: Pool, retry: RetryLayer, delay: f64) -> Router {
         )
 }
 
-fn fast_retry() -> RetryLayer {
-    RetryLayer::new()
+fn fast_retry() -> RetryLayerBuilder {
+    RetryLayer::builder()
         .max_retries(5)
         .delays(Duration::from_millis(100), Duration::from_millis(400))
-        .unwrap()
 }
 
 async fn send(app: &Router, method: &str, body: &str) -> (StatusCode, String) {
@@ -125,7 +124,7 @@ async fn a_get_refused_for_a_moment_is_retried_and_succeeds() {
         return;
     };
     let (database, proxy) = setup(&url).await;
-    let retry = fast_retry();
+    let retry = fast_retry().build().unwrap();
     let app = app(
         pool_via(&proxy, &database, "pool_timeout=5"),
         retry.clone(),
@@ -137,9 +136,12 @@ async fn a_get_refused_for_a_moment_is_retried_and_succeeds() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         proxy.set_mode(Mode::Pass);
     });
-    println!("scenario 13 (safe retry): {result:?}, {:?}", retry.stats());
+    println!(
+        "scenario 13 (safe retry): {result:?}, {:?}",
+        retry.handle().stats()
+    );
     assert_eq!(result, (StatusCode::OK, "0".to_owned()));
-    let stats = retry.stats();
+    let stats = retry.handle().stats();
     assert!(stats.retries >= 1);
     assert!(
         stats.attempts <= 6,
@@ -153,7 +155,7 @@ async fn a_post_that_could_not_get_a_connection_is_retried_and_writes_once() {
         return;
     };
     let (database, proxy) = setup(&url).await;
-    let retry = fast_retry();
+    let retry = fast_retry().build().unwrap();
     let app = app(
         pool_via(&proxy, &database, "pool_timeout=5"),
         retry.clone(),
@@ -162,7 +164,7 @@ async fn a_post_that_could_not_get_a_connection_is_retried_and_writes_once() {
     let refusal = refuse_for(&proxy, Duration::from_millis(250));
     let (result, ()) = tokio::join!(send(&app, "POST", "lamp"), refusal);
     assert_eq!(result.0, StatusCode::CREATED, "{result:?}");
-    assert!(retry.stats().retries >= 1);
+    assert!(retry.handle().stats().retries >= 1);
     assert_eq!(
         send(&app, "GET", "").await,
         (StatusCode::OK, "1".to_owned()),
@@ -176,7 +178,7 @@ async fn a_post_reset_after_the_insert_was_sent_is_not_retried() {
         return;
     };
     let (database, proxy) = setup(&url).await;
-    let retry = fast_retry();
+    let retry = fast_retry().build().unwrap();
     let app = app(
         pool_via(&proxy, &database, "pool_timeout=5"),
         retry.clone(),
@@ -189,7 +191,7 @@ async fn a_post_reset_after_the_insert_was_sent_is_not_retried() {
     });
     assert_eq!(result.0, StatusCode::SERVICE_UNAVAILABLE, "{result:?}");
     assert!(result.1.contains("DB_CONNECTION_ERROR"), "{}", result.1);
-    let stats = retry.stats();
+    let stats = retry.handle().stats();
     assert_eq!(stats.retries, 0, "{stats:?}");
     assert_eq!(stats.unsafe_to_repeat, 1);
     // The statement may have committed before the server noticed: at most one row.
@@ -213,7 +215,7 @@ async fn acknowledged_writes_exist_exactly_once_under_resets() {
         return;
     };
     let (database, proxy) = setup(&url).await;
-    let retry = fast_retry();
+    let retry = fast_retry().build().unwrap();
     let app = app(
         pool_via(&proxy, &database, "pool_timeout=5&connection_limit=4"),
         retry.clone(),
@@ -281,7 +283,7 @@ async fn acknowledged_writes_exist_exactly_once_under_resets() {
     println!(
         "scenario 14 (no duplicate writes): {acknowledged} of 60 acknowledged, {} rows, {:?}",
         rows.len(),
-        retry.stats()
+        retry.handle().stats()
     );
     assert!(rows.len() >= acknowledged);
     assert!(rows.len() <= 60);
@@ -295,7 +297,10 @@ async fn with_the_database_down_outages_are_answered_at_once_within_the_budget()
     };
     let (database, proxy) = setup(&url).await;
     // A tight budget: 5 retries a second over a 1 s window, plus 10 % of requests.
-    let retry = fast_retry().budget(Duration::from_secs(1), 5, 0.1).unwrap();
+    let retry = fast_retry()
+        .budget(Duration::from_secs(1), 5, 0.1)
+        .build()
+        .unwrap();
     let app = app(
         pool_via(&proxy, &database, "pool_timeout=2"),
         retry.clone(),
@@ -315,7 +320,7 @@ async fn with_the_database_down_outages_are_answered_at_once_within_the_budget()
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert!(body.contains("\"retryable\":true"));
     }
-    let stats = retry.stats();
+    let stats = retry.handle().stats();
     println!("scenario 15 (database down): {stats:?}");
 
     // Without a budget these 200 requests could retry up to 1,000 times; with the pool's gate
@@ -336,21 +341,21 @@ async fn non_retryable_database_failures_are_never_retried() {
         .unwrap();
     let missing = db::with_database(&url, &db::unique_name("ballast_missing"));
     for pool_url in [wrong_password.url("app"), missing] {
-        let retry = fast_retry();
+        let retry = fast_retry().build().unwrap();
         let pool = SharedPool::new(PoolConfig::from_url(&pool_url).unwrap()).unwrap();
         let app = app(pool, retry.clone(), 0.0);
         let (status, body) = send(&app, "GET", "").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("DB_INIT_ERROR"), "{body}");
-        let stats = retry.stats();
+        let stats = retry.handle().stats();
         assert_eq!((stats.attempts, stats.retries), (1, 0), "{stats:?}");
     }
     // A syntax error, through the same stack: 500, one attempt.
     let database = PgDatabase::create(&url).await;
     let pool = SharedPool::new(PoolConfig::from_url(database.url()).unwrap()).unwrap();
-    let retry = fast_retry();
+    let retry = fast_retry().build().unwrap();
     let app = app(pool, retry.clone(), 0.0); // no `items` table: the query fails
     let (status, _) = send(&app, "GET", "").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(retry.stats().retries, 0);
+    assert_eq!(retry.handle().stats().retries, 0);
 }
