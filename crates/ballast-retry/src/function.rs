@@ -148,7 +148,7 @@ impl Retrying {
             operation()
         });
         let policy = FnPolicy {
-            attempts: Attempts::new(Arc::clone(&self.shared), self.idempotent),
+            attempts: Attempts::start(Arc::clone(&self.shared), self.idempotent),
         };
         tower::retry::Retry::new(policy, service).oneshot(()).await
     }

@@ -13,7 +13,6 @@ use http::{Method, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Collected, Limited};
 use pin_project_lite::pin_project;
-use tower::retry::Policy;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -225,42 +224,38 @@ impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Retry<S> {
-        let policy = HttpPolicy {
-            attempts: Attempts::new(Arc::clone(&self.shared), false),
-            idempotent: self.idempotent.clone(),
-        };
         Retry {
-            inner: tower::retry::Retry::new(policy, inner),
+            inner,
             shared: Arc::clone(&self.shared),
+            idempotent: self.idempotent.clone(),
             body_cap: self.body_cap,
         }
     }
 }
 
 /// The service made by [`RetryLayer`].
+///
+/// It follows `tower::retry`'s protocol — copy the request before the first attempt, ask the
+/// policy after each, wait, poll the service ready, call again — in a future of its own: the
+/// copy, the service clone and the per-request state live in one allocation made only for a
+/// replayable request, so the future that is moved around on every request stays as small as
+/// the inner one. `tower::retry::Retry` keeps all three inline, and moving them cost more than
+/// the rest of the layer (see the crate's Performance section).
 #[derive(Clone)]
 pub struct Retry<S> {
-    inner: TowerRetry<S>,
+    inner: S,
     shared: Arc<Shared>,
+    idempotent: MethodSet,
     body_cap: usize,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Retry<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
-            .field("inner", &self.inner.get_ref())
+            .field("inner", &self.inner)
             .field("body_cap", &self.body_cap)
             .finish_non_exhaustive()
     }
-}
-
-/// The policy handed to `tower::retry::Retry` (public only because the response future's type
-/// names it). tower clones it into each request's future; the clone's count starts when the
-/// first copy of the request is made, just before the first attempt.
-#[derive(Debug, Clone)]
-pub struct HttpPolicy {
-    attempts: Attempts,
-    idempotent: MethodSet,
 }
 
 /// A set of methods, as a bit per standard method (copied with the policy for free) plus a
@@ -311,43 +306,16 @@ impl MethodSet {
     }
 }
 
-impl<B, ResBody, E> Policy<Request<RetryBody<B>>, Response<ResBody>, E> for HttpPolicy
-where
-    E: AsFailure,
-{
-    type Future = tokio::time::Sleep;
-
-    fn retry(
-        &mut self,
-        _request: &mut Request<RetryBody<B>>,
-        result: &mut Result<Response<ResBody>, E>,
-    ) -> Option<Self::Future> {
-        let failure: Option<&Failure> = match result {
-            Ok(response) => attached(response.extensions()).map(|failure| &**failure),
-            Err(error) => error.as_failure(),
-        };
-        match self.attempts.decide(failure) {
-            Decision::Retry(sleep) => Some(sleep),
-            Decision::Stop => None,
-        }
-    }
-
-    fn clone_request(&mut self, request: &Request<RetryBody<B>>) -> Option<Request<RetryBody<B>>> {
-        if self.attempts.retries() == 0 {
-            // Asked once as the request is first sent: its clock starts here, and it counts
-            // into the budget (replayable or not).
-            let idempotent = self.idempotent.contains(request.method());
-            self.attempts.restart(idempotent);
-        }
-        let body = request.body().replay()?;
-        let mut clone = Request::new(body);
-        *clone.method_mut() = request.method().clone();
-        *clone.uri_mut() = request.uri().clone();
-        *clone.version_mut() = request.version();
-        *clone.headers_mut() = request.headers().clone();
-        *clone.extensions_mut() = request.extensions().clone();
-        Some(clone)
-    }
+/// A copy of `request` for another attempt, or `None` when its body cannot be replayed.
+fn copy<B>(request: &Request<RetryBody<B>>) -> Option<Request<RetryBody<B>>> {
+    let body = request.body().replay()?;
+    let mut copy = Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    Some(copy)
 }
 
 impl<S, B, ResBody> Service<Request<B>> for Retry<S>
@@ -367,14 +335,24 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         self.shared.counters.attempt();
+        // The request's clock starts and it counts into the budget, replayable or not.
+        let attempts = Attempts::start(
+            Arc::clone(&self.shared),
+            self.idempotent.contains(request.method()),
+        );
         let (parts, body) = request.into_parts();
-        let state = if body.is_end_stream() {
+        if body.is_end_stream() {
             // Nothing to read: call at once with an empty, replayable body.
             let request = Request::from_parts(parts, RetryBody::buffered(Bytes::new()));
-            State::Called {
-                future: self.inner.call(request),
-            }
-        } else if body
+            let replay = Replay::new(&request, self.inner.clone(), attempts);
+            return ResponseFuture {
+                state: State::Called {
+                    future: self.inner.call(request),
+                },
+                replay,
+            };
+        }
+        if body
             .size_hint()
             .upper()
             .is_some_and(|upper| upper <= self.body_cap as u64)
@@ -382,35 +360,74 @@ where
             // The body is read first; the call happens later, on the service that was polled
             // ready, and a fresh clone takes its place here.
             let clone = self.inner.clone();
-            State::Buffering {
-                collect: Limited::new(body, self.body_cap).collect(),
-                parts: Some(parts),
-                retry: Some(std::mem::replace(&mut self.inner, clone)),
-            }
-        } else {
-            self.shared.counters.not_replayable();
-            let request = Request::from_parts(parts, RetryBody::streaming(body));
-            State::Called {
+            return ResponseFuture {
+                state: State::Buffering {
+                    buffering: Box::pin(Buffering {
+                        collect: Limited::new(body, self.body_cap).collect(),
+                        parts: Some(parts),
+                        ready: Some(std::mem::replace(&mut self.inner, clone)),
+                        attempts: Some(attempts),
+                    }),
+                },
+                replay: None,
+            };
+        }
+        self.shared.counters.not_replayable();
+        let request = Request::from_parts(parts, RetryBody::streaming(body));
+        ResponseFuture {
+            state: State::Called {
                 future: self.inner.call(request),
-            }
-        };
-        ResponseFuture { state }
+            },
+            replay: None,
+        }
     }
 }
 
-type TowerRetry<S> = tower::retry::Retry<HttpPolicy, S>;
+/// What a retry needs, boxed so the response future stays small: a copy of the request, a
+/// service to call it on and the request's retry state.
+struct Replay<S, B> {
+    request: Option<Request<RetryBody<B>>>,
+    service: S,
+    attempts: Attempts,
+}
+
+impl<S, B> Replay<S, B> {
+    /// `None` when the request cannot be replayed.
+    fn new(request: &Request<RetryBody<B>>, service: S, attempts: Attempts) -> Option<Box<Self>> {
+        Some(Box::new(Replay {
+            request: Some(copy(request)?),
+            service,
+            attempts,
+        }))
+    }
+}
+
+pin_project! {
+    /// A body being read into memory before the first attempt.
+    struct Buffering<S, B>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        #[pin]
+        collect: http_body_util::combinators::Collect<Limited<B>>,
+        parts: Option<http::request::Parts>,
+        ready: Option<S>,
+        attempts: Option<Attempts>,
+    }
+}
 
 pin_project! {
     /// The response future of [`Retry`].
     pub struct ResponseFuture<S, B>
     where
         S: Service<Request<RetryBody<B>>>,
-        HttpPolicy: Policy<Request<RetryBody<B>>, S::Response, S::Error>,
         B: Body,
         B::Error: Into<BoxError>,
     {
         #[pin]
         state: State<S, B>,
+        replay: Option<Box<Replay<S, B>>>,
     }
 }
 
@@ -419,27 +436,26 @@ pin_project! {
     enum State<S, B>
     where
         S: Service<Request<RetryBody<B>>>,
-        HttpPolicy: Policy<Request<RetryBody<B>>, S::Response, S::Error>,
         B: Body,
         B::Error: Into<BoxError>,
     {
         Buffering {
-            #[pin]
-            collect: http_body_util::combinators::Collect<Limited<B>>,
-            parts: Option<http::request::Parts>,
-            retry: Option<TowerRetry<S>>,
+            buffering: Pin<Box<Buffering<S, B>>>,
         },
         Called {
             #[pin]
-            future: tower::retry::future::ResponseFuture<HttpPolicy, S, Request<RetryBody<B>>>,
+            future: S::Future,
         },
+        Waiting {
+            sleep: Pin<Box<tokio::time::Sleep>>,
+        },
+        Polling,
     }
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>
 where
     S: Service<Request<RetryBody<B>>>,
-    HttpPolicy: Policy<Request<RetryBody<B>>, S::Response, S::Error>,
     B: Body,
     B::Error: Into<BoxError>,
 {
@@ -461,24 +477,64 @@ where
         loop {
             let this = self.as_mut().project();
             let next = match this.state.project() {
-                StateProj::Called { future } => return future.poll(cx),
-                StateProj::Buffering {
-                    collect,
-                    parts,
-                    retry,
-                } => {
-                    let collected: Result<Collected<Bytes>, BoxError> = ready!(collect.poll(cx));
+                StateProj::Buffering { buffering } => {
+                    let buffering = buffering.as_mut().project();
+                    let collected: Result<Collected<Bytes>, BoxError> =
+                        ready!(buffering.collect.poll(cx));
                     let body = match collected {
                         Ok(collected) => RetryBody::buffered(collected.to_bytes()),
                         // The client went away or sent a broken body: the service sees the
                         // error it would have seen reading the body itself.
                         Err(error) => RetryBody::failed(error),
                     };
-                    let (Some(parts), Some(mut retry)) = (parts.take(), retry.take()) else {
+                    let (Some(parts), Some(mut ready), Some(attempts)) = (
+                        buffering.parts.take(),
+                        buffering.ready.take(),
+                        buffering.attempts.take(),
+                    ) else {
                         unreachable!("the buffering state is left once its body is read")
                     };
+                    let request = Request::from_parts(parts, body);
+                    *this.replay = Replay::new(&request, ready.clone(), attempts);
                     State::Called {
-                        future: retry.call(Request::from_parts(parts, body)),
+                        future: ready.call(request),
+                    }
+                }
+                StateProj::Called { future } => {
+                    let mut result = ready!(future.poll(cx));
+                    // Only a request with a copy left can be retried.
+                    let Some(replay) = this.replay.as_mut().filter(|r| r.request.is_some()) else {
+                        return Poll::Ready(result);
+                    };
+                    let failure: Option<&Failure> = match &mut result {
+                        Ok(response) => attached(response.extensions()).map(|failure| &**failure),
+                        Err(error) => error.as_failure(),
+                    };
+                    match replay.attempts.decide(failure) {
+                        Decision::Retry(sleep) => State::Waiting {
+                            sleep: Box::pin(sleep),
+                        },
+                        Decision::Stop => return Poll::Ready(result),
+                    }
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    State::Polling
+                }
+                StateProj::Polling => {
+                    let Some(replay) = this.replay.as_mut() else {
+                        unreachable!("only a replayable request waits for a retry")
+                    };
+                    if let Err(error) = ready!(replay.service.poll_ready(cx)) {
+                        return Poll::Ready(Err(error));
+                    }
+                    let Some(request) = replay.request.take() else {
+                        unreachable!("a copy is kept for every retry")
+                    };
+                    // Keep a copy for the retry after this one (the body replays from memory).
+                    replay.request = copy(&request);
+                    State::Called {
+                        future: replay.service.call(request),
                     }
                 }
             };

@@ -135,8 +135,8 @@ pub(crate) enum Decision {
     Stop,
 }
 
-/// The per-request retry state. Cheap to make and to clone (tower clones the policy into each
-/// request's future): the backoff is only built when a first retry is decided.
+/// The per-request retry state, made as the request starts: the backoff is only built when a
+/// first retry is decided.
 #[derive(Debug, Clone)]
 pub(crate) struct Attempts {
     pub(crate) shared: Arc<Shared>,
@@ -149,8 +149,13 @@ pub(crate) struct Attempts {
 }
 
 impl Attempts {
-    pub(crate) fn new(shared: Arc<Shared>, idempotent: bool) -> Self {
+    /// Starts the count for a new request: its first attempt begins now, and the request is
+    /// deposited into the budget (one clock reading for both).
+    pub(crate) fn start(shared: Arc<Shared>, idempotent: bool) -> Self {
         let now = Instant::now();
+        if let Some(budget) = &shared.budget {
+            budget.deposit(now);
+        }
         Attempts {
             deadline: now + shared.deadline,
             shared,
@@ -159,25 +164,6 @@ impl Attempts {
             backoff: None,
             attempt_started: now,
         }
-    }
-
-    /// Starts the count for a new request: its first attempt begins now, and the request is
-    /// deposited into the budget (one clock reading for both).
-    pub(crate) fn restart(&mut self, idempotent: bool) {
-        let now = Instant::now();
-        if let Some(budget) = &self.shared.budget {
-            budget.deposit(now);
-        }
-        self.deadline = now + self.shared.deadline;
-        self.attempt_started = now;
-        self.idempotent = idempotent;
-        self.retries = 0;
-        self.backoff = None;
-    }
-
-    /// Retries decided so far.
-    pub(crate) fn retries(&self) -> u32 {
-        self.retries
     }
 
     fn next_delay(&mut self) -> tokio::time::Instant {
@@ -203,11 +189,11 @@ impl Attempts {
 
     /// Decides about one failed attempt (or a success: `failure` is `None`).
     pub(crate) fn decide(&mut self, failure: Option<&Failure>) -> Decision {
-        let shared = Arc::clone(&self.shared);
-        let counters = &shared.counters;
         let Some(failure) = failure else {
             return Decision::Stop;
         };
+        let shared = Arc::clone(&self.shared);
+        let counters = &shared.counters;
         if !failure.retryable() {
             counters.not_retryable.fetch_add(1, Ordering::Relaxed);
             return Decision::Stop;
