@@ -65,6 +65,7 @@ pub enum Backend {
 /// | `max_lifetime` | [`with_max_lifetime`](Self::with_max_lifetime) | 1800 s | connections are replaced after this (0: never) |
 /// | `check_idle_after` | [`with_check_idle_after`](Self::with_check_idle_after) | 30 s | connections idle this long are tested before checkout (0: test every checkout) |
 /// | `queue_limit` | [`with_queue_limit`](Self::with_queue_limit) | 10 × `connection_limit` | most checkouts waiting at once; one more is refused at once (0: no limit) |
+/// | `statement_cache_size` | [`with_statement_cache`](Self::with_statement_cache) | on | each connection keeps diesel's prepared statements (0: off, for PgBouncer's transaction mode; any other number: on — diesel's cache has no size bound) |
 ///
 /// Durations are seconds, fractions allowed (`pool_timeout=0.5`), from 0 to 86400; `pool_timeout`
 /// and `connect_timeout` must be greater than 0.
@@ -102,10 +103,11 @@ pub struct PoolConfig {
     check_idle_after: Duration,
     /// As set: `None` derives it from `connection_limit`; `Some(0)` is no limit.
     queue_limit: Option<u32>,
+    statement_cache: bool,
 }
 
 /// The pool's own URL parameters, removed before the URL reaches the driver.
-const POOL_PARAMETERS: [&str; 7] = [
+const POOL_PARAMETERS: [&str; 8] = [
     "connection_limit",
     "pool_timeout",
     "connect_timeout",
@@ -113,6 +115,7 @@ const POOL_PARAMETERS: [&str; 7] = [
     "max_lifetime",
     "check_idle_after",
     "queue_limit",
+    "statement_cache_size",
 ];
 
 impl PoolConfig {
@@ -127,6 +130,7 @@ impl PoolConfig {
             max_lifetime: Some(DEFAULT_MAX_LIFETIME),
             check_idle_after: DEFAULT_CHECK_IDLE_AFTER,
             queue_limit: None,
+            statement_cache: true,
         }
     }
 
@@ -174,6 +178,17 @@ impl PoolConfig {
                         .parse::<u32>()
                         .map_err(|_| queue_limit_error(&format!("{value:?}")))?;
                     config.queue_limit = Some(limit);
+                }
+                "statement_cache_size" => {
+                    let size = value.parse::<u32>().map_err(|_| {
+                        ConfigError::new(
+                            "statement_cache_size",
+                            format!(
+                                "must be a whole number, 0 to turn the cache off (got {value:?})"
+                            ),
+                        )
+                    })?;
+                    config.statement_cache = size > 0;
                 }
                 _ => kept.push(pair),
             }
@@ -270,6 +285,24 @@ impl PoolConfig {
         self
     }
 
+    /// Sets whether each connection keeps diesel's prepared statements, so a query diesel may
+    /// cache is parsed once per connection rather than on every run. Turn it off behind a
+    /// pooler that hands each transaction another server connection (PgBouncer's transaction
+    /// mode): a statement prepared on one is unknown on the next. Defaults to on.
+    ///
+    /// diesel never caches `diesel::sql_query` (raw SQL is marked unsafe to cache); queries
+    /// built with the DSL are cached.
+    #[must_use]
+    pub fn with_statement_cache(mut self, enabled: bool) -> Self {
+        self.statement_cache = enabled;
+        self
+    }
+
+    /// Whether connections keep prepared statements.
+    pub fn statement_cache(&self) -> bool {
+        self.statement_cache
+    }
+
     /// The most checkouts waiting at once, or `None` for no limit.
     pub fn queue_limit(&self) -> Option<u32> {
         match self.queue_limit {
@@ -333,6 +366,7 @@ impl fmt::Debug for PoolConfig {
             .field("max_lifetime", &self.max_lifetime)
             .field("check_idle_after", &self.check_idle_after)
             .field("queue_limit", &self.queue_limit())
+            .field("statement_cache", &self.statement_cache)
             .finish()
     }
 }
@@ -511,6 +545,12 @@ mod tests {
         assert_eq!(config.queue_limit(), None, "no limit");
         let config = PoolConfig::from_url("postgres://u@h/db?queue_limit=7").unwrap();
         assert_eq!(config.queue_limit(), Some(7));
+        assert!(config.statement_cache(), "on by default");
+        let config = PoolConfig::from_url("postgres://u@h/db?statement_cache_size=0").unwrap();
+        assert!(!config.statement_cache());
+        assert_eq!(config.driver_url(), "postgres://u@h/db");
+        let error = PoolConfig::from_url("postgres://u@h/db?statement_cache_size=x").unwrap_err();
+        assert_eq!(error.setting, "statement_cache_size");
         assert_eq!(config.driver_url(), "postgres://u@h/db");
 
         let config = PoolConfig::from_url(

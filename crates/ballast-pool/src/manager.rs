@@ -221,6 +221,9 @@ impl<C: Connect> Manager<C> {
             .fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity::default());
         conn.set_instrumentation(Tracking::new(Arc::clone(&activity)));
+        if !self.shared.config.statement_cache() {
+            conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+        }
         Idle {
             conn,
             idle_since: Instant::now(),

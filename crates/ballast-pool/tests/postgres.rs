@@ -674,3 +674,45 @@ async fn overload_is_shed_at_once_and_no_checkout_outwaits_its_request() {
         waiter.await.unwrap().unwrap();
     }
 }
+
+/// The statements this connection keeps prepared, other than the one asking (tokio-postgres
+/// prepares every query as a named statement and closes it when done unless diesel caches it).
+async fn prepared(conn: &mut AsyncPgConnection) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        count: i64,
+    }
+    let count: Count = diesel::sql_query(
+        "SELECT count(*) AS count FROM pg_prepared_statements \
+         WHERE statement NOT LIKE '%pg_prepared_statements%'",
+    )
+    .get_result(conn)
+    .await
+    .unwrap();
+    count.count
+}
+
+#[tokio::test]
+async fn the_statement_cache_is_on_by_default_and_switchable_off() {
+    let Some(url) = db::postgres_url("the_statement_cache_is_on_by_default_and_switchable_off")
+    else {
+        return;
+    };
+    use diesel::IntoSql;
+    for (params, cached) in [
+        ("connection_limit=1", true),
+        ("statement_cache_size=0", false),
+    ] {
+        let pool = pool(&url, params);
+        let mut conn = pool.get().await.unwrap();
+        for _ in 0..3 {
+            diesel::select(7.into_sql::<diesel::sql_types::Integer>())
+                .get_result::<i32>(&mut *conn)
+                .await
+                .unwrap();
+        }
+        let prepared = prepared(&mut conn).await;
+        assert_eq!(prepared > 0, cached, "{params}: {prepared} prepared");
+    }
+}

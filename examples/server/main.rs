@@ -35,6 +35,7 @@
 //! stops the cache cleanup, clears the cache, closes the pool and exits 0.
 //!
 //! Stack, outermost first: shutdown → error → request timeout (30 s) → cache → retry → handlers.
+//! The database code is in `db.rs`, the Prometheus text in `metrics.rs`.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -51,18 +52,18 @@ use axum::{Json, Router};
 use ballast::cache::{CacheLayer, CleanupTask, ResponseCache};
 use ballast::error::{ErrorResponseLayer, RequestTimeoutLayer};
 use ballast::idempotency::{Idempotency, IdempotencyKey, Outcome};
-use ballast::pool::{Backend, PoolConfig, SharedPool};
+use ballast::pool::PoolConfig;
 use ballast::retry::{RetryHandle, RetryLayer};
 use ballast::shutdown::{Shutdown, ShutdownHandle, ShutdownLayer};
 use ballast::{Cause, Error, Failure};
-use diesel::sql_types::{BigInt, Text};
-use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
-use diesel_async::{AsyncMysqlConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::OnceCell;
 use tower::ServiceBuilder;
 
-type SqlitePool = SharedPool<SyncConnectionWrapper<diesel::SqliteConnection>>;
+use db::{Db, Item, NewItem};
+
+mod db;
+mod metrics;
 
 /// The database when no `DATABASE_URL` is set: a SQLite file in the current directory.
 const DEFAULT_DATABASE_URL: &str = "sqlite://ballast-example.db";
@@ -75,123 +76,6 @@ const MAX_SLEEP_MS: u64 = 60_000;
 /// 503 for the database), a query stuck on a silently dead connection cannot hold a request
 /// forever, and no checkout waits past it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The process's pool, whichever backend the URL names.
-#[derive(Clone)]
-enum Db {
-    Postgres(SharedPool<AsyncPgConnection>),
-    Mysql(SharedPool<AsyncMysqlConnection>),
-    Sqlite(SqlitePool),
-}
-
-/// Runs `$body` with `$conn` bound to a checked-out connection of whichever backend `$db` is,
-/// and `$dialect` to that backend's SQL. Each backend's connection is its own type, so the body
-/// is compiled once per backend. A diesel error from the body is classified with the
-/// connection's help: a connection that died under the query is a retryable 503, not a 500.
-macro_rules! on_connection {
-    ($db:expr, |$conn:ident, $dialect:ident| $body:expr) => {
-        match $db {
-            Db::Postgres(pool) => on_connection!(@run pool, POSTGRES, |$conn, $dialect| $body),
-            Db::Mysql(pool) => on_connection!(@run pool, MYSQL, |$conn, $dialect| $body),
-            Db::Sqlite(pool) => on_connection!(@run pool, SQLITE, |$conn, $dialect| $body),
-        }
-    };
-    (@run $pool:ident, $sql:ident, |$conn:ident, $dialect:ident| $body:expr) => {{
-        let $dialect = &$sql;
-        let mut $conn = $pool.get().await?;
-        let result: Result<_, diesel::result::Error> = async { Ok($body) }.await;
-        match result {
-            Ok(value) => value,
-            // A missing row is an answer (404), not a failure.
-            Err(diesel::result::Error::NotFound) => {
-                return Err(diesel::result::Error::NotFound.into())
-            }
-            Err(error) => return Err($conn.classify(error).await.into()),
-        }
-    }};
-}
-
-/// Runs `$body` with `$pool` bound to the pool of whichever backend `$db` is, and `$dialect` to
-/// that backend's SQL; the body is compiled once per backend.
-macro_rules! on_pool {
-    ($db:expr, |$pool:ident, $dialect:ident| $body:expr) => {
-        match $db {
-            Db::Postgres($pool) => {
-                let $dialect: &'static Dialect = &POSTGRES;
-                $body
-            }
-            Db::Mysql($pool) => {
-                let $dialect: &'static Dialect = &MYSQL;
-                $body
-            }
-            Db::Sqlite($pool) => {
-                let $dialect: &'static Dialect = &SQLITE;
-                $body
-            }
-        }
-    };
-}
-
-/// The SQL that differs between backends.
-struct Dialect {
-    schema: &'static str,
-    list: &'static str,
-    one: &'static str,
-    insert: &'static str,
-    /// Holds the connection `{seconds}` seconds inside the database; `None` where the backend
-    /// has no sleep function (SQLite: the connection is held while the request waits).
-    sleep: Option<&'static str>,
-}
-
-const POSTGRES: Dialect = Dialect {
-    schema: "CREATE TABLE IF NOT EXISTS items (
-        id BIGSERIAL PRIMARY KEY,
-        name TEXT NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-    list: "SELECT id, name, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at FROM items ORDER BY id",
-    one: "SELECT id, name, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at FROM items WHERE id = $1",
-    insert: "INSERT INTO items (name) VALUES ($1) RETURNING id, name, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at",
-    sleep: Some("SELECT pg_sleep({seconds})"),
-};
-
-const MYSQL: Dialect = Dialect {
-    schema: "CREATE TABLE IF NOT EXISTS items (
-        id BIGINT AUTO_INCREMENT PRIMARY KEY,
-        name VARCHAR(255) NOT NULL,
-        created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)",
-    list: "SELECT id, name, DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ') AS created_at FROM items ORDER BY id",
-    one: "SELECT id, name, DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ') AS created_at FROM items WHERE id = ?",
-    // MariaDB 10.5+ (this project's server) returns the inserted row.
-    insert: "INSERT INTO items (name) VALUES (?) RETURNING id, name, DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ') AS created_at",
-    sleep: Some("SELECT SLEEP({seconds})"),
-};
-
-const SQLITE: Dialect = Dialect {
-    schema: "CREATE TABLE IF NOT EXISTS items (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL,
-        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')))",
-    list: "SELECT id, name, created_at FROM items ORDER BY id",
-    one: "SELECT id, name, created_at FROM items WHERE id = ?",
-    insert: "INSERT INTO items (name) VALUES (?) RETURNING id, name, created_at",
-    sleep: None,
-};
-
-/// An item, as stored and as sent.
-#[derive(Debug, Serialize, diesel::QueryableByName)]
-struct Item {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Text)]
-    name: String,
-    #[diesel(sql_type = Text)]
-    created_at: String,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-struct NewItem {
-    name: String,
-}
 
 #[derive(Clone)]
 struct App {
@@ -210,9 +94,7 @@ impl App {
     async fn ensure_schema(&self) -> Result<(), Error> {
         self.schema
             .get_or_try_init(|| async {
-                on_connection!(&self.db, |conn, dialect| {
-                    conn.batch_execute(dialect.schema).await?;
-                });
+                self.db.create_schema().await?;
                 tracing::info!("schema ready");
                 Ok::<_, Error>(())
             })
@@ -241,12 +123,7 @@ async fn readyz(State(app): State<App>) -> Response {
     if !app.shutdown.is_ready() {
         return no_store((StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     }
-    let ready = match &app.db {
-        Db::Postgres(pool) => pool.readiness().await,
-        Db::Mysql(pool) => pool.readiness().await,
-        Db::Sqlite(pool) => pool.readiness().await,
-    };
-    match ready {
+    match app.db.readiness().await {
         Ok(()) => no_store("ready"),
         Err(failure) => no_store((
             StatusCode::SERVICE_UNAVAILABLE,
@@ -257,23 +134,12 @@ async fn readyz(State(app): State<App>) -> Response {
 
 async fn list_items(State(app): State<App>) -> Result<Json<Vec<Item>>, Error> {
     app.ensure_schema().await?;
-    let items = on_connection!(&app.db, |conn, dialect| {
-        diesel::sql_query(dialect.list)
-            .load::<Item>(&mut *conn)
-            .await?
-    });
-    Ok(Json(items))
+    Ok(Json(app.db.items().await?))
 }
 
 async fn get_item(State(app): State<App>, Path(id): Path<i64>) -> Result<Json<Item>, Error> {
     app.ensure_schema().await?;
-    let item = on_connection!(&app.db, |conn, dialect| {
-        diesel::sql_query(dialect.one)
-            .bind::<BigInt, _>(id)
-            .get_result::<Item>(&mut *conn)
-            .await?
-    });
-    Ok(Json(item))
+    Ok(Json(app.db.item(id).await?))
 }
 
 /// `POST /items`. With an `Idempotency-Key` header the insert is recorded with its key in one
@@ -296,21 +162,7 @@ async fn create_item(
         ));
     }
     app.ensure_schema().await?;
-    let request = NewItem { name: name.clone() };
-    let outcome = on_pool!(&app.db, |pool, dialect| {
-        let mut conn = pool.get().await?;
-        app.keys
-            .run(&mut *conn, key.as_ref(), &request, move |conn| {
-                Box::pin(async move {
-                    let item: Item = diesel::sql_query(dialect.insert)
-                        .bind::<Text, _>(name)
-                        .get_result(conn)
-                        .await?;
-                    Ok((StatusCode::CREATED, item))
-                })
-            })
-            .await?
-    });
+    let outcome = app.db.create_item(&app.keys, key.as_ref(), name).await?;
     // The cached list is stale now.
     app.cache.invalidate_path("/items").await;
     Ok(outcome)
@@ -330,142 +182,33 @@ async fn sleep(State(app): State<App>, Query(query): Query<SleepQuery>) -> Resul
             "ms must be at most 60000.",
         ));
     }
-    let seconds = ms as f64 / 1000.0;
-    on_connection!(&app.db, |conn, dialect| {
-        match dialect.sleep {
-            Some(sql) => {
-                diesel::sql_query(sql.replace("{seconds}", &seconds.to_string()))
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            None => {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                conn.batch_execute("SELECT 1").await?;
-            }
-        }
-    });
+    app.db.sleep(ms).await?;
     Ok(no_store(Json(serde_json::json!({ "slept_ms": ms }))))
 }
 
-fn pool_stats(db: &Db) -> ballast::pool::PoolStats {
-    match db {
-        Db::Postgres(pool) => pool.stats(),
-        Db::Mysql(pool) => pool.stats(),
-        Db::Sqlite(pool) => pool.stats(),
-    }
+async fn metrics(State(app): State<App>) -> Result<Response, Error> {
+    let text = metrics::render(
+        &app.db.stats(),
+        &app.cache.stats().await,
+        &app.retry.stats(),
+        &app.shutdown.stats(),
+    )
+    .map_err(|error| Failure::new(Cause::Internal).with_detail(error.to_string()))?;
+    let mut response = no_store(text);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    Ok(response)
 }
 
 async fn stats(State(app): State<App>) -> Response {
     no_store(Json(serde_json::json!({
-        "pool": pool_stats(&app.db),
+        "pool": app.db.stats(),
         "cache": app.cache.stats().await,
         "retry": app.retry.stats(),
         "shutdown": app.shutdown.stats(),
     })))
-}
-
-async fn metrics(State(app): State<App>) -> Result<Response, Error> {
-    use prometheus_client::metrics::counter::Counter;
-    use prometheus_client::metrics::gauge::Gauge;
-    use prometheus_client::registry::Registry;
-
-    let pool = pool_stats(&app.db);
-    let cache = app.cache.stats().await;
-    let retry = app.retry.stats();
-    let shutdown = app.shutdown.stats();
-    let mut registry = Registry::with_prefix("ballast");
-    let mut gauge = |name: &str, help: &str, value: u64| {
-        let metric = Gauge::<i64>::default();
-        metric.set(i64::try_from(value).unwrap_or(i64::MAX));
-        registry.register(name, help, metric);
-    };
-    gauge(
-        "pool_max_size",
-        "Most connections the pool opens",
-        u64::from(pool.max_size),
-    );
-    gauge("pool_open", "Connections open", u64::from(pool.open));
-    gauge(
-        "pool_in_use",
-        "Connections checked out",
-        u64::from(pool.in_use),
-    );
-    gauge("pool_waiting", "Checkouts waiting", pool.waiting);
-    gauge("cache_entries", "Responses cached", cache.entries);
-    gauge("cache_bytes", "Bytes cached", cache.bytes);
-    gauge(
-        "requests_in_flight",
-        "Requests in flight",
-        shutdown.in_flight as u64,
-    );
-    let mut counter = |name: &str, help: &str, value: u64| {
-        let metric = Counter::<u64>::default();
-        metric.inc_by(value);
-        registry.register(name, help, metric);
-    };
-    counter("pool_checkouts", "Successful checkouts", pool.checkouts);
-    counter(
-        "pool_timeouts",
-        "Checkouts that waited pool_timeout in vain",
-        pool.timeouts,
-    );
-    counter(
-        "pool_connect_failures",
-        "Failed connect attempts",
-        pool.connect_failures,
-    );
-    counter(
-        "pool_cancelled",
-        "Checkouts abandoned mid-statement, cancelled on the server",
-        pool.cancelled,
-    );
-    counter(
-        "pool_shed",
-        "Checkouts refused at once past queue_limit",
-        pool.shed,
-    );
-    counter("cache_hits", "Cache hits", cache.hits);
-    counter(
-        "cache_stale",
-        "Stale responses served while the database failed",
-        cache.stale,
-    );
-    counter("cache_misses", "Cache misses", cache.misses);
-    counter(
-        "cache_evictions",
-        "Entries evicted by the bounds",
-        cache.evictions,
-    );
-    counter(
-        "retry_attempts",
-        "Calls to the handlers, retries included",
-        retry.attempts,
-    );
-    counter("retry_retries", "Retries", retry.retries);
-    counter(
-        "retry_budget_exhausted",
-        "Retries refused by the budget",
-        retry.budget_exhausted,
-    );
-    counter(
-        "retry_outages",
-        "Failures answered at once because the database was known to be down",
-        retry.outages,
-    );
-    counter(
-        "shutdown_rejected",
-        "Requests refused while draining",
-        shutdown.rejected,
-    );
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry)
-        .map_err(|error| Failure::new(Cause::Internal).with_detail(error.to_string()))?;
-    let mut response = no_store(text);
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
-    Ok(response)
 }
 
 /// Reads the settings; a bad one ends the process with a one-line message naming it.
@@ -522,15 +265,6 @@ fn seconds_setting(name: &str) -> Result<Option<Duration>, String> {
         .ok_or_else(|| format!("{name}: {value:?} is not a number of seconds from 0 to 86400"))
 }
 
-fn open_pool(config: PoolConfig) -> Result<Db, String> {
-    let error = |error: ballast::pool::PoolError| format!("DATABASE_URL: {error}");
-    Ok(match config.backend() {
-        Backend::Postgres => Db::Postgres(SharedPool::init(config).map_err(error)?),
-        Backend::Mysql => Db::Mysql(SharedPool::init(config).map_err(error)?),
-        _ => Db::Sqlite(SharedPool::init(config).map_err(error)?),
-    })
-}
-
 fn log_level() -> tracing::Level {
     match std::env::var("RUST_LOG")
         .unwrap_or_default()
@@ -564,10 +298,10 @@ async fn main() -> ExitCode {
         }
     };
     tracing::info!(?config, "configuration");
-    let db = match open_pool(config) {
+    let db = match Db::open(config) {
         Ok(db) => db,
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(error) => {
+            eprintln!("error: DATABASE_URL: {error}");
             return ExitCode::from(2);
         }
     };
@@ -589,11 +323,7 @@ async fn main() -> ExitCode {
             Ok::<_, String>(())
         })
         .hook("close pool", Duration::from_secs(5), move || async move {
-            match closing {
-                Db::Postgres(pool) => pool.close().await,
-                Db::Mysql(pool) => pool.close().await,
-                Db::Sqlite(pool) => pool.close().await,
-            }
+            closing.close().await;
             Ok::<_, String>(())
         })
         .build();
