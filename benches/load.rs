@@ -16,6 +16,10 @@
 //!    fraction of the database's own ceiling.
 //!
 //! Without `DATABASE_URL` only pair 1 runs.
+//!
+//! This bench drives its own copy of the stack in process. The example server itself, as its own
+//! process, against sqlx, deadpool and bb8 with and without its checkout ping, is measured by
+//! `cargo run --release -p ballast-bench --features peers` (`bench/`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

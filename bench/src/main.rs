@@ -1,0 +1,506 @@
+//! The HTTP load bench: what ships — the example server, run as its own process with its whole
+//! stack — against peer stacks beside it, all loaded by `wrk` (one thread, 64 connections) in
+//! one run, alternating the subjects round by round so machine drift cancels out.
+//!
+//! ```text
+//! apt-get install wrk
+//! cargo build --release --example server
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test \
+//!     cargo run --release -p ballast-bench --features peers
+//! ```
+//!
+//! `BENCH_SECONDS` (8) sets each run's length, `BENCH_ROUNDS` (3) the rounds; each subject's
+//! figure is its median, with the CPU time its serving process spent per request (Linux: the
+//! example server's own process; the peers share the bench's, one subject loaded at a time).
+//! `BENCH_ONLY` (part of a subject's name, e.g. `sqlx`) loads only the subjects it names, to
+//! profile one (`perf record -p` on the process serving it). Everything runs on a database of its own, `ballast_bench`, created on
+//! the server `DATABASE_URL` names.
+//!
+//! - **Database round trip** (`GET /sleep?ms=0`: a checkout and `SELECT pg_sleep($1)`, pool of
+//!   10): the example server against axum with, as their users get them, bb8 + diesel-async
+//!   (stock: a ping at every checkout), the same with the ping off, deadpool + diesel-async,
+//!   and sqlx's `PgPool`. The diesel peers run the statement as a cached prepared statement,
+//!   as the example server does; sqlx caches its own. Goal: the example server ≥ 1.0 × sqlx.
+//! - **Cached read** (`GET /items`, a cache hit through the whole stack) against a bare axum
+//!   handler answering the same bytes. Goal: ≥ 0.90.
+
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use ballast_pool::{PoolConfig, SharedPool};
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{Double, Untyped};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The database the bench creates and uses.
+const DATABASE: &str = "ballast_bench";
+/// Every pool's size.
+const POOL_SIZE: u32 = 10;
+/// What every `/sleep` answers.
+const SLEPT: &str = r#"{"slept_ms":0}"#;
+
+/// `SELECT pg_sleep($1)`, cached as a prepared statement by diesel (its SQL never changes).
+#[derive(QueryId)]
+struct PgSleep(f64);
+
+impl Query for PgSleep {
+    type SqlType = Untyped;
+}
+
+impl QueryFragment<Pg> for PgSleep {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> diesel::QueryResult<()> {
+        out.push_sql("SELECT pg_sleep(");
+        out.push_bind_param::<Double, f64>(&self.0)?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+type Bb8Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
+type DeadPool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
+
+async fn sleep_bb8(State(pool): State<Bb8Pool>) -> Result<impl IntoResponse, StatusCode> {
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    PgSleep(0.0)
+        .execute(&mut *conn)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok(json(SLEPT))
+}
+
+async fn sleep_deadpool(State(pool): State<DeadPool>) -> Result<impl IntoResponse, StatusCode> {
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    PgSleep(0.0)
+        .execute(&mut *conn)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok(json(SLEPT))
+}
+
+async fn sleep_ballast_pool(
+    State(pool): State<SharedPool<AsyncPgConnection>>,
+) -> Result<impl IntoResponse, StatusCode> {
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    PgSleep(0.0)
+        .execute(&mut *conn)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok(json(SLEPT))
+}
+
+async fn sleep_sqlx(State(pool): State<sqlx::PgPool>) -> Result<impl IntoResponse, StatusCode> {
+    sqlx::query("SELECT pg_sleep($1)")
+        .bind(0.0_f64)
+        .execute(&pool)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok(json(SLEPT))
+}
+
+fn json(body: impl Into<axum::body::Body>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], body.into())
+}
+
+/// Serves `router` on a free local port; returns the base URL.
+async fn serve(router: Router) -> std::io::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(format!("http://{addr}"))
+}
+
+/// The example server as its own process on `database_url`; returns it and its base URL.
+async fn start_example(database_url: &str) -> Result<(Child, String), String> {
+    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
+    let server = exe
+        .parent()
+        .map(|dir| dir.join("examples").join("server"))
+        .filter(|path| path.exists())
+        .ok_or("the example server is not built: run `cargo build --release --example server`")?;
+    let mut child = Command::new(server)
+        .env(
+            "DATABASE_URL",
+            format!("{database_url}?connection_limit={POOL_SIZE}"),
+        )
+        .env("BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "error")
+        // Hits stay fresh for the whole run.
+        .env("CACHE_TTL", "3600")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| format!("cannot start the example server: {error}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            return Ok((child, format!("http://{addr}")));
+        }
+    }
+    Err("the example server exited before listening".to_owned())
+}
+
+/// `curl`'s output for one request (`-i` adds the headers).
+async fn curl(args: &[&str]) -> Result<String, String> {
+    let output = Command::new("curl")
+        .arg("-s")
+        .args(args)
+        .output()
+        .await
+        .map_err(|error| format!("curl: {error}"))?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// CPU time used so far by process `pid` (user and system), in clock ticks, where `/proc`
+/// tells (Linux).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |index: usize| fields.get(index)?.parse::<u64>().ok();
+    // utime and stime are the 14th and 15th fields; the 3rd is the first after the name.
+    Some(field(11)? + field(12)?)
+}
+
+/// One `wrk` run: requests a second, the requests made and the error responses counted.
+async fn wrk(url: &str, seconds: u64) -> Result<(f64, u64, u64), String> {
+    let output = Command::new("wrk")
+        .args(["-t1", "-c64", &format!("-d{seconds}s"), url])
+        .output()
+        .await
+        .map_err(|error| format!("wrk: {error} (apt-get install wrk)"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next().map(str::to_owned))
+    };
+    let rate = field("Requests/sec:")
+        .and_then(|rate| rate.parse().ok())
+        .ok_or_else(|| format!("wrk printed no rate: {text}"))?;
+    let errors = field("Non-2xx or 3xx responses:")
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0);
+    let requests = text
+        .lines()
+        .find(|line| line.contains(" requests in "))
+        .and_then(|line| line.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0);
+    Ok((rate, requests, errors))
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let base = url.split('?').next().unwrap_or(url);
+    match base.rsplit_once('/') {
+        Some((server, _)) if server.contains("://") && !server.ends_with('/') => {
+            format!("{server}/{database}")
+        }
+        _ => format!("{}/{database}", base.trim_end_matches('/')),
+    }
+}
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A subject: its name, the URL `wrk` loads and the process serving it.
+struct Subject {
+    name: &'static str,
+    url: String,
+    pid: u32,
+    rates: Vec<f64>,
+    errors: u64,
+    /// CPU ticks the serving process used, and the requests it served meanwhile.
+    cpu: (u64, u64),
+}
+
+impl Subject {
+    fn new(name: &'static str, url: String, pid: u32) -> Self {
+        Subject {
+            name,
+            url,
+            pid,
+            rates: Vec::new(),
+            errors: 0,
+            cpu: (0, 0),
+        }
+    }
+
+    /// The serving process's CPU time per request, in microseconds (a tick is 10 ms on Linux).
+    fn cpu_per_request(&self) -> String {
+        match self.cpu {
+            (ticks, requests) if requests > 0 && ticks > 0 => {
+                format!(
+                    "{:>6.1} µs CPU/request",
+                    ticks as f64 * 10_000.0 / requests as f64
+                )
+            }
+            _ => String::new(),
+        }
+    }
+
+    fn median(&self) -> f64 {
+        let mut rates = self.rates.clone();
+        rates.sort_by(f64::total_cmp);
+        rates.get(rates.len() / 2).copied().unwrap_or(0.0)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        println!("skipping the HTTP load bench: DATABASE_URL (PostgreSQL) is unset");
+        return Ok(());
+    };
+    if !cfg!(not(debug_assertions)) {
+        println!("warning: a debug build measures the bench, not the stacks: use --release");
+    }
+    let (seconds, rounds) = (setting("BENCH_SECONDS", 8), setting("BENCH_ROUNDS", 3));
+
+    // A database of the bench's own: the example's `items` table starts empty.
+    let admin = sqlx::PgPool::connect(&url)
+        .await
+        .map_err(|error| format!("DATABASE_URL: {error}"))?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(DATABASE)
+        .fetch_optional(&admin)
+        .await
+        .map_err(|error| error.to_string())?;
+    if exists.is_none() {
+        sqlx::query(&format!("CREATE DATABASE {DATABASE}"))
+            .execute(&admin)
+            .await
+            .map_err(|error| error.to_string())?;
+    }
+    admin.close().await;
+    let db_url = with_database(&url, DATABASE);
+
+    let (example_process, example) = start_example(&db_url).await?;
+    let example_pid = example_process.id().unwrap_or(0);
+    let own_pid = std::process::id();
+    for name in ["desk", "lamp", "chair"] {
+        curl(&[
+            "-X",
+            "POST",
+            &format!("{example}/items"),
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &format!(r#"{{"name":"{name}"}}"#),
+        ])
+        .await?;
+    }
+    let items = curl(&[&format!("{example}/items")]).await?;
+    let hit = curl(&["-i", &format!("{example}/items")]).await?;
+    if !hit.to_ascii_lowercase().contains("x-cache: hit") {
+        return Err(format!("GET /items is not a cache hit:\n{hit}"));
+    }
+
+    let manager = || AsyncDieselConnectionManager::<AsyncPgConnection>::new(db_url.as_str());
+    let stock: Bb8Pool = bb8::Pool::builder()
+        .max_size(POOL_SIZE)
+        .build(manager())
+        .await
+        .map_err(|error| error.to_string())?;
+    let no_ping: Bb8Pool = bb8::Pool::builder()
+        .max_size(POOL_SIZE)
+        .test_on_check_out(false)
+        .build(manager())
+        .await
+        .map_err(|error| error.to_string())?;
+    let deadpool = DeadPool::builder(manager())
+        .max_size(POOL_SIZE as usize)
+        .build()
+        .map_err(|error| error.to_string())?;
+    let sqlx_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(POOL_SIZE)
+        .connect_lazy(&db_url)
+        .map_err(|error| error.to_string())?;
+    let config = PoolConfig::from_url(&db_url).map_err(|error| error.to_string())?;
+    let ballast_pool =
+        SharedPool::<AsyncPgConnection>::new(config.with_connection_limit(POOL_SIZE))
+            .map_err(|error| error.to_string())?;
+    let serve = |router: Router| async move { serve(router).await.map_err(|e| e.to_string()) };
+    let bare = serve(Router::new().route(
+        "/items",
+        get(move || {
+            let items = items.clone();
+            async move { json(items) }
+        }),
+    ))
+    .await?;
+    let stock = serve(
+        Router::new()
+            .route("/sleep", get(sleep_bb8))
+            .with_state(stock),
+    )
+    .await?;
+    let no_ping = serve(
+        Router::new()
+            .route("/sleep", get(sleep_bb8))
+            .with_state(no_ping),
+    )
+    .await?;
+    let deadpool = serve(
+        Router::new()
+            .route("/sleep", get(sleep_deadpool))
+            .with_state(deadpool),
+    )
+    .await?;
+    let pool_only = serve(
+        Router::new()
+            .route("/sleep", get(sleep_ballast_pool))
+            .with_state(ballast_pool),
+    )
+    .await?;
+    let sqlx_url = serve(
+        Router::new()
+            .route("/sleep", get(sleep_sqlx))
+            .with_state(sqlx_pool),
+    )
+    .await?;
+
+    let mut round_trip = [
+        Subject::new(
+            "ballast example server",
+            format!("{example}/sleep?ms=0"),
+            example_pid,
+        ),
+        Subject::new("axum + bb8 stock (ping)", format!("{stock}/sleep"), own_pid),
+        Subject::new("axum + bb8, ping off", format!("{no_ping}/sleep"), own_pid),
+        Subject::new("axum + deadpool", format!("{deadpool}/sleep"), own_pid),
+        Subject::new("axum + sqlx PgPool", format!("{sqlx_url}/sleep"), own_pid),
+        // Not a peer: ballast's pool without the layers, to tell the pool's cost from theirs.
+        Subject::new(
+            "axum + ballast pool, no layers",
+            format!("{pool_only}/sleep"),
+            own_pid,
+        ),
+    ];
+    let mut cached = [
+        Subject::new(
+            "ballast example server (hit)",
+            format!("{example}/items"),
+            example_pid,
+        ),
+        Subject::new("bare axum, same bytes", format!("{bare}/items"), own_pid),
+    ];
+    // `BENCH_ONLY` (a part of a subject's name) loads only the subjects it names, for profiling
+    // one of them; the table then shows only those.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let chosen = |subject: &&mut Subject| subject.name.contains(only.as_str());
+    // Warm every pool and statement cache, then alternate.
+    for subject in round_trip
+        .iter_mut()
+        .chain(cached.iter_mut())
+        .filter(chosen)
+    {
+        wrk(&subject.url, 2).await?;
+    }
+    for round in 1..=rounds {
+        for subject in round_trip
+            .iter_mut()
+            .chain(cached.iter_mut())
+            .filter(chosen)
+        {
+            let before = cpu_ticks(subject.pid);
+            let (rate, requests, errors) = wrk(&subject.url, seconds).await?;
+            if let (Some(before), Some(after)) = (before, cpu_ticks(subject.pid)) {
+                subject.cpu.0 += after.saturating_sub(before);
+                subject.cpu.1 += requests;
+            }
+            subject.rates.push(rate);
+            subject.errors += errors;
+            eprintln!("round {round}: {:<30} {rate:>9.0} req/s", subject.name);
+        }
+    }
+
+    println!(
+        "\nHTTP load: wrk -t1 -c64 -d{seconds}s, {rounds} rounds alternated, PostgreSQL, pools of \
+         {POOL_SIZE}; median req/s"
+    );
+    let sqlx_rate = round_trip[4].median();
+    let stock_rate = round_trip[1].median();
+    println!("  database round trip (a checkout and SELECT pg_sleep($1))");
+    for subject in round_trip
+        .iter()
+        .filter(|subject| !subject.rates.is_empty())
+    {
+        let rate = subject.median();
+        println!(
+            "    {:<30} {rate:>9.0}   {:>5.2} × sqlx   {:>5.2} × stock bb8   {}{}",
+            subject.name,
+            rate / sqlx_rate,
+            rate / stock_rate,
+            subject.cpu_per_request(),
+            errors(subject.errors)
+        );
+    }
+    let bare_rate = cached[1].median();
+    println!("  cached read (GET /items)");
+    for subject in cached.iter().filter(|subject| !subject.rates.is_empty()) {
+        let rate = subject.median();
+        println!(
+            "    {:<30} {rate:>9.0}   {:>5.2} × bare axum   {}{}",
+            subject.name,
+            rate / bare_rate,
+            subject.cpu_per_request(),
+            errors(subject.errors)
+        );
+    }
+    if !only.is_empty() {
+        return Ok(());
+    }
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    let ballast = round_trip[0].median();
+    println!(
+        "goals: round trip ≥ 1.00 × sqlx: {:.2}, {}; cached hit ≥ 0.90 × bare axum: {:.2}, {}",
+        ballast / sqlx_rate,
+        verdict(ballast >= sqlx_rate),
+        cached[0].median() / bare_rate,
+        verdict(cached[0].median() >= 0.9 * bare_rate)
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(())
+}
+
+fn errors(count: u64) -> String {
+    if count == 0 {
+        String::new()
+    } else {
+        format!("   ({count} error responses)")
+    }
+}
