@@ -165,15 +165,21 @@ where
             layer.cache.count(Event::Bypassed);
             return Box::pin(pass_through(inner, Request::from_parts(parts, body)));
         }
-        let primary = match &layer.key {
-            Some(key) => key(&parts),
-            None => Some(rules::default_key(&parts, &layer.cache.inner.keyed_headers)),
+        let key = match &layer.key {
+            Some(key) => key(&parts).map(|primary| CacheKey::new(parts.uri.path(), &primary)),
+            None => {
+                // The path and the default primary key, built in one buffer.
+                let path = parts.uri.path();
+                let mut text = String::with_capacity(path.len() + 64);
+                text.push_str(path);
+                rules::push_default_key(&mut text, &parts, &layer.cache.inner.keyed_headers);
+                Some(CacheKey::from_text(text, path.len()))
+            }
         };
-        let Some(primary) = primary else {
+        let Some(key) = key else {
             layer.cache.count(Event::Bypassed);
             return Box::pin(pass_through(inner, Request::from_parts(parts, body)));
         };
-        let key = CacheKey::new(parts.uri.path(), &primary);
         Box::pin(lookup(inner, layer, key, Request::from_parts(parts, body)))
     }
 }
@@ -244,7 +250,9 @@ where
                     let Some(entry) = found.clone() else {
                         unreachable!("matched on `found`")
                     };
-                    return revalidate(inner, layer, key, entry, request).await;
+                    // Boxed, as `fill` below: the rare paths' futures are large, and inline they
+                    // would make every hit's future as large, moved on every request.
+                    return Box::pin(revalidate(inner, layer, key, entry, request)).await;
                 }
                 Freshness::Expired => false,
             }
@@ -266,7 +274,7 @@ where
         return Ok(response);
     }
 
-    fill(inner, layer, key, request).await
+    Box::pin(fill(inner, layer, key, request)).await
 }
 
 /// A miss that may be stored: concurrent misses of one key run the inner service once.
@@ -631,12 +639,24 @@ fn hit<ResBody>(
     *response.status_mut() = stored.status;
     *response.headers_mut() = stored.headers.clone();
     let headers = response.headers_mut();
-    headers.insert(AGE, HeaderValue::from(age.as_secs()));
+    headers.insert(AGE, age_value(age.as_secs()));
     if head {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
     }
     mark(&mut response, x_cache, label);
     response
+}
+
+/// The `Age` header's value. The first minute's values are made once: a fresh hit is usually
+/// young, and formatting a number allocates.
+fn age_value(seconds: u64) -> HeaderValue {
+    static YOUNG: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..60_u64).map(HeaderValue::from).collect());
+    usize::try_from(seconds)
+        .ok()
+        .and_then(|seconds| YOUNG.get(seconds))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(seconds))
 }
 
 fn mark<B>(response: &mut Response<B>, enabled: bool, value: &'static str) {

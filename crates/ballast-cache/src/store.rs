@@ -68,9 +68,14 @@ impl CacheKey {
         let mut text = String::with_capacity(path.len() + primary.len());
         text.push_str(path);
         text.push_str(primary);
+        Self::from_text(text, path.len())
+    }
+
+    /// A key from `text`: the path (its first `path_len` bytes), then the primary key.
+    pub(crate) fn from_text(text: String, path_len: usize) -> Self {
         CacheKey {
             text: text.into(),
-            path_len: path.len(),
+            path_len,
             variant: Arc::clone(&NO_VARIANT),
         }
     }

@@ -120,7 +120,8 @@ where
             state: State::Running {
                 future: scope.run(self.inner.call(request)),
             },
-            sleep: tokio::time::sleep(self.timeout),
+            // The deadline from the clock reading above: one reading per request.
+            sleep: tokio::time::sleep_until((started + self.timeout).into()),
             scope,
             reading,
             method,

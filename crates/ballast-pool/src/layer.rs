@@ -13,19 +13,20 @@ use crate::pool::SharedPool;
 /// middleware that read it there (axum: `Extension<SharedPool<C>>`).
 ///
 /// axum applications can use the pool as state instead; this layer is for plain Tower stacks
-/// and for middleware that needs the pool.
+/// and for middleware that needs the pool. Named after tower-http's `AddExtensionLayer`, which
+/// does the same for any value.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use ballast_pool::{PoolConfig, PoolLayer, SharedPool};
+/// use ballast_pool::{AddPoolLayer, PoolConfig, SharedPool};
 /// use diesel_async::AsyncPgConnection;
 /// use tower::{service_fn, ServiceBuilder, ServiceExt};
 ///
 /// let config = PoolConfig::from_url("postgres://postgres@127.0.0.1:5432/test")?;
 /// let pool = SharedPool::<AsyncPgConnection>::new(config)?;
 /// let service = ServiceBuilder::new()
-///     .layer(PoolLayer::new(pool))
+///     .layer(AddPoolLayer::new(pool))
 ///     .service(service_fn(|request: http::Request<()>| async move {
 ///         let pool = request.extensions().get::<SharedPool<AsyncPgConnection>>();
 ///         Ok::<_, std::convert::Infallible>(pool.is_some())
@@ -34,34 +35,34 @@ use crate::pool::SharedPool;
 /// # Ok(())
 /// # }
 /// ```
-pub struct PoolLayer<C: Connect> {
+pub struct AddPoolLayer<C: Connect> {
     pool: SharedPool<C>,
 }
 
-impl<C: Connect> PoolLayer<C> {
+impl<C: Connect> AddPoolLayer<C> {
     /// A layer that hands out `pool`.
     pub fn new(pool: SharedPool<C>) -> Self {
-        PoolLayer { pool }
+        AddPoolLayer { pool }
     }
 }
 
-impl<C: Connect> Clone for PoolLayer<C> {
+impl<C: Connect> Clone for AddPoolLayer<C> {
     fn clone(&self) -> Self {
-        PoolLayer {
+        AddPoolLayer {
             pool: self.pool.clone(),
         }
     }
 }
 
-impl<C: Connect> fmt::Debug for PoolLayer<C> {
+impl<C: Connect> fmt::Debug for AddPoolLayer<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PoolLayer")
+        f.debug_struct("AddPoolLayer")
             .field("pool", &self.pool)
             .finish()
     }
 }
 
-impl<S, C: Connect> Layer<S> for PoolLayer<C> {
+impl<S, C: Connect> Layer<S> for AddPoolLayer<C> {
     type Service = AddPool<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -72,7 +73,7 @@ impl<S, C: Connect> Layer<S> for PoolLayer<C> {
     }
 }
 
-/// The service made by [`PoolLayer`].
+/// The service made by [`AddPoolLayer`].
 pub struct AddPool<S, C: Connect> {
     inner: S,
     pool: SharedPool<C>,

@@ -114,6 +114,6 @@ mod stats;
 
 pub use config::{Backend, ConfigError, PoolConfig};
 pub use connect::Connect;
-pub use layer::{AddPool, PoolLayer};
+pub use layer::{AddPool, AddPoolLayer};
 pub use pool::{PoolError, PoolProvider, PooledConnection, SharedPool};
 pub use stats::PoolStats;

@@ -38,7 +38,7 @@ pub trait PoolProvider: Clone + Send + Sync + 'static {
 }
 
 /// The process's bounded, shared pool of diesel-async connections: cheap to clone (an `Arc`),
-/// usable as axum state or through [`PoolLayer`](crate::PoolLayer).
+/// usable as axum state or through [`AddPoolLayer`](crate::AddPoolLayer).
 ///
 /// See the [crate docs](crate) for the contract.
 pub struct SharedPool<C: Connect> {

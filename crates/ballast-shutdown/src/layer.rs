@@ -83,7 +83,8 @@ impl<S> Layer<S> for ShutdownLayer {
     }
 }
 
-/// The service made by [`ShutdownLayer`].
+/// The service made by [`ShutdownLayer`]. (tower-http would call it `Shutdown<S>`; that name
+/// is the coordinator's, [`Shutdown`](crate::Shutdown).)
 #[derive(Debug, Clone)]
 pub struct ShutdownService<S> {
     inner: S,
