@@ -21,6 +21,8 @@
 //!   (stock: a ping at every checkout), the same with the ping off, deadpool + diesel-async,
 //!   and sqlx's `PgPool`. The diesel peers run the statement as a cached prepared statement,
 //!   as the example server does; sqlx caches its own. Goal: the example server ≥ 1.0 × sqlx.
+//!   Two more subjects are not peers but tell the costs apart: ballast's pool alone in this
+//!   process, and the same with the example server's layers.
 //! - **Cached read** (`GET /items`, a cache hit through the whole stack) against a bare axum
 //!   handler answering the same bytes. Goal: ≥ 0.90.
 
@@ -77,7 +79,7 @@ async fn sleep_bb8(State(pool): State<Bb8Pool>) -> Result<impl IntoResponse, Sta
         .execute(&mut *conn)
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    Ok(json(SLEPT))
+    Ok(no_store(SLEPT))
 }
 
 async fn sleep_deadpool(State(pool): State<DeadPool>) -> Result<impl IntoResponse, StatusCode> {
@@ -89,7 +91,7 @@ async fn sleep_deadpool(State(pool): State<DeadPool>) -> Result<impl IntoRespons
         .execute(&mut *conn)
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    Ok(json(SLEPT))
+    Ok(no_store(SLEPT))
 }
 
 async fn sleep_ballast_pool(
@@ -103,7 +105,7 @@ async fn sleep_ballast_pool(
         .execute(&mut *conn)
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    Ok(json(SLEPT))
+    Ok(no_store(SLEPT))
 }
 
 async fn sleep_sqlx(State(pool): State<sqlx::PgPool>) -> Result<impl IntoResponse, StatusCode> {
@@ -112,7 +114,18 @@ async fn sleep_sqlx(State(pool): State<sqlx::PgPool>) -> Result<impl IntoRespons
         .execute(&pool)
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    Ok(json(SLEPT))
+    Ok(no_store(SLEPT))
+}
+
+/// What every `/sleep` answers, as the example server does: never cached.
+fn no_store(body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
 }
 
 fn json(body: impl Into<axum::body::Body>) -> impl IntoResponse {
@@ -383,7 +396,29 @@ async fn run() -> Result<(), String> {
     let pool_only = serve(
         Router::new()
             .route("/sleep", get(sleep_ballast_pool))
-            .with_state(ballast_pool),
+            .with_state(ballast_pool.clone()),
+    )
+    .await?;
+    let shutdown = ballast::shutdown::Shutdown::builder().build();
+    let layered = serve(
+        Router::new()
+            .route("/sleep", get(sleep_ballast_pool))
+            .with_state(ballast_pool.clone())
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(ballast::shutdown::ShutdownLayer::new(shutdown.handle()))
+                    .layer(ballast::error::ErrorResponseLayer::new())
+                    .layer(ballast::error::RequestTimeoutLayer::new(
+                        Duration::from_secs(30),
+                    ))
+                    .layer(
+                        ballast::cache::CacheLayer::new(
+                            ballast::cache::ResponseCache::builder().build().unwrap(),
+                        )
+                        .x_cache_header(true),
+                    )
+                    .layer(ballast::retry::RetryLayer::new()),
+            ),
     )
     .await?;
     let sqlx_url = serve(
@@ -407,6 +442,12 @@ async fn run() -> Result<(), String> {
         Subject::new(
             "axum + ballast pool, no layers",
             format!("{pool_only}/sleep"),
+            own_pid,
+        ),
+        // Not a peer either: the same with the example server's layers, in this process.
+        Subject::new(
+            "axum + ballast pool + layers",
+            format!("{layered}/sleep"),
             own_pid,
         ),
     ];
