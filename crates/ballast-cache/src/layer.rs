@@ -135,8 +135,69 @@ impl<S: fmt::Debug> fmt::Debug for Cache<S> {
     }
 }
 
-/// The response future of [`Cache`].
-pub type ResponseFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+/// The response future of [`Cache`]: a fresh hit is answered at once, without a boxed future;
+/// everything else runs boxed.
+pub struct ResponseFuture<T, E> {
+    kind: Kind<T, E>,
+}
+
+enum Kind<T, E> {
+    Ready(Option<T>),
+    Boxed(Pin<Box<dyn Future<Output = Result<T, E>> + Send>>),
+}
+
+impl<T, E> ResponseFuture<T, E> {
+    fn ready(response: T) -> Self {
+        ResponseFuture {
+            kind: Kind::Ready(Some(response)),
+        }
+    }
+
+    fn boxed(future: impl Future<Output = Result<T, E>> + Send + 'static) -> Self {
+        ResponseFuture {
+            kind: Kind::Boxed(Box::pin(future)),
+        }
+    }
+}
+
+impl<T: Unpin, E> Future for ResponseFuture<T, E> {
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().kind {
+            Kind::Ready(response) => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => panic!("`ResponseFuture` polled after completion"),
+            },
+            Kind::Boxed(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<T, E> fmt::Debug for ResponseFuture<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            Kind::Ready(_) => "ready",
+            Kind::Boxed(_) => "boxed",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
+/// The outcome of `future` if it completes on its first poll. moka's `get` does unless it has
+/// to wait for its own housekeeping; then the caller looks up again, awaiting.
+fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
 where
@@ -156,31 +217,49 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let layer = &self.layer;
+        let (parts, body) = request.into_parts();
+        let key = if rules::request_bypasses(&parts.method, &parts.headers, layer.credentialed) {
+            None
+        } else {
+            match &layer.key {
+                Some(key) => key(&parts).map(|primary| CacheKey::new(parts.uri.path(), &primary)),
+                None => {
+                    // The path and the default primary key, built in one buffer.
+                    let path = parts.uri.path();
+                    let mut text = String::with_capacity(path.len() + 64);
+                    text.push_str(path);
+                    rules::push_default_key(&mut text, &parts, &layer.cache.inner.keyed_headers);
+                    Some(CacheKey::from_text(text, path.len()))
+                }
+            }
+        };
+        let found = key
+            .as_ref()
+            .and_then(|key| now_or_never(layer.cache.inner.moka.get(key)));
+        // A fresh hit is answered here: no clone of the inner service, no boxed future.
+        if let Some(Some(entry)) = &found {
+            if let Stored::Response(stored) = &entry.stored {
+                let age = stored.age();
+                if let Freshness::Fresh = stored.freshness(age) {
+                    layer.cache.count(Event::Hit);
+                    let head = parts.method == Method::HEAD;
+                    return ResponseFuture::ready(hit(stored, age, head, layer.x_cache, "HIT"));
+                }
+            }
+        }
         // Use the service that was polled ready; leave a clone in its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
-        let (parts, body) = request.into_parts();
-        if rules::request_bypasses(&parts.method, &parts.headers, layer.credentialed) {
-            layer.cache.count(Event::Bypassed);
-            return Box::pin(pass_through(inner, Request::from_parts(parts, body)));
-        }
-        let key = match &layer.key {
-            Some(key) => key(&parts).map(|primary| CacheKey::new(parts.uri.path(), &primary)),
+        let request = Request::from_parts(parts, body);
+        match key {
             None => {
-                // The path and the default primary key, built in one buffer.
-                let path = parts.uri.path();
-                let mut text = String::with_capacity(path.len() + 64);
-                text.push_str(path);
-                rules::push_default_key(&mut text, &parts, &layer.cache.inner.keyed_headers);
-                Some(CacheKey::from_text(text, path.len()))
+                layer.cache.count(Event::Bypassed);
+                ResponseFuture::boxed(pass_through(inner, request))
             }
-        };
-        let Some(key) = key else {
-            layer.cache.count(Event::Bypassed);
-            return Box::pin(pass_through(inner, Request::from_parts(parts, body)));
-        };
-        Box::pin(lookup(inner, layer, key, Request::from_parts(parts, body)))
+            Some(key) => ResponseFuture::boxed(lookup(inner, layer, key, request, found)),
+        }
     }
 }
 
@@ -204,6 +283,7 @@ async fn lookup<S, ReqBody, ResBody>(
     layer: CacheLayer,
     key: CacheKey,
     request: Request<ReqBody>,
+    found: Option<Option<Arc<Entry>>>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -216,7 +296,11 @@ where
     let cache = &layer.cache;
     let head = request.method() == Method::HEAD;
     let mut key = key;
-    let mut found = cache.inner.moka.get(&key).await;
+    // `call` looked the key up already unless moka made it wait.
+    let mut found = match found {
+        Some(found) => found,
+        None => cache.inner.moka.get(&key).await,
+    };
     if let Some(entry) = &found {
         if let Stored::Vary(names) = &entry.stored {
             // Responses of this key vary: the request's values of those headers are part of

@@ -120,8 +120,11 @@ where
             state: State::Running {
                 future: scope.run(self.inner.call(request)),
             },
-            // The deadline from the clock reading above: one reading per request.
-            sleep: tokio::time::sleep_until((started + self.timeout).into()),
+            // The deadline from the clock reading above: one reading per request. The timer is
+            // made only if the request has to wait: a response ready at once (a cache hit)
+            // never touches the runtime's timer.
+            deadline: (started + self.timeout).into(),
+            sleep: Timer::Unset,
             scope,
             reading,
             method,
@@ -135,12 +138,22 @@ pin_project! {
     pub struct TimeoutFuture<F> {
         #[pin]
         state: State<F>,
+        deadline: tokio::time::Instant,
         #[pin]
-        sleep: tokio::time::Sleep,
+        sleep: Timer,
         scope: Arc<RequestScope>,
         reading: Arc<BodyState>,
         method: Method,
         timeout: Duration,
+    }
+}
+
+pin_project! {
+    /// The request's timer, made on its first wait.
+    #[project = TimerProj]
+    enum Timer {
+        Unset,
+        Set { #[pin] sleep: tokio::time::Sleep },
     }
 }
 
@@ -174,7 +187,14 @@ where
                 return Poll::Ready(result.map(|response| response.map(TimeoutBody::inner)));
             }
         }
-        ready!(this.sleep.poll(cx));
+        if let TimerProj::Unset = this.sleep.as_mut().project() {
+            this.sleep.set(Timer::Set {
+                sleep: tokio::time::sleep_until(*this.deadline),
+            });
+        }
+        if let TimerProj::Set { sleep } = this.sleep.as_mut().project() {
+            ready!(sleep.poll(cx));
+        }
         // What the request was doing when its time ran out, before it is dropped.
         let waiting_for_client = this.reading.get() == READ_WAITING;
         let database = this.scope.database();

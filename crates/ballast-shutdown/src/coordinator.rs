@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -104,6 +104,7 @@ impl ShutdownBuilder {
             handle: ShutdownHandle {
                 shared: Arc::new(Shared {
                     phase,
+                    phase_now: AtomicU8::new(Phase::Running as u8),
                     in_flight: AtomicUsize::new(0),
                     idle: Notify::new(),
                     rejected: AtomicU64::new(0),
@@ -136,6 +137,9 @@ pub struct ShutdownHandle {
 #[derive(Debug)]
 pub(crate) struct Shared {
     phase: watch::Sender<Phase>,
+    /// The phase again, for the per-request check: a load, where the watch takes a lock that
+    /// every request on every core would share.
+    phase_now: AtomicU8,
     in_flight: AtomicUsize,
     /// Notified whenever the in-flight count drops to zero.
     idle: Notify,
@@ -161,7 +165,25 @@ pub struct ShutdownStats {
 
 impl Shared {
     pub(crate) fn current_phase(&self) -> Phase {
-        *self.phase.borrow()
+        match self.phase_now.load(Ordering::Acquire) {
+            0 => Phase::Running,
+            1 => Phase::NotReady,
+            2 => Phase::Draining,
+            _ => Phase::Stopped,
+        }
+    }
+
+    /// Moves the phase forward to `next`, never back; whether it moved.
+    fn advance(&self, next: Phase) -> bool {
+        self.phase.send_if_modified(|current| {
+            if *current < next {
+                *current = next;
+                self.phase_now.store(next as u8, Ordering::Release);
+                true
+            } else {
+                false
+            }
+        })
     }
 }
 
@@ -192,14 +214,7 @@ impl ShutdownHandle {
             *started = Some(Instant::now());
         }
         tracing::info!("shutdown started: readiness is failing");
-        self.shared.phase.send_if_modified(|phase| {
-            if *phase == Phase::Running {
-                *phase = Phase::NotReady;
-                true
-            } else {
-                false
-            }
-        });
+        self.shared.advance(Phase::NotReady);
     }
 
     /// Cuts the shutdown sequence short, as a second signal does: [`Shutdown::run`] stops
@@ -267,14 +282,7 @@ impl ShutdownHandle {
     }
 
     fn set_phase(&self, phase: Phase) {
-        self.shared.phase.send_if_modified(|current| {
-            if *current < phase {
-                *current = phase;
-                true
-            } else {
-                false
-            }
-        });
+        self.shared.advance(phase);
     }
 
     /// Waits until no request is in flight.
