@@ -10,8 +10,9 @@
 //! ```
 //!
 //! `BENCH_SECONDS` (8) sets each run's length, `BENCH_ROUNDS` (3) the rounds; each subject's
-//! figure is its median, with the CPU time its serving process spent per request (Linux: the
-//! example server's own process; the peers share the bench's, one subject loaded at a time).
+//! figure is its median, with the CPU time and the context switches its serving process spent
+//! per request (Linux: the example server's own process; the peers share the bench's, one
+//! subject loaded at a time).
 //! `BENCH_ONLY` (part of a subject's name, e.g. `sqlx`) loads only the subjects it names, to
 //! profile one (`perf record -p` on the process serving it). Everything runs on a database of its own, `ballast_bench`, created on
 //! the server `DATABASE_URL` names.
@@ -193,6 +194,21 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(field(11)? + field(12)?)
 }
 
+/// Context switches of every thread of process `pid` so far, voluntary and not (Linux).
+fn context_switches(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter(|line| line.contains("ctxt_switches:"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
+}
+
 /// One `wrk` run: requests a second, the requests made and the error responses counted.
 async fn wrk(url: &str, seconds: u64) -> Result<(f64, u64, u64), String> {
     let output = Command::new("wrk")
@@ -246,8 +262,9 @@ struct Subject {
     pid: u32,
     rates: Vec<f64>,
     errors: u64,
-    /// CPU ticks the serving process used, and the requests it served meanwhile.
-    cpu: (u64, u64),
+    /// CPU ticks and context switches of the serving process, and the requests it served
+    /// meanwhile.
+    cpu: (u64, u64, u64),
 }
 
 impl Subject {
@@ -258,17 +275,19 @@ impl Subject {
             pid,
             rates: Vec::new(),
             errors: 0,
-            cpu: (0, 0),
+            cpu: (0, 0, 0),
         }
     }
 
-    /// The serving process's CPU time per request, in microseconds (a tick is 10 ms on Linux).
+    /// The serving process's CPU time per request, in microseconds (a tick is 10 ms on Linux),
+    /// and its context switches per request.
     fn cpu_per_request(&self) -> String {
         match self.cpu {
-            (ticks, requests) if requests > 0 && ticks > 0 => {
+            (ticks, switches, requests) if requests > 0 && ticks > 0 => {
                 format!(
-                    "{:>6.1} µs CPU/request",
-                    ticks as f64 * 10_000.0 / requests as f64
+                    "{:>6.1} µs CPU, {:.2} switches/request",
+                    ticks as f64 * 10_000.0 / requests as f64,
+                    switches as f64 / requests as f64
                 )
             }
             _ => String::new(),
@@ -477,11 +496,13 @@ async fn run() -> Result<(), String> {
             .chain(cached.iter_mut())
             .filter(chosen)
         {
-            let before = cpu_ticks(subject.pid);
+            let before = (cpu_ticks(subject.pid), context_switches(subject.pid));
             let (rate, requests, errors) = wrk(&subject.url, seconds).await?;
-            if let (Some(before), Some(after)) = (before, cpu_ticks(subject.pid)) {
-                subject.cpu.0 += after.saturating_sub(before);
-                subject.cpu.1 += requests;
+            let after = (cpu_ticks(subject.pid), context_switches(subject.pid));
+            if let ((Some(t0), Some(s0)), (Some(t1), Some(s1))) = (before, after) {
+                subject.cpu.0 += t1.saturating_sub(t0);
+                subject.cpu.1 += s1.saturating_sub(s0);
+                subject.cpu.2 += requests;
             }
             subject.rates.push(rate);
             subject.errors += errors;

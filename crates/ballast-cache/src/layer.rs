@@ -135,50 +135,58 @@ impl<S: fmt::Debug> fmt::Debug for Cache<S> {
     }
 }
 
-/// The response future of [`Cache`]: a fresh hit is answered at once, without a boxed future;
-/// everything else runs boxed.
-pub struct ResponseFuture<T, E> {
-    kind: Kind<T, E>,
-}
-
-enum Kind<T, E> {
-    Ready(Option<T>),
-    Boxed(Pin<Box<dyn Future<Output = Result<T, E>> + Send>>),
-}
-
-impl<T, E> ResponseFuture<T, E> {
-    fn ready(response: T) -> Self {
-        ResponseFuture {
-            kind: Kind::Ready(Some(response)),
-        }
-    }
-
-    fn boxed(future: impl Future<Output = Result<T, E>> + Send + 'static) -> Self {
-        ResponseFuture {
-            kind: Kind::Boxed(Box::pin(future)),
-        }
+pin_project_lite::pin_project! {
+    /// The response future of [`Cache`]: a fresh hit is answered at once, a request the cache
+    /// passes by runs the inner service's own future, and everything else (a miss that may be
+    /// stored, a stale entry) runs boxed.
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
     }
 }
 
-impl<T: Unpin, E> Future for ResponseFuture<T, E> {
-    type Output = Result<T, E>;
+/// A boxed response future.
+type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E> {
+        Ready { response: Option<Response<CacheBody<B>>> },
+        Pass { #[pin] future: F, label: Option<&'static str> },
+        Boxed { future: Boxed<B, E> },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<CacheBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.get_mut().kind {
-            Kind::Ready(response) => match response.take() {
+        match self.project().kind.project() {
+            KindProj::Ready { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
                 None => panic!("`ResponseFuture` polled after completion"),
             },
-            Kind::Boxed(future) => future.as_mut().poll(cx),
+            KindProj::Pass { future, label } => {
+                let mut response = std::task::ready!(future.poll(cx))?.map(CacheBody::inner);
+                if let Some(label) = label {
+                    mark(&mut response, true, label);
+                }
+                Poll::Ready(Ok(response))
+            }
+            KindProj::Boxed { future } => future.as_mut().poll(cx),
         }
     }
 }
 
-impl<T, E> fmt::Debug for ResponseFuture<T, E> {
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.kind {
-            Kind::Ready(_) => "ready",
-            Kind::Boxed(_) => "boxed",
+            Kind::Ready { .. } => "ready",
+            Kind::Pass { .. } => "pass",
+            Kind::Boxed { .. } => "boxed",
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)
@@ -210,7 +218,7 @@ where
 {
     type Response = Response<CacheBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<Self::Response, S::Error>;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -244,21 +252,50 @@ where
                 if let Freshness::Fresh = stored.freshness(age) {
                     layer.cache.count(Event::Hit);
                     let head = parts.method == Method::HEAD;
-                    return ResponseFuture::ready(hit(stored, age, head, layer.x_cache, "HIT"));
+                    let response = hit(stored, age, head, layer.x_cache, "HIT");
+                    return ResponseFuture {
+                        kind: Kind::Ready {
+                            response: Some(response),
+                        },
+                    };
                 }
             }
+        }
+        // Passed by: the inner service's own future, no clone of it, nothing boxed.
+        let pass = match (&key, &found) {
+            (None, _) => Some(None),
+            (Some(_), Some(Some(entry))) if matches!(entry.stored, Stored::Pass) => {
+                // Hit-for-pass: this key answered with something that may not be stored.
+                layer.cache.count(Event::Miss);
+                layer.cache.count(Event::Pass);
+                Some(layer.x_cache.then_some("MISS"))
+            }
+            _ => None,
+        };
+        if let Some(label) = pass {
+            if key.is_none() {
+                layer.cache.count(Event::Bypassed);
+            }
+            let request = Request::from_parts(parts, body);
+            return ResponseFuture {
+                kind: Kind::Pass {
+                    future: self.inner.call(request),
+                    label,
+                },
+            };
         }
         // Use the service that was polled ready; leave a clone in its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         let request = Request::from_parts(parts, body);
-        match key {
-            None => {
-                layer.cache.count(Event::Bypassed);
-                ResponseFuture::boxed(pass_through(inner, request))
-            }
-            Some(key) => ResponseFuture::boxed(lookup(inner, layer, key, request, found)),
+        let Some(key) = key else {
+            unreachable!("a request without a key is passed by above")
+        };
+        ResponseFuture {
+            kind: Kind::Boxed {
+                future: Box::pin(lookup(inner, layer, key, request, found)),
+            },
         }
     }
 }

@@ -220,11 +220,12 @@ impl RetryLayerBuilder {
     }
 }
 
-impl<S> Layer<S> for RetryLayer {
+impl<S: Clone> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Retry<S> {
         Retry {
+            template: Arc::new(inner.clone()),
             inner,
             shared: Arc::clone(&self.shared),
             idempotent: self.idempotent.clone(),
@@ -241,9 +242,15 @@ impl<S> Layer<S> for RetryLayer {
 /// replayable request, so the future that is moved around on every request stays as small as
 /// the inner one. `tower::retry::Retry` keeps all three inline, and moving them cost more than
 /// the rest of the layer (see the crate's Performance section).
+///
+/// A retry calls a clone of the inner service made when it is needed, from a copy kept since the
+/// layer was applied: a request that is never retried shares that copy (one reference count)
+/// rather than cloning the inner service, whose clone may bump a reference count per layer and
+/// per piece of application state, each contended across cores under load.
 #[derive(Clone)]
 pub struct Retry<S> {
     inner: S,
+    template: Arc<S>,
     shared: Arc<Shared>,
     idempotent: MethodSet,
     body_cap: usize,
@@ -344,7 +351,7 @@ where
         if body.is_end_stream() {
             // Nothing to read: call at once with an empty, replayable body.
             let request = Request::from_parts(parts, RetryBody::buffered(Bytes::new()));
-            let replay = Replay::new(&request, self.inner.clone(), attempts);
+            let replay = Replay::new(&request, Arc::clone(&self.template), attempts);
             return ResponseFuture {
                 state: State::Called {
                     future: self.inner.call(request),
@@ -366,6 +373,7 @@ where
                         collect: Limited::new(body, self.body_cap).collect(),
                         parts: Some(parts),
                         ready: Some(std::mem::replace(&mut self.inner, clone)),
+                        template: Arc::clone(&self.template),
                         attempts: Some(attempts),
                     }),
                 },
@@ -383,20 +391,27 @@ where
     }
 }
 
-/// What a retry needs, boxed so the response future stays small: a copy of the request, a
-/// service to call it on and the request's retry state.
+/// What a retry needs, boxed so the response future stays small: a copy of the request, the
+/// service to clone for a retry and the request's retry state.
 struct Replay<S, B> {
     request: Option<Request<RetryBody<B>>>,
-    service: S,
+    template: Arc<S>,
+    /// The clone retries call, made at the first retry.
+    service: Option<S>,
     attempts: Attempts,
 }
 
 impl<S, B> Replay<S, B> {
     /// `None` when the request cannot be replayed.
-    fn new(request: &Request<RetryBody<B>>, service: S, attempts: Attempts) -> Option<Box<Self>> {
+    fn new(
+        request: &Request<RetryBody<B>>,
+        template: Arc<S>,
+        attempts: Attempts,
+    ) -> Option<Box<Self>> {
         Some(Box::new(Replay {
             request: Some(copy(request)?),
-            service,
+            template,
+            service: None,
             attempts,
         }))
     }
@@ -413,6 +428,7 @@ pin_project! {
         collect: http_body_util::combinators::Collect<Limited<B>>,
         parts: Option<http::request::Parts>,
         ready: Option<S>,
+        template: Arc<S>,
         attempts: Option<Attempts>,
     }
 }
@@ -495,7 +511,7 @@ where
                         unreachable!("the buffering state is left once its body is read")
                     };
                     let request = Request::from_parts(parts, body);
-                    *this.replay = Replay::new(&request, ready.clone(), attempts);
+                    *this.replay = Replay::new(&request, Arc::clone(buffering.template), attempts);
                     State::Called {
                         future: ready.call(request),
                     }
@@ -525,7 +541,10 @@ where
                     let Some(replay) = this.replay.as_mut() else {
                         unreachable!("only a replayable request waits for a retry")
                     };
-                    if let Err(error) = ready!(replay.service.poll_ready(cx)) {
+                    let service = replay
+                        .service
+                        .get_or_insert_with(|| S::clone(&replay.template));
+                    if let Err(error) = ready!(service.poll_ready(cx)) {
                         return Poll::Ready(Err(error));
                     }
                     let Some(request) = replay.request.take() else {
@@ -533,8 +552,11 @@ where
                     };
                     // Keep a copy for the retry after this one (the body replays from memory).
                     replay.request = copy(&request);
+                    let Some(service) = replay.service.as_mut() else {
+                        unreachable!("made above")
+                    };
                     State::Called {
-                        future: replay.service.call(request),
+                        future: service.call(request),
                     }
                 }
             };
