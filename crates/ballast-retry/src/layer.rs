@@ -1,4 +1,4 @@
-//! The HTTP retry layer, built on `tower::retry`.
+//! The HTTP retry layer: `tower::retry`'s protocol in a response future of its own.
 
 use std::fmt;
 use std::future::Future;

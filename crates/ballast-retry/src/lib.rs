@@ -1,8 +1,8 @@
 //! Retry database connection failures — and never run a write twice.
 //!
 //! The service ballast grew out of retried connection errors three times, a second apart. This
-//! crate does that safely, as a Tower layer ([`RetryLayer`]) built on `tower::retry` and as a
-//! function ([`with_retry`], [`Retrying`]) for work outside HTTP.
+//! crate does that safely, as a Tower layer ([`RetryLayer`]) that follows `tower::retry`'s
+//! protocol, and as a function ([`with_retry`], [`Retrying`]) for work outside HTTP.
 //!
 //! In a request, retries are for blips — a backend killed under a query, a connection refused
 //! for a moment — and a client waits for every one of them, so the layer's are short (two, from
