@@ -71,42 +71,32 @@ impl QueryFragment<Pg> for PgSleep {
 type Bb8Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 type DeadPool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
 
-async fn sleep_bb8(State(pool): State<Bb8Pool>) -> Result<impl IntoResponse, StatusCode> {
-    let mut conn = pool
-        .get()
-        .await
-        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+/// What every diesel peer's `/sleep` does once it has a connection, whichever pool gave it.
+async fn sleep_on(
+    conn: Result<impl std::ops::DerefMut<Target = AsyncPgConnection>, impl std::fmt::Debug>,
+) -> Result<axum::response::Response, StatusCode> {
+    let mut conn = conn.map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
     PgSleep(0.0)
         .execute(&mut *conn)
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    Ok(no_store(SLEPT))
+    Ok(no_store(SLEPT).into_response())
 }
 
-async fn sleep_deadpool(State(pool): State<DeadPool>) -> Result<impl IntoResponse, StatusCode> {
-    let mut conn = pool
-        .get()
-        .await
-        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    PgSleep(0.0)
-        .execute(&mut *conn)
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    Ok(no_store(SLEPT))
+async fn sleep_bb8(State(pool): State<Bb8Pool>) -> Result<axum::response::Response, StatusCode> {
+    sleep_on(pool.get().await).await
+}
+
+async fn sleep_deadpool(
+    State(pool): State<DeadPool>,
+) -> Result<axum::response::Response, StatusCode> {
+    sleep_on(pool.get().await).await
 }
 
 async fn sleep_ballast_pool(
     State(pool): State<SharedPool<AsyncPgConnection>>,
-) -> Result<impl IntoResponse, StatusCode> {
-    let mut conn = pool
-        .get()
-        .await
-        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    PgSleep(0.0)
-        .execute(&mut *conn)
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    Ok(no_store(SLEPT))
+) -> Result<axum::response::Response, StatusCode> {
+    sleep_on(pool.get().await).await
 }
 
 async fn sleep_sqlx(State(pool): State<sqlx::PgPool>) -> Result<impl IntoResponse, StatusCode> {
