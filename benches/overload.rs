@@ -220,9 +220,11 @@ async fn run(label: &str, database_url: &str, seconds: u64, behaviour: Client) {
         client.await.unwrap();
     }
     // Clients queued at the deadline still finish: divide by the time until the last answer.
-    let elapsed = start.get().map_or(Duration::from_secs(seconds), |deadline| {
-        Instant::now() + Duration::from_secs(seconds) - *deadline
-    });
+    let elapsed = start
+        .get()
+        .map_or(Duration::from_secs(seconds), |deadline| {
+            Instant::now() + Duration::from_secs(seconds) - *deadline
+        });
     let mut latencies = latencies.lock().unwrap();
     let ok = latencies.ok.len();
     let shed = latencies.shed.len();

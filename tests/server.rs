@@ -105,6 +105,18 @@ async fn walk(addr: SocketAddr) -> i64 {
     id
 }
 
+/// `POST /items` with a NUL in the name: PostgreSQL refuses the byte (22021), which is the
+/// client's data, not a bug: a 422 problem, never a 500.
+async fn post_a_nul(addr: SocketAddr) -> support::Answer {
+    send(
+        addr,
+        "POST",
+        "/items",
+        Some(("application/json", r#"{"name":"a\u0000b"}"#)),
+    )
+    .await
+}
+
 /// SIGTERM with a slow request in flight: it completes and the process exits 0.
 async fn stop_with_work_in_flight(mut server: Server) {
     let addr = server.addr;
@@ -139,6 +151,9 @@ async fn stop_with_work_in_flight(mut server: Server) {
 async fn every_endpoint_on_the_default_sqlite() {
     let server = start(&[]).await;
     walk(server.addr).await;
+    // SQLite stores the NUL.
+    let nul = post_a_nul(server.addr).await;
+    assert_eq!(nul.status, 201, "{}", nul.body);
     assert!(
         server.dir.0.join("ballast-example.db").exists(),
         "the SQLite file was created"
@@ -159,6 +174,15 @@ async fn every_endpoint_on_postgresql_and_no_backend_left() {
     );
     let server = start(&[("DATABASE_URL", &database_url)]).await;
     walk(server.addr).await;
+    let nul = post_a_nul(server.addr).await;
+    assert_eq!(nul.status, 422, "{}", nul.body);
+    assert!(nul.head.contains("application/problem+json"));
+    assert!(
+        nul.body.contains(r#""code":"INVALID_DATA""#),
+        "{}",
+        nul.body
+    );
+    assert!(nul.body.contains(r#""retryable":false"#), "{}", nul.body);
     let which = Backends::ApplicationName(app);
     let open = db::pg_backends(&url, &which).await.len();
     assert!((1..=5).contains(&open), "{open} backends");

@@ -33,33 +33,6 @@ pub(crate) struct NewItem {
     pub(crate) name: String,
 }
 
-/// Runs `$body` with `$conn` bound to a checked-out connection of whichever backend `$db` is,
-/// and `$dialect` to that backend's SQL. Each backend's connection is its own type, so the body
-/// is compiled once per backend. A diesel error from the body is classified with the
-/// connection's help: a connection that died under the query is a retryable 503, not a 500.
-macro_rules! on_connection {
-    ($db:expr, |$conn:ident, $dialect:ident| $body:expr) => {
-        match $db {
-            Db::Postgres(pool) => on_connection!(@run pool, POSTGRES, |$conn, $dialect| $body),
-            Db::Mysql(pool) => on_connection!(@run pool, MYSQL, |$conn, $dialect| $body),
-            Db::Sqlite(pool) => on_connection!(@run pool, SQLITE, |$conn, $dialect| $body),
-        }
-    };
-    (@run $pool:ident, $sql:ident, |$conn:ident, $dialect:ident| $body:expr) => {{
-        let $dialect = &$sql;
-        let mut $conn = $pool.get().await?;
-        let result: Result<_, diesel::result::Error> = async { Ok($body) }.await;
-        match result {
-            Ok(value) => value,
-            // A missing row is an answer (404), not a failure.
-            Err(diesel::result::Error::NotFound) => {
-                return Err(diesel::result::Error::NotFound.into())
-            }
-            Err(error) => return Err($conn.classify(error).await.into()),
-        }
-    }};
-}
-
 /// Runs `$body` with `$pool` bound to the pool of whichever backend `$db` is, and `$dialect` to
 /// that backend's SQL; the body is compiled once per backend.
 macro_rules! on_pool {
@@ -181,7 +154,8 @@ impl Db {
 
     /// Creates the table if it is missing.
     pub(crate) async fn create_schema(&self) -> Result<(), Error> {
-        on_connection!(self, |conn, dialect| {
+        on_pool!(self, |pool, dialect| {
+            let mut conn = pool.get().await?;
             conn.batch_execute(dialect.schema).await?;
         });
         Ok(())
@@ -189,7 +163,8 @@ impl Db {
 
     /// Every item, oldest first.
     pub(crate) async fn items(&self) -> Result<Vec<Item>, Error> {
-        Ok(on_connection!(self, |conn, dialect| {
+        Ok(on_pool!(self, |pool, dialect| {
+            let mut conn = pool.get().await?;
             Statement::<Text, _>::new((dialect.list, ""), None::<String>)
                 .load::<Item>(&mut *conn)
                 .await?
@@ -198,7 +173,8 @@ impl Db {
 
     /// One item; a missing one is a 404.
     pub(crate) async fn item(&self, id: i64) -> Result<Item, Error> {
-        Ok(on_connection!(self, |conn, dialect| {
+        Ok(on_pool!(self, |pool, dialect| {
+            let mut conn = pool.get().await?;
             Statement::<BigInt, _>::new(dialect.one, Some(id))
                 .get_result::<Item>(&mut *conn)
                 .await?
@@ -232,7 +208,8 @@ impl Db {
     /// waits).
     pub(crate) async fn sleep(&self, ms: u64) -> Result<(), Error> {
         let seconds = ms as f64 / 1000.0;
-        on_connection!(self, |conn, dialect| {
+        on_pool!(self, |pool, dialect| {
+            let mut conn = pool.get().await?;
             match dialect.sleep {
                 Some(sql) => {
                     Statement::<Double, _>::new(sql, Some(seconds))

@@ -18,6 +18,13 @@ pub enum Code {
     Memory,
     /// `CRITICAL_ERROR` (500): anything else — a bug, a bad query, an unexpected error.
     Critical,
+    /// `CONSTRAINT_VIOLATION` (409): the request conflicts with data the database holds — a
+    /// duplicate of a unique value, a reference to a row that does not exist, or a row still
+    /// referred to. The client has to change the request (or the data) first.
+    ConstraintViolation,
+    /// `INVALID_DATA` (422): the database refused a value of the request — too long, out of
+    /// range, malformed, missing where required, failing a `CHECK`. The client has to fix it.
+    InvalidData,
 }
 
 impl Code {
@@ -28,16 +35,26 @@ impl Code {
             Code::DbInit => "DB_INIT_ERROR",
             Code::Memory => "MEMORY_ERROR",
             Code::Critical => "CRITICAL_ERROR",
+            Code::ConstraintViolation => "CONSTRAINT_VIOLATION",
+            Code::InvalidData => "INVALID_DATA",
         }
     }
 
     /// The HTTP status that goes with the code: 503 for the database codes, 500 for
-    /// `CRITICAL_ERROR`.
+    /// `CRITICAL_ERROR`, 409 for `CONSTRAINT_VIOLATION` and 422 for `INVALID_DATA`.
     pub const fn status(self) -> u16 {
         match self {
             Code::DbConnection | Code::DbInit | Code::Memory => 503,
             Code::Critical => 500,
+            Code::ConstraintViolation => 409,
+            Code::InvalidData => 422,
         }
+    }
+
+    /// Whether the code blames the request rather than the service (a 4xx status): the client
+    /// has to change the request, and the failure is no operator's concern.
+    pub const fn is_client_error(self) -> bool {
+        matches!(self, Code::ConstraintViolation | Code::InvalidData)
     }
 }
 
@@ -120,8 +137,21 @@ pub enum Cause {
     /// The statement ran past the server's time limit (PostgreSQL 57014, MySQL 3024)
     /// (`DB_CONNECTION_ERROR`, not retryable: repeating it at once repeats the load that caused it).
     StatementTimeout,
-    /// The database rejected the statement itself: syntax, constraint, type (`CRITICAL_ERROR`,
-    /// not retryable).
+    /// A unique constraint refused a duplicate (PostgreSQL 23505, 23P01; MySQL 1062, 1586, 1859;
+    /// SQLite `CONSTRAINT_UNIQUE`, `CONSTRAINT_PRIMARYKEY`) (`CONSTRAINT_VIOLATION`, 409, not
+    /// retryable: the same request fails the same way).
+    UniqueViolation,
+    /// A foreign key refused the row: it refers to a row that does not exist, or a row still
+    /// referred to was to be deleted (PostgreSQL 23503, 23001; MySQL 1216, 1217, 1451, 1452;
+    /// SQLite `CONSTRAINT_FOREIGNKEY`) (`CONSTRAINT_VIOLATION`, 409, not retryable).
+    ForeignKeyViolation,
+    /// The database refused a value: too long, out of range, malformed, an invalid byte sequence,
+    /// `NULL` where it may not be, a failed `CHECK` (PostgreSQL class 22, 23502, 23514; MySQL
+    /// 1048, 1364, 1406, 1366, 1264, 1292, 3819, MariaDB 4025; SQLite `CONSTRAINT_NOTNULL`,
+    /// `CONSTRAINT_CHECK`) (`INVALID_DATA`, 422, not retryable).
+    InvalidData,
+    /// The database rejected the statement itself: syntax, an unknown table, a type mismatch in
+    /// the query (`CRITICAL_ERROR`, not retryable).
     Query,
     /// Anything else: a bug, a panic, an error nobody classified (`CRITICAL_ERROR`, not retryable).
     Internal,
@@ -166,6 +196,9 @@ impl Cause {
         Cause::Busy,
         Cause::ReadOnly,
         Cause::StatementTimeout,
+        Cause::UniqueViolation,
+        Cause::ForeignKeyViolation,
+        Cause::InvalidData,
         Cause::Query,
         Cause::Internal,
     ];
@@ -175,7 +208,7 @@ impl Cause {
     /// `MaybeSent`, the answer that never lets a write run twice.
     #[rustfmt::skip]
     const fn row(self) -> Row {
-        use Code::{Critical, DbConnection, DbInit, Memory};
+        use Code::{ConstraintViolation, Critical, DbConnection, DbInit, InvalidData, Memory};
         use Reach::{MaybeSent, NotSent};
         match self {
             Cause::PoolExhausted => row(DbConnection, true, NotSent, "no database connection became free in time"),
@@ -196,6 +229,9 @@ impl Cause {
             Cause::Busy => row(DbConnection, true, MaybeSent, "the database is busy"),
             Cause::ReadOnly => row(DbConnection, true, MaybeSent, "the database is read-only right now"),
             Cause::StatementTimeout => row(DbConnection, false, MaybeSent, "the database query took too long"),
+            Cause::UniqueViolation => row(ConstraintViolation, false, MaybeSent, "a record with the same unique value already exists"),
+            Cause::ForeignKeyViolation => row(ConstraintViolation, false, MaybeSent, "the data refers to a record that does not exist, or a record that is still referred to"),
+            Cause::InvalidData => row(InvalidData, false, MaybeSent, "the database refused a value of the request as invalid"),
             Cause::Query => row(Critical, false, MaybeSent, "the database rejected the query"),
             Cause::Internal => row(Critical, false, MaybeSent, "an internal error occurred"),
         }
@@ -237,6 +273,8 @@ mod tests {
             (Code::DbInit, "DB_INIT_ERROR", 503),
             (Code::Memory, "MEMORY_ERROR", 503),
             (Code::Critical, "CRITICAL_ERROR", 500),
+            (Code::ConstraintViolation, "CONSTRAINT_VIOLATION", 409),
+            (Code::InvalidData, "INVALID_DATA", 422),
         ];
         for (code, name, status) in expected {
             assert_eq!(code.as_str(), name);
@@ -254,7 +292,9 @@ mod tests {
             assert!(!message.is_empty());
             assert_eq!(message, message.to_lowercase(), "{cause:?}: lowercase");
             // CRITICAL_ERROR is never worth retrying; configuration errors never either.
-            if matches!(cause.code(), Code::Critical | Code::DbInit) {
+            if matches!(cause.code(), Code::Critical | Code::DbInit)
+                || cause.code().is_client_error()
+            {
                 assert!(!cause.retryable(), "{cause:?}");
             }
         }

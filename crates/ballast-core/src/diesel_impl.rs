@@ -9,8 +9,12 @@
 //! | `DatabaseError(ClosedConnection \| UnableToSendCommand, _)` | `ConnectionLost` | `MaybeSent` |
 //! | `DatabaseError(SerializationFailure, _)` | `Conflict` | `MaybeSent` |
 //! | `DatabaseError(ReadOnlyTransaction, _)` | `ReadOnly` | `MaybeSent` |
+//! | `DatabaseError(UniqueViolation \| ExclusionViolation, _)` | `UniqueViolation` (409) | `MaybeSent` |
+//! | `DatabaseError(ForeignKeyViolation \| RestrictViolation, _)` | `ForeignKeyViolation` (409) | `MaybeSent` |
+//! | `DatabaseError(NotNullViolation \| CheckViolation, _)` | `InvalidData` (422) | `MaybeSent` |
 //! | `DatabaseError(_, message)` with a fixed SQLite message (feature `sqlite`) | see [`crate::sqlite`] | `MaybeSent` |
-//! | `DatabaseError(_, _)` otherwise (constraints, `Unknown`) | `Query` | `MaybeSent` |
+//! | `DatabaseError(Unknown, message)` with a server message that names its code (`57P01`, `22021`, MySQL 1406, ...: the table in `messages.rs`) | that code's cause | that code's |
+//! | `DatabaseError(_, _)` otherwise | `Query` | `MaybeSent` |
 //! | `BrokenTransactionManager` | `ConnectionLost`: the connection's state is unknown; a new one repairs it | `MaybeSent` |
 //! | `RollbackErrorOnCommit { commit_error, .. }` | as `commit_error` | |
 //! | `NotFound` and every other variant | `Internal` | `MaybeSent` |
@@ -63,7 +67,17 @@ fn classify(error: &Error) -> Failure {
             }
             DatabaseErrorKind::SerializationFailure => Failure::new(Cause::Conflict),
             DatabaseErrorKind::ReadOnlyTransaction => Failure::new(Cause::ReadOnly),
+            DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::ExclusionViolation => {
+                Failure::new(Cause::UniqueViolation)
+            }
+            DatabaseErrorKind::ForeignKeyViolation | DatabaseErrorKind::RestrictViolation => {
+                Failure::new(Cause::ForeignKeyViolation)
+            }
+            DatabaseErrorKind::NotNullViolation | DatabaseErrorKind::CheckViolation => {
+                Failure::new(Cause::InvalidData)
+            }
             _ => sqlite_message(info.message())
+                .or_else(|| crate::messages::failure(info.message()))
                 .unwrap_or_else(|| Failure::new(Cause::Query))
                 .with_reach(Reach::MaybeSent),
         },
@@ -118,7 +132,37 @@ mod tests {
             ),
             (
                 database_error(DatabaseErrorKind::UniqueViolation, "x"),
-                Cause::Query,
+                Cause::UniqueViolation,
+            ),
+            (
+                database_error(DatabaseErrorKind::ForeignKeyViolation, "x"),
+                Cause::ForeignKeyViolation,
+            ),
+            (
+                database_error(DatabaseErrorKind::RestrictViolation, "x"),
+                Cause::ForeignKeyViolation,
+            ),
+            (
+                database_error(DatabaseErrorKind::NotNullViolation, "x"),
+                Cause::InvalidData,
+            ),
+            (
+                database_error(DatabaseErrorKind::CheckViolation, "x"),
+                Cause::InvalidData,
+            ),
+            (
+                database_error(
+                    DatabaseErrorKind::Unknown,
+                    "terminating connection due to administrator command",
+                ),
+                Cause::ConnectionLost,
+            ),
+            (
+                database_error(
+                    DatabaseErrorKind::Unknown,
+                    "invalid byte sequence for encoding \"UTF8\": 0x00",
+                ),
+                Cause::InvalidData,
             ),
             (
                 database_error(DatabaseErrorKind::Unknown, "lo siento"),

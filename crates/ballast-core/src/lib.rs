@@ -89,6 +89,8 @@ pub mod sqlstate;
 mod bb8_impl;
 #[cfg(feature = "diesel")]
 mod diesel_impl;
+#[cfg(feature = "diesel")]
+mod messages;
 
 pub use cause::{Cause, Code, Reach};
 pub use config::ConfigError;

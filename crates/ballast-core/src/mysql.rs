@@ -31,7 +31,12 @@
 //! | 2005 | CR_UNKNOWN_HOST | `Unreachable` | `DB_CONNECTION_ERROR` | yes | name resolution fails during outages too |
 //! | 2006, 2013 | CR_SERVER_GONE_ERROR, CR_SERVER_LOST | `ConnectionLost` | `DB_CONNECTION_ERROR` | yes | the connection broke |
 //! | 2026 | CR_SSL_CONNECTION_ERROR | `InvalidConfig` | `DB_INIT_ERROR` | no | TLS settings have to change |
-//! | anything else (syntax 1064, duplicate key 1062, ...) | | `Query` | `CRITICAL_ERROR` | no | the statement itself is wrong |
+//! | 1062, 1586, 1859 | ER_DUP_ENTRY, ER_DUP_ENTRY_WITH_KEY_NAME, ER_DUP_UNKNOWN_IN_INDEX | `UniqueViolation` | `CONSTRAINT_VIOLATION` (409) | no | the row conflicts with one that exists |
+//! | 1216, 1217, 1451, 1452, 1830, 1834 | ER_NO_REFERENCED_ROW(_2), ER_ROW_IS_REFERENCED(_2), ... | `ForeignKeyViolation` | `CONSTRAINT_VIOLATION` (409) | no | the row refers to one that does not exist, or is still referred to |
+//! | 1048, 1364 | ER_BAD_NULL_ERROR, ER_NO_DEFAULT_FOR_FIELD | `InvalidData` | `INVALID_DATA` (422) | no | a required value is missing |
+//! | 1406, 1366, 1264, 1265, 1292, 1367 | ER_DATA_TOO_LONG, ER_TRUNCATED_WRONG_VALUE_FOR_FIELD (incorrect string value), ER_WARN_DATA_OUT_OF_RANGE, WARN_DATA_TRUNCATED, ER_TRUNCATED_WRONG_VALUE, ER_ILLEGAL_VALUE_FOR_TYPE | `InvalidData` | `INVALID_DATA` (422) | no | a value is not one the column can hold (strict mode) |
+//! | 3819, 4025 | ER_CHECK_CONSTRAINT_VIOLATED (MySQL), ER_CONSTRAINT_FAILED (MariaDB) | `InvalidData` | `INVALID_DATA` (422) | no | a value fails a `CHECK` |
+//! | anything else (syntax 1064, unknown table 1146, ...) | | `Query` | `CRITICAL_ERROR` | no | the statement itself is wrong |
 //!
 //! Reach: 1040, 1203, 1226, 1045, 1044, 1698, 1130, 1049, 2002, 2003, 2005 and 2026 only happen while a
 //! connection is being made, so they are [`Reach::NotSent`]; the rest are [`Reach::MaybeSent`].
@@ -57,6 +62,9 @@ pub fn cause(number: u16) -> Cause {
         3024 | 1969 => Cause::StatementTimeout,
         2002 | 2003 | 2005 => Cause::Unreachable,
         2026 => Cause::InvalidConfig,
+        1062 | 1586 | 1859 => Cause::UniqueViolation,
+        1216 | 1217 | 1451 | 1452 | 1830 | 1834 => Cause::ForeignKeyViolation,
+        1048 | 1364 | 1406 | 1366 | 1264 | 1265 | 1292 | 1367 | 3819 | 4025 => Cause::InvalidData,
         _ => Cause::Query,
     }
 }
@@ -305,7 +313,63 @@ mod tests {
             Reach::NotSent,
         ),
         (1064, Cause::Query, Code::Critical, false, Reach::MaybeSent),
-        (1062, Cause::Query, Code::Critical, false, Reach::MaybeSent),
+        (1146, Cause::Query, Code::Critical, false, Reach::MaybeSent),
+        (
+            1062,
+            Cause::UniqueViolation,
+            Code::ConstraintViolation,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            1452,
+            Cause::ForeignKeyViolation,
+            Code::ConstraintViolation,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            1451,
+            Cause::ForeignKeyViolation,
+            Code::ConstraintViolation,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            1048,
+            Cause::InvalidData,
+            Code::InvalidData,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            1406,
+            Cause::InvalidData,
+            Code::InvalidData,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            1366,
+            Cause::InvalidData,
+            Code::InvalidData,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            3819,
+            Cause::InvalidData,
+            Code::InvalidData,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            4025,
+            Cause::InvalidData,
+            Code::InvalidData,
+            false,
+            Reach::MaybeSent,
+        ),
         (1146, Cause::Query, Code::Critical, false, Reach::MaybeSent),
     ];
 

@@ -14,10 +14,14 @@
 //! | 23 | SQLITE_AUTH | `AuthFailed` | `DB_INIT_ERROR` | no | the authorizer refused |
 //! | 9 | SQLITE_INTERRUPT ("interrupted") | `StatementTimeout` | `DB_CONNECTION_ERROR` | no | the application interrupted a slow statement |
 //! | 2, 10, 11, 21 | INTERNAL, IOERR, CORRUPT, MISUSE | `Internal` | `CRITICAL_ERROR` | no | a bug or a damaged file; retrying does not help |
-//! | anything else (1 ERROR, 19 CONSTRAINT, 20 MISMATCH, ...) | | `Query` | `CRITICAL_ERROR` | no | the statement itself is wrong |
+//! | 2067, 1555 | SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY | `UniqueViolation` | `CONSTRAINT_VIOLATION` (409) | no | the row conflicts with one that exists |
+//! | 787 | SQLITE_CONSTRAINT_FOREIGNKEY | `ForeignKeyViolation` | `CONSTRAINT_VIOLATION` (409) | no | the row refers to one that does not exist, or is still referred to |
+//! | 1299, 275, 20 | SQLITE_CONSTRAINT_NOTNULL, SQLITE_CONSTRAINT_CHECK, SQLITE_MISMATCH | `InvalidData` | `INVALID_DATA` (422) | no | a value breaks a rule of the table |
+//! | anything else (1 ERROR, 19 CONSTRAINT otherwise, ...) | | `Query` | `CRITICAL_ERROR` | no | the statement itself is wrong |
 //!
-//! Extended result codes (`SQLITE_BUSY_SNAPSHOT` = 517, ...) are reduced to their primary code
-//! (the low eight bits) first.
+//! The constraint codes above are extended result codes and decide first; any other extended
+//! result code (`SQLITE_BUSY_SNAPSHOT` = 517, ...) is reduced to its primary code (the low eight
+//! bits).
 //!
 //! # Why SQLite is classified by its message as well
 //!
@@ -45,6 +49,12 @@ const MESSAGES: [(&str, i32); 11] = [
 
 /// The cause of a SQLite failure with this (primary or extended) result code.
 pub fn cause(result_code: i32) -> Cause {
+    match result_code {
+        2067 | 1555 => return Cause::UniqueViolation,
+        787 => return Cause::ForeignKeyViolation,
+        1299 | 275 | 20 => return Cause::InvalidData,
+        _ => {}
+    }
     match result_code & 0xff {
         5 | 6 | 15 => Cause::Busy,
         17 => Cause::Conflict,
@@ -97,7 +107,27 @@ mod tests {
         (21, Cause::Internal, Code::Critical, false),
         (1, Cause::Query, Code::Critical, false),
         (19, Cause::Query, Code::Critical, false),
-        (2067, Cause::Query, Code::Critical, false),
+        (
+            2067,
+            Cause::UniqueViolation,
+            Code::ConstraintViolation,
+            false,
+        ),
+        (
+            1555,
+            Cause::UniqueViolation,
+            Code::ConstraintViolation,
+            false,
+        ),
+        (
+            787,
+            Cause::ForeignKeyViolation,
+            Code::ConstraintViolation,
+            false,
+        ),
+        (1299, Cause::InvalidData, Code::InvalidData, false),
+        (275, Cause::InvalidData, Code::InvalidData, false),
+        (20, Cause::InvalidData, Code::InvalidData, false),
     ];
 
     #[test]

@@ -27,7 +27,11 @@
 //! | class `40` otherwise | transaction rollback | `Conflict` | `DB_CONNECTION_ERROR` | yes | as above |
 //! | `55P03` | lock_not_available | `Busy` | `DB_CONNECTION_ERROR` | yes | the lock holder will finish |
 //! | `25006` | read_only_sql_transaction | `ReadOnly` | `DB_CONNECTION_ERROR` | yes | usually a standby after a failover; a new connection may reach the primary |
-//! | anything else (syntax `42601`, constraints class `23`, ...) | | `Query` | `CRITICAL_ERROR` | no | the statement itself is wrong |
+//! | `23505`, `23P01` | unique_violation, exclusion_violation | `UniqueViolation` | `CONSTRAINT_VIOLATION` (409) | no | the row conflicts with one that exists; the client has to change the request |
+//! | `23503`, `23001` | foreign_key_violation, restrict_violation | `ForeignKeyViolation` | `CONSTRAINT_VIOLATION` (409) | no | the row refers to one that does not exist, or is still referred to |
+//! | `23502`, `23514` | not_null_violation, check_violation | `InvalidData` | `INVALID_DATA` (422) | no | a value of the request breaks a rule of the table |
+//! | class `22` (`22001` too long, `22003` out of range, `22021` invalid byte sequence, `22P02` invalid text, ...) | data exception | `InvalidData` | `INVALID_DATA` (422) | no | a value of the request is not one the column can hold |
+//! | anything else (syntax `42601`, undefined table `42P01`, ...) | | `Query` | `CRITICAL_ERROR` | no | the statement itself is wrong |
 //!
 //! Reach: `08001`, `08004`, `53300`, `57P03`, `28P01`, `28000` and `3D000` are only ever sent while
 //! a connection starts up, so they are [`Reach::NotSent`]. The rest arrive
@@ -61,10 +65,14 @@ pub fn cause(sqlstate: &str) -> Cause {
         "3D000" => Cause::DatabaseMissing,
         "55P03" => Cause::Busy,
         "25006" => Cause::ReadOnly,
+        "23505" | "23P01" => Cause::UniqueViolation,
+        "23503" | "23001" => Cause::ForeignKeyViolation,
+        "23502" | "23514" => Cause::InvalidData,
         _ => match &sqlstate[..2] {
             "08" => Cause::ConnectionLost,
             "53" => Cause::ResourceExhausted,
             "40" => Cause::Conflict,
+            "22" => Cause::InvalidData,
             _ => Cause::Query,
         },
     }
@@ -349,13 +357,76 @@ mod tests {
         ),
         (
             "23505",
+            Cause::UniqueViolation,
+            Code::ConstraintViolation,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            "23P01",
+            Cause::UniqueViolation,
+            Code::ConstraintViolation,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            "23503",
+            Cause::ForeignKeyViolation,
+            Code::ConstraintViolation,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            "23001",
+            Cause::ForeignKeyViolation,
+            Code::ConstraintViolation,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            "23502",
+            Cause::InvalidData,
+            Code::InvalidData,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            "23514",
+            Cause::InvalidData,
+            Code::InvalidData,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            "22P02",
+            Cause::InvalidData,
+            Code::InvalidData,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            "22021",
+            Cause::InvalidData,
+            Code::InvalidData,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            "22001",
+            Cause::InvalidData,
+            Code::InvalidData,
+            false,
+            Reach::MaybeSent,
+        ),
+        (
+            "23000",
             Cause::Query,
             Code::Critical,
             false,
             Reach::MaybeSent,
         ),
         (
-            "22P02",
+            "42P01",
             Cause::Query,
             Code::Critical,
             false,

@@ -200,3 +200,79 @@ async fn killed_connection_is_connection_lost() {
     assert_eq!(failure.cause(), Cause::ConnectionLost, "{failure:?}");
     assert!(failure.retryable());
 }
+
+/// What a handler's plain `?` sees on MariaDB: diesel-async's error. The request's own data is
+/// the client's problem (409, 422); a connection killed under a query is a lost connection.
+#[tokio::test]
+async fn data_errors_through_diesel_are_the_clients_and_a_killed_connection_is_lost() {
+    let Some(url) = db::mysql_url("data_errors_through_diesel") else {
+        return;
+    };
+    use diesel::sql_types::{Nullable, Text};
+    use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+    let database = MysqlDatabase::create(&url).await;
+    db::mysql_execute(
+        database.url(),
+        &[
+            "CREATE TABLE parent (id INT PRIMARY KEY) ENGINE=InnoDB",
+            "INSERT INTO parent VALUES (1)",
+            "CREATE TABLE t (name VARCHAR(5) NOT NULL UNIQUE CHECK (name <> 'bad'), parent INT, n INT DEFAULT 0,
+                FOREIGN KEY (parent) REFERENCES parent (id)) ENGINE=InnoDB",
+            "INSERT INTO t (name, parent) VALUES ('a', 1)",
+        ],
+    )
+    .await;
+    let mut conn = AsyncMysqlConnection::establish(database.url())
+        .await
+        .unwrap();
+    for (name, parent, cause) in [
+        (Some("toolong"), None, Cause::InvalidData),
+        (None, None, Cause::InvalidData),
+        (Some("bad"), None, Cause::InvalidData),
+        (Some("x"), Some("x"), Cause::InvalidData),
+        (Some("a"), None, Cause::UniqueViolation),
+        (Some("c"), Some("7"), Cause::ForeignKeyViolation),
+    ] {
+        let result = diesel::sql_query("INSERT INTO t (name, parent) VALUES (?, ?)")
+            .bind::<Nullable<Text>, _>(name)
+            .bind::<Nullable<Text>, _>(parent)
+            .execute(&mut conn)
+            .await;
+        let failure = Failure::from(result.unwrap_err());
+        assert_eq!(failure.cause(), cause, "{name:?} {parent:?}: {failure:?}");
+        assert!(!failure.retryable());
+        assert!(failure.code().is_client_error());
+    }
+    let error = diesel::sql_query("DELETE FROM parent")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert_eq!(Failure::from(error).cause(), Cause::ForeignKeyViolation);
+    let error = diesel::sql_query("SELEC 1")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert_eq!(Failure::from(error).cause(), Cause::Query);
+
+    let id: u32 = {
+        #[derive(diesel::QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = diesel::sql_types::Unsigned<diesel::sql_types::BigInt>)]
+            id: u64,
+        }
+        let row: Id = diesel::sql_query("SELECT CONNECTION_ID() AS id")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        u32::try_from(row.id).unwrap()
+    };
+    let sleeping = diesel::sql_query("SELECT SLEEP(5)").execute(&mut conn);
+    let kill = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        db::mysql_execute(&url, &[&format!("KILL CONNECTION {id}")]).await;
+    };
+    let (result, ()) = tokio::join!(sleeping, kill);
+    let failure = Failure::from(result.unwrap_err());
+    assert_eq!(failure.cause(), Cause::ConnectionLost, "{failure:?}");
+    assert!(failure.retryable());
+}

@@ -280,8 +280,8 @@ async fn read_only_statement_timeout_and_bad_queries() {
             "INSERT INTO t VALUES (7)",
             "INSERT INTO t VALUES (7)",
             "23505",
-            Cause::Query,
-            Code::Critical,
+            Cause::UniqueViolation,
+            Code::ConstraintViolation,
             false,
         ),
     ];
@@ -373,4 +373,96 @@ async fn connection_error_through_diesel_is_not_sent() {
     assert_eq!(failure.cause(), Cause::Rejected, "{failure:?}");
     assert_eq!(failure.reach(), Reach::NotSent);
     assert!(!failure.retryable());
+}
+
+/// What a handler's plain `?` sees: diesel-async's error, SQLSTATE gone. The request's own data
+/// is the client's problem (409, 422); a backend terminated under a query is a lost connection.
+#[tokio::test]
+async fn data_errors_through_diesel_are_the_clients_and_a_killed_backend_is_lost() {
+    let Some(url) = db::postgres_url("data_errors_through_diesel") else {
+        return;
+    };
+    use diesel::sql_types::{Nullable, Text};
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let database = PgDatabase::create(&url).await;
+    db::pg_execute(
+        database.url(),
+        "CREATE TABLE parent (id int PRIMARY KEY);
+         INSERT INTO parent VALUES (1);
+         CREATE TABLE t (name varchar(5) UNIQUE CHECK (name <> 'bad'), parent int REFERENCES parent (id), n int, m int NOT NULL DEFAULT 0);
+         INSERT INTO t VALUES ('a', 1, 0);",
+    )
+    .await;
+    let mut conn = AsyncPgConnection::establish(database.url()).await.unwrap();
+    let insert = "INSERT INTO t (name, parent) VALUES ($1, $2::int)";
+    for (name, parent, cause, code) in [
+        (Some("a\u{0}b"), None, Cause::InvalidData, Code::InvalidData),
+        (Some("toolong"), None, Cause::InvalidData, Code::InvalidData),
+        (Some("bad"), None, Cause::InvalidData, Code::InvalidData),
+        (None, None, Cause::Query, Code::Critical), // no NOT NULL on name: this one is stored
+        (Some("x"), Some("x"), Cause::InvalidData, Code::InvalidData),
+        (
+            Some("a"),
+            None,
+            Cause::UniqueViolation,
+            Code::ConstraintViolation,
+        ),
+        (
+            Some("c"),
+            Some("7"),
+            Cause::ForeignKeyViolation,
+            Code::ConstraintViolation,
+        ),
+    ] {
+        let result = diesel::sql_query(insert)
+            .bind::<Nullable<Text>, _>(name)
+            .bind::<Nullable<Text>, _>(parent)
+            .execute(&mut conn)
+            .await;
+        if name.is_none() {
+            assert!(result.is_ok(), "{result:?}");
+            continue;
+        }
+        let failure = Failure::from(result.unwrap_err());
+        assert_failure(&failure, cause, code, false, Reach::MaybeSent);
+        assert_eq!(
+            failure.status(),
+            if cause == Cause::UniqueViolation || cause == Cause::ForeignKeyViolation {
+                409
+            } else {
+                422
+            }
+        );
+    }
+    for (sql, cause) in [
+        ("UPDATE t SET m = NULL", Cause::InvalidData),
+        ("DELETE FROM parent", Cause::ForeignKeyViolation),
+        ("SELECT 1 / n FROM t", Cause::InvalidData),
+        ("SELEC 1", Cause::Query),
+        ("SELECT * FROM missing", Cause::Query),
+    ] {
+        let error = diesel::sql_query(sql).execute(&mut conn).await.unwrap_err();
+        assert_eq!(Failure::from(error).cause(), cause, "{sql}");
+    }
+
+    let app = db::unique_name("ballast_core_diesel_term");
+    let mut conn =
+        AsyncPgConnection::establish(&format!("{}?application_name={app}", database.url()))
+            .await
+            .unwrap();
+    let sleeping = diesel::sql_query("SELECT pg_sleep(5)").execute(&mut conn);
+    let terminate = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        db::pg_terminate(&url, &Backends::ApplicationName(app.clone())).await
+    };
+    let (result, terminated) = tokio::join!(sleeping, terminate);
+    assert_eq!(terminated, 1);
+    let failure = Failure::from(result.unwrap_err());
+    assert_failure(
+        &failure,
+        Cause::ConnectionLost,
+        Code::DbConnection,
+        true,
+        Reach::MaybeSent,
+    );
 }

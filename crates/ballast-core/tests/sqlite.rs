@@ -60,14 +60,67 @@ fn statement_errors_are_critical() {
     let mut conn = SqliteConnection::establish(&file.path()).unwrap();
     conn.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
         .unwrap();
-    for sql in [
-        "SELEC 1",
-        "INSERT INTO missing VALUES (1)",
-        "INSERT INTO t VALUES (1); INSERT INTO t VALUES (1)",
-    ] {
+    for sql in ["SELEC 1", "INSERT INTO missing VALUES (1)"] {
         let failure = Failure::from(conn.batch_execute(sql).unwrap_err());
         assert_eq!(failure.cause(), Cause::Query, "{sql}: {failure:?}");
         assert_eq!(failure.code(), Code::Critical);
+        assert!(!failure.retryable());
+    }
+}
+
+/// The errors a request's data causes are the client's: 409 for a conflict with stored rows,
+/// 422 for a value the table refuses.
+#[test]
+fn constraint_errors_are_the_clients() {
+    let file = TempFile::new();
+    let mut conn = SqliteConnection::establish(&file.path()).unwrap();
+    conn.batch_execute(
+        "PRAGMA foreign_keys = ON;
+         CREATE TABLE parent (id INTEGER PRIMARY KEY);
+         CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE CHECK (length(name) < 5),
+                         parent INTEGER REFERENCES parent (id));
+         INSERT INTO parent VALUES (1);
+         INSERT INTO t VALUES (1, 'a', 1);",
+    )
+    .unwrap();
+    for (sql, cause, code) in [
+        (
+            "INSERT INTO t VALUES (1, 'b', NULL)",
+            Cause::UniqueViolation,
+            Code::ConstraintViolation,
+        ),
+        (
+            "INSERT INTO t VALUES (2, 'a', NULL)",
+            Cause::UniqueViolation,
+            Code::ConstraintViolation,
+        ),
+        (
+            "INSERT INTO t VALUES (2, 'b', 7)",
+            Cause::ForeignKeyViolation,
+            Code::ConstraintViolation,
+        ),
+        (
+            "DELETE FROM parent",
+            Cause::ForeignKeyViolation,
+            Code::ConstraintViolation,
+        ),
+        (
+            "INSERT INTO t VALUES (2, NULL, NULL)",
+            Cause::InvalidData,
+            Code::InvalidData,
+        ),
+        (
+            "INSERT INTO t VALUES (2, 'toolong', NULL)",
+            Cause::InvalidData,
+            Code::InvalidData,
+        ),
+    ] {
+        let failure = Failure::from(conn.batch_execute(sql).unwrap_err());
+        assert_eq!(
+            (failure.cause(), failure.code()),
+            (cause, code),
+            "{sql}: {failure:?}"
+        );
         assert!(!failure.retryable());
     }
 }

@@ -336,7 +336,11 @@ fn log<M>(context: &RequestContext<M>, failure: &Failure, status: StatusCode) {
             )
         };
     }
-    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+    // A 500 is a bug (ERROR); a 503 an outage an operator watches (WARN); a 4xx the client's own
+    // data (a duplicate, an invalid value), which no operator has to act on (DEBUG).
+    if status.is_client_error() {
+        event!(tracing::Level::DEBUG);
+    } else if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
         event!(tracing::Level::ERROR);
     } else {
         event!(tracing::Level::WARN);

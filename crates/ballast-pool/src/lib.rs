@@ -106,6 +106,8 @@
 
 mod config;
 mod connect;
+#[cfg(feature = "axum")]
+mod extract;
 mod layer;
 mod manager;
 mod pool;
@@ -114,6 +116,8 @@ mod stats;
 
 pub use config::{Backend, ConfigError, PoolConfig};
 pub use connect::Connect;
+#[cfg(feature = "axum")]
+pub use extract::Conn;
 pub use layer::{AddPool, AddPoolLayer};
 pub use pool::{PoolError, PoolProvider, PooledConnection, SharedPool};
 pub use stats::PoolStats;
