@@ -328,3 +328,41 @@ async fn the_hyper_stack_answers_503_when_the_database_is_down() {
     assert!(down.head.contains("retry-after"));
     assert!(down.body.contains("\"retryable\":true"));
 }
+
+/// Kubernetes: after SIGTERM the endpoints controller needs a moment to take the pod out of the
+/// Service. With `PRE_DRAIN_DELAY` the server keeps serving that long while `/readyz` fails, and
+/// only then closes the listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_readiness_first_and_serves_through_the_pre_drain_delay() {
+    let mut server = start(&[("PRE_DRAIN_DELAY", "1.5")]).await;
+    let addr = server.addr;
+    assert_eq!(get(addr, "/readyz").await.status, 200);
+    let pid = server.child.id().unwrap().to_string();
+    let signalled = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ready = get(addr, "/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.head.contains("application/problem+json") || ready.head.contains("text/plain"));
+    assert_eq!(get(addr, "/healthz").await.status, 200);
+    let items = get(addr, "/items").await;
+    assert_eq!(items.status, 200, "still serving: {}", items.body);
+    assert!(signalled.elapsed() < Duration::from_millis(1500));
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("exited")
+        .unwrap();
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1500),
+        "waited for the delay"
+    );
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+}

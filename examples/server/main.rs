@@ -13,7 +13,9 @@
 //! `BIND` (default `127.0.0.1:3000`) sets the address; `RUST_LOG` the log level (`error`, `warn`,
 //! `info` — the default — `debug`, `trace`); `REQUEST_TIMEOUT` (30) the longest a request may
 //! take, in seconds; `CACHE_TTL` (60) and `CACHE_STALE_IF_ERROR` (300) how long, in seconds, a
-//! cached response is fresh and then may stand in for a failing database. Then try:
+//! cached response is fresh and then may stand in for a failing database; `PRE_DRAIN_DELAY` (0)
+//! how long, in seconds, it keeps serving after SIGTERM with `/readyz` failing, so a load
+//! balancer (a Kubernetes Service) stops sending traffic before the listener closes. Then try:
 //!
 //! ```text
 //! curl -i localhost:3000/healthz                  # 200 while the process lives
@@ -37,7 +39,6 @@
 //! Stack, outermost first: shutdown → error → request timeout (30 s) → cache → retry → handlers.
 //! The database code is in `db.rs`, the Prometheus text in `metrics.rs`.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -218,6 +219,7 @@ struct Settings {
     addr: SocketAddr,
     cache: ResponseCache,
     request_timeout: Duration,
+    pre_drain_delay: Duration,
 }
 
 fn settings() -> Result<Settings, String> {
@@ -244,11 +246,13 @@ fn settings() -> Result<Settings, String> {
         Some(timeout) => timeout,
         None => REQUEST_TIMEOUT,
     };
+    let pre_drain_delay = seconds_setting("PRE_DRAIN_DELAY")?.unwrap_or(Duration::ZERO);
     Ok(Settings {
         pool,
         addr,
         cache,
         request_timeout,
+        pre_drain_delay,
     })
 }
 
@@ -290,6 +294,7 @@ async fn main() -> ExitCode {
         addr,
         cache,
         request_timeout,
+        pre_drain_delay,
     } = match settings() {
         Ok(settings) => settings,
         Err(message) => {
@@ -310,6 +315,7 @@ async fn main() -> ExitCode {
 
     let (clearing, closing) = (cache.clone(), db.clone());
     let shutdown = Shutdown::builder()
+        .pre_drain_delay(pre_drain_delay)
         .hook(
             "stop cache cleanup",
             Duration::from_secs(2),
@@ -327,10 +333,6 @@ async fn main() -> ExitCode {
             Ok::<_, String>(())
         })
         .build();
-    if let Err(error) = shutdown.listen_for_signals() {
-        eprintln!("error: cannot listen for signals: {error}");
-        return ExitCode::from(2);
-    }
     shutdown.install_panic_hook();
     let handle = shutdown.handle();
 
@@ -375,9 +377,6 @@ async fn main() -> ExitCode {
         .map_or_else(|_| addr.to_string(), |a| a.to_string());
     tracing::info!("listening on http://{local}");
     println!("listening on {local}");
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(handle.draining())
-        .into_future();
-    let summary = shutdown.run(server).await;
-    ExitCode::from(u8::try_from(summary.exit_code()).unwrap_or(1))
+    // Signals, the server's timeouts and connection cap, the drain and the hooks.
+    shutdown.serve(listener, app).await
 }

@@ -64,9 +64,13 @@
 mod coordinator;
 mod layer;
 mod request;
+#[cfg(feature = "serve")]
+mod serve;
 
 pub use coordinator::{
     HookOutcome, HookResult, Phase, Shutdown, ShutdownBuilder, ShutdownHandle, ShutdownStats,
     Summary,
 };
 pub use layer::{ResponseFuture, ShutdownBody, ShutdownLayer, ShutdownService};
+#[cfg(feature = "serve")]
+pub use serve::ServeConfig;

@@ -1,0 +1,481 @@
+//! The whole lifecycle in one call: serve HTTP/1.1 with protective timeouts and a connection
+//! cap, and shut down in order on a signal (feature `serve`).
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tower_service::Service;
+
+use crate::coordinator::{Shutdown, ShutdownHandle};
+
+/// Default [`ServeConfig::header_read_timeout`].
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`ServeConfig::idle_timeout`]: longer than the 60 s idle timeout of the common load
+/// balancers, so they close first and never send a request on a connection being closed.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Default [`ServeConfig::max_connections`], nginx's `worker_connections` default: far below the
+/// usual 1024 open files, so the pool, the log and the listener always get theirs.
+const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// How often a repeated condition (the cap reached, accept failing) is logged at most.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The HTTP server's protective settings for [`Shutdown::serve_with`]; every setter has a safe
+/// default, so [`Shutdown::serve`] needs none.
+///
+/// `axum::serve` has none of these: a client that sends one header byte every few seconds holds
+/// its connection forever, silent connections are never closed, and once the process runs out of
+/// file descriptors it stops serving without a log line.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// How long a client may take to send a request's header, from its first byte (10 s by
+    /// default). A connection that takes longer is closed: the slowloris attack. `Duration::ZERO`
+    /// turns the limit off.
+    #[must_use]
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long a connection may sit without a request: after it opened, or after its last
+    /// response, until the next request's first byte (75 s by default — longer than a load
+    /// balancer's usual 60 s, so the balancer closes first). A request in progress, however slow,
+    /// is never cut by it. `Duration::ZERO` turns the limit off.
+    #[must_use]
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// The most connections served at once (512 by default; at least 1). Past it, new connections
+    /// wait in the listen backlog until one closes, and a warning says so (at most every 10 s).
+    #[must_use]
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+}
+
+impl Shutdown {
+    /// Serves `service` on `listener` for the process's whole life, with the default
+    /// [`ServeConfig`]; see [`serve_with`](Self::serve_with).
+    pub async fn serve<S, B>(self, listener: TcpListener, service: S) -> ExitCode
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        self.serve_with(listener, service, ServeConfig::default())
+            .await
+    }
+
+    /// Serves `service` (an axum `Router`, or any Tower service of HTTP requests) over HTTP/1.1
+    /// on `listener` until shutdown, and returns the process's exit code. (HTTP/1.1 only, without
+    /// protocol upgrades such as WebSocket: the shape of a service behind a load balancer.)
+    ///
+    /// 1. listens for SIGTERM and SIGINT (Ctrl-C where Unix signals do not exist);
+    /// 2. serves, with `config`'s header-read and idle timeouts and connection cap, `TCP_NODELAY`
+    ///    on every connection;
+    /// 3. on the first signal (or [`ShutdownHandle::trigger`]) runs the sequence of
+    ///    [`run`](Self::run): readiness fails, the pre-drain delay passes while requests are
+    ///    still served, the listener closes, idle connections close and busy ones finish their
+    ///    request (until the drain deadline), the hooks run in order;
+    /// 4. returns [`Summary::exit_code`](crate::Summary::exit_code) as an `ExitCode` — return it
+    ///    from `main`. It is 2 when the signal handlers could not be installed.
+    ///
+    /// The service should carry a [`ShutdownLayer`](crate::ShutdownLayer) on this same
+    /// coordinator, which counts the requests in flight for the drain and refuses new ones while
+    /// draining.
+    pub async fn serve_with<S, B>(
+        self,
+        listener: TcpListener,
+        service: S,
+        config: ServeConfig,
+    ) -> ExitCode
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        if let Err(error) = self.listen_for_signals() {
+            tracing::error!(%error, "cannot listen for signals");
+            return ExitCode::from(2);
+        }
+        let server = accept_loop(listener, service, config, self.handle());
+        let summary = self.run(server).await;
+        ExitCode::from(u8::try_from(summary.exit_code()).unwrap_or(1))
+    }
+}
+
+/// Accepts connections until draining starts, then closes the listener and waits for the open
+/// connections to finish (each after its request in progress).
+async fn accept_loop<S, B>(
+    listener: TcpListener,
+    service: S,
+    config: ServeConfig,
+    handle: ShutdownHandle,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let draining = handle.draining();
+    tokio::pin!(draining);
+    let mut last_cap_warning: Option<Instant> = None;
+    let mut last_accept_warning: Option<Instant> = None;
+    loop {
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if last_cap_warning.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+                    last_cap_warning = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = config.max_connections,
+                        "connection cap reached: new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    biased;
+                    () = &mut draining => break,
+                    slot = Arc::clone(&slots).acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let (stream, _peer) = tokio::select! {
+            biased;
+            () = &mut draining => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, or a connection that died in the backlog:
+                    // say so (not on every attempt) and try again shortly.
+                    if last_accept_warning.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+                        last_accept_warning = Some(Instant::now());
+                        tracing::warn!(%error, "accepting a connection failed");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(Watched {
+            inner: stream,
+            activity: Arc::clone(&activity),
+        });
+        let service = Tracked {
+            inner: service.clone(),
+            activity: Arc::clone(&activity),
+        };
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, hyper_util::service::TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
+        let config = config.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::select! {
+                result = connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                }
+                limit = activity.expired(&config) => {
+                    // Dropping the connection closes the socket.
+                    tracing::debug!(limit, "closing a connection");
+                }
+            }
+        });
+    }
+    // Stop accepting: the socket closes, new connections are refused by the OS.
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// What a connection is doing, for its timeouts.
+const IDLE: u8 = 0;
+const READING_HEAD: u8 = 1;
+const BUSY: u8 = 2;
+
+/// One connection's activity: shared by its I/O (which sees the first byte of a request), its
+/// service (which sees a request start and its response end) and its watchdog.
+struct Activity {
+    opened: Instant,
+    state: AtomicU8,
+    /// When the state last changed, in milliseconds since `opened`.
+    since: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Wakes the watchdog when the state changes, so a shorter limit takes effect at once.
+    changed: Notify,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            opened: Instant::now(),
+            state: AtomicU8::new(IDLE),
+            since: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn set(&self, state: u8) {
+        self.since.store(self.now(), Ordering::Release);
+        self.state.store(state, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// Bytes arrived: on an idle connection they start a request's header.
+    fn read(&self) {
+        if self.state.load(Ordering::Acquire) == IDLE {
+            self.set(READING_HEAD);
+        }
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.set(BUSY);
+    }
+
+    fn response_done(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.set(IDLE);
+        }
+    }
+
+    /// Resolves, with the name of the limit, when the connection has been idle or reading a
+    /// header for longer than `config` allows.
+    async fn expired(&self, config: &ServeConfig) -> &'static str {
+        loop {
+            let state = self.state.load(Ordering::Acquire);
+            let since = Duration::from_millis(self.since.load(Ordering::Acquire));
+            let (limit, name) = match state {
+                IDLE => (config.idle_timeout, "idle_timeout"),
+                READING_HEAD => (config.header_read_timeout, "header_read_timeout"),
+                _ => (Duration::ZERO, ""),
+            };
+            if limit.is_zero() {
+                // Busy, or no limit: wait for the next change.
+                self.changed.notified().await;
+                continue;
+            }
+            let deadline = self.opened + since + limit;
+            if Instant::now() >= deadline {
+                return name;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline.into()) => {}
+                // The state moved on: decide again.
+                () = self.changed.notified() => continue,
+            }
+            if self.state.load(Ordering::Acquire) == state
+                && Duration::from_millis(self.since.load(Ordering::Acquire)) == since
+            {
+                return name;
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Activity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Activity")
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's socket that tells its [`Activity`] when bytes arrive.
+    struct Watched {
+        #[pin]
+        inner: TcpStream,
+        activity: Arc<Activity>,
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = ready!(this.inner.poll_read(cx, buf));
+        if buf.filled().len() > before {
+            this.activity.read();
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The application's service, telling the connection's [`Activity`] when a request starts and
+/// when its response has been sent.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, B> Service<Request<Incoming>> for Tracked<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let guard = ResponseGuard {
+            activity: Arc::clone(&self.activity),
+        };
+        self.activity.request_started();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = match future.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            Ok(response.map(|body| TrackedBody {
+                inner: body,
+                _guard: guard,
+            }))
+        })
+    }
+}
+
+/// Ends a request's part in its connection's activity when dropped: with its response body (sent
+/// or abandoned), or with the request's future if it never answered.
+struct ResponseGuard {
+    activity: Arc<Activity>,
+}
+
+impl Drop for ResponseGuard {
+    fn drop(&mut self) {
+        self.activity.response_done();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that holds its request's [`ResponseGuard`] until it is dropped.
+    struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        _guard: ResponseGuard,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
