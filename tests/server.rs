@@ -154,6 +154,18 @@ async fn every_endpoint_on_the_default_sqlite() {
     // SQLite stores the NUL.
     let nul = post_a_nul(server.addr).await;
     assert_eq!(nul.status, 201, "{}", nul.body);
+    // The name limit is 255 characters, not bytes.
+    for (count, status) in [(255, 201), (256, 422)] {
+        let body = format!(r#"{{"name":"{}"}}"#, "é".repeat(count));
+        let answer = send(
+            server.addr,
+            "POST",
+            "/items",
+            Some(("application/json", &body)),
+        )
+        .await;
+        assert_eq!(answer.status, status, "{count} characters: {}", answer.body);
+    }
     assert!(
         server.dir.0.join("ballast-example.db").exists(),
         "the SQLite file was created"
@@ -207,9 +219,19 @@ async fn bad_settings_exit_at_once_with_one_line_and_no_password() {
         ),
         (format!("postgres://app:{CANARY}@db:notaport/shop"), "url"),
         (format!("redis://app:{CANARY}@db/0"), "url"),
+        // Not URLs: once taken for SQLite file names (one named with the password).
+        ("garbage".to_owned(), "url"),
+        (
+            format!("host=db user=app password={CANARY} dbname=shop"),
+            "url",
+        ),
+        (
+            format!("postgres://app:{CANARY}@db/shop?connection_limit=5&connection_limit=50"),
+            "url",
+        ),
     ];
     for (url, setting) in cases {
-        let (mut command, _dir) = command(&[("DATABASE_URL", url.as_str())]);
+        let (mut command, dir) = command(&[("DATABASE_URL", url.as_str())]);
         let output = tokio::time::timeout(Duration::from_secs(10), command.output())
             .await
             .expect("exits at once")
@@ -226,6 +248,11 @@ async fn bad_settings_exit_at_once_with_one_line_and_no_password() {
                 .count(),
             1
         );
+        let files: Vec<_> = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert!(files.is_empty(), "{url}: created {files:?}");
     }
     let (mut command, _dir) = command(&[("BIND", "not-an-address")]);
     let output = command.output().await.unwrap();

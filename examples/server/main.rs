@@ -155,7 +155,7 @@ async fn create_item(
         Error::new(rejection.status(), "INVALID_BODY", rejection.body_text())
     })?;
     let name = new.name.trim().to_owned();
-    if name.is_empty() || name.len() > 255 {
+    if name.is_empty() || name.chars().count() > 255 {
         return Err(Error::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "INVALID_NAME",

@@ -43,7 +43,7 @@ pub enum Backend {
     Postgres,
     /// `mysql://` or `mariadb://`.
     Mysql,
-    /// `sqlite://path`, `sqlite:path`, `sqlite::memory:`, or a plain file path.
+    /// `sqlite://path`, `sqlite:path`, `sqlite::memory:`, or a SQLite `file:` URI.
     Sqlite,
 }
 
@@ -139,7 +139,10 @@ impl PoolConfig {
     ///
     /// Accepted forms: `postgres://...`, `postgresql://...`, `mysql://...`, `mariadb://...`,
     /// `sqlite://path`, `sqlite:path`, `sqlite::memory:` (one in-memory database shared by the
-    /// pool's connections), and a plain file path (SQLite).
+    /// pool's connections) and a SQLite `file:` URI (`file:data.db?mode=ro`). Nothing else is a
+    /// database URL: a bare word, a path without `sqlite:` or a libpq keyword string
+    /// (`host=... password=...`) is refused rather than taken for a SQLite file name, and no
+    /// file is created. A parameter given twice is refused too, rather than one of them winning.
     ///
     /// # Errors
     ///
@@ -155,9 +158,18 @@ impl PoolConfig {
         };
         let backend = backend_of(base)?;
         let mut kept = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
         let mut config = Self::defaults(backend, String::new());
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if seen.contains(&key) {
+                // The name only: a value may be a password.
+                return Err(ConfigError::new(
+                    "url",
+                    format!("parameter `{}` is given twice", redact(key)),
+                ));
+            }
+            seen.push(key);
             match key {
                 "connection_limit" => {
                     config.connection_limit = value
@@ -380,12 +392,17 @@ fn backend_of(base: &str) -> Result<Backend, ConfigError> {
         Some(other) => Err(ConfigError::new(
             "url",
             format!(
-                "unsupported scheme `{}`: use postgres://, mysql://, sqlite:// or a file path",
+                "unsupported scheme `{}`: use postgres://, mysql://, sqlite:path or file:path",
                 redact(other)
             ),
         )),
-        // `sqlite:path`, `sqlite::memory:` and plain paths.
-        None => Ok(Backend::Sqlite),
+        // `sqlite:path`, `sqlite::memory:` and SQLite's `file:` URIs.
+        None if base.starts_with("sqlite:") || base.starts_with("file:") => Ok(Backend::Sqlite),
+        // Never echoed: a libpq keyword string carries the password.
+        None => Err(ConfigError::new(
+            "url",
+            "is not a database URL: use postgres://, mysql://, sqlite:path or file:path",
+        )),
     }
 }
 
@@ -586,7 +603,11 @@ mod tests {
                 Backend::Sqlite,
                 "app.db",
             ),
-            ("./data/app.db", Backend::Sqlite, "./data/app.db"),
+            (
+                "file:data.db?mode=ro",
+                Backend::Sqlite,
+                "file:data.db?mode=ro",
+            ),
         ];
         for (url, backend, driver) in cases {
             let config = PoolConfig::from_url(url).unwrap();
@@ -637,6 +658,15 @@ mod tests {
             format!("mysql://app:{CANARY}@db/shop?pool_min=x"),
             String::new(),
             "sqlite://".to_owned(),
+            // Not URLs: never taken for a SQLite file name.
+            "garbage".to_owned(),
+            "./data/app.db".to_owned(),
+            format!("host=db user=app password={CANARY} dbname=shop"),
+            format!("app:{CANARY}@db/shop"),
+            // A parameter twice: neither wins.
+            format!("postgres://app:{CANARY}@db/shop?connection_limit=5&connection_limit=50"),
+            format!("postgres://app:{CANARY}@db/shop?sslmode=require&sslmode=disable"),
+            format!("mysql://app:{CANARY}@db/shop?pool_timeout=1&pool_timeout=2"),
         ] {
             let error = PoolConfig::from_url(&url).unwrap_err();
             assert_eq!(error.setting, "url", "{url}");
