@@ -55,7 +55,10 @@ const ITEMS: &str = r#"[{"id":1,"name":"lamp","created_at":"2026-11-26T12:00:00Z
 /// Wraps a router in the full stack: shutdown → error → cache → retry.
 fn full_stack(router: Router) -> Router {
     let shutdown = Shutdown::builder().build();
-    let cache = ResponseCache::builder().build().expect("cache");
+    let cache = ResponseCache::builder()
+        .store_unmarked(true)
+        .build()
+        .expect("cache");
     router.layer(
         ServiceBuilder::new()
             .layer(ShutdownLayer::new(shutdown.handle()))

@@ -47,7 +47,10 @@ fn layers(c: &mut Criterion) {
         .unwrap();
     let _entered = runtime.enter();
     let shutdown = Shutdown::builder().build();
-    let cache = ResponseCache::builder().build().unwrap();
+    let cache = ResponseCache::builder()
+        .store_unmarked(true)
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("cache miss, no database work");
 
     let mut bare = service_fn(handler::<Full<Bytes>>);
@@ -137,8 +140,13 @@ fn summary() {
     println!("\nthe example server's stack, median of 21 alternating rounds");
 
     let mut bare = service_fn(handler::<Full<Bytes>>);
-    let mut miss = stack(ResponseCache::builder().build().unwrap())
-        .service_fn(handler::<RetryBody<TimedBody<Full<Bytes>>>>);
+    let mut miss = stack(
+        ResponseCache::builder()
+            .store_unmarked(true)
+            .build()
+            .unwrap(),
+    )
+    .service_fn(handler::<RetryBody<TimedBody<Full<Bytes>>>>);
     let (bare_ns, stack_ns) = alternate(
         || drop(black_box(runtime.block_on(bare.call(black_box(request()))))),
         || drop(black_box(runtime.block_on(miss.call(black_box(request()))))),
@@ -150,8 +158,13 @@ fn summary() {
     );
 
     let mut bare = service_fn(cacheable::<Full<Bytes>>);
-    let mut hit = stack(ResponseCache::builder().build().unwrap())
-        .service_fn(cacheable::<RetryBody<TimedBody<Full<Bytes>>>>);
+    let mut hit = stack(
+        ResponseCache::builder()
+            .store_unmarked(true)
+            .build()
+            .unwrap(),
+    )
+    .service_fn(cacheable::<RetryBody<TimedBody<Full<Bytes>>>>);
     drop(runtime.block_on(hit.call(request())));
     let (bare_ns, hit_ns) = alternate(
         || drop(black_box(runtime.block_on(bare.call(black_box(request()))))),

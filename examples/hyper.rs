@@ -122,6 +122,7 @@ async fn main() -> std::process::ExitCode {
     };
 
     let cache = ResponseCache::builder()
+        .store_unmarked(true)
         .build()
         .expect("the default cache settings are valid");
     let closing = db.clone();

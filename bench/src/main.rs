@@ -422,7 +422,10 @@ async fn run() -> Result<(), String> {
                     ))
                     .layer(
                         ballast::cache::CacheLayer::new(
-                            ballast::cache::ResponseCache::builder().build().unwrap(),
+                            ballast::cache::ResponseCache::builder()
+                                .store_unmarked(true)
+                                .build()
+                                .unwrap(),
                         )
                         .x_cache_header(true),
                     )

@@ -44,13 +44,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use ballast::cache::{CacheLayer, CleanupTask, ResponseCache};
+use ballast::cache::{CacheLayer, CacheRouteLayer, CleanupTask, ResponseCache};
 use ballast::error::{ErrorResponseLayer, RequestTimeoutLayer};
 use ballast::idempotency::{Idempotency, IdempotencyKey, Outcome};
 use ballast::pool::PoolConfig;
@@ -77,6 +76,8 @@ const MAX_SLEEP_MS: u64 = 60_000;
 /// 503 for the database), a query stuck on a silently dead connection cannot hold a request
 /// forever, and no checkout waits past it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the cached routes' responses are kept unless `CACHE_TTL` says.
+const CACHE_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 struct App {
@@ -149,11 +150,9 @@ async fn get_item(State(app): State<App>, Path(id): Path<i64>) -> Result<Json<It
 async fn create_item(
     State(app): State<App>,
     key: Option<IdempotencyKey>,
-    body: Result<Json<NewItem>, JsonRejection>,
+    // A body that is not this JSON is answered with a 4xx problem by the error layer.
+    Json(new): Json<NewItem>,
 ) -> Result<Outcome, Error> {
-    let Json(new) = body.map_err(|rejection| {
-        Error::new(rejection.status(), "INVALID_BODY", rejection.body_text())
-    })?;
     let name = new.name.trim().to_owned();
     if name.is_empty() || name.chars().count() > 255 {
         return Err(Error::new(
@@ -218,6 +217,7 @@ struct Settings {
     pool: PoolConfig,
     addr: SocketAddr,
     cache: ResponseCache,
+    cache_ttl: Duration,
     request_timeout: Duration,
     pre_drain_delay: Duration,
 }
@@ -229,10 +229,8 @@ fn settings() -> Result<Settings, String> {
     let addr = bind
         .parse()
         .map_err(|_| format!("BIND: {bind:?} is not an address such as 127.0.0.1:3000"))?;
-    let mut cache = ResponseCache::builder();
-    if let Some(ttl) = seconds_setting("CACHE_TTL")? {
-        cache = cache.ttl(ttl);
-    }
+    let cache_ttl = seconds_setting("CACHE_TTL")?.unwrap_or(CACHE_TTL);
+    let mut cache = ResponseCache::builder().ttl(cache_ttl);
     if let Some(window) = seconds_setting("CACHE_STALE_IF_ERROR")? {
         cache = cache.stale_if_error(window);
     }
@@ -251,6 +249,7 @@ fn settings() -> Result<Settings, String> {
         pool,
         addr,
         cache,
+        cache_ttl,
         request_timeout,
         pre_drain_delay,
     })
@@ -293,6 +292,7 @@ async fn main() -> ExitCode {
         pool: config,
         addr,
         cache,
+        cache_ttl,
         request_timeout,
         pre_drain_delay,
     } = match settings() {
@@ -347,8 +347,17 @@ async fn main() -> ExitCode {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/items", get(list_items).post(create_item))
-        .route("/items/{id}", get(get_item))
+        // The routes the cache may answer, for up to CACHE_TTL: caching is a route's choice.
+        .route(
+            "/items",
+            get(list_items)
+                .layer(CacheRouteLayer::ttl(cache_ttl))
+                .post(create_item),
+        )
+        .route(
+            "/items/{id}",
+            get(get_item).layer(CacheRouteLayer::ttl(cache_ttl)),
+        )
         .route("/sleep", get(sleep))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))

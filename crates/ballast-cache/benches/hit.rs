@@ -43,7 +43,10 @@ fn hit(c: &mut Criterion) {
         }
     };
     let mut bare = service_fn(handler.clone());
-    let cache = ResponseCache::builder().build().unwrap();
+    let cache = ResponseCache::builder()
+        .store_unmarked(true)
+        .build()
+        .unwrap();
     let mut cached = CacheLayer::new(cache.clone()).layer(service_fn(handler));
     // Fill the cache.
     runtime.block_on(cached.call(request())).unwrap();

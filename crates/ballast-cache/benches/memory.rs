@@ -44,6 +44,7 @@ fn request(key: usize) -> Request<String> {
 async fn memory() {
     let body = Bytes::from(vec![b'x'; 1024]);
     let cache = ResponseCache::builder()
+        .store_unmarked(true)
         .max_entries(MAX_ENTRIES)
         .max_bytes(MAX_BYTES)
         .build()
@@ -92,6 +93,7 @@ fn zipf_trace(n: usize, s: f64, count: usize, seed: u64) -> Vec<usize> {
 
 async fn hit_ratio(eviction: Eviction, trace: &[usize]) -> f64 {
     let cache = ResponseCache::builder()
+        .store_unmarked(true)
         .max_entries(ZIPF_CACHE)
         .max_bytes(ZIPF_CACHE * 4096)
         .max_entry_bytes(4096)

@@ -39,7 +39,11 @@ type KeyFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
 /// let service = ServiceBuilder::new()
 ///     .layer(CacheLayer::new(cache.clone()))
 ///     .service(service_fn(|_request: http::Request<String>| async {
-///         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("[]")))
+///         // The response asks to be cached (a route can ask with `CacheRouteLayer` instead).
+///         let response = http::Response::builder()
+///             .header("cache-control", "public, max-age=30")
+///             .body(String::from("[]"));
+///         Ok::<_, http::Error>(response?)
 ///     }));
 /// let request = || http::Request::get("http://example.com/items").body(String::new());
 /// service.clone().oneshot(request()?).await?; // a miss, stored
@@ -613,6 +617,7 @@ where
         response.extensions(),
         &cache.inner.statuses,
         cache.inner.default_ttl,
+        cache.inner.store_unmarked,
     ) {
         Ok(ttl) => ttl,
         Err(reason) => {

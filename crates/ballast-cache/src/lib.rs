@@ -6,6 +6,12 @@
 //!
 //! # What is stored (RFC 9111, as a shared cache)
 //!
+//! - Only what asked to be: caching is something a route asks for. A response is stored when its
+//!   route opted in with [`CacheRouteLayer`] (which sets a [`RouteTtl`]) or when it states its
+//!   own freshness (`Cache-Control: max-age` or `s-maxage`). Anything else — a health check, a
+//!   page nobody meant to cache — passes through (and its key is remembered as not storable).
+//!   [`ResponseCacheBuilder::store_unmarked`] restores the seed's behaviour of storing every
+//!   storable `GET` under the layer.
 //! - Only `GET` responses (a `HEAD` is answered from a stored `GET`), only statuses in the set
 //!   (200 by default), never a 5xx, never a response that carries a classified failure (the
 //!   error layer's 503s included), never one with `Set-Cookie`, `Cache-Control: private`,
@@ -20,7 +26,8 @@
 //! - Bodies up to `max_entry_bytes` (1 MiB by default) are stored; a larger or endless body
 //!   streams through untruncated and is not stored, and the layer never holds more than the
 //!   limit of it.
-//! - The TTL is the configured one (60 s) capped by the response's `s-maxage` or `max-age`.
+//! - The TTL is the route's, capped by the response's `s-maxage` or `max-age` and by the
+//!   configured TTL (60 s), which the application sets as the longest any response is kept.
 //!   Hits carry `Age`; `x-cache: HIT|MISS|STALE` is optional.
 //!
 //! # Stale over nothing (RFC 5861)
@@ -63,7 +70,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use axum::{routing::get, Router};
-//! use ballast_cache::{CacheLayer, ResponseCache};
+//! use ballast_cache::{CacheLayer, CacheRouteLayer, ResponseCache};
 //!
 //! let cache = ResponseCache::builder()
 //!     .max_entries(1_000)
@@ -72,7 +79,8 @@
 //!     .build()?;
 //! let cleanup = cache.spawn_cleanup();
 //! let app: Router = Router::new()
-//!     .route("/items", get(|| async { "[]" }))
+//!     .route("/items", get(|| async { "[]" }).layer(CacheRouteLayer::ttl(Duration::from_secs(10))))
+//!     .route("/healthz", get(|| async { "ok" })) // never cached: it did not ask
 //!     .layer(CacheLayer::new(cache.clone()).x_cache_header(true));
 //! // ... serve `app`; after a write to /items: cache.invalidate_path("/items").await;
 //! // on shutdown:
@@ -94,11 +102,13 @@
 
 mod body;
 mod layer;
+mod route;
 mod rules;
 mod store;
 
 pub use ballast_core::ConfigError;
 pub use body::CacheBody;
 pub use layer::{Cache, CacheLayer, ResponseFuture, X_CACHE};
+pub use route::{CacheRoute, CacheRouteLayer, RouteFuture, RouteTtl};
 pub use rules::DEFAULT_KEYED_HEADERS;
 pub use store::{CacheKey, CacheStats, CleanupTask, Eviction, ResponseCache, ResponseCacheBuilder};

@@ -29,6 +29,8 @@ pub(crate) enum NotStored {
     Failure,
     SetCookie,
     CacheControl,
+    /// Neither the route nor the response asked for it to be cached.
+    NotAsked,
     VaryStar,
     TooLarge,
     BodyError,
@@ -115,6 +117,7 @@ pub(crate) fn response_ttl(
     extensions: &http::Extensions,
     statuses: &[StatusCode],
     default_ttl: Duration,
+    store_unmarked: bool,
 ) -> Result<Duration, NotStored> {
     if status.is_server_error() {
         return Err(NotStored::Status5xx);
@@ -135,11 +138,20 @@ pub(crate) fn response_ttl(
     if directives.no_store || directives.no_cache || directives.private {
         return Err(NotStored::CacheControl);
     }
-    // A shared cache obeys s-maxage over max-age (RFC 9111, 5.2.2.10).
-    let ttl = match directives.s_maxage.or(directives.max_age) {
-        Some(seconds) => default_ttl.min(Duration::from_secs(seconds)),
-        None => default_ttl,
-    };
+    // A shared cache obeys s-maxage over max-age (RFC 9111, 5.2.2.10). The route's own TTL
+    // (its opt-in) and the cache's TTL are caps on it.
+    let explicit = directives
+        .s_maxage
+        .or(directives.max_age)
+        .map(Duration::from_secs);
+    let route = extensions.get::<crate::RouteTtl>().map(|route| route.0);
+    let ttl = match (route, explicit) {
+        (Some(route), Some(explicit)) => route.min(explicit),
+        (Some(ttl), None) | (None, Some(ttl)) => ttl,
+        (None, None) if store_unmarked => default_ttl,
+        (None, None) => return Err(NotStored::NotAsked),
+    }
+    .min(default_ttl);
     if ttl.is_zero() {
         return Err(NotStored::CacheControl);
     }
@@ -297,6 +309,7 @@ mod tests {
                 &none,
                 &statuses,
                 Duration::from_secs(60),
+                true,
             )
         };
         assert_eq!(ttl(&[]), Ok(Duration::from_secs(60)));
@@ -317,6 +330,47 @@ mod tests {
             Err(NotStored::CacheControl)
         );
         assert_eq!(ttl(&[("vary", "*")]), Err(NotStored::VaryStar));
+    }
+
+    #[test]
+    fn only_what_a_route_or_the_response_asks_for_is_stored_by_default() {
+        let statuses = [StatusCode::OK];
+        let ttl = |pairs: &[(&str, &str)], route: Option<u64>| {
+            let mut extensions = http::Extensions::new();
+            if let Some(seconds) = route {
+                extensions.insert(crate::RouteTtl(Duration::from_secs(seconds)));
+            }
+            response_ttl(
+                StatusCode::OK,
+                &headers(pairs),
+                &extensions,
+                &statuses,
+                Duration::from_secs(60),
+                false,
+            )
+        };
+        assert_eq!(ttl(&[], None), Err(NotStored::NotAsked));
+        assert_eq!(ttl(&[], Some(30)), Ok(Duration::from_secs(30)));
+        assert_eq!(
+            ttl(&[], Some(600)),
+            Ok(Duration::from_secs(60)),
+            "the cache's TTL caps"
+        );
+        assert_eq!(
+            ttl(&[("cache-control", "public, max-age=20")], None),
+            Ok(Duration::from_secs(20))
+        );
+        assert_eq!(
+            ttl(&[("cache-control", "max-age=5")], Some(30)),
+            Ok(Duration::from_secs(5))
+        );
+        for refused in ["no-store", "private", "no-cache"] {
+            assert_eq!(
+                ttl(&[("cache-control", refused)], Some(30)),
+                Err(NotStored::CacheControl),
+                "{refused}: a route's opt-in never overrides the response"
+            );
+        }
     }
 
     #[test]

@@ -229,9 +229,21 @@ pub struct ResponseCacheBuilder {
     statuses: Vec<StatusCode>,
     keyed_headers: Vec<HeaderName>,
     stale_if_error: Duration,
+    store_unmarked: bool,
 }
 
 impl ResponseCacheBuilder {
+    /// Stores responses that neither their route ([`CacheRouteLayer`](crate::CacheRouteLayer))
+    /// nor their own `Cache-Control: max-age`/`s-maxage` asked to be cached, for the TTL.
+    /// Defaults to `false`: caching is something a route asks for, so a health check or a page
+    /// nobody meant to cache is never served stale. `true` is the seed's behaviour (every
+    /// storable `GET` of the routes under the layer).
+    #[must_use]
+    pub fn store_unmarked(mut self, store: bool) -> Self {
+        self.store_unmarked = store;
+        self
+    }
+
     /// Sets how long past its freshness a stored response may stand in for a failing service
     /// (a 5xx, a classified failure such as the database being down, an error): a `GET` for it
     /// gets the stale response, with its `Age`, instead of the failure. A response's own
@@ -368,6 +380,8 @@ pub(crate) struct Inner {
     pub(crate) default_ttl: Duration,
     pub(crate) cleanup_interval: Duration,
     pub(crate) statuses: Vec<StatusCode>,
+    /// See [`ResponseCacheBuilder::store_unmarked`].
+    pub(crate) store_unmarked: bool,
     pub(crate) keyed_headers: Vec<HeaderName>,
     pub(crate) stale_if_error: Duration,
     pub(crate) counters: Arc<Counters>,
@@ -451,6 +465,7 @@ impl ResponseCache {
             cleanup_interval: DEFAULT_CLEANUP_INTERVAL,
             eviction: Eviction::Lru,
             statuses: vec![StatusCode::OK],
+            store_unmarked: false,
             keyed_headers: DEFAULT_KEYED_HEADERS
                 .iter()
                 .map(|name| HeaderName::from_static(name))
@@ -502,6 +517,7 @@ impl ResponseCache {
                 default_ttl: builder.ttl,
                 cleanup_interval: builder.cleanup_interval,
                 statuses: builder.statuses,
+                store_unmarked: builder.store_unmarked,
                 keyed_headers: builder.keyed_headers,
                 stale_if_error: builder.stale_if_error,
                 counters,

@@ -21,6 +21,7 @@ use tower::{service_fn, Layer, ServiceExt};
 
 fn cache(entries: u64, bytes: u64) -> ResponseCache {
     ResponseCache::builder()
+        .store_unmarked(true)
         .max_entries(entries)
         .max_bytes(bytes)
         .max_entry_bytes(bytes.min(1 << 20))
@@ -298,6 +299,7 @@ fn get_request(path: &str) -> Request<String> {
 async fn both_bounds_hold_under_twenty_thousand_keys() {
     let max_bytes = 8 * 1024 * 1024;
     let cache = ResponseCache::builder()
+        .store_unmarked(true)
         .max_entries(1_000)
         .max_bytes(max_bytes)
         .max_entry_bytes(128 * 1024)
@@ -326,6 +328,7 @@ async fn both_bounds_hold_under_twenty_thousand_keys() {
 
     // Tiny bodies: now the entry bound is the one that binds.
     let cache = ResponseCache::builder()
+        .store_unmarked(true)
         .max_entries(1_000)
         .max_bytes(max_bytes)
         .build()
@@ -348,6 +351,7 @@ async fn both_bounds_hold_under_twenty_thousand_keys() {
 #[tokio::test]
 async fn recently_used_keys_survive_a_scan() {
     let cache = ResponseCache::builder()
+        .store_unmarked(true)
         .max_entries(10)
         .max_bytes(10 * 4096)
         .max_entry_bytes(4096)
@@ -537,6 +541,7 @@ async fn huge_and_endless_bodies_pass_through_and_are_not_stored() {
 #[tokio::test]
 async fn entries_expire_after_their_ttl_and_cleanup_stops() {
     let cache = ResponseCache::builder()
+        .store_unmarked(true)
         .ttl(Duration::from_millis(150))
         // Nothing kept past freshness for a failing service: the entry goes at its TTL.
         .stale_if_error(Duration::ZERO)
@@ -592,6 +597,7 @@ async fn invalidation_and_clear() {
 #[tokio::test]
 async fn exact_stats() {
     let cache = ResponseCache::builder()
+        .store_unmarked(true)
         .max_entries(2)
         .max_bytes(2 * 4096)
         .max_entry_bytes(4096)
@@ -630,17 +636,27 @@ async fn exact_stats() {
 
 #[test]
 fn bad_settings_are_errors() {
-    assert!(ResponseCache::builder().max_entries(0).build().is_err());
     assert!(ResponseCache::builder()
+        .store_unmarked(true)
+        .max_entries(0)
+        .build()
+        .is_err());
+    assert!(ResponseCache::builder()
+        .store_unmarked(true)
         .max_bytes(10)
         .max_entry_bytes(20)
         .build()
         .is_err());
     assert!(ResponseCache::builder()
+        .store_unmarked(true)
         .ttl(Duration::ZERO)
         .build()
         .is_err());
-    assert!(ResponseCache::builder().max_bytes(1 << 40).build().is_err());
+    assert!(ResponseCache::builder()
+        .store_unmarked(true)
+        .max_bytes(1 << 40)
+        .build()
+        .is_err());
 }
 
 /// A service that answers `{"n":<call>}` while `up`, else (after 20 ms) a 503 that carries a classified failure
@@ -700,6 +716,7 @@ async fn body_of(
 #[tokio::test]
 async fn stale_if_error_serves_what_the_cache_has_while_the_service_fails() {
     let cache = ResponseCache::builder()
+        .store_unmarked(true)
         .ttl(Duration::from_millis(100))
         .stale_if_error(Duration::from_millis(400))
         .build()
@@ -803,6 +820,7 @@ async fn revalidate_directives_forbid_stale_and_the_response_sets_its_window() {
         ("max-age=1, stale-if-error=60", true),
     ] {
         let cache = ResponseCache::builder()
+            .store_unmarked(true)
             .ttl(Duration::from_millis(50))
             .stale_if_error(Duration::ZERO)
             .build()
@@ -828,6 +846,7 @@ async fn revalidate_directives_forbid_stale_and_the_response_sets_its_window() {
 #[tokio::test]
 async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
     let cache = ResponseCache::builder()
+        .store_unmarked(true)
         .ttl(Duration::from_secs(60))
         .build()
         .unwrap();
@@ -859,4 +878,63 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// By default only what asked to be cached is: a route with `CacheRouteLayer`, or a response
+/// that states its freshness. A health check and an unmarked page never come from the cache.
+#[tokio::test]
+async fn caching_is_something_a_route_asks_for() {
+    use ballast_cache::CacheRouteLayer;
+    let cache = ResponseCache::builder().build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counting = |body: &'static str| {
+        let calls = Arc::clone(&calls);
+        move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move { body }
+        }
+    };
+    let app = Router::new()
+        .route(
+            "/items",
+            get(counting("[]")).layer(CacheRouteLayer::ttl(Duration::from_secs(30))),
+        )
+        .route("/readyz", get(counting("ready")))
+        .route("/page", get(counting("page")))
+        .route(
+            "/explicit",
+            get({
+                let calls = Arc::clone(&calls);
+                move || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        (
+                            [(http::header::CACHE_CONTROL, "public, max-age=30")],
+                            "explicit",
+                        )
+                    }
+                }
+            }),
+        )
+        .layer(CacheLayer::new(cache.clone()).x_cache_header(true));
+    for (path, cached) in [
+        ("/items", true),
+        ("/readyz", false),
+        ("/page", false),
+        ("/explicit", true),
+    ] {
+        let before = calls.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            let (status, _, _) = text(&app, request(Method::GET, path, &[])).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        let ran = calls.load(Ordering::SeqCst) - before;
+        assert_eq!(
+            ran,
+            if cached { 1 } else { 3 },
+            "{path}: the handler ran {ran} times"
+        );
+    }
+    let stats = cache.stats().await;
+    assert_eq!(stats.hits, 4, "{stats:?}");
 }

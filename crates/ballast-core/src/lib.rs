@@ -73,6 +73,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod cause;
+mod check;
 mod config;
 mod failure;
 #[cfg(feature = "http")]
@@ -93,6 +94,7 @@ mod diesel_impl;
 mod messages;
 
 pub use cause::{Cause, Code, Reach};
+pub use check::{CheckFuture, ReadinessCheck};
 pub use config::ConfigError;
 pub(crate) use failure::find_in_chain;
 pub use failure::{BoxError, DriverCode, Failure};

@@ -77,6 +77,7 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 pub struct ErrorResponseLayer<M = DefaultProblems> {
     map: M,
     retry_after: RetryAfter,
+    plain_errors: bool,
 }
 
 impl ErrorResponseLayer {
@@ -85,6 +86,7 @@ impl ErrorResponseLayer {
         ErrorResponseLayer {
             map: DefaultProblems,
             retry_after: RetryAfter::default(),
+            plain_errors: true,
         }
     }
 }
@@ -101,7 +103,21 @@ impl<M> ErrorResponseLayer<M> {
         ErrorResponseLayer {
             map,
             retry_after: self.retry_after,
+            plain_errors: self.plain_errors,
         }
+    }
+
+    /// Whether error responses that are not problem+json — a 4xx or 5xx with an empty, text or
+    /// HTML body, such as axum's 404 for an unknown route, its 405 for a wrong method and its
+    /// extractor rejections (`Path`, `Query`, `Json`), whose text echoes the request's input —
+    /// are replaced with a problem+json document for their status: a code
+    /// (`NOT_FOUND`, `METHOD_NOT_ALLOWED`, `BAD_REQUEST`, ...) and a fixed detail that never
+    /// repeats the input. Their other headers (`Allow`, `WWW-Authenticate`, ...) stay. On by
+    /// default, so every error response of the stack has the same shape.
+    #[must_use]
+    pub fn problems_for_plain_errors(mut self, replace: bool) -> Self {
+        self.plain_errors = replace;
+        self
     }
 
     /// Sets the `Retry-After` policy for 503 responses.
@@ -120,6 +136,7 @@ impl<S, M: Clone> Layer<S> for ErrorResponseLayer<M> {
             inner: CatchPanic::custom(inner, PanicResponse),
             map: self.map.clone(),
             retry_after: self.retry_after,
+            plain_errors: self.plain_errors,
             not_ready: None,
         }
     }
@@ -130,6 +147,7 @@ pub struct ErrorResponse<S, M = DefaultProblems> {
     inner: CatchPanic<S, PanicResponse>,
     map: M,
     retry_after: RetryAfter,
+    plain_errors: bool,
     /// An error from the inner service's `poll_ready`, answered on the next call.
     not_ready: Option<BoxError>,
 }
@@ -140,6 +158,7 @@ impl<S: Clone, M: Clone> Clone for ErrorResponse<S, M> {
             inner: self.inner.clone(),
             map: self.map.clone(),
             retry_after: self.retry_after,
+            plain_errors: self.plain_errors,
             not_ready: None,
         }
     }
@@ -184,6 +203,7 @@ where
             uri: request.uri().clone(),
             map: self.map.clone(),
             retry_after: self.retry_after,
+            plain_errors: self.plain_errors,
         };
         let state = match self.not_ready.take() {
             Some(error) => State::NotReady { error: Some(error) },
@@ -204,6 +224,7 @@ struct RequestContext<M> {
     uri: Uri,
     map: M,
     retry_after: RetryAfter,
+    plain_errors: bool,
 }
 
 pin_project! {
@@ -256,6 +277,9 @@ where
                     let (parts, _body) = response.into_parts();
                     render(&context, failure, Some(parts.extensions))
                 }
+                None if context.plain_errors && is_plain_error(&response) => {
+                    plain_error_problem(&context, response)
+                }
                 None => response,
             },
             Err(error) => match classify(error) {
@@ -267,6 +291,40 @@ where
             },
         }))
     }
+}
+
+/// An error status whose body is not a problem document.
+fn is_plain_error<B>(response: &Response<B>) -> bool {
+    (response.status().is_client_error() || response.status().is_server_error())
+        && response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_none_or(|value| !value.as_bytes().starts_with(b"application/problem+json"))
+}
+
+/// `response` with its body replaced by the problem document of its status; its other headers
+/// and extensions stay.
+fn plain_error_problem<M>(
+    context: &RequestContext<M>,
+    response: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    let (mut parts, _body) = response.into_parts();
+    let problem = crate::map::problem_for_status(parts.status);
+    tracing::debug!(
+        status = parts.status.as_u16(),
+        method = %context.method,
+        path = context.uri.path(),
+        "an error response without a problem document: answered with one"
+    );
+    let rendered = problem.to_response(is_head(context), None);
+    let (rendered_parts, body) = rendered.into_parts();
+    for name in [http::header::CONTENT_TYPE, http::header::CONTENT_LENGTH] {
+        parts.headers.remove(&name);
+        if let Some(value) = rendered_parts.headers.get(&name) {
+            parts.headers.insert(name, value.clone());
+        }
+    }
+    to_boxed(Response::from_parts(parts, body))
 }
 
 fn is_head<M>(context: &RequestContext<M>) -> bool {

@@ -2,6 +2,7 @@
 
 use ballast_core::http::Problem;
 use ballast_core::Failure;
+use http::StatusCode;
 
 /// Turns a classified failure into the problem document a client receives.
 ///
@@ -46,4 +47,59 @@ impl MapProblem for DefaultProblems {
     fn problem(&self, failure: &Failure) -> Problem {
         Self::problem_for(failure)
     }
+}
+
+/// The problem document for an error response that came without one: a code for the status
+/// and a fixed detail that never repeats the request's input.
+pub(crate) fn problem_for_status(status: StatusCode) -> Problem {
+    let (code, detail): (&'static str, &'static str) = match status.as_u16() {
+        400 => ("BAD_REQUEST", "The request is malformed."),
+        401 => ("UNAUTHORIZED", "The request needs valid credentials."),
+        403 => ("FORBIDDEN", "The request is not allowed."),
+        404 => ("NOT_FOUND", "The requested resource was not found."),
+        405 => (
+            "METHOD_NOT_ALLOWED",
+            "The method is not allowed for this resource.",
+        ),
+        406 => (
+            "NOT_ACCEPTABLE",
+            "No representation matches the request's Accept headers.",
+        ),
+        408 => ("REQUEST_TIMEOUT", "The request did not arrive in time."),
+        409 => (
+            "CONFLICT",
+            "The request conflicts with the resource's current state.",
+        ),
+        410 => ("GONE", "The resource is gone."),
+        411 => ("LENGTH_REQUIRED", "The request needs a Content-Length."),
+        413 => ("PAYLOAD_TOO_LARGE", "The request body is too large."),
+        414 => ("URI_TOO_LONG", "The request's URI is too long."),
+        415 => (
+            "UNSUPPORTED_MEDIA_TYPE",
+            "The request body's content type is not supported here.",
+        ),
+        422 => (
+            "UNPROCESSABLE_ENTITY",
+            "The request body is not valid for this resource.",
+        ),
+        429 => ("TOO_MANY_REQUESTS", "Too many requests: slow down."),
+        431 => (
+            "REQUEST_HEADER_FIELDS_TOO_LARGE",
+            "The request's headers are too large.",
+        ),
+        500 => ("CRITICAL_ERROR", "An internal error occurred."),
+        501 => ("NOT_IMPLEMENTED", "The method is not implemented."),
+        502 => ("BAD_GATEWAY", "An upstream service answered badly."),
+        503 => (
+            "SERVICE_UNAVAILABLE",
+            "The service is unavailable right now.",
+        ),
+        504 => (
+            "GATEWAY_TIMEOUT",
+            "An upstream service did not answer in time.",
+        ),
+        _ if status.is_client_error() => ("CLIENT_ERROR", "The request cannot be served."),
+        _ => ("SERVER_ERROR", "The service could not answer the request."),
+    };
+    Problem::new(status, code, detail)
 }

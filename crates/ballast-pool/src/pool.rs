@@ -671,3 +671,10 @@ impl<C: Connect> fmt::Debug for PooledConnection<C> {
         f.debug_struct("PooledConnection").finish_non_exhaustive()
     }
 }
+
+/// Readiness probes ask the pool ([`SharedPool::readiness`]): busy is ready.
+impl<C: Connect> ballast_core::ReadinessCheck for SharedPool<C> {
+    fn check(&self) -> ballast_core::CheckFuture<'_> {
+        Box::pin(self.readiness())
+    }
+}

@@ -25,8 +25,9 @@ use crate::request::IN_REQUEST;
 /// `Connection: close`) while in-flight ones finish. Responses sent while draining carry
 /// `Connection: close`, so keep-alive connections end with them.
 ///
-/// Paths given to [`ShutdownLayer::serve_while_draining`] (by default `/healthz`: liveness stays
-/// 200 until exit) pass through while draining.
+/// Paths given to [`ShutdownLayer::serve_while_draining`] pass through while draining: by
+/// default `/healthz` (liveness stays 200 until exit) and `/readyz` (which answers its own 503,
+/// [`Health`](crate::Health)'s `SHUTTING_DOWN`).
 ///
 /// ```
 /// use ballast_shutdown::{Shutdown, ShutdownLayer};
@@ -47,7 +48,7 @@ impl ShutdownLayer {
     pub fn new(handle: ShutdownHandle) -> Self {
         ShutdownLayer {
             handle,
-            passthrough: Arc::new(["/healthz".to_owned()]),
+            passthrough: Arc::new(["/healthz".to_owned(), "/readyz".to_owned()]),
             // Another instance can answer at once.
             retry_after: RetryAfter::new(Duration::from_secs(1), Duration::from_secs(1)),
         }

@@ -62,6 +62,7 @@
 //! ```
 
 mod coordinator;
+mod health;
 mod layer;
 mod request;
 #[cfg(feature = "serve")]
@@ -71,6 +72,7 @@ pub use coordinator::{
     HookOutcome, HookResult, Phase, Shutdown, ShutdownBuilder, ShutdownHandle, ShutdownStats,
     Summary,
 };
+pub use health::{Health, Liveness, Readiness};
 pub use layer::{ResponseFuture, ShutdownBody, ShutdownLayer, ShutdownService};
 #[cfg(feature = "serve")]
 pub use serve::ServeConfig;

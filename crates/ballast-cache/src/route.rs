@@ -1,0 +1,113 @@
+//! A route's opt-in to the cache: [`CacheRouteLayer`] marks its responses with a [`RouteTtl`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::Response;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// How long the cache may keep a response, as its route asked: a response extension that
+/// [`CacheRouteLayer`] sets (a handler can insert it too).
+///
+/// The cache's own TTL and the response's `Cache-Control: s-maxage`/`max-age` cap it;
+/// `no-store`, `no-cache`, `private`, `Set-Cookie`, a failure or a status outside the cache's set
+/// still keep the response out whatever the route asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteTtl(pub Duration);
+
+/// Opts a route into the response cache: its responses carry a [`RouteTtl`], which the
+/// [`CacheLayer`](crate::CacheLayer) further out reads. Apply it to the routes to cache, with
+/// axum's per-route layers:
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{routing::get, Router};
+/// use ballast_cache::{CacheLayer, CacheRouteLayer, ResponseCache};
+///
+/// # fn main() -> Result<(), ballast_cache::ConfigError> {
+/// let cache = ResponseCache::builder().build()?;
+/// let app: Router = Router::new()
+///     // Cached for up to 30 s.
+///     .route("/items", get(|| async { "[]" }).layer(CacheRouteLayer::ttl(Duration::from_secs(30))))
+///     // Never cached: it did not ask.
+///     .route("/readyz", get(|| async { "ready" }))
+///     .layer(CacheLayer::new(cache));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct CacheRouteLayer {
+    ttl: Duration,
+}
+
+impl CacheRouteLayer {
+    /// Marks the route's responses as storable for up to `ttl`.
+    pub fn ttl(ttl: Duration) -> Self {
+        CacheRouteLayer { ttl }
+    }
+}
+
+impl<S> Layer<S> for CacheRouteLayer {
+    type Service = CacheRoute<S>;
+
+    fn layer(&self, inner: S) -> CacheRoute<S> {
+        CacheRoute {
+            inner,
+            ttl: self.ttl,
+        }
+    }
+}
+
+/// The service made by [`CacheRouteLayer`].
+#[derive(Debug, Clone)]
+pub struct CacheRoute<S> {
+    inner: S,
+    ttl: Duration,
+}
+
+impl<S, Request, B> Service<Request> for CacheRoute<S>
+where
+    S: Service<Request, Response = Response<B>>,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = RouteFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        RouteFuture {
+            inner: self.inner.call(request),
+            ttl: self.ttl,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`CacheRoute`].
+    #[derive(Debug)]
+    pub struct RouteFuture<F> {
+        #[pin]
+        inner: F,
+        ttl: Duration,
+    }
+}
+
+impl<F, B, E> Future for RouteFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        response.extensions_mut().insert(RouteTtl(*this.ttl));
+        Poll::Ready(Ok(response))
+    }
+}
