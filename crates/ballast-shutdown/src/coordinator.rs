@@ -112,6 +112,7 @@ impl ShutdownBuilder {
                     interrupted: watch::channel(false).0,
                     pre_drain_delay: self.pre_drain_delay,
                     drain_deadline: self.drain_deadline,
+                    tasks: Mutex::new(Vec::new()),
                 }),
             },
             hooks: self.hooks,
@@ -149,6 +150,8 @@ pub(crate) struct Shared {
     interrupted: watch::Sender<bool>,
     pre_drain_delay: Duration,
     drain_deadline: Duration,
+    /// Background jobs started with [`ShutdownHandle::spawn`], by name.
+    tasks: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
 }
 
 /// A snapshot for `/stats` and metrics.
@@ -252,6 +255,84 @@ impl ShutdownHandle {
         self.shared.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Runs a background job (a scheduler, a queue consumer) as part of the service's life: the
+    /// drain waits for it, within the same deadline as the requests, before the hooks run, so a
+    /// "close pool" hook never runs while a job still holds a connection. A job that is still
+    /// running at the deadline is cancelled (its future dropped: a connection it held goes back
+    /// to the pool, its statement cancelled) and counted in [`Summary::tasks_cancelled`].
+    ///
+    /// A job sees the shutdown through [`draining`](Self::draining) (or
+    /// [`reached`](Self::reached)) and ends on its own:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use ballast_shutdown::Shutdown;
+    ///
+    /// let shutdown = Shutdown::builder().build();
+    /// let handle = shutdown.handle();
+    /// let stop = handle.draining();
+    /// handle.spawn("backup", async move {
+    ///     let mut every = tokio::time::interval(Duration::from_secs(3600));
+    ///     tokio::pin!(stop);
+    ///     loop {
+    ///         tokio::select! {
+    ///             _ = &mut stop => break, // finish the current tick first, then stop
+    ///             _ = every.tick() => { /* back up */ }
+    ///         }
+    ///     }
+    /// });
+    /// handle.trigger();
+    /// let summary = shutdown.run(std::future::ready(())).await;
+    /// assert_eq!(summary.tasks_cancelled, 0);
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, like `tokio::spawn`.
+    pub fn spawn<F>(&self, name: impl Into<String>, job: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let name = name.into();
+        let task = tokio::spawn(job);
+        let mut tasks = self
+            .shared
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        tasks.retain(|(_, task)| !task.is_finished());
+        tasks.push((name, task));
+    }
+
+    /// Waits for the background jobs to end; returns how many had to be cancelled at
+    /// `deadline`.
+    async fn tasks_done(&self, deadline: tokio::time::Instant) -> usize {
+        let tasks = std::mem::take(
+            &mut *self
+                .shared
+                .tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let mut cancelled = 0;
+        for (name, mut task) in tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(())) => tracing::info!(job = %name, "background job finished"),
+                Ok(Err(error)) => tracing::warn!(job = %name, %error, "background job failed"),
+                Err(_) => {
+                    task.abort();
+                    let _ = task.await;
+                    cancelled += 1;
+                    tracing::warn!(job = %name, "drain deadline passed: background job cancelled");
+                }
+            }
+        }
+        cancelled
+    }
+
     /// Requests in flight now.
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::Acquire)
@@ -334,6 +415,9 @@ pub struct Summary {
     /// Whether a second signal cut the sequence short (see [`Shutdown::listen_for_signals`]):
     /// the rest of the drain and the hooks not yet run were skipped.
     pub interrupted: bool,
+    /// Background jobs ([`ShutdownHandle::spawn`]) still running at the drain deadline, and so
+    /// cancelled.
+    pub tasks_cancelled: usize,
 }
 
 /// How one teardown hook went.
@@ -462,6 +546,7 @@ impl Shutdown {
                     hooks: done.into_inner().unwrap_or_else(PoisonError::into_inner),
                     total: started.elapsed(),
                     interrupted: true,
+                    tasks_cancelled: 0,
                 };
                 tracing::warn!(
                     abandoned = summary.abandoned,
@@ -504,23 +589,26 @@ impl Shutdown {
         let step = Instant::now();
         let in_flight = handle.in_flight();
         tracing::info!(in_flight, "draining: refusing new requests");
+        let deadline = tokio::time::Instant::now() + handle.shared.drain_deadline;
         let drain = async {
             if !server_done {
                 (&mut server).await;
             }
             handle.drained().await;
         };
-        let drained = tokio::time::timeout(handle.shared.drain_deadline, drain)
-            .await
-            .is_ok();
+        let requests_drained = tokio::time::timeout_at(deadline, drain).await.is_ok();
         let abandoned = handle.in_flight();
+        // Background jobs end before the hooks (a "close pool" hook must not run under them).
+        let tasks_cancelled = handle.tasks_done(deadline).await;
+        let drained = requests_drained && tasks_cancelled == 0;
         if drained {
             tracing::info!(took_ms = millis(step.elapsed()), "drained");
         } else {
             tracing::warn!(
                 took_ms = millis(step.elapsed()),
                 abandoned,
-                "drain deadline passed: abandoning the requests still in flight"
+                tasks_cancelled,
+                "drain deadline passed: abandoning the requests and jobs still running"
             );
         }
         handle.set_phase(Phase::Stopped);
@@ -553,6 +641,7 @@ impl Shutdown {
             hooks,
             total: started.elapsed(),
             interrupted: false,
+            tasks_cancelled,
         };
         tracing::info!(
             drained = summary.drained,

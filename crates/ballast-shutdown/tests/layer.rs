@@ -173,3 +173,61 @@ async fn an_interrupt_cuts_the_hooks_short_with_exit_code_130() {
         "the hook that finished is reported, the rest skipped"
     );
 }
+
+/// Background jobs are part of the drain: one that stops when asked finishes before the hooks;
+/// one that ignores the drain is cancelled at the deadline, before the hooks, and counted.
+#[tokio::test]
+async fn background_jobs_end_before_the_hooks() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let job_done = Arc::new(AtomicBool::new(false));
+    let stubborn_dropped = Arc::new(AtomicBool::new(false));
+    let seen_by_hook = Arc::new(std::sync::Mutex::new(None));
+    let shutdown = Shutdown::builder()
+        .drain_deadline(Duration::from_millis(300))
+        .hook("close pool", Duration::from_secs(1), {
+            let (job_done, stubborn_dropped, seen) = (
+                Arc::clone(&job_done),
+                Arc::clone(&stubborn_dropped),
+                Arc::clone(&seen_by_hook),
+            );
+            move || async move {
+                *seen.lock().unwrap() = Some((
+                    job_done.load(Ordering::SeqCst),
+                    stubborn_dropped.load(Ordering::SeqCst),
+                ));
+                Ok::<_, String>(())
+            }
+        })
+        .build();
+    let handle = shutdown.handle();
+    let stop = handle.draining();
+    let done = Arc::clone(&job_done);
+    handle.spawn("polite", async move {
+        stop.await;
+        // Finishing its current unit of work.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        done.store(true, Ordering::SeqCst);
+    });
+    struct OnDrop(Arc<AtomicBool>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let guard = OnDrop(Arc::clone(&stubborn_dropped));
+    handle.spawn("stubborn", async move {
+        let _guard = guard;
+        std::future::pending::<()>().await;
+    });
+    handle.trigger();
+    let summary = shutdown.run(std::future::ready(())).await;
+    assert_eq!(
+        *seen_by_hook.lock().unwrap(),
+        Some((true, true)),
+        "both ended before the hook ran"
+    );
+    assert_eq!(summary.tasks_cancelled, 1);
+    assert!(!summary.drained);
+    assert_eq!(summary.exit_code(), 1);
+}
