@@ -16,11 +16,27 @@
 //! | [`idempotency`] | `ballast-idempotency` | exactly-once writes for requests with an `Idempotency-Key` |
 //!
 //! and, always, the classified failure they share ([`Failure`], from `ballast-core`). Backends are
-//! features too: `postgres` (default), `mysql`, `sqlite`.
+//! features too: `postgres` (default), `mysql`, `sqlite`. [`diesel`] and [`diesel_async`] are
+//! re-exported at the versions and features ballast uses.
 //!
-//! # The stack
+//! # Start here
 //!
-//! Outermost first: shutdown → error → cache → retry → handlers. The shutdown layer sees every
+//! `use ballast::prelude::*;`, then:
+//!
+//! - [`SharedPool::init_from_url`](pool::SharedPool::init_from_url) once in `main`;
+//! - handlers take a [`Conn<C>`](pool::Conn) and return `Result<_, ballast::Error>`, using plain
+//!   `?` on diesel's errors (404, 409, 422 and retryable 503s come out right);
+//! - [`Stack::builder(pool).build()`](Stack) and `stack.serve(listener, router).await` as the
+//!   last line of `main`: every layer in order, `/healthz` and `/readyz`, signals, the server's
+//!   protective timeouts, the drain, background jobs (`stack.handle().spawn(..)`) and the teardown,
+//!   returning the exit code.
+//!
+//! `examples/quickstart.rs` (the README shows it whole) is a complete service in that shape.
+//!
+//! # Composing the layers yourself
+//!
+//! [`Stack`] is these layers in this order; to compose them by hand, keep it. Outermost first:
+//! shutdown → error → cache → retry → handlers. The shutdown layer sees every
 //! request, so it can count and refuse them; the error layer sits outside the cache and the retry
 //! layer, so their failures are rendered once and the stack's error type is `Infallible`; the
 //! cache answers hits before any retry bookkeeping; the retry layer sits next to the handlers,
@@ -74,8 +90,68 @@
 
 pub use ballast_core::{
     io, mysql, redact, sqlite, sqlstate, BoxError, Cause, Code, DriverCode, Failure, Reach,
-    SqlState,
+    ReadinessCheck, SqlState,
 };
+
+/// diesel, at the version and with the features ballast uses (the backends without linking
+/// libpq or libmysqlclient: the connections are diesel-async's). `use ballast::diesel;` at the
+/// top of a module makes diesel's macros and derives work there without a diesel dependency of
+/// your own.
+pub use diesel;
+/// diesel-async, at the version and with the features ballast uses.
+pub use diesel_async;
+
+#[cfg(all(
+    feature = "pool",
+    feature = "error",
+    feature = "retry",
+    feature = "cache",
+    feature = "shutdown"
+))]
+mod stack;
+#[cfg(all(
+    feature = "pool",
+    feature = "error",
+    feature = "retry",
+    feature = "cache",
+    feature = "shutdown"
+))]
+pub use stack::{AppBody, Stack, StackBuilder, StackLayer, StackService};
+
+/// The README's Rust code, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+/// The names a ballast service uses, for `use ballast::prelude::*;`.
+pub mod prelude {
+    pub use crate::{Cause, Failure};
+    pub use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
+
+    #[cfg(feature = "mysql")]
+    pub use diesel_async::AsyncMysqlConnection;
+    #[cfg(feature = "postgres")]
+    pub use diesel_async::AsyncPgConnection;
+
+    #[cfg(feature = "cache")]
+    pub use crate::cache::{CacheRouteLayer, ResponseCache};
+    #[cfg(feature = "error")]
+    pub use crate::error::{Error, ErrorResponseLayer};
+    #[cfg(feature = "pool")]
+    pub use crate::pool::{AddPoolLayer, Conn, PoolConfig, PoolError, SharedPool};
+    #[cfg(feature = "retry")]
+    pub use crate::retry::{RetryLayer, Retrying};
+    #[cfg(feature = "shutdown")]
+    pub use crate::shutdown::{Health, Shutdown, ShutdownHandle, ShutdownLayer};
+    #[cfg(all(
+        feature = "pool",
+        feature = "error",
+        feature = "retry",
+        feature = "cache",
+        feature = "shutdown"
+    ))]
+    pub use crate::{Stack, StackBuilder};
+}
 
 #[cfg(feature = "cache")]
 pub use ballast_cache as cache;

@@ -91,6 +91,12 @@ impl fmt::Display for PoolError {
 
 impl std::error::Error for PoolError {}
 
+impl From<ConfigError> for PoolError {
+    fn from(error: ConfigError) -> Self {
+        PoolError::Config(error)
+    }
+}
+
 impl From<PoolError> for Failure {
     /// A pool that cannot be built is a deployment mistake: a setting out of range is
     /// `DB_INIT_ERROR` (as a bad URL is), anything else `CRITICAL_ERROR`; neither is retryable.
@@ -170,6 +176,18 @@ impl<C: Connect> SharedPool<C> {
         let pool = Self::new(config.clone())?;
         *global = Some((config, Box::new(pool.clone())));
         Ok(pool)
+    }
+
+    /// The process's shared pool for a database URL with its settings
+    /// ([`PoolConfig::from_url`], then [`init`](Self::init)): what a service's `main` calls with
+    /// its `DATABASE_URL`.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::Config`] for a malformed URL or setting (the message names it, never the
+    /// password); otherwise as [`init`](Self::init).
+    pub fn init_from_url(url: &str) -> Result<Self, PoolError> {
+        Self::init(PoolConfig::from_url(url)?)
     }
 
     /// Checks a connection out.

@@ -1,0 +1,396 @@
+//! [`Stack`]: every layer in the right order, health, and the whole lifecycle in one call.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ballast_cache::{Cache, CacheLayer, CleanupTask, ResponseCache};
+use ballast_error::{ErrorResponse, ErrorResponseLayer, RequestTimeout, RequestTimeoutLayer};
+use ballast_pool::{AddPool, AddPoolLayer, Connect, SharedPool};
+use ballast_retry::{Retry, RetryHandle, RetryLayer};
+use ballast_shutdown::{
+    Health, Liveness, Readiness, ServeConfig, Shutdown, ShutdownBuilder, ShutdownHandle,
+    ShutdownLayer, ShutdownService,
+};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The longest a request may take by default, retries included.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long each standard teardown step may take.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The request body the application's service receives under [`Stack::serve`]: hyper's, bounded
+/// by the request timeout and kept for a replay by the retry layer. An axum `Router` takes any
+/// body.
+pub type AppBody = ballast_retry::RetryBody<ballast_error::TimedBody<hyper::body::Incoming>>;
+
+/// The paths health answers on.
+const HEALTHZ: &str = "/healthz";
+const READYZ: &str = "/readyz";
+
+/// Builds a [`Stack`]; every setting has a default.
+pub struct StackBuilder<C: Connect> {
+    pool: SharedPool<C>,
+    cache: Option<ResponseCache>,
+    retry: Option<RetryLayer>,
+    request_timeout: Duration,
+    x_cache: bool,
+    shutdown: ShutdownBuilder,
+    serve: ServeConfig,
+}
+
+impl<C: Connect> StackBuilder<C> {
+    /// The response cache routes opt into (`CacheRouteLayer`); by default an empty one with the
+    /// cache's defaults (100 entries, 10 MiB, 60 s). Pass your own to invalidate it after writes.
+    #[must_use]
+    pub fn cache(mut self, cache: ResponseCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The retry layer; by default `RetryLayer::new()` (one quick retry of what cannot write
+    /// twice).
+    #[must_use]
+    pub fn retry(mut self, retry: RetryLayer) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// The longest a request may take, retries included (30 s by default): past it the client
+    /// gets a 408 for a body that stopped arriving or a 503 for the database.
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Adds `x-cache: HIT|MISS|STALE` to cacheable responses (off by default).
+    #[must_use]
+    pub fn x_cache_header(mut self, enabled: bool) -> Self {
+        self.x_cache = enabled;
+        self
+    }
+
+    /// How long the service keeps serving after SIGTERM with readiness failing, so a load
+    /// balancer stops sending traffic first (0 by default; a few seconds on Kubernetes).
+    #[must_use]
+    pub fn pre_drain_delay(mut self, delay: Duration) -> Self {
+        self.shutdown = self.shutdown.pre_drain_delay(delay);
+        self
+    }
+
+    /// The longest the drain may take (25 s by default).
+    #[must_use]
+    pub fn drain_deadline(mut self, deadline: Duration) -> Self {
+        self.shutdown = self.shutdown.drain_deadline(deadline);
+        self
+    }
+
+    /// Adds a teardown hook; it runs after the drain and before the standard ones (stop the
+    /// cache cleanup, clear the cache, close the pool).
+    #[must_use]
+    pub fn hook<F, Fut, E>(mut self, name: impl Into<String>, timeout: Duration, hook: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: fmt::Display,
+    {
+        self.shutdown = self.shutdown.hook(name, timeout, hook);
+        self
+    }
+
+    /// The HTTP server's timeouts and connection cap for [`Stack::serve`].
+    #[must_use]
+    pub fn serve_config(mut self, config: ServeConfig) -> Self {
+        self.serve = config;
+        self
+    }
+
+    /// Builds the stack and starts the cache's cleanup task.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (the cleanup task is spawned).
+    pub fn build(self) -> Stack<C> {
+        let cache = self.cache.unwrap_or_else(|| {
+            ResponseCache::builder()
+                .build()
+                .unwrap_or_else(|_| unreachable!("the defaults are valid"))
+        });
+        let retry = self.retry.unwrap_or_default();
+        let cleanup: CleanupTask = cache.spawn_cleanup();
+        let (clearing, closing) = (cache.clone(), self.pool.clone());
+        let shutdown = self
+            .shutdown
+            .hook("stop cache cleanup", HOOK_TIMEOUT, move || async move {
+                cleanup.stop().await;
+                Ok::<_, Infallible>(())
+            })
+            .hook("clear cache", HOOK_TIMEOUT, move || async move {
+                clearing.clear().await;
+                Ok::<_, Infallible>(())
+            })
+            .hook("close pool", HOOK_TIMEOUT, move || async move {
+                closing.close().await;
+                Ok::<_, Infallible>(())
+            })
+            .build();
+        let handle = shutdown.handle();
+        let health = Health::new(handle.clone()).check("database", self.pool.clone());
+        Stack {
+            layer: StackLayer {
+                shutdown: ShutdownLayer::new(handle),
+                error: ErrorResponseLayer::new(),
+                timeout: RequestTimeoutLayer::new(self.request_timeout),
+                cache: CacheLayer::new(cache.clone()).x_cache_header(self.x_cache),
+                retry: retry.clone(),
+                pool: AddPoolLayer::new(self.pool.clone()),
+            },
+            shutdown,
+            health,
+            cache,
+            retry: retry.handle(),
+            pool: self.pool,
+            serve: self.serve,
+        }
+    }
+}
+
+impl<C: Connect> fmt::Debug for StackBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StackBuilder")
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The whole ballast stack for one service, in the one order that is right:
+///
+/// health → shutdown → error → request timeout → cache → retry → pool → your handlers
+///
+/// - **health** answers `/healthz` (alive) and `/readyz` (not shutting down, and the database
+///   reachable — a busy pool is ready) before anything else, so a probe never waits behind
+///   requests;
+/// - **shutdown** counts requests for the drain and refuses new ones while draining;
+/// - **error** renders every failure and every plain error response as problem+json, once, with
+///   the method in mind (`retryable` only when repeating is safe), and turns panics into 500s;
+/// - **request timeout** bounds each request, retries included, and tells the client what ran
+///   out;
+/// - **cache** answers the routes that opted in (`CacheRouteLayer`) before any retry
+///   bookkeeping;
+/// - **retry** sits next to the handlers, whose `ballast::Error` leaves the classified failure
+///   for it to read;
+/// - **pool** puts the [`SharedPool`] in each request for the [`Conn`](crate::pool::Conn)
+///   extractor.
+///
+/// [`serve`](Self::serve) runs it all: signals, the HTTP server with its protective timeouts,
+/// the drain, background jobs ([`ShutdownHandle::spawn`]), and the teardown (your hooks, then
+/// stop the cache cleanup, clear the cache, close the pool), and returns the exit code.
+///
+/// ```no_run
+/// use axum::{routing::get, Router};
+/// use ballast::prelude::*;
+///
+/// #[tokio::main]
+/// async fn main() -> std::process::ExitCode {
+///     let url = std::env::var("DATABASE_URL").unwrap_or_default();
+///     let pool = match PoolConfig::from_url(&url).map_err(PoolError::Config).and_then(SharedPool::<AsyncPgConnection>::init) {
+///         Ok(pool) => pool,
+///         Err(error) => { eprintln!("error: DATABASE_URL: {error}"); return std::process::ExitCode::from(2) }
+///     };
+///     let stack = Stack::builder(pool).build();
+///     let app = Router::new().route("/", get(|| async { "hello" }));
+///     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.expect("bind");
+///     stack.serve(listener, app).await
+/// }
+/// ```
+pub struct Stack<C: Connect> {
+    layer: StackLayer<C>,
+    shutdown: Shutdown,
+    health: Health,
+    cache: ResponseCache,
+    retry: RetryHandle,
+    pool: SharedPool<C>,
+    serve: ServeConfig,
+}
+
+impl<C: Connect> Stack<C> {
+    /// A builder for the stack of the service whose database is `pool`.
+    pub fn builder(pool: SharedPool<C>) -> StackBuilder<C> {
+        StackBuilder {
+            pool,
+            cache: None,
+            retry: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            x_cache: false,
+            shutdown: Shutdown::builder(),
+            serve: ServeConfig::default(),
+        }
+    }
+
+    /// The shutdown state, for background jobs ([`ShutdownHandle::spawn`]) and `/stats`.
+    pub fn handle(&self) -> ShutdownHandle {
+        self.shutdown.handle()
+    }
+
+    /// The layers (without health), for serving the stack yourself or calling it in tests.
+    pub fn layer(&self) -> StackLayer<C> {
+        self.layer.clone()
+    }
+
+    /// Liveness and readiness.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The response cache, to invalidate after writes and read its stats.
+    pub fn cache(&self) -> &ResponseCache {
+        &self.cache
+    }
+
+    /// The retry layer's counters.
+    pub fn retry(&self) -> &RetryHandle {
+        &self.retry
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &SharedPool<C> {
+        &self.pool
+    }
+
+    /// Serves `app` (an axum `Router`, or any Tower service) with the whole stack on `listener`
+    /// until SIGTERM or SIGINT, shuts down in order, and returns the exit code for `main`. See
+    /// [`Shutdown::serve_with`] for the server and the sequence.
+    pub async fn serve<S, B>(self, listener: tokio::net::TcpListener, app: S) -> ExitCode
+    where
+        S: Service<Request<AppBody>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<ballast_core::BoxError>,
+    {
+        let service = HealthRoutes {
+            liveness: self.health.liveness(),
+            readiness: self.health.readiness(),
+            inner: self.layer.layer(app),
+        };
+        self.shutdown
+            .serve_with(listener, service, self.serve)
+            .await
+    }
+}
+
+impl<C: Connect> fmt::Debug for Stack<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stack")
+            .field("health", &self.health)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stack's layers in order (see [`Stack`]); apply it to a router or any service.
+pub struct StackLayer<C: Connect> {
+    shutdown: ShutdownLayer,
+    error: ErrorResponseLayer,
+    timeout: RequestTimeoutLayer,
+    cache: CacheLayer,
+    retry: RetryLayer,
+    pool: AddPoolLayer<C>,
+}
+
+impl<C: Connect> Clone for StackLayer<C> {
+    fn clone(&self) -> Self {
+        StackLayer {
+            shutdown: self.shutdown.clone(),
+            error: self.error.clone(),
+            timeout: self.timeout,
+            cache: self.cache.clone(),
+            retry: self.retry.clone(),
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl<C: Connect> fmt::Debug for StackLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StackLayer").finish_non_exhaustive()
+    }
+}
+
+/// The service [`StackLayer`] makes.
+pub type StackService<S, C> =
+    ShutdownService<ErrorResponse<RequestTimeout<Cache<Retry<AddPool<S, C>>>>>>;
+
+impl<S: Clone, C: Connect> Layer<S> for StackLayer<C> {
+    type Service = StackService<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let inner = self.pool.layer(inner);
+        let inner = self.retry.layer(inner);
+        let inner = self.cache.layer(inner);
+        let inner = self.timeout.layer(inner);
+        let inner = self.error.layer(inner);
+        self.shutdown.layer(inner)
+    }
+}
+
+/// `/healthz` and `/readyz` in front of the stack.
+#[derive(Clone)]
+struct HealthRoutes<S> {
+    liveness: Liveness,
+    readiness: Readiness,
+    inner: S,
+}
+
+type HealthBody = http_body_util::combinators::UnsyncBoxBody<Bytes, ballast_core::BoxError>;
+
+impl<S, B, ReqBody> Service<Request<ReqBody>> for HealthRoutes<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<ballast_core::BoxError>,
+{
+    type Response = Response<HealthBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<HealthBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        fn boxed(response: Response<Full<Bytes>>) -> Response<HealthBody> {
+            response.map(|body| body.map_err(|never| match never {}).boxed_unsync())
+        }
+        match request.uri().path() {
+            HEALTHZ => {
+                let answer = self.liveness.call(request);
+                Box::pin(async move { Ok(boxed(answer.await?)) })
+            }
+            READYZ => {
+                let answer = self.readiness.call(request);
+                Box::pin(async move { Ok(boxed(answer.await?)) })
+            }
+            _ => {
+                let answer = self.inner.call(request);
+                Box::pin(async move {
+                    let response = answer.await?;
+                    Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+                })
+            }
+        }
+    }
+}
