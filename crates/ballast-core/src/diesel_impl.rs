@@ -59,6 +59,13 @@ impl From<ConnectionError> for Failure {
     }
 }
 
+/// The classification of a diesel error (as `From<diesel::result::Error> for Failure` makes
+/// it), without taking the error: for code that only sees a reference, such as diesel's
+/// instrumentation (feature `diesel`).
+pub fn classify_diesel(error: &Error) -> Failure {
+    classify(error)
+}
+
 fn classify(error: &Error) -> Failure {
     match error {
         Error::DatabaseError(kind, info) => match kind {

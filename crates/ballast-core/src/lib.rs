@@ -96,6 +96,8 @@ mod messages;
 pub use cause::{Cause, Code, Reach};
 pub use check::{CheckFuture, ReadinessCheck};
 pub use config::ConfigError;
+#[cfg(feature = "diesel")]
+pub use diesel_impl::classify_diesel;
 pub(crate) use failure::find_in_chain;
 pub use failure::{BoxError, DriverCode, Failure};
 pub use redact::redact;

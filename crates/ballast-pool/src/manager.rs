@@ -362,7 +362,10 @@ impl<C: Connect> bb8::ManageConnection for Manager<C> {
         // statement that could not be stopped marks it for discarding (see `reclaim`). Checkouts
         // hand abandoned connections to `reclaim` first; one still busy here was dropped inside
         // bb8 (a checkout cancelled during its idle check) and is closed.
-        let broken = idle.discard || idle.activity.in_flight() || idle.conn.is_broken();
+        let broken = idle.discard
+            || idle.activity.in_flight()
+            || idle.activity.lost()
+            || idle.conn.is_broken();
         if broken {
             self.shared
                 .counters

@@ -36,6 +36,10 @@ pub(crate) struct Activity {
     in_flight: AtomicU32,
     /// Whether a statement was started since the connection was last checked out.
     sent: AtomicBool,
+    /// Whether a statement failed because the connection itself is gone (a backend terminated,
+    /// a reset): the connection is closed when it comes back, even before the driver has
+    /// noticed the socket closing, and whatever the handler did with the error.
+    lost: AtomicBool,
 }
 
 impl Activity {
@@ -47,6 +51,11 @@ impl Activity {
     /// Whether a statement was started since the last [`checked_out`](Self::checked_out).
     pub(crate) fn sent(&self) -> bool {
         self.sent.load(Ordering::Acquire)
+    }
+
+    /// Whether a statement failed with the connection gone.
+    pub(crate) fn lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
     }
 
     /// A new checkout begins: nothing sent for it yet.
@@ -87,7 +96,13 @@ impl Instrumentation for Tracking {
                 // tells it again when it ends.
                 RequestScope::with_current(RequestScope::sent);
             }
-            InstrumentationEvent::FinishQuery { .. } => {
+            InstrumentationEvent::FinishQuery { error, .. } => {
+                if error.is_some_and(|error| {
+                    ballast_core::classify_diesel(error).cause()
+                        == ballast_core::Cause::ConnectionLost
+                }) {
+                    self.activity.lost.store(true, Ordering::Release);
+                }
                 // Saturating: an event from before the last reclaim must not wrap the count.
                 let _ = self.activity.in_flight.fetch_update(
                     Ordering::AcqRel,

@@ -293,6 +293,17 @@ async fn a_busy_pool_times_out_with_pool_exhausted() {
 
 #[tokio::test]
 async fn killed_backends_fail_at_most_pool_size_requests_then_recover() {
+    killed_backends(true).await;
+}
+
+/// The same with handlers that use plain `?` and never show the pool the error: the pool learns
+/// from the connection's own instrumentation that the statement failed with the connection gone.
+#[tokio::test]
+async fn killed_backends_fail_at_most_pool_size_requests_with_plain_question_marks() {
+    killed_backends(false).await;
+}
+
+async fn killed_backends(classify: bool) {
     let Some(url) = db::postgres_url("killed_backends_recover") else {
         return;
     };
@@ -314,7 +325,8 @@ async fn killed_backends_fail_at_most_pool_size_requests_then_recover() {
             let mut conn = pool.get().await?;
             match conn.batch_execute("SELECT 1").await {
                 Ok(()) => Ok(()),
-                Err(error) => Err(conn.classify(error).await),
+                Err(error) if classify => Err(conn.classify(error).await),
+                Err(error) => Err(Failure::from(error)),
             }
         }
         .await;
