@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tower_service::Service;
 
 use crate::coordinator::{Shutdown, ShutdownHandle};
@@ -257,8 +257,6 @@ struct Activity {
     /// When the state last changed, in milliseconds since `opened`.
     since: AtomicU64,
     in_flight: AtomicUsize,
-    /// Wakes the watchdog when the state changes, so a shorter limit takes effect at once.
-    changed: Notify,
 }
 
 impl Activity {
@@ -268,7 +266,6 @@ impl Activity {
             state: AtomicU8::new(IDLE),
             since: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
-            changed: Notify::new(),
         }
     }
 
@@ -279,7 +276,6 @@ impl Activity {
     fn set(&self, state: u8) {
         self.since.store(self.now(), Ordering::Release);
         self.state.store(state, Ordering::Release);
-        self.changed.notify_one();
     }
 
     /// Bytes arrived: on an idle connection they start a request's header.
@@ -302,33 +298,33 @@ impl Activity {
 
     /// Resolves, with the name of the limit, when the connection has been idle or reading a
     /// header for longer than `config` allows.
+    ///
+    /// Nothing wakes it when the state changes (that would cost every request a task wake-up):
+    /// it looks at least every half of the shorter limit, so a limit is enforced within one and a
+    /// half times its length.
     async fn expired(&self, config: &ServeConfig) -> &'static str {
+        let tick = [config.idle_timeout, config.header_read_timeout]
+            .into_iter()
+            .filter(|limit| !limit.is_zero())
+            .min()
+            .map_or(Duration::from_secs(3600), |limit| limit / 2);
         loop {
-            let state = self.state.load(Ordering::Acquire);
             let since = Duration::from_millis(self.since.load(Ordering::Acquire));
-            let (limit, name) = match state {
+            let (limit, name) = match self.state.load(Ordering::Acquire) {
                 IDLE => (config.idle_timeout, "idle_timeout"),
                 READING_HEAD => (config.header_read_timeout, "header_read_timeout"),
                 _ => (Duration::ZERO, ""),
             };
-            if limit.is_zero() {
-                // Busy, or no limit: wait for the next change.
-                self.changed.notified().await;
-                continue;
-            }
-            let deadline = self.opened + since + limit;
-            if Instant::now() >= deadline {
-                return name;
-            }
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline.into()) => {}
-                // The state moved on: decide again.
-                () = self.changed.notified() => continue,
-            }
-            if self.state.load(Ordering::Acquire) == state
-                && Duration::from_millis(self.since.load(Ordering::Acquire)) == since
-            {
-                return name;
+            let now = Instant::now();
+            let next_look = now + tick;
+            if !limit.is_zero() {
+                let deadline = self.opened + since + limit;
+                if now >= deadline {
+                    return name;
+                }
+                tokio::time::sleep_until(deadline.min(next_look).into()).await;
+            } else {
+                tokio::time::sleep_until(next_look.into()).await;
             }
         }
     }
@@ -414,7 +410,7 @@ where
 {
     type Response = Response<TrackedBody<B>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = TrackedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -425,17 +421,39 @@ where
             activity: Arc::clone(&self.activity),
         };
         self.activity.request_started();
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let response = match future.await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            };
-            Ok(response.map(|body| TrackedBody {
-                inner: body,
-                _guard: guard,
-            }))
-        })
+        TrackedFuture {
+            inner: self.inner.call(request),
+            guard: Some(guard),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Tracked`]: the guard moves into the response body.
+    struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<ResponseGuard>,
+    }
+}
+
+impl<F, B> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        let guard = this
+            .guard
+            .take()
+            .unwrap_or_else(|| unreachable!("polled after completion"));
+        Poll::Ready(Ok(response.map(|body| TrackedBody {
+            inner: body,
+            _guard: guard,
+        })))
     }
 }
 
