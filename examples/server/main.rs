@@ -162,10 +162,8 @@ async fn create_item(
         ));
     }
     app.ensure_schema().await?;
-    let outcome = app.db.create_item(&app.keys, key.as_ref(), name).await?;
-    // The cached list is stale now.
-    app.cache.invalidate_path("/items").await;
-    Ok(outcome)
+    // The cache drops the stored `/items` when this answers a success (RFC 9111 §4.4).
+    app.db.create_item(&app.keys, key.as_ref(), name).await
 }
 
 #[derive(Debug, Deserialize)]

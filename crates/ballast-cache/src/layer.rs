@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ballast_core::BoxError;
 use bytes::{Bytes, BytesMut};
@@ -157,6 +157,7 @@ pin_project_lite::pin_project! {
     enum Kind<F, B, E> {
         Ready { response: Option<Response<CacheBody<B>>> },
         Pass { #[pin] future: F, label: Option<&'static str> },
+        Invalidate { #[pin] future: F, invalidation: Option<(ResponseCache, Invalidation)> },
         Boxed { future: Boxed<B, E> },
     }
 }
@@ -180,8 +181,69 @@ where
                 }
                 Poll::Ready(Ok(response))
             }
+            KindProj::Invalidate {
+                future,
+                invalidation,
+            } => {
+                let response = std::task::ready!(future.poll(cx))?;
+                let status = response.status();
+                if status.is_success() || status.is_redirection() {
+                    if let Some((cache, target)) = invalidation.take() {
+                        target.apply(&cache, response.headers());
+                    }
+                }
+                Poll::Ready(Ok(response.map(CacheBody::inner)))
+            }
             KindProj::Boxed { future } => future.as_mut().poll(cx),
         }
+    }
+}
+
+/// What a successful unsafe request makes stale (RFC 9111 §4.4): its target's path, and the
+/// paths its response's `Location` and `Content-Location` name on the same host.
+#[derive(Debug)]
+pub(crate) struct Invalidation {
+    host: Option<String>,
+    path: String,
+}
+
+impl Invalidation {
+    fn of(parts: &http::request::Parts) -> Self {
+        let host = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .or_else(|| parts.uri.authority().map(http::uri::Authority::as_str))
+            .map(str::to_owned);
+        Invalidation {
+            host,
+            path: parts.uri.path().to_owned(),
+        }
+    }
+
+    /// Invalidates the target and the same-origin `Location`/`Content-Location` paths of a
+    /// response with `headers`. Every stored variant and query of those paths goes: invalidating
+    /// more than the target URI is allowed, and cheaper than telling queries apart.
+    fn apply(self, cache: &ResponseCache, headers: &http::HeaderMap) {
+        let mut paths = vec![self.path];
+        for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+            let Some(uri) = headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse::<http::Uri>().ok())
+            else {
+                continue;
+            };
+            let same_origin = match uri.authority() {
+                None => true,
+                Some(authority) => self.host.as_deref() == Some(authority.as_str()),
+            };
+            if same_origin && uri.path().starts_with('/') && !paths.iter().any(|p| p == uri.path())
+            {
+                paths.push(uri.path().to_owned());
+            }
+        }
+        cache.invalidate_paths_now(paths);
     }
 }
 
@@ -190,6 +252,7 @@ impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
         let kind = match self.kind {
             Kind::Ready { .. } => "ready",
             Kind::Pass { .. } => "pass",
+            Kind::Invalidate { .. } => "invalidate",
             Kind::Boxed { .. } => "boxed",
         };
         f.debug_struct("ResponseFuture")
@@ -231,6 +294,18 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let layer = &self.layer;
         let (parts, body) = request.into_parts();
+        if !parts.method.is_safe() {
+            // An unsafe method's success makes what is stored for its target stale (§4.4).
+            let target = Invalidation::of(&parts);
+            layer.cache.count(Event::Bypassed);
+            let request = Request::from_parts(parts, body);
+            return ResponseFuture {
+                kind: Kind::Invalidate {
+                    future: self.inner.call(request),
+                    invalidation: Some((layer.cache.clone(), target)),
+                },
+            };
+        }
         let key = if rules::request_bypasses(&parts.method, &parts.headers, layer.credentialed) {
             None
         } else {
@@ -249,14 +324,21 @@ where
         let found = key
             .as_ref()
             .and_then(|key| now_or_never(layer.cache.inner.moka.get(key)));
-        // A fresh hit is answered here: no clone of the inner service, no boxed future.
-        if let Some(Some(entry)) = &found {
+        // A fresh hit is answered here: no clone of the inner service, no boxed future. A request
+        // with its own cache directives is decided in `lookup`.
+        let directed = parts.headers.contains_key(http::header::CACHE_CONTROL)
+            || parts.headers.contains_key(http::header::PRAGMA);
+        if let (Some(Some(entry)), false) = (&found, directed) {
             if let Stored::Response(stored) = &entry.stored {
                 let age = stored.age();
                 if let Freshness::Fresh = stored.freshness(age) {
                     layer.cache.count(Event::Hit);
                     let head = parts.method == Method::HEAD;
-                    let response = hit(stored, age, head, layer.x_cache, "HIT");
+                    let mut response = hit(stored, Some(age), head, layer.x_cache, "HIT");
+                    let conditions = rules::Conditions::of(&parts.headers);
+                    if !conditions.is_empty() {
+                        answer_conditions(&conditions, &mut response);
+                    }
                     return ResponseFuture {
                         kind: Kind::Ready {
                             response: Some(response),
@@ -319,7 +401,51 @@ where
 #[derive(Debug)]
 struct NotCached;
 
+/// A request that may be served from or stored into the cache (a miss, a stale entry, a
+/// variant): its conditions are taken out so the service answers in full, and answered against
+/// whatever response it gets.
 async fn lookup<S, ReqBody, ResBody>(
+    inner: S,
+    layer: CacheLayer,
+    key: CacheKey,
+    request: Request<ReqBody>,
+    found: Option<Option<Arc<Entry>>>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + Sync + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + Unpin + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let mut request = request;
+    let conditions = rules::Conditions::take(request.headers_mut());
+    let mut response = lookup_unconditional(inner, layer, key, request, found).await?;
+    if !conditions.is_empty() {
+        answer_conditions(&conditions, &mut response);
+    }
+    Ok(response)
+}
+
+/// Turns a `200` that satisfies the request's `conditions` into a `304 Not Modified` with the
+/// fields RFC 9110 §15.4.5 asks for and no body.
+fn answer_conditions<B>(conditions: &rules::Conditions, response: &mut Response<CacheBody<B>>) {
+    if response.status() != http::StatusCode::OK || !conditions.not_modified(response.headers()) {
+        return;
+    }
+    let mut headers = http::HeaderMap::new();
+    for name in rules::NOT_MODIFIED_FIELDS.iter().chain([&X_CACHE]) {
+        for value in response.headers().get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    *response.headers_mut() = headers;
+    *response.status_mut() = http::StatusCode::NOT_MODIFIED;
+    *response.body_mut() = CacheBody::cached(Bytes::new());
+}
+
+async fn lookup_unconditional<S, ReqBody, ResBody>(
     inner: S,
     layer: CacheLayer,
     key: CacheKey,
@@ -353,15 +479,22 @@ where
     let pass = match found.as_deref().map(|entry| &entry.stored) {
         Some(Stored::Response(stored)) => {
             let age = stored.age();
+            if rules::request_refreshes(request.headers(), age, stored.lifetime.fresh_for) {
+                // The client asks for something fresher than this: validated or fetched anew.
+                let Some(entry) = found.clone() else {
+                    unreachable!("matched on `found`")
+                };
+                return Box::pin(revalidate(inner, layer, key, entry, request)).await;
+            }
             match stored.freshness(age) {
                 Freshness::Fresh => {
                     cache.count(Event::Hit);
-                    return Ok(hit(stored, age, head, layer.x_cache, "HIT"));
+                    return Ok(hit(stored, Some(age), head, layer.x_cache, "HIT"));
                 }
                 Freshness::WhileRevalidating => {
                     // Served stale at once; one background request brings it up to date.
                     cache.count(Event::Stale);
-                    let response = hit(stored, age, head, layer.x_cache, "STALE");
+                    let response = hit(stored, Some(age), head, layer.x_cache, "STALE");
                     if !head && stored.revalidating.try_lock().is_ok() {
                         if let (Some(entry), Ok(runtime)) =
                             (found.clone(), tokio::runtime::Handle::try_current())
@@ -371,7 +504,7 @@ where
                     }
                     return Ok(response);
                 }
-                Freshness::IfError => {
+                Freshness::IfError | Freshness::Validate => {
                     let Some(entry) = found.clone() else {
                         unreachable!("matched on `found`")
                     };
@@ -432,6 +565,7 @@ where
                 return Err(NotCached);
             };
             let request_headers = request.headers().clone();
+            let request_time = SystemTime::now();
             let response = match inner.call(request).await {
                 Ok(response) => response,
                 Err(error) => {
@@ -439,7 +573,11 @@ where
                     return Err(NotCached);
                 }
             };
-            match store(cache, &key, &request_headers, response).await {
+            let exchange = rules::Exchange {
+                request_time,
+                response_time: SystemTime::now(),
+            };
+            match store(cache, &key, &request_headers, response, exchange).await {
                 Ok(outcome) => {
                     *own = outcome.own_response().map(Ok);
                     cache.account(&outcome.entry);
@@ -471,7 +609,7 @@ where
             Stored::Pass => {}
             // Another request's response, stored for this key.
             Stored::Response(stored) => {
-                let mut response = hit(stored, stored.age(), false, false, "MISS");
+                let mut response = hit(stored, Some(stored.age()), false, false, "MISS");
                 mark(&mut response, layer.x_cache, "MISS");
                 return Ok(response);
             }
@@ -485,7 +623,7 @@ where
                 ));
                 if let Some(entry) = cache.inner.moka.get(&variant).await {
                     if let Stored::Response(stored) = &entry.stored {
-                        let mut response = hit(stored, stored.age(), false, false, "MISS");
+                        let mut response = hit(stored, Some(stored.age()), false, false, "MISS");
                         mark(&mut response, layer.x_cache, "MISS");
                         return Ok(response);
                     }
@@ -534,7 +672,7 @@ where
         .is_some_and(|at| at >= asked_at);
     if failed_meanwhile && stale.usable_if_error() {
         cache.count(Event::Stale);
-        return Ok(hit(stale, stale.age(), head, layer.x_cache, "STALE"));
+        return Ok(hit(stale, Some(stale.age()), head, layer.x_cache, "STALE"));
     }
     // Another request may have brought it up to date while this one waited.
     if let Some(current) = cache.inner.moka.get(&key).await {
@@ -545,7 +683,7 @@ where
                 cache.count(Event::Hit);
                 return Ok(hit(
                     current_response,
-                    current_response.age(),
+                    Some(current_response.age()),
                     head,
                     layer.x_cache,
                     "HIT",
@@ -554,8 +692,35 @@ where
         }
     }
     cache.count(Event::Miss);
+    let mut request = request;
+    // Asks whether it changed (RFC 9111 §4.3.1): with its validators, a `304` keeps its body.
+    let validating = stale.validator && !head;
+    if validating {
+        if let Some(etag) = stale.headers.get(http::header::ETAG) {
+            request
+                .headers_mut()
+                .insert(http::header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(modified) = stale.headers.get(http::header::LAST_MODIFIED) {
+            request
+                .headers_mut()
+                .insert(http::header::IF_MODIFIED_SINCE, modified.clone());
+        }
+    }
     let request_headers = request.headers().clone();
+    let request_time = SystemTime::now();
     let answer = inner.call(request).await;
+    let exchange = rules::Exchange {
+        request_time,
+        response_time: SystemTime::now(),
+    };
+    if validating {
+        if let Ok(response) = &answer {
+            if response.status() == http::StatusCode::NOT_MODIFIED {
+                return Ok(freshen(&layer, key, stale, response.headers(), exchange).await);
+            }
+        }
+    }
     let failed = match &answer {
         Ok(response) => rules::is_error(response.status(), response.extensions()),
         Err(_) => true,
@@ -568,7 +733,7 @@ where
     }
     if failed && stale.usable_if_error() {
         cache.count(Event::Stale);
-        return Ok(hit(stale, stale.age(), head, layer.x_cache, "STALE"));
+        return Ok(hit(stale, Some(stale.age()), head, layer.x_cache, "STALE"));
     }
     let response = answer?;
     if head || failed {
@@ -576,7 +741,7 @@ where
         mark(&mut response, layer.x_cache, "MISS");
         return Ok(response);
     }
-    let mut response = match store(cache, &key, &request_headers, response).await {
+    let mut response = match store(cache, &key, &request_headers, response, exchange).await {
         Ok(outcome) => {
             let own = outcome.own_response();
             cache.insert(key, outcome.entry).await;
@@ -606,20 +771,22 @@ async fn store<ResBody>(
     key: &CacheKey,
     request_headers: &http::HeaderMap,
     response: Response<ResBody>,
+    exchange: rules::Exchange,
 ) -> Result<StoreOutcome, (Response<CacheBody<ResBody>>, bool)>
 where
     ResBody: Body<Data = Bytes> + Unpin,
     ResBody::Error: Into<BoxError>,
 {
-    let ttl = match rules::response_ttl(
+    let lifetime = match rules::response_freshness(
         response.status(),
         response.headers(),
         response.extensions(),
         &cache.inner.statuses,
         cache.inner.default_ttl,
         cache.inner.store_unmarked,
+        exchange,
     ) {
-        Ok(ttl) => ttl,
+        Ok(lifetime) => lifetime,
         Err(reason) => {
             cache.count(Event::NotStorable);
             // A failure is transient: the next request may well be storable. What the response
@@ -642,12 +809,15 @@ where
             return Err((Response::from_parts(parts, body), false));
         }
     };
+    let validator = parts.headers.contains_key(http::header::ETAG)
+        || parts.headers.contains_key(http::header::LAST_MODIFIED);
     let stored = StoredResponse {
         status: parts.status,
         headers: parts.headers,
         body,
         stored_at: Instant::now(),
-        ttl,
+        lifetime,
+        validator,
         stale,
         revalidating: tokio::sync::Mutex::new(()),
         failed_at: std::sync::Mutex::new(None),
@@ -679,6 +849,68 @@ where
     })
 }
 
+/// A stored response the service says is unchanged (a `304` to the cache's conditional request):
+/// its headers updated from the `304` (RFC 9111 §3.2, §4.3.4), its freshness computed anew, stored
+/// again, and served.
+async fn freshen<ResBody>(
+    layer: &CacheLayer,
+    key: CacheKey,
+    stale: &StoredResponse,
+    not_modified: &http::HeaderMap,
+    exchange: rules::Exchange,
+) -> Response<CacheBody<ResBody>> {
+    let cache = &layer.cache;
+    let mut headers = stale.headers.clone();
+    for name in not_modified.keys() {
+        if rules::updates_stored(name) {
+            headers.remove(name);
+            for value in not_modified.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+    }
+    // Its age starts again from the 304: the validation made it as good as new.
+    let lifetime = rules::response_freshness(
+        stale.status,
+        &headers,
+        &http::Extensions::new(),
+        &cache.inner.statuses,
+        cache.inner.default_ttl,
+        true,
+        exchange,
+    );
+    let stale_windows = rules::stale_windows(&headers, cache.inner.stale_if_error);
+    let fresh = StoredResponse {
+        status: stale.status,
+        headers,
+        body: stale.body.clone(),
+        stored_at: Instant::now(),
+        lifetime: lifetime.unwrap_or(rules::Lifetime {
+            fresh_for: Duration::ZERO,
+            initial_age: Duration::ZERO,
+            always_validate: true,
+        }),
+        validator: stale.validator,
+        stale: stale_windows,
+        revalidating: tokio::sync::Mutex::new(()),
+        failed_at: std::sync::Mutex::new(None),
+    };
+    cache.count(Event::Revalidated);
+    let response = hit(
+        &fresh,
+        Some(fresh.age()),
+        false,
+        layer.x_cache,
+        "REVALIDATED",
+    );
+    if lifetime.is_ok() {
+        cache
+            .insert(key.clone(), Entry::new(&key, Stored::Response(fresh)))
+            .await;
+    }
+    response
+}
+
 /// What [`store`] stored: the entry for the key, and the response's own entry when it varies.
 struct StoreOutcome {
     entry: Arc<Entry>,
@@ -690,7 +922,7 @@ impl StoreOutcome {
     /// varies).
     fn own_response<B>(&self) -> Option<Response<CacheBody<B>>> {
         match &self.variant.as_ref().unwrap_or(&self.entry).stored {
-            Stored::Response(stored) => Some(hit(stored, stored.age(), false, false, "MISS")),
+            Stored::Response(stored) => Some(hit(stored, None, false, false, "MISS")),
             Stored::Vary(_) | Stored::Pass => None,
         }
     }
@@ -751,7 +983,7 @@ where
 /// `x-cache: <label>` when enabled.
 fn hit<ResBody>(
     stored: &StoredResponse,
-    age: Duration,
+    age: Option<Duration>,
     head: bool,
     x_cache: bool,
     label: &'static str,
@@ -765,7 +997,10 @@ fn hit<ResBody>(
     *response.status_mut() = stored.status;
     *response.headers_mut() = stored.headers.clone();
     let headers = response.headers_mut();
-    headers.insert(AGE, age_value(age.as_secs()));
+    // A hit says how old it is; the request that stored it forwards the service's `Age` as it was.
+    if let Some(age) = age {
+        headers.insert(AGE, age_value(age.as_secs()));
+    }
     if head {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
     }

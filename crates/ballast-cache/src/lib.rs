@@ -4,21 +4,28 @@
 //! up every 60 s and reported stats. This crate does that as a Tower layer ([`CacheLayer`]) over
 //! a store ([`ResponseCache`], built on moka), and is safe to put in front of a multi-user app.
 //!
-//! # What is stored (RFC 9111, as a shared cache)
+//! # HTTP caching by the standard (RFC 9111, as a shared cache)
 //!
-//! - Only what asked to be: caching is something a route asks for. A response is stored when its
-//!   route opted in with [`CacheRouteLayer`] (which sets a [`RouteTtl`]) or when it states its
-//!   own freshness (`Cache-Control: max-age` or `s-maxage`). Anything else — a health check, a
-//!   page nobody meant to cache — passes through (and its key is remembered as not storable).
-//!   [`ResponseCacheBuilder::store_unmarked`] restores the seed's behaviour of storing every
-//!   storable `GET` under the layer.
-//! - Only `GET` responses (a `HEAD` is answered from a stored `GET`), only statuses in the set
-//!   (200 by default), never a 5xx, never a response that carries a classified failure (the
-//!   error layer's 503s included), never one with `Set-Cookie`, `Cache-Control: private`,
-//!   `no-store` or `no-cache`, or `Vary: *`.
-//! - Requests with `Authorization` or `Cookie` bypass the cache unless the application opts in
-//!   with a key that includes the user; so do requests that say `Cache-Control: no-cache` or
-//!   `no-store` (or `Pragma: no-cache`), and every other method.
+//! **What is stored (§3).** Only what asked to be: caching is something a route asks for. A
+//! response is stored when its route opted in with [`CacheRouteLayer`] (which sets a
+//! [`RouteTtl`], and optionally the route's own statuses, [`RouteStatuses`]) or when it states its
+//! own freshness (`Cache-Control: s-maxage`, `max-age`, `no-cache`, or `Expires`). Anything else —
+//! a health check, a page nobody meant to cache — passes through (and its key is remembered as not
+//! storable). [`ResponseCacheBuilder::store_unmarked`] restores the seed's behaviour of storing
+//! every storable `200` under the layer.
+//! - Statuses: the heuristically cacheable ones (RFC 9110 §15.1: 200, 203, 204, 300, 301, 308,
+//!   404, 405, 410, 414, 501), or the route's; never a `206`, never another 5xx, never a response
+//!   that carries a classified failure (the error layer's 503s included).
+//! - Never with `Set-Cookie`, `Cache-Control: no-store` or `private` (with or without field
+//!   names: the fields-only reading is allowed, storing none of it is the safe one), or
+//!   `Vary: *`.
+//! - Only `GET` responses; a `HEAD` is answered from a stored `GET`. Requests with
+//!   `Authorization` or `Cookie` bypass the cache unless the application opts in with a key that
+//!   includes the user; so do requests that say `Cache-Control: no-store`, `Range` requests and
+//!   requests with `If-Match`, `If-Unmodified-Since` or `If-Range` — they neither use nor mark
+//!   the cache. A request's `no-cache` (or `Pragma: no-cache`, §5.4), a `max-age` younger than the
+//!   stored response or a `min-fresh` it cannot meet (§5.2.1) is answered only after the service
+//!   was asked (a conditional request when there is a validator).
 //! - The key is host, path and query, plus the values of the request headers the response
 //!   varies on (`Vary`), plus the values of forwarding and override headers that applications
 //!   reflect without saying `Vary` ([`DEFAULT_KEYED_HEADERS`]: a poisoned `X-Forwarded-Host`
@@ -26,9 +33,55 @@
 //! - Bodies up to `max_entry_bytes` (1 MiB by default) are stored; a larger or endless body
 //!   streams through untruncated and is not stored, and the layer never holds more than the
 //!   limit of it.
-//! - The TTL is the route's, capped by the response's `s-maxage` or `max-age` and by the
-//!   configured TTL (60 s), which the application sets as the longest any response is kept.
-//!   Hits carry `Age`; `x-cache: HIT|MISS|STALE` is optional.
+//!
+//! **Freshness (§4.2).** The lifetime is `s-maxage`, then `max-age`, then `Expires` minus `Date`
+//! (all three HTTP-date formats, RFC 9110 §5.6.7; an invalid `Expires` such as `0` is already
+//! expired, §5.3), capped by the route's TTL and by the configured TTL (60 s), the longest the
+//! application lets anything be kept. Directives repeated with different values, or malformed
+//! (`max-age=abc`), make the response stale. The age is RFC 9111's corrected initial age (§4.2.3:
+//! the `Age` it arrived with or its `Date`'s apparent age, plus the time the service took) plus
+//! the time stored: a response with `Age: 7200` and `max-age=3600` is stale on arrival. A hit
+//! sends that age as `Age`; the request that stored a response forwards the service's `Age`
+//! untouched.
+//!
+//! **Validation (§4.3).** A stale response with a validator (`ETag`, `Last-Modified`) is kept
+//! and revalidated rather than fetched again: the service gets `If-None-Match` /
+//! `If-Modified-Since`, and a `304` updates the stored header fields (§3.2, §4.3.4: all but
+//! `Content-Length` and the connection's own) and makes it fresh again, without the body being
+//! sent. `no-cache` stores a response that is validated before every use; `must-revalidate`,
+//! `proxy-revalidate` and `s-maxage` (which implies `proxy-revalidate`, §5.2.2.10) forbid serving
+//! it stale. A client's `If-None-Match` (weak comparison, `*`) or `If-Modified-Since` that the
+//! response it gets satisfies is answered `304 Not Modified` with the fields RFC 9110 §15.4.5
+//! lists; the cache takes those conditions out of the request it forwards, so a conditional first
+//! request for a cold key still stores the whole response. `x-cache: REVALIDATED` (when on) and
+//! [`CacheStats::revalidated`] count the `304`s that kept a body.
+//!
+//! **Invalidation (§4.4).** A successful (2xx, 3xx) response to an unsafe method (`POST`, `PUT`,
+//! `PATCH`, `DELETE`, any other) invalidates what is stored for its target's path, and for the
+//! paths its `Location` and `Content-Location` name on the same host (every query and variant of
+//! those paths: more than the target URI, which the RFC allows). Handlers call
+//! [`ResponseCache::invalidate_path`] only for related resources.
+//!
+//! **Not implemented, on purpose.** Heuristic freshness from `Last-Modified` (§4.2.2: a route
+//! states its lifetime instead); assembling or storing partial content (`206`); storing the rest
+//! of a `private="field"` response; `HEAD` responses updating a stored `GET` (§4.3.5, a MAY);
+//! serving stale responses the client allows with `max-stale` (the cache answers fresh or
+//! revalidates); `only-if-cached`.
+//!
+//! **Why not `http-cache-semantics`.** The kept crate (v3) that ports the npm module most Node
+//! caches use was evaluated first: it computes storability, lifetimes, revalidation requests and
+//! `304` merges from stored request and response headers. Measured on this machine
+//! (2026-11-27, release build): `CachePolicy::new_options` costs 1.2 µs and keeps a second copy of
+//! both header maps per entry (against the byte bound); `before_request` on a fresh hit costs
+//! 1.2 µs, more than this whole cache's hit (+0.38 µs over a bare service), and `time_to_live`
+//! alone 350 ns, because each call parses the dates and directives again. It parses `Expires` and
+//! `Date` only as IMF-fixdate, so the RFC 850 and asctime forms every recipient must accept (RFC
+//! 9110 §5.6.7) count as already expired; it follows RFC 7234 (heuristic freshness on by default,
+//! no corrected initial age from `Date`). The bounds, the private and credential rules,
+//! poisoning-resistant keys and stampede protection would stay ours anyway. So the rules are
+//! pure functions here (`rules.rs`), computed once when a response is stored, each tested by the
+//! section it implements (`tests/rfc9111.rs`); HTTP dates are parsed by `httpdate` (all three
+//! formats), already in the tree through hyper.
 //!
 //! # Stale over nothing (RFC 5861)
 //!
@@ -109,6 +162,6 @@ mod store;
 pub use ballast_core::ConfigError;
 pub use body::CacheBody;
 pub use layer::{Cache, CacheLayer, ResponseFuture, X_CACHE};
-pub use route::{CacheRoute, CacheRouteLayer, RouteFuture, RouteTtl};
+pub use route::{CacheRoute, CacheRouteLayer, RouteFuture, RouteStatuses, RouteTtl};
 pub use rules::DEFAULT_KEYED_HEADERS;
 pub use store::{CacheKey, CacheStats, CleanupTask, Eviction, ResponseCache, ResponseCacheBuilder};

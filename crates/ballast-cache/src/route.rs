@@ -2,10 +2,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::Response;
+use http::{Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -17,6 +18,11 @@ use tower_service::Service;
 /// still keep the response out whatever the route asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteTtl(pub Duration);
+
+/// The statuses a route's responses may be stored with, when its [`CacheRouteLayer`] names them
+/// (a response extension, like [`RouteTtl`]); otherwise the cache's own set applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteStatuses(pub Arc<[StatusCode]>);
 
 /// Opts a route into the response cache: its responses carry a [`RouteTtl`], which the
 /// [`CacheLayer`](crate::CacheLayer) further out reads. Apply it to the routes to cache, with
@@ -38,15 +44,29 @@ pub struct RouteTtl(pub Duration);
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CacheRouteLayer {
     ttl: Duration,
+    statuses: Option<RouteStatuses>,
 }
 
 impl CacheRouteLayer {
     /// Marks the route's responses as storable for up to `ttl`.
     pub fn ttl(ttl: Duration) -> Self {
-        CacheRouteLayer { ttl }
+        CacheRouteLayer {
+            ttl,
+            statuses: None,
+        }
+    }
+
+    /// The statuses this route's responses may be stored with (say, `200` and `404` for a
+    /// resource whose absence is worth remembering); by default the cache's set
+    /// ([`ResponseCacheBuilder::statuses`](crate::ResponseCacheBuilder::statuses)). `206` and the
+    /// 5xx other than `501` are never stored.
+    #[must_use]
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.statuses = Some(RouteStatuses(statuses.into_iter().collect()));
+        self
     }
 }
 
@@ -57,6 +77,7 @@ impl<S> Layer<S> for CacheRouteLayer {
         CacheRoute {
             inner,
             ttl: self.ttl,
+            statuses: self.statuses.clone(),
         }
     }
 }
@@ -66,6 +87,7 @@ impl<S> Layer<S> for CacheRouteLayer {
 pub struct CacheRoute<S> {
     inner: S,
     ttl: Duration,
+    statuses: Option<RouteStatuses>,
 }
 
 impl<S, Request, B> Service<Request> for CacheRoute<S>
@@ -84,6 +106,7 @@ where
         RouteFuture {
             inner: self.inner.call(request),
             ttl: self.ttl,
+            statuses: self.statuses.clone(),
         }
     }
 }
@@ -95,6 +118,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         ttl: Duration,
+        statuses: Option<RouteStatuses>,
     }
 }
 
@@ -108,6 +132,9 @@ where
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
         response.extensions_mut().insert(RouteTtl(*this.ttl));
+        if let Some(statuses) = this.statuses.take() {
+            response.extensions_mut().insert(statuses);
+        }
         Poll::Ready(Ok(response))
     }
 }

@@ -3,7 +3,13 @@
 use std::time::Duration;
 
 use ballast_core::http::attached;
-use http::header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, HOST, PRAGMA, SET_COOKIE, VARY};
+use std::time::SystemTime;
+
+use http::header::{
+    AGE, AUTHORIZATION, CACHE_CONTROL, CONTENT_LOCATION, COOKIE, DATE, ETAG, EXPIRES, HOST,
+    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED,
+    PRAGMA, RANGE, SET_COOKIE, VARY,
+};
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 
 /// Request headers that change what many applications answer without their responses saying
@@ -20,6 +26,9 @@ pub const DEFAULT_KEYED_HEADERS: [&str; 8] = [
     "x-original-url",
     "x-http-method-override",
 ];
+
+/// The largest delta-seconds a cache must represent (RFC 9111 §1.2.2).
+const DELTA_SECONDS_MAX: u64 = 2_147_483_648;
 
 /// Why a response was not stored (for stats and debugging).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +57,11 @@ pub(crate) struct Directives {
     pub(crate) proxy_revalidate: bool,
     pub(crate) stale_if_error: Option<u64>,
     pub(crate) stale_while_revalidate: Option<u64>,
+    /// A request's `min-fresh`.
+    pub(crate) min_fresh: Option<u64>,
+    /// A freshness directive (`max-age`, `s-maxage`) given twice with different values: the
+    /// response is treated as stale (RFC 9111 §4.2.1).
+    pub(crate) conflicting: bool,
 }
 
 pub(crate) fn directives(headers: &HeaderMap) -> Directives {
@@ -63,7 +77,19 @@ pub(crate) fn directives(headers: &HeaderMap) -> Directives {
                 Some((name, argument)) => (name.trim(), Some(argument.trim().trim_matches('"'))),
                 None => (directive.trim(), None),
             };
-            let seconds = || argument.and_then(|argument| argument.parse::<u64>().ok());
+            // delta-seconds (RFC 9111 §1.2.2): digits only; a value too large to hold is 2^31.
+            let seconds = || {
+                argument
+                    .filter(|argument| {
+                        !argument.is_empty() && argument.bytes().all(|b| b.is_ascii_digit())
+                    })
+                    .map(|argument| {
+                        argument
+                            .parse::<u64>()
+                            .unwrap_or(DELTA_SECONDS_MAX)
+                            .min(DELTA_SECONDS_MAX)
+                    })
+            };
             if name.eq_ignore_ascii_case("no-store") {
                 directives.no_store = true;
             } else if name.eq_ignore_ascii_case("no-cache") {
@@ -71,21 +97,41 @@ pub(crate) fn directives(headers: &HeaderMap) -> Directives {
             } else if name.eq_ignore_ascii_case("private") {
                 directives.private = true;
             } else if name.eq_ignore_ascii_case("max-age") {
-                directives.max_age = Some(seconds().unwrap_or(0));
+                set_once(
+                    &mut directives.max_age,
+                    seconds(),
+                    &mut directives.conflicting,
+                );
             } else if name.eq_ignore_ascii_case("s-maxage") {
-                directives.s_maxage = Some(seconds().unwrap_or(0));
+                set_once(
+                    &mut directives.s_maxage,
+                    seconds(),
+                    &mut directives.conflicting,
+                );
             } else if name.eq_ignore_ascii_case("must-revalidate") {
                 directives.must_revalidate = true;
             } else if name.eq_ignore_ascii_case("proxy-revalidate") {
                 directives.proxy_revalidate = true;
             } else if name.eq_ignore_ascii_case("stale-if-error") {
                 directives.stale_if_error = Some(seconds().unwrap_or(0));
+            } else if name.eq_ignore_ascii_case("min-fresh") {
+                directives.min_fresh = Some(seconds().unwrap_or(0));
             } else if name.eq_ignore_ascii_case("stale-while-revalidate") {
                 directives.stale_while_revalidate = Some(seconds().unwrap_or(0));
             }
         }
     }
     directives
+}
+
+/// Records a freshness directive's value: an invalid one counts as 0 (stale, RFC 9111 §1.2.2),
+/// and a second, different one marks the field conflicting.
+fn set_once(slot: &mut Option<u64>, value: Option<u64>, conflicting: &mut bool) {
+    let value = value.unwrap_or(0);
+    match *slot {
+        Some(previous) if previous != value => *conflicting = true,
+        _ => *slot = Some(value),
+    }
 }
 
 /// Whether a request must bypass the cache entirely (neither served from it nor stored).
@@ -97,32 +143,108 @@ pub(crate) fn request_bypasses(
     if method != Method::GET && method != Method::HEAD {
         return true;
     }
+    // Ranges are not assembled (a 206 is never stored), and preconditions other than the two a
+    // cache answers itself are the service's to evaluate: such requests neither use nor mark the
+    // cache.
+    if [RANGE, IF_RANGE, IF_MATCH, IF_UNMODIFIED_SINCE]
+        .iter()
+        .any(|name| headers.contains_key(name))
+    {
+        return true;
+    }
     if !credentialed_allowed
         && (headers.contains_key(AUTHORIZATION) || headers.contains_key(COOKIE))
     {
         return true;
     }
-    let request = directives(headers);
-    let pragma_no_cache = headers
-        .get_all(PRAGMA)
-        .iter()
-        .any(|value| value.as_bytes().eq_ignore_ascii_case(b"no-cache"));
-    request.no_store || request.no_cache || pragma_no_cache
+    // `no-store` in a request: nothing of this exchange is stored (§5.2.1.5). `no-cache` and
+    // `max-age` are answered by validating ([`request_refreshes`]).
+    directives(headers).no_store
 }
 
-/// The TTL to store a response for, or why it must not be stored.
-pub(crate) fn response_ttl(
+/// Whether a request's own directives (§5.2.1) refuse a stored response of this `age` and
+/// freshness lifetime without validating it first: `no-cache` (or `Pragma: no-cache` without
+/// `Cache-Control`, §5.4), `max-age` older than the response, `min-fresh` more than it has left.
+pub(crate) fn request_refreshes(headers: &HeaderMap, age: Duration, fresh_for: Duration) -> bool {
+    if !headers.contains_key(CACHE_CONTROL) {
+        return headers
+            .get_all(PRAGMA)
+            .iter()
+            .any(|value| value.as_bytes().eq_ignore_ascii_case(b"no-cache"));
+    }
+    let request = directives(headers);
+    request.no_cache
+        || request
+            .max_age
+            .is_some_and(|max| age > Duration::from_secs(max))
+        || request
+            .min_fresh
+            .is_some_and(|min| fresh_for.saturating_sub(age) < Duration::from_secs(min))
+}
+
+/// How long a response stays fresh, how old it already is, and whether it must be validated
+/// before every use: what the cache stores with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lifetime {
+    /// The freshness lifetime (RFC 9111 §4.2.1), capped by the route's and the cache's TTL.
+    pub(crate) fresh_for: Duration,
+    /// The corrected initial age (RFC 9111 §4.2.3): the `Age` it arrived with, or how old its
+    /// `Date` says it is, whichever is larger, plus the time the service took to answer.
+    pub(crate) initial_age: Duration,
+    /// `no-cache`: stored, but validated with the service before every use (§5.2.2.4).
+    pub(crate) always_validate: bool,
+}
+
+/// The statuses a response may be stored with when its freshness is explicit or its route gives
+/// one: the heuristically cacheable ones (RFC 9110 §15.1). 206 is never stored (the cache does not
+/// assemble ranges), nor is any other 5xx.
+pub(crate) const CACHEABLE_STATUSES: [StatusCode; 11] = [
+    StatusCode::OK,
+    StatusCode::NON_AUTHORITATIVE_INFORMATION,
+    StatusCode::NO_CONTENT,
+    StatusCode::MULTIPLE_CHOICES,
+    StatusCode::MOVED_PERMANENTLY,
+    StatusCode::PERMANENT_REDIRECT,
+    StatusCode::NOT_FOUND,
+    StatusCode::METHOD_NOT_ALLOWED,
+    StatusCode::GONE,
+    StatusCode::URI_TOO_LONG,
+    StatusCode::NOT_IMPLEMENTED,
+];
+
+/// When the exchange happened, for the age calculation (RFC 9111 §4.2.3).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Exchange {
+    /// When the request went to the service.
+    pub(crate) request_time: SystemTime,
+    /// When its response arrived.
+    pub(crate) response_time: SystemTime,
+}
+
+/// The freshness a response is stored with, or why it must not be stored (RFC 9111 §3, §4.2).
+///
+/// Freshness is explicit (`s-maxage`, then `max-age`, then `Expires` minus `Date`), or given by
+/// the route ([`RouteTtl`](crate::RouteTtl)), or — only for a 200, and only when the cache stores
+/// unmarked responses — the cache's TTL; the smaller of an explicit and a route lifetime wins,
+/// and the cache's TTL caps every lifetime. A response that is stale on arrival (an `Expires` in
+/// the past or invalid, `max-age=0`, an `Age` beyond its lifetime, `no-cache`) is stored only when
+/// it carries a validator (`ETag`, `Last-Modified`), to be revalidated before use.
+pub(crate) fn response_freshness(
     status: StatusCode,
     headers: &HeaderMap,
     extensions: &http::Extensions,
     statuses: &[StatusCode],
     default_ttl: Duration,
     store_unmarked: bool,
-) -> Result<Duration, NotStored> {
-    if status.is_server_error() {
+    exchange: Exchange,
+) -> Result<Lifetime, NotStored> {
+    if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
         return Err(NotStored::Status5xx);
     }
-    if !statuses.contains(&status) {
+    let statuses = extensions
+        .get::<crate::RouteStatuses>()
+        .map_or(statuses, |route| &route.0);
+    if !statuses.contains(&status) || status == StatusCode::PARTIAL_CONTENT {
         return Err(NotStored::Status);
     }
     if attached(extensions).is_some() {
@@ -135,27 +257,100 @@ pub(crate) fn response_ttl(
         return Err(NotStored::VaryStar);
     }
     let directives = directives(headers);
-    if directives.no_store || directives.no_cache || directives.private {
+    // `private` with or without field names: a shared cache stores none of it (§5.2.2.7 allows
+    // storing the rest; not doing so is the safe reading).
+    if directives.no_store || directives.private {
         return Err(NotStored::CacheControl);
     }
-    // A shared cache obeys s-maxage over max-age (RFC 9111, 5.2.2.10). The route's own TTL
-    // (its opt-in) and the cache's TTL are caps on it.
-    let explicit = directives
-        .s_maxage
-        .or(directives.max_age)
-        .map(Duration::from_secs);
+    let validator = headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED);
+    // `no-cache` states its freshness too: none, validate every use.
+    let explicit = explicit_lifetime(&directives, headers, exchange.response_time)
+        .or(directives.no_cache.then_some(Duration::ZERO));
     let route = extensions.get::<crate::RouteTtl>().map(|route| route.0);
-    let ttl = match (route, explicit) {
+    let fresh_for = match (route, explicit) {
         (Some(route), Some(explicit)) => route.min(explicit),
-        (Some(ttl), None) | (None, Some(ttl)) => ttl,
-        (None, None) if store_unmarked => default_ttl,
+        (Some(lifetime), None) | (None, Some(lifetime)) => lifetime,
+        (None, None) if store_unmarked && status == StatusCode::OK => default_ttl,
         (None, None) => return Err(NotStored::NotAsked),
     }
     .min(default_ttl);
-    if ttl.is_zero() {
+    let initial_age = initial_age(headers, exchange);
+    let always_validate = directives.no_cache;
+    let stale_on_arrival = always_validate || fresh_for <= initial_age;
+    if stale_on_arrival && !validator {
+        // Nothing to validate it with: it could never be served.
         return Err(NotStored::CacheControl);
     }
-    Ok(ttl)
+    Ok(Lifetime {
+        fresh_for,
+        initial_age,
+        always_validate,
+    })
+}
+
+/// The explicit freshness lifetime (RFC 9111 §4.2.1): `s-maxage` (a shared cache), `max-age`,
+/// or `Expires` minus `Date`; `None` when the response states none. Conflicting directives and an
+/// invalid or repeated, differing `Expires` (such as `0`) mean already expired.
+pub(crate) fn explicit_lifetime(
+    directives: &Directives,
+    headers: &HeaderMap,
+    response_time: SystemTime,
+) -> Option<Duration> {
+    if directives.conflicting {
+        return Some(Duration::ZERO);
+    }
+    if let Some(seconds) = directives.s_maxage.or(directives.max_age) {
+        return Some(Duration::from_secs(seconds));
+    }
+    let mut expires = headers.get_all(EXPIRES).iter();
+    let first = expires.next()?;
+    if expires.any(|other| other != first) {
+        return Some(Duration::ZERO);
+    }
+    let Some(expires) = http_date(first) else {
+        // §5.3: an invalid date, especially "0", is a time in the past.
+        return Some(Duration::ZERO);
+    };
+    let date = headers
+        .get(DATE)
+        .and_then(http_date)
+        .unwrap_or(response_time);
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
+/// The corrected initial age (RFC 9111 §4.2.3).
+pub(crate) fn initial_age(headers: &HeaderMap, exchange: Exchange) -> Duration {
+    // §5.1: Age is delta-seconds; an invalid value is ignored.
+    let age_value = headers
+        .get(AGE)
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(0, |value| {
+            value
+                .parse::<u64>()
+                .unwrap_or(DELTA_SECONDS_MAX)
+                .min(DELTA_SECONDS_MAX)
+        });
+    let date_value = headers
+        .get(DATE)
+        .and_then(http_date)
+        .unwrap_or(exchange.response_time);
+    let apparent_age = exchange
+        .response_time
+        .duration_since(date_value)
+        .unwrap_or(Duration::ZERO);
+    let response_delay = exchange
+        .response_time
+        .duration_since(exchange.request_time)
+        .unwrap_or(Duration::ZERO);
+    let corrected_age_value = Duration::from_secs(age_value) + response_delay;
+    apparent_age.max(corrected_age_value)
+}
+
+/// An HTTP-date in any of its three formats (RFC 9110 §5.6.7): IMF-fixdate, the obsolete RFC 850
+/// form and asctime's; `None` for anything else.
+pub(crate) fn http_date(value: &http::HeaderValue) -> Option<SystemTime> {
+    httpdate::parse_http_date(value.to_str().ok()?).ok()
 }
 
 /// How long past its freshness a stored response may still be served (RFC 5861).
@@ -169,11 +364,16 @@ pub(crate) struct StaleWindows {
 
 /// The stale windows of a response: its own `stale-if-error` and `stale-while-revalidate`
 /// directives, else `default_if_error` and no revalidation window. None at all when the response
-/// forbids serving it stale: `must-revalidate`, `proxy-revalidate`, or `s-maxage` (which implies
-/// `proxy-revalidate` for a shared cache, RFC 9111 §5.2.2.10).
+/// forbids serving it stale: `must-revalidate`, `proxy-revalidate`, `s-maxage` (which implies
+/// `proxy-revalidate` for a shared cache, RFC 9111 §5.2.2.10), or `no-cache` (validated before
+/// every use, §4.2.4).
 pub(crate) fn stale_windows(headers: &HeaderMap, default_if_error: Duration) -> StaleWindows {
     let directives = directives(headers);
-    if directives.must_revalidate || directives.proxy_revalidate || directives.s_maxage.is_some() {
+    if directives.must_revalidate
+        || directives.proxy_revalidate
+        || directives.s_maxage.is_some()
+        || directives.no_cache
+    {
         return StaleWindows::default();
     }
     StaleWindows {
@@ -182,6 +382,101 @@ pub(crate) fn stale_windows(headers: &HeaderMap, default_if_error: Duration) -> 
             .map_or(default_if_error, Duration::from_secs),
         while_revalidate: Duration::from_secs(directives.stale_while_revalidate.unwrap_or(0)),
     }
+}
+
+/// The conditions of a `GET` or `HEAD` a cache answers itself (RFC 9111 §4.3.2): taken out of the
+/// request, so the service is asked for the whole response (which can then be stored), and
+/// evaluated against the response the request gets.
+#[derive(Debug, Default)]
+pub(crate) struct Conditions {
+    if_none_match: Option<http::HeaderValue>,
+    if_modified_since: Option<http::HeaderValue>,
+}
+
+impl Conditions {
+    /// Takes `If-None-Match` and `If-Modified-Since` out of `headers`.
+    pub(crate) fn take(headers: &mut HeaderMap) -> Self {
+        Conditions {
+            if_none_match: headers.remove(IF_NONE_MATCH),
+            if_modified_since: headers.remove(IF_MODIFIED_SINCE),
+        }
+    }
+
+    /// The conditions of `headers`, left in place.
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        Conditions {
+            if_none_match: headers.get(IF_NONE_MATCH).cloned(),
+            if_modified_since: headers.get(IF_MODIFIED_SINCE).cloned(),
+        }
+    }
+
+    /// Whether there are none.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.if_none_match.is_none() && self.if_modified_since.is_none()
+    }
+
+    /// Whether a `200` with `headers` satisfies them, so the answer is `304 Not Modified`
+    /// (RFC 9110 §13.1.2, §13.1.3, §13.2.2): `If-None-Match` (weak comparison, `*` matches any)
+    /// decides when present; otherwise `If-Modified-Since` against `Last-Modified` (or `Date`).
+    pub(crate) fn not_modified(&self, headers: &HeaderMap) -> bool {
+        if let Some(tags) = &self.if_none_match {
+            let Some(etag) = headers.get(ETAG).and_then(|etag| etag.to_str().ok()) else {
+                return false;
+            };
+            let Ok(tags) = tags.to_str() else {
+                return false;
+            };
+            return tags
+                .split(',')
+                .map(str::trim)
+                .any(|tag| tag == "*" || weak_eq(tag, etag));
+        }
+        let Some(since) = self.if_modified_since.as_ref().and_then(http_date) else {
+            return false;
+        };
+        let modified = headers
+            .get(LAST_MODIFIED)
+            .or_else(|| headers.get(DATE))
+            .and_then(http_date);
+        modified.is_some_and(|modified| modified <= since)
+    }
+}
+
+/// Weak comparison of two entity-tags (RFC 9110 §8.8.3.2): equal opaque tags, either or both weak.
+fn weak_eq(a: &str, b: &str) -> bool {
+    let opaque = |tag: &str| tag.strip_prefix("W/").unwrap_or(tag).to_owned();
+    let (a, b) = (opaque(a), opaque(b));
+    a.len() >= 2 && a.starts_with('"') && a.ends_with('"') && a == b
+}
+
+/// The header fields a `304` carries from the `200` it stands for (RFC 9110 §15.4.5), and the
+/// cache's `Age`.
+pub(crate) const NOT_MODIFIED_FIELDS: [HeaderName; 8] = [
+    CACHE_CONTROL,
+    CONTENT_LOCATION,
+    DATE,
+    ETAG,
+    EXPIRES,
+    VARY,
+    LAST_MODIFIED,
+    AGE,
+];
+
+/// The header fields a `304` from the service does not update in the stored response (RFC 9111
+/// §3.2): its length, and the connection's own fields.
+pub(crate) fn updates_stored(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "x-cache"
+    )
 }
 
 /// Whether an answer of the service is an error a stale response may stand in for (RFC 5861:
@@ -280,6 +575,14 @@ mod tests {
         headers
     }
 
+    fn now() -> Exchange {
+        let now = SystemTime::now();
+        Exchange {
+            request_time: now,
+            response_time: now,
+        }
+    }
+
     #[test]
     fn cache_control_directives() {
         let parsed = directives(&headers(&[
@@ -303,14 +606,16 @@ mod tests {
         let none = http::Extensions::new();
         let statuses = [StatusCode::OK];
         let ttl = |pairs: &[(&str, &str)]| {
-            response_ttl(
+            response_freshness(
                 ok,
                 &headers(pairs),
                 &none,
                 &statuses,
                 Duration::from_secs(60),
                 true,
+                now(),
             )
+            .map(|lifetime| lifetime.fresh_for)
         };
         assert_eq!(ttl(&[]), Ok(Duration::from_secs(60)));
         assert_eq!(
@@ -340,14 +645,16 @@ mod tests {
             if let Some(seconds) = route {
                 extensions.insert(crate::RouteTtl(Duration::from_secs(seconds)));
             }
-            response_ttl(
+            response_freshness(
                 StatusCode::OK,
                 &headers(pairs),
                 &extensions,
                 &statuses,
                 Duration::from_secs(60),
                 false,
+                now(),
             )
+            .map(|lifetime| lifetime.fresh_for)
         };
         assert_eq!(ttl(&[], None), Err(NotStored::NotAsked));
         assert_eq!(ttl(&[], Some(30)), Ok(Duration::from_secs(30)));

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::rules::{StaleWindows, DEFAULT_KEYED_HEADERS};
+use crate::rules::{Lifetime, StaleWindows, DEFAULT_KEYED_HEADERS};
 
 /// Default most entries (the seed's 100).
 const DEFAULT_MAX_ENTRIES: u64 = 100;
@@ -128,8 +128,11 @@ pub(crate) struct StoredResponse {
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
     pub(crate) stored_at: Instant,
-    pub(crate) ttl: Duration,
-    /// How long past `ttl` it may still be served (RFC 5861).
+    /// How long it is fresh, how old it was when stored, whether every use needs validation.
+    pub(crate) lifetime: Lifetime,
+    /// Whether it carries a validator (`ETag`, `Last-Modified`) to revalidate it with.
+    pub(crate) validator: bool,
+    /// How long past its freshness it may still be served (RFC 5861).
     pub(crate) stale: StaleWindows,
     /// Held by the request revalidating it, so concurrent requests for a stale entry wait for
     /// one answer of the service instead of each asking it.
@@ -147,24 +150,31 @@ pub(crate) enum Freshness {
     WhileRevalidating,
     /// Stale, within `stale-if-error`: the service is asked, and if it fails this is served.
     IfError,
+    /// Stale (or `no-cache`) with a validator: the service is asked whether it changed
+    /// (RFC 9111 §4.3); a `304` makes it fresh again.
+    Validate,
     /// Too old to serve.
     Expired,
 }
 
 impl StoredResponse {
-    /// How long ago it was stored.
+    /// Its current age (RFC 9111 §4.2.3): its age when stored plus the time since. This is the
+    /// `Age` a hit sends.
     pub(crate) fn age(&self) -> Duration {
-        self.stored_at.elapsed()
+        self.lifetime.initial_age + self.stored_at.elapsed()
     }
 
     /// Where it stands at `age` (one clock read serves both this and the `Age` header).
     pub(crate) fn freshness(&self, age: Duration) -> Freshness {
-        if age < self.ttl {
+        let fresh_for = self.lifetime.fresh_for;
+        if !self.lifetime.always_validate && age < fresh_for {
             Freshness::Fresh
-        } else if age < self.ttl + self.stale.while_revalidate {
+        } else if age < fresh_for + self.stale.while_revalidate {
             Freshness::WhileRevalidating
-        } else if age < self.ttl + self.stale.if_error {
+        } else if age < fresh_for + self.stale.if_error {
             Freshness::IfError
+        } else if self.validator {
+            Freshness::Validate
         } else {
             Freshness::Expired
         }
@@ -172,12 +182,22 @@ impl StoredResponse {
 
     /// Whether it may still stand in for a failing service.
     pub(crate) fn usable_if_error(&self) -> bool {
-        self.stored_at.elapsed() < self.ttl + self.stale.if_error.max(self.stale.while_revalidate)
+        self.age() < self.lifetime.fresh_for + self.stale.if_error.max(self.stale.while_revalidate)
     }
 
-    /// How long it is kept: its freshness and the longest stale window after it.
-    fn keep(&self) -> Duration {
-        self.ttl + self.stale.if_error.max(self.stale.while_revalidate)
+    /// How long it is kept: the rest of its freshness and the longest stale window after it, and
+    /// with a validator at least `revalidation` more, to be revalidated rather than fetched again.
+    fn keep(&self, revalidation: Duration) -> Duration {
+        let window = self.stale.if_error.max(self.stale.while_revalidate);
+        let window = if self.validator {
+            window.max(revalidation)
+        } else {
+            window
+        };
+        self.lifetime
+            .fresh_for
+            .saturating_sub(self.lifetime.initial_age)
+            + window
     }
 }
 
@@ -211,7 +231,7 @@ impl Entry {
     /// How long moka keeps the entry: a response as long as it may be served, stale included.
     fn keep(&self, default: Duration) -> Duration {
         match &self.stored {
-            Stored::Response(response) => response.keep(),
+            Stored::Response(response) => response.keep(default),
             Stored::Vary(_) | Stored::Pass => default,
         }
     }
@@ -302,7 +322,10 @@ impl ResponseCacheBuilder {
         self
     }
 
-    /// Sets the statuses that may be stored. Defaults to 200 only; a 5xx is never stored.
+    /// Sets the statuses that may be stored. Defaults to the heuristically cacheable ones (RFC 9110
+    /// §15.1: 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501), stored when their freshness
+    /// is explicit or their route gives one (unmarked responses: 200 only). 206 and any other 5xx
+    /// are never stored.
     #[must_use]
     pub fn statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.statuses = statuses.into_iter().collect();
@@ -400,6 +423,7 @@ pub(crate) struct Counters {
     pub(crate) bypassed: AtomicU64,
     pub(crate) passes: AtomicU64,
     pub(crate) stale: AtomicU64,
+    pub(crate) revalidated: AtomicU64,
     pub(crate) bytes: AtomicU64,
 }
 
@@ -420,6 +444,8 @@ pub(crate) enum Event {
     NotStorable,
     /// The response was larger than an entry may be.
     TooLarge,
+    /// A stale response the service confirmed unchanged (a `304`), served again.
+    Revalidated,
 }
 
 impl ResponseCache {
@@ -434,6 +460,7 @@ impl ResponseCache {
             Event::Bypassed => &counters.bypassed,
             Event::NotStorable => &counters.not_storable,
             Event::TooLarge => &counters.too_large,
+            Event::Revalidated => &counters.revalidated,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -464,7 +491,7 @@ impl ResponseCache {
             ttl: DEFAULT_TTL,
             cleanup_interval: DEFAULT_CLEANUP_INTERVAL,
             eviction: Eviction::Lru,
-            statuses: vec![StatusCode::OK],
+            statuses: crate::rules::CACHEABLE_STATUSES.to_vec(),
             store_unmarked: false,
             keyed_headers: DEFAULT_KEYED_HEADERS
                 .iter()
@@ -553,6 +580,15 @@ impl ResponseCache {
         self.invalidate_if(move |key| key.path() == path).await;
     }
 
+    /// Marks the entries of these paths invalid at once, without waiting for moka to remove
+    /// them: no later lookup finds them.
+    pub(crate) fn invalidate_paths_now(&self, paths: Vec<String>) {
+        let _ = self
+            .inner
+            .moka
+            .invalidate_entries_if(move |key, _| paths.iter().any(|path| key.path() == path));
+    }
+
     /// Removes the entries whose request path starts with `prefix`.
     pub async fn invalidate_prefix(&self, prefix: &str) {
         let prefix = prefix.to_owned();
@@ -602,6 +638,7 @@ impl ResponseCache {
             bypassed: get(&counters.bypassed),
             passes: get(&counters.passes),
             stale: get(&counters.stale),
+            revalidated: get(&counters.revalidated),
             hit_ratio: if lookups == 0 {
                 0.0
             } else {
@@ -720,6 +757,9 @@ pub struct CacheStats {
     /// Stale responses served: the service failed while revalidating (within `stale-if-error`),
     /// or a background request was revalidating (within `stale-while-revalidate`).
     pub stale: u64,
+    /// Stale responses the service confirmed unchanged with a `304` and that were served again
+    /// (RFC 9111 §4.3).
+    pub revalidated: u64,
     /// `hits / (hits + misses)`.
     pub hit_ratio: f64,
 }
