@@ -1,5 +1,6 @@
-//! Shows the response cache at work: misses, hits, a response it refuses to store, a `Vary`
-//! response, invalidation after a write, and the stats.
+//! Shows the response cache at work: routes that ask for caching (`CacheRouteLayer`), misses,
+//! hits, a response it refuses to store, a `Vary` response, invalidation after a write, and the
+//! stats.
 //!
 //! ```text
 //! cargo run -p ballast-cache --example cache
@@ -7,12 +8,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::Router;
-use ballast_cache::{CacheLayer, ResponseCache};
+use ballast_cache::{CacheLayer, CacheRouteLayer, ResponseCache};
 use http::Request;
 use tower::ServiceExt;
 
@@ -22,20 +24,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cleanup = cache.spawn_cleanup();
     let calls = Arc::new(AtomicUsize::new(0));
     let (c1, c2, c3) = (Arc::clone(&calls), Arc::clone(&calls), Arc::clone(&calls));
+    // Each route asks for caching, for up to 30 s.
+    let cached = CacheRouteLayer::ttl(Duration::from_secs(30));
     let app = Router::new()
         .route(
             "/items",
             get(move || async move {
                 c1.fetch_add(1, Ordering::SeqCst);
                 "[\"lamp\",\"chair\"]"
-            }),
+            })
+            .layer(cached.clone()),
         )
         .route(
             "/me",
             get(move || async move {
                 c2.fetch_add(1, Ordering::SeqCst);
                 ([("cache-control", "private")], "your profile")
-            }),
+            })
+            .layer(cached.clone()),
         )
         .route(
             "/greeting",
@@ -46,7 +52,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     _ => "hello",
                 };
                 ([("vary", "accept-language")], greeting)
-            }),
+            })
+            .layer(cached),
         )
         .layer(CacheLayer::new(cache.clone()).x_cache_header(true));
 

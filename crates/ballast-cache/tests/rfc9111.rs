@@ -130,7 +130,9 @@ async fn rfc9111_4_2_1_freshness_lifetime_comes_from_the_response() {
     let in_a_minute = http_date(now + Duration::from_secs(60));
     let a_minute_ago = http_date(now - Duration::from_secs(60));
     let date = http_date(now);
-    let cases: Vec<(&str, Vec<(&str, String)>, bool)> = vec![
+    // (path, the response's headers, whether it is stored)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, bool);
+    let cases: Vec<Case<'_>> = vec![
         (
             "/s-maxage",
             vec![("cache-control", "max-age=0, s-maxage=60".into())],
