@@ -37,6 +37,7 @@
 //! | `Data truncated for column …` | 1265 | `InvalidData` |
 //! | `Check constraint '…' is violated.` | 3819 | `InvalidData` |
 //! | `CONSTRAINT `…` failed for `…`` (MariaDB) | 4025 | `InvalidData` |
+//! | `… (max_statement_time exceeded)` (MariaDB), `… maximum statement execution time exceeded` (MySQL) | 1969, 3024 | `StatementTimeout` |
 //! | `Deadlock found when trying to get lock …` | 1213 | `Conflict` |
 //! | `Lock wait timeout exceeded …` | 1205 | `Busy` |
 //! | `Connection was killed` (MariaDB) | 1927 | `ConnectionLost` |
@@ -125,6 +126,11 @@ const MESSAGES: &[(Match, Code)] = &[
     (Prefix("Data truncated for column "), MySql(1265)),
     (Prefix("Check constraint '"), MySql(3819)),
     (Contains("` failed for `"), MySql(4025)),
+    (Contains("max_statement_time exceeded"), MySql(1969)),
+    (
+        Contains("maximum statement execution time exceeded"),
+        MySql(3024),
+    ),
     (
         Prefix("Deadlock found when trying to get lock"),
         MySql(1213),
@@ -210,6 +216,10 @@ mod tests {
                 Cause::InvalidData,
             ),
             ("Connection was killed", Cause::ConnectionLost),
+            (
+                "Query execution was interrupted (max_statement_time exceeded)",
+                Cause::StatementTimeout,
+            ),
             (
                 "Input/output error: Connection reset by peer (os error 104)",
                 Cause::ConnectionLost,

@@ -66,6 +66,17 @@ pub enum Backend {
 /// | `check_idle_after` | [`with_check_idle_after`](Self::with_check_idle_after) | 30 s | connections idle this long are tested before checkout (0: test every checkout) |
 /// | `queue_limit` | [`with_queue_limit`](Self::with_queue_limit) | 10 × `connection_limit` | most checkouts waiting at once; one more is refused at once (0: no limit) |
 /// | `statement_cache_size` | [`with_statement_cache`](Self::with_statement_cache) | on | each connection keeps diesel's prepared statements (0: off, for PgBouncer's transaction mode; any other number: on — diesel's cache has no size bound) |
+/// | `schema` | — | the server's | PostgreSQL: each connection's `search_path` (Prisma's meaning) |
+/// | `statement_timeout` | [`with_statement_timeout`](Self::with_statement_timeout) | the server's | PostgreSQL: longest a statement runs on the server, seconds; applied to each connection |
+/// | — | [`with_after_connect`](Self::with_after_connect) | none | SQL each connection runs as it opens (`SET TIME ZONE 'UTC'`) |
+///
+/// Everything else goes to the driver and is checked by it at once: PostgreSQL's
+/// `application_name`, `options`, `sslmode` (`disable`, or `prefer`, which connects in plain text
+/// until ballast speaks TLS), `host` (a Unix socket directory, which replaces the URL's host as in
+/// Prisma), `keepalives`..., MySQL's `socket`, `prefer_socket`... Prisma's parameters ballast
+/// cannot honour yet are refused by name: `socket_timeout` (bound requests with a request
+/// timeout), `pgbouncer=true`, `sslmode=require|verify-ca|verify-full`, `sslcert`, `sslidentity`,
+/// `sslpassword`, `sslaccept`, `sslrootcert`, `sslkey`.
 ///
 /// Durations are seconds, fractions allowed (`pool_timeout=0.5`), from 0 to 86400; `pool_timeout`
 /// and `connect_timeout` must be greater than 0.
@@ -104,10 +115,16 @@ pub struct PoolConfig {
     /// As set: `None` derives it from `connection_limit`; `Some(0)` is no limit.
     queue_limit: Option<u32>,
     statement_cache: bool,
+    /// Prisma's `schema`: the connections' `search_path` (PostgreSQL).
+    schema: Option<String>,
+    /// Applied to each connection as it opens (PostgreSQL).
+    statement_timeout: Option<Duration>,
+    /// SQL run on each connection as it opens, after the two above.
+    after_connect: Vec<String>,
 }
 
 /// The pool's own URL parameters, removed before the URL reaches the driver.
-const POOL_PARAMETERS: [&str; 8] = [
+const POOL_PARAMETERS: [&str; 12] = [
     "connection_limit",
     "pool_timeout",
     "connect_timeout",
@@ -116,6 +133,20 @@ const POOL_PARAMETERS: [&str; 8] = [
     "check_idle_after",
     "queue_limit",
     "statement_cache_size",
+    "schema",
+    "statement_timeout",
+    "socket_timeout",
+    "pgbouncer",
+];
+
+/// Prisma's TLS parameters and libpq's, which need TLS support ballast does not have yet.
+const TLS_PARAMETERS: [&str; 6] = [
+    "sslcert",
+    "sslidentity",
+    "sslpassword",
+    "sslaccept",
+    "sslrootcert",
+    "sslkey",
 ];
 
 impl PoolConfig {
@@ -131,6 +162,9 @@ impl PoolConfig {
             check_idle_after: DEFAULT_CHECK_IDLE_AFTER,
             queue_limit: None,
             statement_cache: true,
+            schema: None,
+            statement_timeout: None,
+            after_connect: Vec::new(),
         }
     }
 
@@ -201,6 +235,66 @@ impl PoolConfig {
                         )
                     })?;
                     config.statement_cache = size > 0;
+                }
+                "schema" => {
+                    if backend != Backend::Postgres {
+                        return Err(ConfigError::new(
+                            "schema",
+                            "is PostgreSQL's search_path; MySQL and SQLite name the database in the URL",
+                        ));
+                    }
+                    let schema = percent_decode(value);
+                    if schema.is_empty() {
+                        return Err(ConfigError::new("schema", "is empty"));
+                    }
+                    config.schema = Some(schema);
+                }
+                "statement_timeout" => {
+                    if backend != Backend::Postgres {
+                        return Err(ConfigError::new(
+                            "statement_timeout",
+                            "is applied on PostgreSQL only; for MariaDB set max_statement_time (MySQL: max_execution_time) with PoolConfig::with_after_connect",
+                        ));
+                    }
+                    config.statement_timeout = Some(positive_seconds("statement_timeout", value)?);
+                }
+                "socket_timeout" => {
+                    return Err(ConfigError::new(
+                        "socket_timeout",
+                        "is not supported: bound requests with the request timeout, and queries on the server with statement_timeout",
+                    ));
+                }
+                "pgbouncer" => match value {
+                    "false" => {}
+                    _ => {
+                        return Err(ConfigError::new(
+                            "pgbouncer",
+                            "pgbouncer=true is not supported yet; without it, point the URL at PostgreSQL or at PgBouncer in session mode",
+                        ))
+                    }
+                },
+                "sslmode" if backend == Backend::Postgres => match value {
+                    // Without TLS support, `prefer` connects in plain text, as libpq does
+                    // against a server without TLS.
+                    "disable" | "prefer" => kept.push(pair),
+                    "require" | "verify-ca" | "verify-full" => {
+                        return Err(ConfigError::new(
+                            "sslmode",
+                            format!("{value}: ballast cannot connect with TLS yet; use sslmode=disable or prefer"),
+                        ))
+                    }
+                    _ => {
+                        return Err(ConfigError::new(
+                            "sslmode",
+                            "must be disable, prefer, require, verify-ca or verify-full",
+                        ))
+                    }
+                },
+                tls if TLS_PARAMETERS.contains(&tls) => {
+                    return Err(ConfigError::new(
+                        "url",
+                        format!("parameter `{tls}` needs TLS, which ballast cannot use yet"),
+                    ));
                 }
                 _ => kept.push(pair),
             }
@@ -315,6 +409,53 @@ impl PoolConfig {
         self.statement_cache
     }
 
+    /// Adds SQL to run on each connection as it opens, such as `SET TIME ZONE 'UTC'`: after
+    /// the URL's `schema` and `statement_timeout`, within `connect_timeout`. A statement the
+    /// server refuses makes the connect fail as a configuration error (`DB_INIT_ERROR`), not
+    /// retried.
+    #[must_use]
+    pub fn with_after_connect(mut self, sql: impl Into<String>) -> Self {
+        self.after_connect.push(sql.into());
+        self
+    }
+
+    /// Sets the longest a statement may run on the server (PostgreSQL's `statement_timeout`,
+    /// applied to each connection as it opens); `None`, the default, leaves the server's.
+    #[must_use]
+    pub fn with_statement_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// The connections' `search_path` (Prisma's `schema`), if set.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    /// The server-side statement timeout, if set.
+    pub fn statement_timeout(&self) -> Option<Duration> {
+        self.statement_timeout
+    }
+
+    /// The statements each new connection runs before it is used, in order.
+    pub(crate) fn after_connect_statements(&self) -> Vec<String> {
+        let mut statements = Vec::new();
+        if let Some(schema) = &self.schema {
+            statements.push(format!(
+                "SET search_path TO \"{}\"",
+                schema.replace('"', "\"\"")
+            ));
+        }
+        if let Some(timeout) = self.statement_timeout {
+            statements.push(format!(
+                "SET statement_timeout = {}",
+                timeout.as_millis().max(1)
+            ));
+        }
+        statements.extend(self.after_connect.iter().cloned());
+        statements
+    }
+
     /// The most checkouts waiting at once, or `None` for no limit.
     pub fn queue_limit(&self) -> Option<u32> {
         match self.queue_limit {
@@ -379,6 +520,9 @@ impl fmt::Debug for PoolConfig {
             .field("check_idle_after", &self.check_idle_after)
             .field("queue_limit", &self.queue_limit())
             .field("statement_cache", &self.statement_cache)
+            .field("schema", &self.schema)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("after_connect", &self.after_connect.len())
             .finish()
     }
 }
@@ -421,9 +565,18 @@ fn driver_url(backend: Backend, base: &str, query: &str) -> Result<String, Confi
             // so the message cannot echo the password (the parser's error never includes it).
             let parsed = url::Url::parse(&candidate)
                 .map_err(|error| ConfigError::new("url", format!("is not a valid URL: {error}")))?;
-            if parsed.host_str().is_none_or(str::is_empty) {
+            let host_parameter = backend == Backend::Postgres
+                && query.split('&').any(|pair| pair.starts_with("host="));
+            if parsed.host_str().is_none_or(str::is_empty) && !host_parameter {
                 return Err(ConfigError::new("url", "has no host"));
             }
+            // Prisma: a `host` parameter (a Unix socket directory) replaces the URL's host;
+            // tokio-postgres would try both.
+            let candidate = if host_parameter && parsed.host_str().is_some_and(|h| !h.is_empty()) {
+                without_host(&parsed, query)
+            } else {
+                candidate
+            };
             let candidate = if backend == Backend::Mysql && parsed.scheme() == "mariadb" {
                 candidate.replacen("mariadb://", "mysql://", 1)
             } else {
@@ -453,6 +606,37 @@ fn driver_url(backend: Backend, base: &str, query: &str) -> Result<String, Confi
             Ok(with_query(path))
         }
     }
+}
+
+/// `url` without its host (its user, password, port, path and `query` kept).
+fn without_host(url: &url::Url, query: &str) -> String {
+    let mut text = format!("{}://", url.scheme());
+    if !url.username().is_empty() {
+        text.push_str(url.username());
+        if let Some(password) = url.password() {
+            text.push(':');
+            text.push_str(password);
+        }
+        text.push('@');
+    }
+    if let Some(port) = url.port() {
+        text.push(':');
+        text.push_str(&port.to_string());
+    }
+    text.push_str(url.path());
+    if !query.is_empty() {
+        text.push('?');
+        text.push_str(query);
+    }
+    text
+}
+
+/// A query parameter's value, percent-decoded.
+fn percent_decode(value: &str) -> String {
+    url::form_urlencoded::parse(format!("v={value}").as_bytes())
+        .next()
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default()
 }
 
 /// Lets the driver parse the URL now, so a bad option fails at startup rather than at the first
@@ -653,7 +837,6 @@ mod tests {
             format!("redis://app:{CANARY}@db/0"),
             format!("postgres://app:{CANARY}@/shop"),
             format!("postgres://app:{CANARY}@db:notaport/shop"),
-            format!("postgres://app:{CANARY}@db/shop?sslmode=sometimes"),
             format!("postgres://app:{CANARY}@db/shop?no_such_option=1"),
             format!("mysql://app:{CANARY}@db/shop?pool_min=x"),
             String::new(),
@@ -665,7 +848,7 @@ mod tests {
             format!("app:{CANARY}@db/shop"),
             // A parameter twice: neither wins.
             format!("postgres://app:{CANARY}@db/shop?connection_limit=5&connection_limit=50"),
-            format!("postgres://app:{CANARY}@db/shop?sslmode=require&sslmode=disable"),
+            format!("postgres://app:{CANARY}@db/shop?sslmode=disable&sslmode=prefer"),
             format!("mysql://app:{CANARY}@db/shop?pool_timeout=1&pool_timeout=2"),
         ] {
             let error = PoolConfig::from_url(&url).unwrap_err();
@@ -706,6 +889,58 @@ mod tests {
         assert_eq!(config.check(), Ok(()));
         assert_eq!(config.connection_limit(), 4);
         assert_eq!(config.idle_timeout(), None);
+    }
+
+    #[test]
+    fn prisma_parameters_have_their_meaning_or_a_named_error() {
+        let config = PoolConfig::from_url(
+            "postgresql://u:p@localhost:5432/db?schema=my%20app&statement_timeout=2.5&application_name=x&options=-c%20work_mem%3D4MB&sslmode=prefer&pgbouncer=false",
+        )
+        .unwrap();
+        assert_eq!(config.schema(), Some("my app"));
+        assert_eq!(
+            config.statement_timeout(),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            config.driver_url(),
+            "postgresql://u:p@localhost:5432/db?application_name=x&options=-c%20work_mem%3D4MB&sslmode=prefer"
+        );
+        let config = config.with_after_connect("SET TIME ZONE 'UTC'");
+        assert_eq!(
+            config.after_connect_statements(),
+            [
+                "SET search_path TO \"my app\"",
+                "SET statement_timeout = 2500",
+                "SET TIME ZONE 'UTC'"
+            ]
+        );
+        // A Unix socket directory replaces the URL's host, as in Prisma.
+        let config =
+            PoolConfig::from_url("postgresql://u:p@localhost:5433/db?host=/var/run/postgresql")
+                .unwrap();
+        assert_eq!(
+            config.driver_url(),
+            "postgresql://u:p@:5433/db?host=/var/run/postgresql"
+        );
+        for (url, setting) in [
+            ("postgres://u@h/db?socket_timeout=5", "socket_timeout"),
+            ("postgres://u@h/db?pgbouncer=true", "pgbouncer"),
+            ("postgres://u@h/db?sslmode=require", "sslmode"),
+            ("postgres://u@h/db?sslmode=verify-full", "sslmode"),
+            ("postgres://u@h/db?sslmode=sometimes", "sslmode"),
+            ("postgres://u@h/db?sslcert=client.pem", "url"),
+            ("postgres://u@h/db?sslaccept=strict", "url"),
+            ("mysql://u@h/db?sslidentity=id.p12", "url"),
+            ("mysql://u@h/db?schema=public", "schema"),
+            ("mysql://u@h/db?statement_timeout=5", "statement_timeout"),
+            ("postgres://u@h/db?statement_timeout=0", "statement_timeout"),
+            ("postgres://u@h/db?schema=", "schema"),
+            ("postgres://u@h/db?no_such_parameter=1", "url"),
+        ] {
+            let error = PoolConfig::from_url(url).unwrap_err();
+            assert_eq!(error.setting, setting, "{url}: {error}");
+        }
     }
 
     #[test]

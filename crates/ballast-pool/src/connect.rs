@@ -45,6 +45,42 @@ pub trait Connect: AsyncConnection + PoolableConnection + Send + 'static {
     ) -> impl Future<Output = Result<bool, Failure>> + Send;
 }
 
+/// Opens a connection and runs the configuration's after-connect statements on it (`schema`,
+/// `statement_timeout`, [`PoolConfig::with_after_connect`]), all within `connect_timeout`.
+pub(crate) async fn open_ready<C: Connect>(config: &PoolConfig) -> Result<C, Failure> {
+    let started = std::time::Instant::now();
+    let mut conn = C::open(config).await?;
+    let statements = config.after_connect_statements();
+    if statements.is_empty() {
+        return Ok(conn);
+    }
+    let left = config.connect_timeout().saturating_sub(started.elapsed());
+    let setup = async {
+        for statement in &statements {
+            diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, statement).await?;
+        }
+        Ok::<_, Failure>(())
+    };
+    match tokio::time::timeout(left, setup).await {
+        Ok(Ok(())) => Ok(conn),
+        // The connection broke meanwhile: a connect failure like any other.
+        Ok(Err(failure)) if failure.retryable() => {
+            Err(failure.with_reach(ballast_core::Reach::NotSent))
+        }
+        // A statement the server refuses (a schema that does not exist is fine in PostgreSQL; a
+        // bad `SET` is not) is the deployment's to fix: not retryable.
+        Ok(Err(failure)) => Err(Failure::new(ballast_core::Cause::InvalidConfig)
+            .with_reach(ballast_core::Reach::NotSent)
+            .with_detail(format!(
+                "an after-connect statement failed: {}",
+                failure.report()
+            ))),
+        Err(_) => Err(Failure::new(ballast_core::Cause::TimedOut)
+            .with_reach(ballast_core::Reach::NotSent)
+            .with_detail("the after-connect statements took longer than connect_timeout")),
+    }
+}
+
 /// How many times a `ROLLBACK` is tried after a cancel request: the cancel may land on the first
 /// one instead of the abandoned statement, if that statement had just ended.
 #[cfg(feature = "postgres")]

@@ -264,7 +264,7 @@ impl<C: Connect> Manager<C> {
                         return;
                     }
                 }
-                match C::open(&shared.config).await {
+                match crate::connect::open_ready::<C>(&shared.config).await {
                     Ok(conn) => {
                         *probed.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
                         {
@@ -315,7 +315,7 @@ impl<C: Connect> bb8::ManageConnection for Manager<C> {
             return Err(failure);
         }
         shared.connecting.fetch_add(1, Ordering::AcqRel);
-        let opened = C::open(&shared.config).await;
+        let opened = crate::connect::open_ready::<C>(&shared.config).await;
         // Before the failure is announced, so a waiter that hears of it sees this attempt over.
         shared.connecting.fetch_sub(1, Ordering::AcqRel);
         match opened {

@@ -106,3 +106,44 @@ async fn server_wide_1040_fails_fast() {
     assert_eq!(failure.driver_code(), Some(DriverCode::MySql(1040)));
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// After-connect SQL reaches every MariaDB connection as it opens; Prisma's PostgreSQL-only
+/// parameters are refused by name.
+#[tokio::test]
+async fn after_connect_sql_reaches_each_mariadb_connection() {
+    let Some(url) = db::mysql_url("after_connect_sql_reaches_each_mariadb_connection") else {
+        return;
+    };
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        value: String,
+    }
+    let config = PoolConfig::from_url(&url)
+        .unwrap()
+        .with_after_connect("SET time_zone = '+05:30'")
+        .with_after_connect("SET SESSION max_statement_time = 0.2");
+    let pool = SharedPool::<AsyncMysqlConnection>::new(config).unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let zone: Setting = diesel::sql_query("SELECT @@time_zone AS value")
+        .get_result(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(zone.value, "+05:30");
+    let error = diesel::sql_query("SELECT SLEEP(2)")
+        .execute(&mut *conn)
+        .await;
+    // MariaDB ends the statement at max_statement_time (1969): a statement timeout.
+    if let Err(error) = error {
+        let text = format!("{error:?}");
+        assert_eq!(
+            Failure::from(error).cause(),
+            Cause::StatementTimeout,
+            "{text}"
+        );
+    }
+    for parameter in ["schema=public", "statement_timeout=5"] {
+        let error = PoolConfig::from_url(&format!("{url}?{parameter}")).unwrap_err();
+        assert_eq!(error.setting, parameter.split('=').next().unwrap());
+    }
+}

@@ -728,3 +728,93 @@ async fn the_statement_cache_is_on_by_default_and_switchable_off() {
         assert_eq!(prepared > 0, cached, "{params}: {prepared} prepared");
     }
 }
+
+/// Prisma's `schema`, `statement_timeout` and after-connect SQL reach every connection as it
+/// opens; a Unix socket directory in `host` replaces the URL's host.
+#[tokio::test]
+async fn prisma_url_parameters_and_after_connect_sql_reach_each_connection() {
+    let Some(url) = db::postgres_url("prisma_url_parameters") else {
+        return;
+    };
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        value: String,
+    }
+    async fn show(conn: &mut AsyncPgConnection, sql: &str) -> String {
+        diesel::sql_query(sql)
+            .get_result::<Setting>(conn)
+            .await
+            .unwrap()
+            .value
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let config = PoolConfig::from_url(&format!(
+        "{url}{separator}schema=shop&statement_timeout=0.2&connection_limit=2"
+    ))
+    .unwrap()
+    .with_after_connect("SET TIME ZONE 'Pacific/Auckland'");
+    let pool = SharedPool::<AsyncPgConnection>::new(config).unwrap();
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(
+        show(&mut conn, "SELECT current_setting('search_path') AS value").await,
+        "shop"
+    );
+    assert_eq!(
+        show(
+            &mut conn,
+            "SELECT current_setting('statement_timeout') AS value"
+        )
+        .await,
+        "200ms"
+    );
+    assert_eq!(
+        show(&mut conn, "SELECT current_setting('TimeZone') AS value").await,
+        "Pacific/Auckland"
+    );
+    let error = diesel::sql_query("SELECT pg_sleep(2)")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    assert_eq!(Failure::from(error).cause(), Cause::StatementTimeout);
+    drop(conn);
+
+    // A statement the server refuses: a configuration error, not retried.
+    let config = PoolConfig::from_url(&url)
+        .unwrap()
+        .with_after_connect("SET no_such_setting = 1")
+        .with_pool_timeout(Duration::from_secs(2));
+    let pool = SharedPool::<AsyncPgConnection>::new(config).unwrap();
+    let failure = pool
+        .get()
+        .await
+        .expect_err("the after-connect statement fails");
+    assert_eq!(
+        failure.cause(),
+        Cause::InvalidConfig,
+        "{}",
+        failure.report()
+    );
+    assert!(!failure.retryable());
+
+    // Over the Unix socket, where this machine has one.
+    let socket_dir = std::path::Path::new("/var/run/postgresql");
+    if socket_dir.join(".s.PGSQL.5432").exists() {
+        let config =
+            PoolConfig::from_url(&format!("{url}{separator}host={}", socket_dir.display()))
+                .unwrap();
+        let pool = SharedPool::<AsyncPgConnection>::new(config).unwrap();
+        let mut conn = pool.get().await.unwrap();
+        let via = show(
+            &mut conn,
+            "SELECT coalesce(inet_client_addr()::text, 'unix socket') AS value",
+        )
+        .await;
+        assert_eq!(via, "unix socket");
+    } else {
+        println!(
+            "no PostgreSQL socket in {}: the socket case is skipped",
+            socket_dir.display()
+        );
+    }
+}
