@@ -121,6 +121,8 @@ pub struct PoolConfig {
     statement_timeout: Option<Duration>,
     /// SQL run on each connection as it opens, after the two above.
     after_connect: Vec<String>,
+    /// TLS to the server (PostgreSQL); `None`: plain text.
+    tls: Option<TlsSettings>,
 }
 
 /// The pool's own URL parameters, removed before the URL reaches the driver.
@@ -138,6 +140,123 @@ const POOL_PARAMETERS: [&str; 12] = [
     "socket_timeout",
     "pgbouncer",
 ];
+
+/// libpq's `sslmode`s that use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SslMode {
+    /// Encrypt when the server offers it; the certificate is not checked.
+    Prefer,
+    /// Encrypt; the certificate is not checked.
+    Require,
+    /// Encrypt; the certificate must lead to a trusted root.
+    VerifyCa,
+    /// Encrypt; the certificate must lead to a trusted root and name the host.
+    VerifyFull,
+}
+
+/// TLS to PostgreSQL as the URL asks for it, the files already read.
+#[derive(Clone, PartialEq)]
+pub(crate) struct TlsSettings {
+    pub(crate) mode: SslMode,
+    /// `sslrootcert`'s certificates (PEM); `None`: the public roots.
+    pub(crate) root_pem: Option<Vec<u8>>,
+    /// `sslcert` and `sslkey` (PEM).
+    pub(crate) client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.debug_struct("TlsSettings")
+            .field("mode", &self.mode)
+            .field("sslrootcert", &self.root_pem.is_some())
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
+/// The TLS parameters of a URL, gathered before they are checked together.
+#[derive(Default)]
+struct TlsParameters {
+    mode: Option<Option<SslMode>>,
+    accept: Option<SslMode>,
+    root: Option<Vec<u8>>,
+    cert: Option<Vec<u8>>,
+    key: Option<Vec<u8>>,
+}
+
+impl TlsParameters {
+    /// The settings, and the `sslmode` the driver is given (it knows disable, prefer and
+    /// require; the verification is ballast's).
+    fn settings(self) -> Result<(Option<TlsSettings>, Option<&'static str>), ConfigError> {
+        let asked = match (self.mode, self.accept) {
+            // Prisma: `sslaccept` says how a TLS connection checks the server.
+            (Some(Some(mode)), Some(accept)) if mode != SslMode::Prefer => Some(accept),
+            (None, Some(accept)) => Some(accept),
+            (Some(mode), _) => mode,
+            (None, None) => None,
+        };
+        let client = match (self.cert, self.key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::new("sslkey", "is missing: sslcert needs it"))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new("sslcert", "is missing: sslkey needs it"))
+            }
+        };
+        let Some(mode) = asked else {
+            if client.is_some() || self.root.is_some() {
+                return Err(ConfigError::new(
+                    "sslmode",
+                    "certificates are given but sslmode is not set: say require, verify-ca or verify-full",
+                ));
+            }
+            // `disable`, or nothing: plain text (libpq would prefer TLS; ballast asks for it).
+            let driver = self.mode.map(|_| "sslmode=disable");
+            return Ok((None, driver));
+        };
+        if !cfg!(feature = "tls") {
+            if mode == SslMode::Prefer {
+                // As libpq against a server without TLS: plain text.
+                return Ok((None, Some("sslmode=prefer")));
+            }
+            return Err(ConfigError::new(
+                "sslmode",
+                "TLS needs ballast-pool's `tls` feature (ballast: `tls`), which this build does not have",
+            ));
+        }
+        let driver = if mode == SslMode::Prefer {
+            "sslmode=prefer"
+        } else {
+            "sslmode=require"
+        };
+        Ok((
+            Some(TlsSettings {
+                mode,
+                root_pem: self.root,
+                client,
+            }),
+            Some(driver),
+        ))
+    }
+}
+
+/// Reads a PEM file a TLS parameter names; a file that cannot be read, or holds no PEM, fails
+/// at startup with the parameter's name.
+fn read_pem(setting: &'static str, path: &str) -> Result<Vec<u8>, ConfigError> {
+    let path = percent_decode(path);
+    let bytes = std::fs::read(&path)
+        .map_err(|error| ConfigError::new(setting, format!("cannot read {path}: {error}")))?;
+    if !bytes.windows(11).any(|window| window == b"-----BEGIN ") {
+        return Err(ConfigError::new(
+            setting,
+            format!("{path} holds no PEM data"),
+        ));
+    }
+    Ok(bytes)
+}
 
 /// Prisma's TLS parameters and libpq's, which need TLS support ballast does not have yet.
 const TLS_PARAMETERS: [&str; 6] = [
@@ -165,6 +284,7 @@ impl PoolConfig {
             schema: None,
             statement_timeout: None,
             after_connect: Vec::new(),
+            tls: None,
         }
     }
 
@@ -193,6 +313,7 @@ impl PoolConfig {
         let backend = backend_of(base)?;
         let mut kept = Vec::new();
         let mut seen: Vec<&str> = Vec::new();
+        let mut tls = TlsParameters::default();
         let mut config = Self::defaults(backend, String::new());
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -273,33 +394,63 @@ impl PoolConfig {
                         ))
                     }
                 },
-                "sslmode" if backend == Backend::Postgres => match value {
-                    // Without TLS support, `prefer` connects in plain text, as libpq does
-                    // against a server without TLS.
-                    "disable" | "prefer" => kept.push(pair),
-                    "require" | "verify-ca" | "verify-full" => {
-                        return Err(ConfigError::new(
-                            "sslmode",
-                            format!("{value}: ballast cannot connect with TLS yet; use sslmode=disable or prefer"),
-                        ))
-                    }
-                    _ => {
-                        return Err(ConfigError::new(
-                            "sslmode",
-                            "must be disable, prefer, require, verify-ca or verify-full",
-                        ))
-                    }
-                },
-                tls if TLS_PARAMETERS.contains(&tls) => {
+                "sslmode" if backend == Backend::Postgres => {
+                    tls.mode = Some(match value {
+                        "disable" => None,
+                        "prefer" => Some(SslMode::Prefer),
+                        "require" => Some(SslMode::Require),
+                        "verify-ca" => Some(SslMode::VerifyCa),
+                        "verify-full" => Some(SslMode::VerifyFull),
+                        _ => {
+                            return Err(ConfigError::new(
+                                "sslmode",
+                                "must be disable, prefer, require, verify-ca or verify-full",
+                            ))
+                        }
+                    });
+                }
+                "sslaccept" if backend == Backend::Postgres => {
+                    tls.accept = Some(match value {
+                        "strict" => SslMode::VerifyFull,
+                        "accept_invalid_certs" => SslMode::Require,
+                        _ => {
+                            return Err(ConfigError::new(
+                                "sslaccept",
+                                "must be strict or accept_invalid_certs",
+                            ))
+                        }
+                    });
+                }
+                "sslrootcert" if backend == Backend::Postgres => {
+                    tls.root = Some(read_pem("sslrootcert", value)?);
+                }
+                "sslcert" if backend == Backend::Postgres => {
+                    tls.cert = Some(read_pem("sslcert", value)?);
+                }
+                "sslkey" if backend == Backend::Postgres => {
+                    tls.key = Some(read_pem("sslkey", value)?);
+                }
+                "sslidentity" | "sslpassword" if backend == Backend::Postgres => {
+                    return Err(ConfigError::new(
+                        if key == "sslidentity" { "sslidentity" } else { "sslpassword" },
+                        "PKCS#12 identities and encrypted keys are not supported: give sslcert and sslkey as PEM files",
+                    ));
+                }
+                tls_parameter if TLS_PARAMETERS.contains(&tls_parameter) => {
                     return Err(ConfigError::new(
                         "url",
-                        format!("parameter `{tls}` needs TLS, which ballast cannot use yet"),
+                        format!("parameter `{tls_parameter}`: ballast cannot use TLS to MySQL yet"),
                     ));
                 }
                 _ => kept.push(pair),
             }
         }
         debug_assert!(POOL_PARAMETERS.iter().all(|name| !kept.contains(name)));
+        let (settings, driver_sslmode) = tls.settings()?;
+        config.tls = settings;
+        if let Some(mode) = driver_sslmode {
+            kept.push(mode);
+        }
         config.driver_url = driver_url(backend, base, &kept.join("&"))?;
         config.check()?;
         Ok(config)
@@ -432,6 +583,12 @@ impl PoolConfig {
         self.schema.as_deref()
     }
 
+    /// TLS to the server as the URL asks for it; `None`: plain text.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn tls(&self) -> Option<&TlsSettings> {
+        self.tls.as_ref()
+    }
+
     /// The server-side statement timeout, if set.
     pub fn statement_timeout(&self) -> Option<Duration> {
         self.statement_timeout
@@ -523,6 +680,7 @@ impl fmt::Debug for PoolConfig {
             .field("schema", &self.schema)
             .field("statement_timeout", &self.statement_timeout)
             .field("after_connect", &self.after_connect.len())
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -767,7 +925,7 @@ mod tests {
         assert_eq!(config.check_idle_after(), Duration::ZERO);
         assert_eq!(
             config.driver_url(),
-            "postgresql://u:p@h:5433/db?sslmode=disable&application_name=x"
+            "postgresql://u:p@h:5433/db?application_name=x&sslmode=disable"
         );
     }
 
@@ -926,11 +1084,18 @@ mod tests {
         for (url, setting) in [
             ("postgres://u@h/db?socket_timeout=5", "socket_timeout"),
             ("postgres://u@h/db?pgbouncer=true", "pgbouncer"),
-            ("postgres://u@h/db?sslmode=require", "sslmode"),
-            ("postgres://u@h/db?sslmode=verify-full", "sslmode"),
             ("postgres://u@h/db?sslmode=sometimes", "sslmode"),
-            ("postgres://u@h/db?sslcert=client.pem", "url"),
-            ("postgres://u@h/db?sslaccept=strict", "url"),
+            ("postgres://u@h/db?sslaccept=maybe", "sslaccept"),
+            (
+                "postgres://u@h/db?sslmode=verify-full&sslrootcert=/no/such/file.pem",
+                "sslrootcert",
+            ),
+            (
+                "postgres://u@h/db?sslmode=require&sslcert=/no/such/client.pem",
+                "sslcert",
+            ),
+            ("postgres://u@h/db?sslidentity=id.p12", "sslidentity"),
+            ("postgres://u@h/db?sslpassword=x", "sslpassword"),
             ("mysql://u@h/db?sslidentity=id.p12", "url"),
             ("mysql://u@h/db?schema=public", "schema"),
             ("mysql://u@h/db?statement_timeout=5", "statement_timeout"),
@@ -941,6 +1106,55 @@ mod tests {
             let error = PoolConfig::from_url(url).unwrap_err();
             assert_eq!(error.setting, setting, "{url}: {error}");
         }
+    }
+
+    #[test]
+    fn tls_parameters_need_the_tls_feature_and_readable_files() {
+        let dir = std::env::temp_dir().join(format!("ballast_tls_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = dir.join("root.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let not_pem = dir.join("root.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let url = |query: &str| format!("postgres://u@h/db?{query}");
+        let error = PoolConfig::from_url(&url(&format!(
+            "sslmode=verify-ca&sslrootcert={}",
+            not_pem.display()
+        )))
+        .unwrap_err();
+        assert_eq!(error.setting, "sslrootcert");
+        let error =
+            PoolConfig::from_url(&url(&format!("sslrootcert={}", pem.display()))).unwrap_err();
+        assert_eq!(error.setting, "sslmode", "certificates without a TLS mode");
+        // `prefer` works everywhere: without TLS it is plain text, as against a server without it.
+        assert!(PoolConfig::from_url(&url("sslmode=prefer")).is_ok());
+        for query in ["sslmode=require", "sslmode=verify-full", "sslaccept=strict"] {
+            let result = PoolConfig::from_url(&url(query));
+            if cfg!(feature = "tls") {
+                let config = result.unwrap();
+                assert!(config.tls().is_some(), "{query}");
+                assert!(config.driver_url().ends_with("sslmode=require"), "{query}");
+            } else {
+                assert_eq!(result.unwrap_err().setting, "sslmode", "{query}");
+            }
+        }
+        #[cfg(feature = "tls")]
+        {
+            let config = PoolConfig::from_url(&url("sslmode=require&sslaccept=strict")).unwrap();
+            assert_eq!(config.tls().unwrap().mode, SslMode::VerifyFull);
+            let config = PoolConfig::from_url(&url(&format!(
+                "sslmode=verify-ca&sslrootcert={}",
+                pem.display()
+            )))
+            .unwrap();
+            assert!(config.tls().unwrap().root_pem.is_some());
+            assert!(!format!("{config:?}").contains("AAAA"));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

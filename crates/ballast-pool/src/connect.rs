@@ -115,6 +115,24 @@ impl Connect for diesel_async::AsyncPgConnection {
 
     async fn open(config: &PoolConfig) -> Result<Self, Failure> {
         let pg_config: tokio_postgres::Config = config.driver_url().parse()?;
+        #[cfg(feature = "tls")]
+        if let Some(settings) = config.tls() {
+            let tls = crate::tls::MakeRustls(crate::tls::client_config(settings)?);
+            return bounded(config, async move {
+                let (client, connection) = match pg_config.connect(tls).await {
+                    Ok(connected) => connected,
+                    // A certificate refused, a server without TLS: the deployment's to fix.
+                    Err(error) if crate::tls::is_tls_failure(&error) => {
+                        return Err(Failure::new(ballast_core::Cause::InvalidConfig)
+                            .with_detail(format!("TLS: {error}"))
+                            .with_source(error))
+                    }
+                    Err(error) => return Err(error.into()),
+                };
+                Ok(Self::try_from_client_and_connection(client, connection).await?)
+            })
+            .await;
+        }
         bounded(config, async move {
             // tokio-postgres's own connect_timeout covers only the TCP connect; `bounded`
             // covers the startup conversation too, where a hung server would otherwise hang us.
@@ -209,10 +227,7 @@ async fn postgres_cancel(
                     .get(i)
                     .map_or_else(|| name.clone(), ToString::to_string);
                 match tokio::net::TcpStream::connect((address.as_str(), port(i))).await {
-                    Ok(stream) => token
-                        .cancel_query_raw(UntilClosed::new(stream), tokio_postgres::NoTls)
-                        .await
-                        .map_err(Failure::from),
+                    Ok(stream) => send_cancel(token, config, name, UntilClosed::new(stream)).await,
                     Err(error) => Err(Failure::from(error)),
                 }
             }
@@ -220,10 +235,9 @@ async fn postgres_cancel(
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{}", port(i)));
                 match tokio::net::UnixStream::connect(path).await {
-                    Ok(stream) => token
-                        .cancel_query_raw(UntilClosed::new(stream), tokio_postgres::NoTls)
-                        .await
-                        .map_err(Failure::from),
+                    Ok(stream) => {
+                        send_cancel(token, config, "localhost", UntilClosed::new(stream)).await
+                    }
                     Err(error) => Err(Failure::from(error)),
                 }
             }
@@ -238,6 +252,61 @@ async fn postgres_cancel(
     Err(last.unwrap_or_else(|| {
         Failure::new(ballast_core::Cause::InvalidConfig).with_detail("the URL names no host")
     }))
+}
+
+/// Sends the cancel request over `stream`, with the pool's TLS settings when it has any (a server
+/// that requires TLS gets the cancel over TLS too).
+#[cfg(feature = "postgres")]
+async fn send_cancel<S>(
+    token: &tokio_postgres::CancelToken,
+    config: &PoolConfig,
+    host: &str,
+    stream: S,
+) -> Result<(), Failure>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    #[cfg(feature = "tls")]
+    if let Some(settings) = config.tls() {
+        use tokio_postgres::tls::MakeTlsConnect;
+        let mut make = crate::tls::MakeRustls(crate::tls::client_config(settings)?);
+        let tls = <crate::tls::MakeRustls as MakeTlsConnect<S>>::make_tls_connect(&mut make, host)
+            .map_err(|error| {
+                Failure::new(ballast_core::Cause::InvalidConfig).with_detail(error.to_string())
+            })?;
+        return match token.cancel_query_raw(stream, tls).await {
+            Ok(()) => Ok(()),
+            // PostgreSQL closes the connection as soon as it has read a cancel request, without
+            // TLS's close_notify: the reset that follows our own close is not a failure. (Had the
+            // request not arrived, the ROLLBACK after it waits behind the statement and the
+            // connection is closed at the reclaim deadline.)
+            Err(error) if closed_after_sending(&error) => Ok(()),
+            Err(error) => Err(Failure::from(error)),
+        };
+    }
+    let _ = (config, host);
+    token
+        .cancel_query_raw(stream, tokio_postgres::NoTls)
+        .await
+        .map_err(Failure::from)
+}
+
+/// Whether a cancel request's error is the server closing the connection under our TLS close.
+#[cfg(feature = "tls")]
+fn closed_after_sending(error: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// A stream whose shutdown completes only when the peer has closed its side too.

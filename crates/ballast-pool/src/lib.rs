@@ -63,10 +63,20 @@
 //! |---|---|---|---|
 //! | PostgreSQL | `postgres` (default) | `postgres://` | `diesel_async::AsyncPgConnection` |
 //! | MySQL, MariaDB | `mysql` | `mysql://`, `mariadb://` | `diesel_async::AsyncMysqlConnection` |
-//! | SQLite (bundled) | `sqlite` | `sqlite://path`, `sqlite::memory:`, a path | `SyncConnectionWrapper<SqliteConnection>` |
+//! | SQLite (bundled) | `sqlite` | `sqlite:path`, `sqlite::memory:`, a `file:` URI | `SyncConnectionWrapper<SqliteConnection>` |
 //!
-//! TLS connections are not supported yet: use `sslmode=disable` (or `prefer`) on a trusted
-//! network.
+//! # TLS (feature `tls`)
+//!
+//! PostgreSQL over TLS with rustls (ring; no OpenSSL), by libpq's `sslmode`: `prefer` and
+//! `require` encrypt without checking the certificate; `verify-ca` checks that it leads to a root
+//! in `sslrootcert` (a PEM file; without it, the public roots managed databases use); `verify-full`
+//! also checks that it names the host. `sslcert` and `sslkey` (PEM) are a client certificate;
+//! Prisma's `sslaccept=strict` means `verify-full`, `accept_invalid_certs` means `require`. The
+//! files are read when the URL is, so an unreadable one fails at startup naming the parameter; a
+//! certificate the server's does not satisfy fails every connect as `DB_INIT_ERROR`, not retried.
+//! The pool's cancel requests go over the same TLS. Without `sslmode` the connection is plain text
+//! (libpq would try TLS first; ballast waits to be asked). Without the feature, `prefer` connects
+//! in plain text and the other modes fail at startup. TLS to MySQL is not supported yet.
 //!
 //! # Example
 //!
@@ -113,6 +123,8 @@ mod manager;
 mod pool;
 mod reclaim;
 mod stats;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use config::{Backend, ConfigError, PoolConfig};
 pub use connect::Connect;
