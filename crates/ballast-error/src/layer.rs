@@ -11,7 +11,7 @@ use std::task::{ready, Context, Poll};
 
 use ballast_core::{Cause, Failure};
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use pin_project_lite::pin_project;
@@ -204,6 +204,7 @@ where
             map: self.map.clone(),
             retry_after: self.retry_after,
             plain_errors: self.plain_errors,
+            request_id: request_id(request.headers()),
         };
         let state = match self.not_ready.take() {
             Some(error) => State::NotReady { error: Some(error) },
@@ -225,6 +226,35 @@ struct RequestContext<M> {
     map: M,
     retry_after: RetryAfter,
     plain_errors: bool,
+    /// The request's id (`x-request-id`, as tower-http's `SetRequestIdLayer` sets it), when it
+    /// has one a URI may carry: the problem's `instance`, and the log line's `request_id`.
+    request_id: Option<HeaderValue>,
+}
+
+/// The request id header tower-http's request-id layers use.
+const REQUEST_ID: &str = "x-request-id";
+
+/// The request's id when it is one a problem's `instance` can carry as is (a URI reference of
+/// unreserved characters, as UUIDs and ULIDs are).
+fn request_id(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    headers
+        .get(REQUEST_ID)
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        })
+        .cloned()
+}
+
+/// Adds the request id to a problem as its `instance` (RFC 9457 §3.1.5).
+fn with_instance<M>(context: &RequestContext<M>, problem: &mut ballast_core::http::Problem) {
+    if let Some(id) = context.request_id.as_ref().and_then(|id| id.to_str().ok()) {
+        problem.members.insert("instance".to_owned(), id.into());
+    }
 }
 
 pin_project! {
@@ -309,7 +339,8 @@ fn plain_error_problem<M>(
     response: Response<ResponseBody>,
 ) -> Response<ResponseBody> {
     let (mut parts, _body) = response.into_parts();
-    let problem = crate::map::problem_for_status(parts.status);
+    let mut problem = crate::map::problem_for_status(parts.status);
+    with_instance(context, &mut problem);
     tracing::debug!(
         status = parts.status.as_u16(),
         method = %context.method,
@@ -360,6 +391,7 @@ fn render<M: MapProblem>(
 ) -> Response<ResponseBody> {
     let mut problem = context.map.problem(&failure);
     problem.keep_promise(&failure, context.method.is_idempotent());
+    with_instance(context, &mut problem);
     log(context, &failure, problem.status);
     let retry_after = context
         .retry_after
@@ -376,6 +408,11 @@ fn log<M>(context: &RequestContext<M>, failure: &Failure, status: StatusCode) {
     let driver_code = failure.driver_code().map(|code| code.to_string());
     let driver_code = driver_code.as_deref().unwrap_or("none");
     let report = failure.report();
+    let request_id = context
+        .request_id
+        .as_ref()
+        .and_then(|id| id.to_str().ok())
+        .unwrap_or("none");
     // The path only: a query string can carry tokens.
     let path = context.uri.path();
     macro_rules! event {
@@ -390,6 +427,7 @@ fn log<M>(context: &RequestContext<M>, failure: &Failure, status: StatusCode) {
                 driver_code,
                 method = %context.method,
                 path,
+                request_id,
                 "request failed: {report}"
             )
         };

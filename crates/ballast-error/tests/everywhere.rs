@@ -153,3 +153,42 @@ async fn axums_own_errors_become_problems_without_echoing_the_input() {
         .unwrap()
         .starts_with("text/plain"));
 }
+
+/// With a request id (`x-request-id`, as tower-http's `SetRequestIdLayer` sets it), every problem
+/// carries it as `instance` (RFC 9457 §3.1.5), so a user's report matches the log line.
+#[tokio::test]
+async fn problems_carry_the_request_id_as_instance() {
+    let app = Router::new()
+        .route(
+            "/down",
+            get(|| async {
+                Err::<String, _>(ballast_error::Error::from(ballast_core::sqlstate::failure(
+                    "53300",
+                )))
+            }),
+        )
+        .layer(ErrorResponseLayer::new());
+    for (path, id, instance) in [
+        (
+            "/down",
+            "7f9c2ba4-e88f-4e4b-9c1f-3c6d5a1b2e0d",
+            Some("7f9c2ba4-e88f-4e4b-9c1f-3c6d5a1b2e0d"),
+        ),
+        ("/nowhere", "req_42", Some("req_42")),
+        // Not something a URI carries as is: left out rather than escaped.
+        ("/down", "a b<c>", None),
+    ] {
+        let request = Request::get(path)
+            .header("x-request-id", id)
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            problem["instance"].as_str(),
+            instance,
+            "{path} {id}: {problem}"
+        );
+    }
+}
