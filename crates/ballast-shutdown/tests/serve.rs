@@ -140,6 +140,15 @@ async fn idle_connections_close_but_slow_requests_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_connection_cap_new_connections_wait_for_a_free_slot() {
+    // The server's tasks run on every worker: capture the log process-wide.
+    let captured = ballast_testkit::logs::Captured::default();
+    let writer = captured.clone();
+    let _ = tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
     let config = ServeConfig::default().max_connections(2);
     let (addr, _handle, _task) = serve(Shutdown::builder().build(), config).await;
     let mut first = TcpStream::connect(addr).await.unwrap();
@@ -151,6 +160,11 @@ async fn past_the_connection_cap_new_connections_wait_for_a_free_slot() {
     let waiting = tokio::spawn(async move { get(&mut third, "/").await });
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(!waiting.is_finished(), "served past the cap");
+    let log = captured.take();
+    assert!(
+        log.contains("connection cap reached"),
+        "the cap is said in the log: {log}"
+    );
     drop(second);
     let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
