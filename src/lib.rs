@@ -16,8 +16,10 @@
 //! | [`idempotency`] | `ballast-idempotency` | exactly-once writes for requests with an `Idempotency-Key` |
 //!
 //! and, always, the classified failure they share ([`Failure`], from `ballast-core`). Backends are
-//! features too: `postgres` (default), `mysql`, `sqlite`. [`diesel`] and [`diesel_async`] are
-//! re-exported at the versions and features ballast uses.
+//! features too: `postgres` (default), `mysql`, `sqlite`; and two opt-in ones: `tls` (PostgreSQL
+//! over TLS with rustls) and `metrics` (`ballast::metrics`, Prometheus text with OpenTelemetry's
+//! names). [`diesel`] and [`diesel_async`] are re-exported at the versions and features ballast
+//! uses.
 //!
 //! # Start here
 //!
@@ -101,6 +103,8 @@ pub use diesel;
 /// diesel-async, at the version and with the features ballast uses.
 pub use diesel_async;
 
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(all(
     feature = "pool",
     feature = "error",

@@ -93,7 +93,7 @@ async fn walk(addr: SocketAddr) -> i64 {
     let metrics = get(addr, "/metrics").await;
     assert_eq!(metrics.status, 200);
     assert!(
-        metrics.body.contains("ballast_pool_open"),
+        metrics.body.contains("db_client_connections_usage"),
         "{}",
         metrics.body
     );
@@ -102,7 +102,44 @@ async fn walk(addr: SocketAddr) -> i64 {
         "{}",
         metrics.body
     );
+    promtool_accepts(&metrics.body);
     id
+}
+
+/// `promtool check metrics` — what Prometheus users lint scrapes with — accepts `text`. Skipped
+/// with a reason when promtool is missing, unless `BALLAST_REQUIRE_PROMTOOL=1` (CI installs it).
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(error) => {
+            assert!(
+                std::env::var("BALLAST_REQUIRE_PROMTOOL").as_deref() != Ok("1"),
+                "promtool is required: {error}"
+            );
+            println!("skipping the promtool check: {error}");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// `POST /items` with a NUL in the name: PostgreSQL refuses the byte (22021), which is the

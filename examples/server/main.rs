@@ -37,7 +37,7 @@
 //! stops the cache cleanup, clears the cache, closes the pool and exits 0.
 //!
 //! Stack, outermost first: shutdown → error → request timeout (30 s) → cache → retry → handlers.
-//! The database code is in `db.rs`, the Prometheus text in `metrics.rs`.
+//! The database code is in `db.rs`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -52,10 +52,11 @@ use axum::{Json, Router};
 use ballast::cache::{CacheLayer, CacheRouteLayer, CleanupTask, ResponseCache};
 use ballast::error::{ErrorResponseLayer, RequestTimeoutLayer};
 use ballast::idempotency::{Idempotency, IdempotencyKey, Outcome};
+use ballast::metrics::Figures;
 use ballast::pool::PoolConfig;
 use ballast::retry::{RetryHandle, RetryLayer};
 use ballast::shutdown::{Shutdown, ShutdownHandle, ShutdownLayer};
-use ballast::{Cause, Error, Failure};
+use ballast::Error;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 use tower::ServiceBuilder;
@@ -63,7 +64,6 @@ use tower::ServiceBuilder;
 use db::{Db, Item, NewItem};
 
 mod db;
-mod metrics;
 
 /// The database when no `DATABASE_URL` is set: a SQLite file in the current directory.
 const DEFAULT_DATABASE_URL: &str = "sqlite://ballast-example.db";
@@ -184,20 +184,17 @@ async fn sleep(State(app): State<App>, Query(query): Query<SleepQuery>) -> Resul
     Ok(no_store(Json(serde_json::json!({ "slept_ms": ms }))))
 }
 
-async fn metrics(State(app): State<App>) -> Result<Response, Error> {
-    let text = metrics::render(
-        &app.db.stats(),
-        &app.cache.stats().await,
-        &app.retry.stats(),
-        &app.shutdown.stats(),
-    )
-    .map_err(|error| Failure::new(Cause::Internal).with_detail(error.to_string()))?;
-    let mut response = no_store(text);
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(metrics::CONTENT_TYPE),
-    );
-    Ok(response)
+/// `/metrics`: the figures of `/stats` for Prometheus (`ballast::metrics`).
+async fn metrics(State(app): State<App>) -> Response {
+    let (pool, cache) = (app.db.stats(), app.cache.stats().await);
+    let (retry, shutdown) = (app.retry.stats(), app.shutdown.stats());
+    let figures = Figures::new()
+        .pool(&pool)
+        .cache(&cache)
+        .retry(&retry)
+        .shutdown(&shutdown);
+    let content_type = [(header::CONTENT_TYPE, ballast::metrics::CONTENT_TYPE)];
+    no_store((content_type, ballast::metrics::render(&figures)))
 }
 
 async fn stats(State(app): State<App>) -> Response {

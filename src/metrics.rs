@@ -1,0 +1,286 @@
+//! The figures of the pool, the cache, the retry layer and the shutdown in Prometheus's text
+//! format (feature `metrics`), named after OpenTelemetry's semantic conventions for database
+//! connection pools where they have a name, rendered by `metrics-exporter-prometheus`.
+//!
+//! | metric | type | from |
+//! |---|---|---|
+//! | `db_client_connections_usage{db_client_connection_state="idle"\|"used"}` | gauge | OTel `db.client.connection.count` (its earlier name `db.client.connections.usage`: Prometheus reserves `_count` for histograms) |
+//! | `db_client_connection_max` | gauge | OTel `db.client.connection.max` |
+//! | `db_client_connection_pending_requests` | gauge | OTel `db.client.connection.pending_requests` |
+//! | `db_client_connection_timeouts_total` | counter | OTel `db.client.connection.timeouts` |
+//! | `db_client_connection_wait_time_seconds{percentile="50"\|"99"}` | gauge | OTel `db.client.connection.wait_time`, as the pool's percentiles (a gauge may not carry `quantile`) |
+//! | `ballast_pool_checkouts_total`, `ballast_pool_connects_total`, `ballast_pool_connect_failures_total`, `ballast_pool_cancelled_total`, `ballast_pool_shed_total`, `ballast_pool_closed_broken_total` | counter | `PoolStats` |
+//! | `ballast_cache_hits_total`, `ballast_cache_misses_total`, `ballast_cache_stale_total`, `ballast_cache_revalidated_total`, `ballast_cache_evictions_total` | counter | `CacheStats` |
+//! | `ballast_cache_entries`, `ballast_cache_size_bytes` | gauge | |
+//! | `ballast_retry_attempts_total`, `ballast_retry_retries_total`, `ballast_retry_budget_exhausted_total`, `ballast_retry_outages_total`, `ballast_retry_unsafe_to_repeat_total` | counter | `RetryStats` |
+//! | `ballast_http_requests_in_flight` | gauge | `ShutdownStats` |
+//! | `ballast_shutdown_rejected_total` | counter | |
+//! | `ballast_shutdown_phase{phase="running"\|"not_ready"\|"draining"\|"stopped"}` | gauge (1 for the current phase) | |
+//!
+//! Every pool metric carries `db_client_connection_pool_name` (OTel's
+//! `db.client.connection.pool.name`). The text is the classic exposition format
+//! (`text/plain; version=0.0.4`), which `promtool check metrics` and every Prometheus read: CI
+//! checks the example server's `/metrics` with promtool.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use ballast::metrics::Figures;
+//!
+//! let cache = ballast::cache::ResponseCache::builder().build()?;
+//! let text = ballast::metrics::render(&Figures::new().cache(&cache.stats().await));
+//! assert!(text.contains("# TYPE ballast_cache_hits_total counter"));
+//! # Ok(())
+//! # }
+//! ```
+
+use metrics::{counter, describe_counter, describe_gauge, gauge, with_local_recorder};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use crate::cache::CacheStats;
+use crate::pool::PoolStats;
+use crate::retry::RetryStats;
+use crate::shutdown::{Phase, ShutdownStats};
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The pool's name in the metrics' `db_client_connection_pool_name` label.
+const POOL_NAME: &str = "ballast";
+
+/// The figures to render; each part is optional.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Figures<'a> {
+    pool: Option<&'a PoolStats>,
+    cache: Option<&'a CacheStats>,
+    retry: Option<&'a RetryStats>,
+    shutdown: Option<&'a ShutdownStats>,
+}
+
+impl<'a> Figures<'a> {
+    /// No figures yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The pool's figures.
+    #[must_use]
+    pub fn pool(mut self, stats: &'a PoolStats) -> Self {
+        self.pool = Some(stats);
+        self
+    }
+
+    /// The cache's figures.
+    #[must_use]
+    pub fn cache(mut self, stats: &'a CacheStats) -> Self {
+        self.cache = Some(stats);
+        self
+    }
+
+    /// The retry layer's figures.
+    #[must_use]
+    pub fn retry(mut self, stats: &'a RetryStats) -> Self {
+        self.retry = Some(stats);
+        self
+    }
+
+    /// The shutdown's figures.
+    #[must_use]
+    pub fn shutdown(mut self, stats: &'a ShutdownStats) -> Self {
+        self.shutdown = Some(stats);
+        self
+    }
+}
+
+/// The figures as Prometheus text (see the module's table).
+pub fn render(figures: &Figures<'_>) -> String {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    with_local_recorder(&recorder, || {
+        describe();
+        record(figures);
+    });
+    handle.render()
+}
+
+/// The help text of every metric (`# HELP`, which promtool asks for).
+fn describe() {
+    for (name, help) in [
+        (
+            "db_client_connections_usage",
+            "Connections open, by state (idle, used)",
+        ),
+        (
+            "db_client_connection_max",
+            "Most connections the pool opens",
+        ),
+        (
+            "db_client_connection_pending_requests",
+            "Checkouts waiting for a connection",
+        ),
+        (
+            "db_client_connection_wait_time_seconds",
+            "Time checkouts waited for a connection, by percentile",
+        ),
+        ("ballast_cache_entries", "Responses cached"),
+        (
+            "ballast_cache_size_bytes",
+            "Bytes cached, keys and headers included",
+        ),
+        ("ballast_http_requests_in_flight", "Requests in flight"),
+        (
+            "ballast_shutdown_phase",
+            "1 for the shutdown phase the service is in",
+        ),
+    ] {
+        describe_gauge!(name, help);
+    }
+    for (name, help) in [
+        (
+            "db_client_connection_timeouts_total",
+            "Checkouts that waited pool_timeout in vain",
+        ),
+        ("ballast_pool_checkouts_total", "Connections checked out"),
+        ("ballast_pool_connects_total", "Connections opened"),
+        (
+            "ballast_pool_connect_failures_total",
+            "Connect attempts that failed",
+        ),
+        (
+            "ballast_pool_cancelled_total",
+            "Checkouts abandoned mid-statement, cancelled on the server",
+        ),
+        (
+            "ballast_pool_shed_total",
+            "Checkouts refused at once past queue_limit",
+        ),
+        (
+            "ballast_pool_closed_broken_total",
+            "Connections closed because they came back broken",
+        ),
+        (
+            "ballast_cache_hits_total",
+            "Responses served fresh from the cache",
+        ),
+        (
+            "ballast_cache_misses_total",
+            "Requests the cache sent to the service",
+        ),
+        (
+            "ballast_cache_stale_total",
+            "Stale responses served while the service failed or revalidated",
+        ),
+        (
+            "ballast_cache_revalidated_total",
+            "Stale responses the service confirmed unchanged (304)",
+        ),
+        (
+            "ballast_cache_evictions_total",
+            "Entries evicted by the bounds",
+        ),
+        (
+            "ballast_retry_attempts_total",
+            "Calls to the service, retries included",
+        ),
+        ("ballast_retry_retries_total", "Retries"),
+        (
+            "ballast_retry_budget_exhausted_total",
+            "Retries the budget refused",
+        ),
+        (
+            "ballast_retry_outages_total",
+            "Failures answered at once during a known outage",
+        ),
+        (
+            "ballast_retry_unsafe_to_repeat_total",
+            "Retryable failures not retried: a write may have run",
+        ),
+        (
+            "ballast_shutdown_rejected_total",
+            "Requests refused while draining",
+        ),
+    ] {
+        describe_counter!(name, help);
+    }
+}
+
+/// A count as a gauge's value.
+fn value(count: impl TryInto<u32> + Copy) -> f64 {
+    f64::from(count.try_into().unwrap_or(u32::MAX))
+}
+
+fn record(figures: &Figures<'_>) {
+    if let Some(pool) = figures.pool {
+        let name = ("db_client_connection_pool_name", POOL_NAME);
+        for (state, count) in [("idle", pool.idle), ("used", pool.in_use)] {
+            gauge!("db_client_connections_usage", name.0 => name.1, "db_client_connection_state" => state)
+                .set(f64::from(count));
+        }
+        gauge!("db_client_connection_max", name.0 => name.1).set(f64::from(pool.max_size));
+        gauge!("db_client_connection_pending_requests", name.0 => name.1).set(value(pool.waiting));
+        counter!("db_client_connection_timeouts_total", name.0 => name.1).absolute(pool.timeouts);
+        for (percentile, ms) in [
+            ("50", pool.acquire_wait_p50_ms),
+            ("99", pool.acquire_wait_p99_ms),
+        ] {
+            gauge!("db_client_connection_wait_time_seconds", name.0 => name.1, "percentile" => percentile)
+                .set(ms / 1000.0);
+        }
+        for (metric, count) in [
+            ("ballast_pool_checkouts_total", pool.checkouts),
+            ("ballast_pool_connects_total", pool.connects),
+            ("ballast_pool_connect_failures_total", pool.connect_failures),
+            ("ballast_pool_cancelled_total", pool.cancelled),
+            ("ballast_pool_shed_total", pool.shed),
+            ("ballast_pool_closed_broken_total", pool.closed_broken),
+        ] {
+            counter!(metric, name.0 => name.1).absolute(count);
+        }
+    }
+    if let Some(cache) = figures.cache {
+        for (metric, count) in [
+            ("ballast_cache_hits_total", cache.hits),
+            ("ballast_cache_misses_total", cache.misses),
+            ("ballast_cache_stale_total", cache.stale),
+            ("ballast_cache_revalidated_total", cache.revalidated),
+            ("ballast_cache_evictions_total", cache.evictions),
+        ] {
+            counter!(metric).absolute(count);
+        }
+        gauge!("ballast_cache_entries").set(value(cache.entries));
+        gauge!("ballast_cache_size_bytes").set(cache.bytes as f64);
+    }
+    if let Some(retry) = figures.retry {
+        for (metric, count) in [
+            ("ballast_retry_attempts_total", retry.attempts),
+            ("ballast_retry_retries_total", retry.retries),
+            (
+                "ballast_retry_budget_exhausted_total",
+                retry.budget_exhausted,
+            ),
+            ("ballast_retry_outages_total", retry.outages),
+            (
+                "ballast_retry_unsafe_to_repeat_total",
+                retry.unsafe_to_repeat,
+            ),
+        ] {
+            counter!(metric).absolute(count);
+        }
+    }
+    if let Some(shutdown) = figures.shutdown {
+        gauge!("ballast_http_requests_in_flight").set(value(shutdown.in_flight));
+        counter!("ballast_shutdown_rejected_total").absolute(shutdown.rejected);
+        for (phase, name) in [
+            (Phase::Running, "running"),
+            (Phase::NotReady, "not_ready"),
+            (Phase::Draining, "draining"),
+            (Phase::Stopped, "stopped"),
+        ] {
+            gauge!("ballast_shutdown_phase", "phase" => name).set(if shutdown.phase == phase {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+}
