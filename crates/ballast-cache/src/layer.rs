@@ -869,14 +869,20 @@ async fn freshen<ResBody>(
             }
         }
     }
-    // Its age starts again from the 304: the validation made it as good as new.
+    // Its age starts again from the 304: the validation made it as good as new. Without
+    // explicit freshness in the merged fields, it keeps the lifetime it was stored with (its
+    // route's).
+    let mut route = http::Extensions::new();
+    if !stale.lifetime.fresh_for.is_zero() {
+        route.insert(crate::RouteTtl(stale.lifetime.fresh_for));
+    }
     let lifetime = rules::response_freshness(
         stale.status,
         &headers,
-        &http::Extensions::new(),
+        &route,
         &cache.inner.statuses,
         cache.inner.default_ttl,
-        true,
+        cache.inner.store_unmarked,
         exchange,
     );
     let stale_windows = rules::stale_windows(&headers, cache.inner.stale_if_error);

@@ -584,3 +584,37 @@ async fn rfc9110_15_1_cacheable_statuses() {
         assert_eq!(calls, if stored { 1 } else { 2 }, "status {status}");
     }
 }
+
+/// §4.3.4 with a route's policy: a response whose lifetime came from its route (no explicit
+/// freshness) keeps that lifetime after a `304`, rather than falling back to the cache's TTL or to
+/// none.
+#[tokio::test]
+async fn rfc9111_4_3_4_a_validated_response_keeps_its_routes_lifetime() {
+    let (upstream, seen) = origin(|request: &Request<String>, _| {
+        let mut response = if request.headers().contains_key("if-none-match") {
+            response(304, &[("etag", "\"v1\"")], "")
+        } else {
+            response(200, &[("etag", "\"v1\"")], "body")
+        };
+        response
+            .extensions_mut()
+            .insert(RouteTtl(Duration::from_secs(1)));
+        response
+    });
+    let service = CacheLayer::new(cache())
+        .x_cache_header(true)
+        .layer(upstream);
+    get(&service, "/routed").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, headers, body) = get(&service, "/routed").await;
+    assert_eq!(
+        (headers["x-cache"].to_str().unwrap(), body.as_str()),
+        ("REVALIDATED", "body")
+    );
+    let (_, headers, _) = get(&service, "/routed").await;
+    assert_eq!(
+        headers["x-cache"], "HIT",
+        "fresh again for the route's second"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
