@@ -20,6 +20,7 @@ use ballast::error::ErrorResponseLayer;
 use ballast::pool::{PoolConfig, SharedPool};
 use ballast::retry::{RetryLayer, RetryLayerBuilder};
 use ballast::{Cause, Error, Failure};
+use ballast_testkit::cluster::PrivateCluster;
 use ballast_testkit::db::{self, Backends, PgDatabase, PgRole};
 use ballast_testkit::proxy::{FaultProxy, Mode};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
@@ -605,97 +606,6 @@ async fn scenario_10_half_open_connections_fail_within_the_deadline_then_recover
     assert!(after.other.is_empty() && after.ok > 0, "{after:?}");
 }
 
-/// A private PostgreSQL cluster in a temporary directory, on its own port, so a test can restart
-/// a real server without disturbing the shared one the other tests use.
-struct PrivateCluster {
-    bin: std::path::PathBuf,
-    dir: std::path::PathBuf,
-    port: u16,
-}
-
-impl PrivateCluster {
-    /// Starts one: `initdb` and `pg_ctl` as the `postgres` user (this project's machines run the
-    /// tests as root). `Err` says why it could not.
-    fn start() -> Result<Self, String> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .map_err(|error| format!("no /usr/lib/postgresql: {error}"))?
-            .filter_map(|entry| entry.ok().map(|entry| entry.path().join("bin")))
-            .filter(|bin| bin.join("initdb").exists())
-            .max()
-            .ok_or("no initdb under /usr/lib/postgresql")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map_err(|error| error.to_string())?
-            .port();
-        let dir = std::env::temp_dir().join(db::unique_name("ballast_cluster"));
-        std::fs::create_dir_all(&dir).map_err(|error| error.to_string())?;
-        let chown = std::process::Command::new("chown")
-            .args(["postgres:postgres", &dir.to_string_lossy()])
-            .status()
-            .map_err(|error| error.to_string())?;
-        if !chown.success() {
-            return Err("cannot hand the directory to the postgres user (not root?)".into());
-        }
-        let cluster = PrivateCluster { bin, dir, port };
-        cluster.as_postgres(&["initdb", "-D", "DATA", "--auth=trust", "-U", "postgres"])?;
-        cluster.pg_ctl("start")?;
-        Ok(cluster)
-    }
-
-    fn as_postgres(&self, args: &[&str]) -> Result<(), String> {
-        let data = self.dir.join("data");
-        let program = self.bin.join(args[0]);
-        let args: Vec<String> = args[1..]
-            .iter()
-            .map(|arg| {
-                if *arg == "DATA" {
-                    data.to_string_lossy().into_owned()
-                } else {
-                    (*arg).to_owned()
-                }
-            })
-            .collect();
-        let output = std::process::Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(&program)
-            .args(&args)
-            .output()
-            .map_err(|error| format!("{}: {error}", program.display()))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} failed: {}",
-                program.display(),
-                String::from_utf8_lossy(&output.stderr)
-            ))
-        }
-    }
-
-    fn pg_ctl(&self, action: &str) -> Result<(), String> {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
-            self.port,
-            self.dir.display()
-        );
-        let log = self.dir.join("log").to_string_lossy().into_owned();
-        self.as_postgres(&[
-            "pg_ctl", "-D", "DATA", "-m", "fast", "-w", "-l", &log, "-o", &options, action,
-        ])
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for PrivateCluster {
-    fn drop(&mut self) {
-        let _ = self.as_postgres(&["pg_ctl", "-D", "DATA", "-m", "immediate", "-w", "stop"]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_8_real_restart_of_a_private_postgresql() {
     if db::postgres_url("scenario_8_real_restart").is_none() {
@@ -733,7 +643,7 @@ async fn scenario_8_real_restart_of_a_private_postgresql() {
     let restarting = started.elapsed();
     let restarted = {
         let cluster = Arc::clone(&cluster);
-        tokio::task::spawn_blocking(move || cluster.pg_ctl("restart"))
+        tokio::task::spawn_blocking(move || cluster.restart())
             .await
             .unwrap()
     };

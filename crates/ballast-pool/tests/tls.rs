@@ -176,3 +176,138 @@ async fn backend_pid(pool: &SharedPool<AsyncPgConnection>) -> i32 {
         .unwrap()
         .pid
 }
+
+/// Certificates made for the test: a CA, a server certificate for `localhost`, a client
+/// certificate for the `postgres` role.
+struct Certificates {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn certificates() -> Certificates {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "ballast test CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let mut server = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let server = server.signed_by(&server_key, &ca, &ca_key).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "postgres");
+    let client = client.signed_by(&client_key, &ca, &ca_key).unwrap();
+    Certificates {
+        ca: ca.pem(),
+        server: (server.pem(), server_key.serialize_pem()),
+        client: (client.pem(), client_key.serialize_pem()),
+    }
+}
+
+/// A private cluster that speaks only TLS and logs in by client certificate: `verify-full` with
+/// the test CA and a client certificate connects; without the certificate the server refuses
+/// (a configuration error, not retried); a server whose certificate the root does not sign is
+/// refused by the client.
+#[tokio::test]
+async fn client_certificates_against_a_private_cluster() {
+    use ballast_testkit::cluster::PrivateCluster;
+    if db::postgres_url("client_certificates_against_a_private_cluster").is_none() {
+        return;
+    }
+    let certs = certificates();
+    let cluster = tokio::task::spawn_blocking(move || {
+        let mut cluster = PrivateCluster::init()?;
+        cluster.write_file("server.crt", certs.server.0.as_bytes(), 0o600)?;
+        cluster.write_file("server.key", certs.server.1.as_bytes(), 0o600)?;
+        cluster.write_file("ca.crt", certs.ca.as_bytes(), 0o600)?;
+        cluster.configure(&[
+            "ssl = on",
+            "ssl_cert_file = 'server.crt'",
+            "ssl_key_file = 'server.key'",
+            "ssl_ca_file = 'ca.crt'",
+        ])?;
+        cluster.set_hba("hostssl all all 127.0.0.1/32 cert\n")?;
+        cluster.run()?;
+        Ok::<_, String>((cluster, certs))
+    })
+    .await
+    .unwrap();
+    let (cluster, certs) = match cluster {
+        Ok(started) => started,
+        Err(reason) if !db::databases_required() => {
+            eprintln!("skipping client_certificates_against_a_private_cluster: {reason}");
+            return;
+        }
+        Err(reason) => panic!("cannot start a private PostgreSQL: {reason}"),
+    };
+    let dir = std::env::temp_dir().join(db::unique_name("ballast_client_certs"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (ca, cert, key) = (
+        write("ca.pem", &certs.ca),
+        write("client.pem", &certs.client.0),
+        write("client.key", &certs.client.1),
+    );
+    let url = format!("postgres://postgres@localhost:{}/postgres", cluster.port());
+
+    #[derive(diesel::QueryableByName)]
+    struct ClientDn {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        dn: String,
+    }
+    let with_cert = pool(
+        &url,
+        &format!("sslmode=verify-full&sslrootcert={ca}&sslcert={cert}&sslkey={key}"),
+    );
+    let mut conn = with_cert
+        .get()
+        .await
+        .unwrap_or_else(|failure| panic!("{}\n{}", failure.report(), cluster.log()));
+    let dn: ClientDn =
+        diesel::sql_query("SELECT client_dn AS dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .get_result(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(dn.dn, "/CN=postgres");
+    drop(conn);
+
+    let without = pool(
+        &url,
+        &format!("sslmode=verify-full&sslrootcert={ca}&pool_timeout=2"),
+    );
+    let failure = without.get().await.expect_err("no client certificate");
+    assert_eq!(failure.code(), Code::DbInit, "{}", failure.report());
+    assert!(!failure.retryable());
+
+    // Another CA than the one that signed the server's certificate.
+    let other_ca = write("other-ca.pem", &certificates().ca);
+    let wrong_root = pool(
+        &url,
+        &format!(
+            "sslmode=verify-full&sslrootcert={other_ca}&sslcert={cert}&sslkey={key}&pool_timeout=2"
+        ),
+    );
+    let failure = wrong_root
+        .get()
+        .await
+        .expect_err("the server's certificate is not signed by that CA");
+    assert_eq!(
+        failure.cause(),
+        Cause::InvalidConfig,
+        "{}",
+        failure.report()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -38,6 +38,8 @@
 //! database or `application_name`, so tests can run at once against one server without seeing
 //! each other.
 
+#[cfg(unix)]
+pub mod cluster;
 pub mod db;
 pub mod fake;
 pub mod logs;
