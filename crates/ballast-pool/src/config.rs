@@ -70,13 +70,13 @@ pub enum Backend {
 /// | `statement_timeout` | [`with_statement_timeout`](Self::with_statement_timeout) | the server's | PostgreSQL: longest a statement runs on the server, seconds; applied to each connection |
 /// | — | [`with_after_connect`](Self::with_after_connect) | none | SQL each connection runs as it opens (`SET TIME ZONE 'UTC'`) |
 ///
-/// Everything else goes to the driver and is checked by it at once: PostgreSQL's
-/// `application_name`, `options`, `sslmode` (`disable`, or `prefer`, which connects in plain text
-/// until ballast speaks TLS), `host` (a Unix socket directory, which replaces the URL's host as in
-/// Prisma), `keepalives`..., MySQL's `socket`, `prefer_socket`... Prisma's parameters ballast
-/// cannot honour yet are refused by name: `socket_timeout` (bound requests with a request
-/// timeout), `pgbouncer=true`, `sslmode=require|verify-ca|verify-full`, `sslcert`, `sslidentity`,
-/// `sslpassword`, `sslaccept`, `sslrootcert`, `sslkey`.
+/// TLS (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `sslaccept`) is read here and needs the
+/// `tls` feature; see the [crate docs](crate#tls-feature-tls). Everything else goes to the driver
+/// and is checked by it at once: PostgreSQL's `application_name`, `options`, `host` (a Unix
+/// socket directory, which replaces the URL's host as in Prisma), `keepalives`..., MySQL's
+/// `socket`, `prefer_socket`... Prisma's parameters ballast cannot honour are refused by name:
+/// `socket_timeout` (bound requests with a request timeout), `pgbouncer=true` (for now),
+/// `sslidentity` and `sslpassword` (PKCS#12 and encrypted keys).
 ///
 /// Durations are seconds, fractions allowed (`pool_timeout=0.5`), from 0 to 86400; `pool_timeout`
 /// and `connect_timeout` must be greater than 0.
@@ -188,7 +188,10 @@ struct TlsParameters {
 impl TlsParameters {
     /// The settings, and the `sslmode` the driver is given (it knows disable, prefer and
     /// require; the verification is ballast's).
-    fn settings(self) -> Result<(Option<TlsSettings>, Option<&'static str>), ConfigError> {
+    fn settings(
+        self,
+        backend: Backend,
+    ) -> Result<(Option<TlsSettings>, Option<&'static str>), ConfigError> {
         let asked = match (self.mode, self.accept) {
             // Prisma: `sslaccept` says how a TLS connection checks the server.
             (Some(Some(mode)), Some(accept)) if mode != SslMode::Prefer => Some(accept),
@@ -206,6 +209,9 @@ impl TlsParameters {
                 return Err(ConfigError::new("sslcert", "is missing: sslkey needs it"))
             }
         };
+        // mysql_async cannot fall back from TLS to plain text: MySQL's `prefer` is plain text.
+        let asked = asked.filter(|mode| backend == Backend::Postgres || *mode != SslMode::Prefer);
+        let driver_mode = |mode: &'static str| (backend == Backend::Postgres).then_some(mode);
         let Some(mode) = asked else {
             if client.is_some() || self.root.is_some() {
                 return Err(ConfigError::new(
@@ -214,13 +220,13 @@ impl TlsParameters {
                 ));
             }
             // `disable`, or nothing: plain text (libpq would prefer TLS; ballast asks for it).
-            let driver = self.mode.map(|_| "sslmode=disable");
+            let driver = self.mode.and_then(|_| driver_mode("sslmode=disable"));
             return Ok((None, driver));
         };
         if !cfg!(feature = "tls") {
             if mode == SslMode::Prefer {
                 // As libpq against a server without TLS: plain text.
-                return Ok((None, Some("sslmode=prefer")));
+                return Ok((None, driver_mode("sslmode=prefer")));
             }
             return Err(ConfigError::new(
                 "sslmode",
@@ -238,7 +244,7 @@ impl TlsParameters {
                 root_pem: self.root,
                 client,
             }),
-            Some(driver),
+            driver_mode(driver),
         ))
     }
 }
@@ -394,7 +400,7 @@ impl PoolConfig {
                         ))
                     }
                 },
-                "sslmode" if backend == Backend::Postgres => {
+                "sslmode" if backend != Backend::Sqlite => {
                     tls.mode = Some(match value {
                         "disable" => None,
                         "prefer" => Some(SslMode::Prefer),
@@ -409,7 +415,7 @@ impl PoolConfig {
                         }
                     });
                 }
-                "sslaccept" if backend == Backend::Postgres => {
+                "sslaccept" if backend != Backend::Sqlite => {
                     tls.accept = Some(match value {
                         "strict" => SslMode::VerifyFull,
                         "accept_invalid_certs" => SslMode::Require,
@@ -421,32 +427,36 @@ impl PoolConfig {
                         }
                     });
                 }
-                "sslrootcert" if backend == Backend::Postgres => {
+                "sslrootcert" if backend != Backend::Sqlite => {
                     tls.root = Some(read_pem("sslrootcert", value)?);
                 }
                 "sslcert" if backend == Backend::Postgres => {
                     tls.cert = Some(read_pem("sslcert", value)?);
                 }
+                // Prisma's MySQL `sslcert` is the server's certificate (or its CA): a root.
+                "sslcert" if backend == Backend::Mysql => {
+                    tls.root = Some(read_pem("sslcert", value)?);
+                }
                 "sslkey" if backend == Backend::Postgres => {
                     tls.key = Some(read_pem("sslkey", value)?);
                 }
-                "sslidentity" | "sslpassword" if backend == Backend::Postgres => {
+                "sslidentity" | "sslpassword" if backend != Backend::Sqlite => {
                     return Err(ConfigError::new(
                         if key == "sslidentity" { "sslidentity" } else { "sslpassword" },
-                        "PKCS#12 identities and encrypted keys are not supported: give sslcert and sslkey as PEM files",
+                        "PKCS#12 identities and encrypted keys are not supported (PostgreSQL: give sslcert and sslkey as PEM files)",
                     ));
                 }
                 tls_parameter if TLS_PARAMETERS.contains(&tls_parameter) => {
                     return Err(ConfigError::new(
                         "url",
-                        format!("parameter `{tls_parameter}`: ballast cannot use TLS to MySQL yet"),
+                        format!("parameter `{tls_parameter}` is for PostgreSQL (MySQL: sslmode, sslaccept, sslrootcert or Prisma's sslcert)"),
                     ));
                 }
                 _ => kept.push(pair),
             }
         }
         debug_assert!(POOL_PARAMETERS.iter().all(|name| !kept.contains(name)));
-        let (settings, driver_sslmode) = tls.settings()?;
+        let (settings, driver_sslmode) = tls.settings(backend)?;
         config.tls = settings;
         if let Some(mode) = driver_sslmode {
             kept.push(mode);
@@ -1096,7 +1106,8 @@ mod tests {
             ),
             ("postgres://u@h/db?sslidentity=id.p12", "sslidentity"),
             ("postgres://u@h/db?sslpassword=x", "sslpassword"),
-            ("mysql://u@h/db?sslidentity=id.p12", "url"),
+            ("mysql://u@h/db?sslidentity=id.p12", "sslidentity"),
+            ("mysql://u@h/db?sslkey=client.key", "url"),
             ("mysql://u@h/db?schema=public", "schema"),
             ("mysql://u@h/db?statement_timeout=5", "statement_timeout"),
             ("postgres://u@h/db?statement_timeout=0", "statement_timeout"),

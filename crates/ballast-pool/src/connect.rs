@@ -309,6 +309,50 @@ fn closed_after_sending(error: &tokio_postgres::Error) -> bool {
     false
 }
 
+/// mysql_async's TLS options for the URL's settings (client certificates are PostgreSQL's only).
+#[cfg(all(feature = "mysql", feature = "tls"))]
+fn mysql_ssl_opts(settings: &crate::config::TlsSettings) -> mysql_async::SslOpts {
+    use crate::config::SslMode;
+    let mut opts = mysql_async::SslOpts::default();
+    if let Some(root) = &settings.root_pem {
+        opts = opts.with_root_certs(vec![root.clone().into()]);
+    }
+    match settings.mode {
+        SslMode::Prefer | SslMode::Require => opts.with_danger_accept_invalid_certs(true),
+        SslMode::VerifyCa => opts.with_danger_skip_domain_validation(true),
+        SslMode::VerifyFull => opts,
+    }
+}
+
+/// Whether a MySQL connect failed in the TLS handshake, or because the server has no TLS.
+#[cfg(all(feature = "mysql", feature = "tls"))]
+fn mysql_tls_failure(error: &mysql_async::Error) -> bool {
+    if matches!(
+        error,
+        mysql_async::Error::Io(mysql_async::IoError::Tls(_))
+            | mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer)
+    ) {
+        return true;
+    }
+    // rustls's verdict on the certificate arrives wrapped in I/O errors.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if error.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return true;
+            }
+        }
+        source = error.source();
+    }
+    false
+}
+
 /// A stream whose shutdown completes only when the peer has closed its side too.
 #[cfg(feature = "postgres")]
 struct UntilClosed<S> {
@@ -395,8 +439,24 @@ impl Connect for diesel_async::AsyncMysqlConnection {
         if !config.driver_url().contains("prefer_socket=") {
             builder = builder.prefer_socket(false);
         }
+        #[cfg(feature = "tls")]
+        let tls = config.tls().is_some();
+        #[cfg(feature = "tls")]
+        if let Some(settings) = config.tls() {
+            builder = builder.ssl_opts(Some(mysql_ssl_opts(settings)));
+        }
         bounded(config, async move {
-            let conn = mysql_async::Conn::new(builder).await?;
+            let conn = match mysql_async::Conn::new(builder).await {
+                Ok(conn) => conn,
+                // A certificate refused, a server without TLS: the deployment's to fix.
+                #[cfg(feature = "tls")]
+                Err(error) if tls && mysql_tls_failure(&error) => {
+                    return Err(Failure::new(ballast_core::Cause::InvalidConfig)
+                        .with_detail(format!("TLS: {error}"))
+                        .with_source(error))
+                }
+                Err(error) => return Err(error.into()),
+            };
             Ok(Self::try_from(conn).await?)
         })
         .await

@@ -76,7 +76,12 @@
 //! certificate the server's does not satisfy fails every connect as `DB_INIT_ERROR`, not retried.
 //! The pool's cancel requests go over the same TLS. Without `sslmode` the connection is plain text
 //! (libpq would try TLS first; ballast waits to be asked). Without the feature, `prefer` connects
-//! in plain text and the other modes fail at startup. TLS to MySQL is not supported yet.
+//! in plain text and the other modes fail at startup.
+//!
+//! MySQL and MariaDB take the same `sslmode` (`require`, `verify-ca`, `verify-full`; `prefer` is
+//! plain text, since mysql_async cannot fall back), `sslrootcert` or Prisma's `sslcert` (the CA
+//! that signed the server's certificate), and `sslaccept`; client certificates there are not
+//! supported.
 //!
 //! # Example
 //!

@@ -311,3 +311,108 @@ async fn client_certificates_against_a_private_cluster() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// TLS to MariaDB: a private server with certificates the test makes. `verify-full` (or Prisma's
+/// `sslcert` + `sslaccept=strict`) with the CA connects encrypted to `localhost`; against
+/// 127.0.0.1 the name check fails as a configuration error; `require` does not check; and the
+/// shared server, which has no TLS, refuses `require` as a configuration error too.
+#[tokio::test]
+async fn tls_to_mariadb() {
+    use ballast_testkit::mariadb::PrivateMariaDb;
+    use diesel_async::AsyncMysqlConnection;
+    let Some(shared_url) = db::mysql_url("tls_to_mariadb") else {
+        return;
+    };
+    let certs = certificates();
+    let started = tokio::task::spawn_blocking(move || {
+        PrivateMariaDb::start(
+            &[
+                ("ca.pem", certs.ca.as_bytes()),
+                ("server.pem", certs.server.0.as_bytes()),
+                ("server.key", certs.server.1.as_bytes()),
+            ],
+            &[
+                "--ssl-ca={dir}/ca.pem",
+                "--ssl-cert={dir}/server.pem",
+                "--ssl-key={dir}/server.key",
+            ],
+        )
+        .map(|server| (server, certs.ca))
+    })
+    .await
+    .unwrap();
+    let (server, ca) = match started {
+        Ok(started) => started,
+        Err(reason) if !db::databases_required() => {
+            eprintln!("skipping tls_to_mariadb: {reason}");
+            return;
+        }
+        Err(reason) => panic!("cannot start a private MariaDB: {reason}"),
+    };
+    let ca_path = std::env::temp_dir().join(db::unique_name("ballast_mariadb_ca"));
+    std::fs::write(&ca_path, ca).unwrap();
+    let ca_path = ca_path.display().to_string();
+
+    #[derive(diesel::QueryableByName)]
+    struct Cipher {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        value: String,
+    }
+    async fn cipher(pool: &SharedPool<AsyncMysqlConnection>) -> String {
+        let mut conn = pool
+            .get()
+            .await
+            .unwrap_or_else(|failure| panic!("{}", failure.report()));
+        diesel::sql_query("SELECT VARIABLE_VALUE AS value FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'SSL_CIPHER'")
+            .get_result::<Cipher>(&mut *conn)
+            .await
+            .unwrap()
+            .value
+    }
+    let mysql = |host: &str, query: &str| {
+        let url = format!("mysql://root@{host}:{}/mysql?{query}", server.port());
+        SharedPool::<AsyncMysqlConnection>::new(PoolConfig::from_url(&url).unwrap()).unwrap()
+    };
+    let verified = mysql(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca_path}"),
+    );
+    assert!(!cipher(&verified).await.is_empty(), "encrypted");
+    let prisma = mysql("localhost", &format!("sslcert={ca_path}&sslaccept=strict"));
+    assert!(!cipher(&prisma).await.is_empty(), "Prisma's form");
+    let unchecked = mysql("127.0.0.1", "sslmode=require");
+    assert!(
+        !cipher(&unchecked).await.is_empty(),
+        "require does not check the certificate"
+    );
+
+    let wrong_name = mysql(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={ca_path}&pool_timeout=2"),
+    );
+    let failure = wrong_name
+        .get()
+        .await
+        .expect_err("127.0.0.1 is not the certificate's name");
+    assert_eq!(
+        failure.cause(),
+        Cause::InvalidConfig,
+        "{}",
+        failure.report()
+    );
+    assert!(!failure.retryable());
+
+    let separator = if shared_url.contains('?') { '&' } else { '?' };
+    let config = PoolConfig::from_url(&format!(
+        "{shared_url}{separator}sslmode=require&pool_timeout=2"
+    ))
+    .unwrap();
+    let no_tls = SharedPool::<AsyncMysqlConnection>::new(config).unwrap();
+    let failure = no_tls
+        .get()
+        .await
+        .expect_err("the shared server has no TLS");
+    assert_eq!(failure.code(), Code::DbInit, "{}", failure.report());
+    let _ = std::fs::remove_file(&ca_path);
+    drop(server);
+}

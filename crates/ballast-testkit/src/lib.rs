@@ -43,4 +43,6 @@ pub mod cluster;
 pub mod db;
 pub mod fake;
 pub mod logs;
+#[cfg(unix)]
+pub mod mariadb;
 pub mod proxy;
