@@ -8,7 +8,7 @@
 //! | `db_client_connection_max` | gauge | OTel `db.client.connection.max` |
 //! | `db_client_connection_pending_requests` | gauge | OTel `db.client.connection.pending_requests` |
 //! | `db_client_connection_timeouts_total` | counter | OTel `db.client.connection.timeouts` |
-//! | `db_client_connection_wait_time_seconds{percentile="50"\|"99"}` | gauge | OTel `db.client.connection.wait_time`, as the pool's percentiles (a gauge may not carry `quantile`) |
+//! | `db_client_connection_wait_time_seconds`, `db_client_connection_use_time_seconds`, `db_client_connection_create_time_seconds` | histogram | OTel `db.client.connection.wait_time`, `.use_time`, `.create_time` |
 //! | `ballast_pool_checkouts_total`, `ballast_pool_connects_total`, `ballast_pool_connect_failures_total`, `ballast_pool_cancelled_total`, `ballast_pool_shed_total`, `ballast_pool_closed_broken_total` | counter | `PoolStats` |
 //! | `ballast_cache_hits_total`, `ballast_cache_misses_total`, `ballast_cache_stale_total`, `ballast_cache_revalidated_total`, `ballast_cache_evictions_total` | counter | `CacheStats` |
 //! | `ballast_cache_entries`, `ballast_cache_size_bytes` | gauge | |
@@ -100,7 +100,48 @@ pub fn render(figures: &Figures<'_>) -> String {
         describe();
         record(figures);
     });
-    handle.render()
+    let mut text = handle.render();
+    if let Some(pool) = figures.pool {
+        // The pool keeps its own buckets: written here as Prometheus histograms.
+        for (name, help, timings) in [
+            (
+                "db_client_connection_wait_time_seconds",
+                "Time checkouts waited for a connection",
+                &pool.wait_time,
+            ),
+            (
+                "db_client_connection_use_time_seconds",
+                "Time connections stayed checked out",
+                &pool.use_time,
+            ),
+            (
+                "db_client_connection_create_time_seconds",
+                "Time opening a connection took",
+                &pool.create_time,
+            ),
+        ] {
+            histogram(&mut text, name, help, timings);
+        }
+    }
+    text
+}
+
+/// Appends `timings` as a Prometheus histogram.
+fn histogram(text: &mut String, name: &str, help: &str, timings: &crate::pool::Timings) {
+    use std::fmt::Write;
+    let labels = format!("db_client_connection_pool_name=\"{POOL_NAME}\"");
+    // Writing into a String cannot fail.
+    let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (bound, count) in &timings.buckets {
+        let _ = writeln!(text, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(
+        text,
+        "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+        timings.count
+    );
+    let _ = writeln!(text, "{name}_sum{{{labels}}} {}", timings.sum_seconds);
+    let _ = writeln!(text, "{name}_count{{{labels}}} {}\n", timings.count);
 }
 
 /// The help text of every metric (`# HELP`, which promtool asks for).
@@ -117,10 +158,6 @@ fn describe() {
         (
             "db_client_connection_pending_requests",
             "Checkouts waiting for a connection",
-        ),
-        (
-            "db_client_connection_wait_time_seconds",
-            "Time checkouts waited for a connection, by percentile",
         ),
         ("ballast_cache_entries", "Responses cached"),
         (
@@ -219,13 +256,6 @@ fn record(figures: &Figures<'_>) {
         gauge!("db_client_connection_max", name.0 => name.1).set(f64::from(pool.max_size));
         gauge!("db_client_connection_pending_requests", name.0 => name.1).set(value(pool.waiting));
         counter!("db_client_connection_timeouts_total", name.0 => name.1).absolute(pool.timeouts);
-        for (percentile, ms) in [
-            ("50", pool.acquire_wait_p50_ms),
-            ("99", pool.acquire_wait_p99_ms),
-        ] {
-            gauge!("db_client_connection_wait_time_seconds", name.0 => name.1, "percentile" => percentile)
-                .set(ms / 1000.0);
-        }
         for (metric, count) in [
             ("ballast_pool_checkouts_total", pool.checkouts),
             ("ballast_pool_connects_total", pool.connects),

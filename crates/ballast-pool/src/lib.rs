@@ -137,4 +137,4 @@ pub use connect::Connect;
 pub use extract::Conn;
 pub use layer::{AddPool, AddPoolLayer};
 pub use pool::{PoolError, PoolProvider, PooledConnection, SharedPool};
-pub use stats::PoolStats;
+pub use stats::{PoolStats, Timings};

@@ -315,7 +315,11 @@ impl<C: Connect> bb8::ManageConnection for Manager<C> {
             return Err(failure);
         }
         shared.connecting.fetch_add(1, Ordering::AcqRel);
+        let opening = Instant::now();
         let opened = crate::connect::open_ready::<C>(&shared.config).await;
+        if opened.is_ok() {
+            shared.counters.create_time.record(opening.elapsed());
+        }
         // Before the failure is announced, so a waiter that hears of it sees this attempt over.
         shared.connecting.fetch_sub(1, Ordering::AcqRel);
         match opened {

@@ -302,6 +302,7 @@ impl<C: Connect> SharedPool<C> {
                 Ok(PooledConnection {
                     conn: Some(conn),
                     shared: Arc::clone(shared),
+                    checked_out: Instant::now(),
                     _holding: scope.as_ref().map(RequestScope::holding),
                     scope,
                 })
@@ -505,6 +506,9 @@ impl<C: Connect> SharedPool<C> {
             acquire_wait_total_ms: statistics.get_wait_time.as_secs_f64() * 1000.0,
             acquire_wait_p50_ms: counters.wait_percentile_ms(0.5),
             acquire_wait_p99_ms: counters.wait_percentile_ms(0.99),
+            wait_time: counters.wait_time.snapshot(),
+            use_time: counters.use_time.snapshot(),
+            create_time: counters.create_time.snapshot(),
         }
     }
 
@@ -597,6 +601,8 @@ pub struct PooledConnection<C: Connect> {
     shared: Arc<Shared>,
     /// The request's scope, told when the connection ran statements.
     scope: Option<Arc<RequestScope>>,
+    /// When it was checked out, for the use-time histogram.
+    checked_out: Instant,
     /// Marks the connection in use for the request's scope while it is checked out.
     _holding: Option<Mark>,
 }
@@ -620,6 +626,10 @@ impl<C: Connect> Drop for PooledConnection<C> {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
+        self.shared
+            .counters
+            .use_time
+            .record(self.checked_out.elapsed());
         if let Some(scope) = &self.scope {
             if conn.activity.sent() {
                 scope.sent();

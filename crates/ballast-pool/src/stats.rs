@@ -66,6 +66,14 @@ pub struct PoolStats {
     pub acquire_wait_p50_ms: f64,
     /// 99th-percentile checkout wait (upper bound of its histogram bucket), in milliseconds.
     pub acquire_wait_p99_ms: f64,
+    /// How long checkouts waited for a connection (OpenTelemetry's
+    /// `db.client.connection.wait_time`).
+    pub wait_time: Timings,
+    /// How long connections stayed checked out (`db.client.connection.use_time`).
+    pub use_time: Timings,
+    /// How long opening a connection took, startup and after-connect SQL included
+    /// (`db.client.connection.create_time`).
+    pub create_time: Timings,
 }
 
 /// The pool's own counters (bb8 keeps the rest).
@@ -83,6 +91,11 @@ pub(crate) struct Counters {
     pub(crate) shed: AtomicU64,
     failures_by_code: Mutex<BTreeMap<String, u64>>,
     wait: WaitHistogram,
+    /// How long checkouts waited, how long connections stayed checked out, how long connects
+    /// took: the histograms OpenTelemetry names `wait_time`, `use_time`, `create_time`.
+    pub(crate) wait_time: TimeHistogram,
+    pub(crate) use_time: TimeHistogram,
+    pub(crate) create_time: TimeHistogram,
 }
 
 impl Counters {
@@ -104,11 +117,84 @@ impl Counters {
 
     pub(crate) fn record_wait(&self, wait: Duration) {
         self.wait.record(wait);
+        self.wait_time.record(wait);
     }
 
     pub(crate) fn wait_percentile_ms(&self, quantile: f64) -> f64 {
         self.wait.percentile_ms(quantile)
     }
+}
+
+/// The upper bounds of [`Timings`]' buckets, in microseconds: every fourth power of two from
+/// 1 µs to 67 s (about 1 µs, 4 µs, 16 µs, ..., 1 ms, 4 ms, 16 ms, 66 ms, 262 ms, 1 s, 4 s, 17 s,
+/// 67 s).
+const TIME_BOUNDS_MICROS: [u64; 14] = [
+    1,
+    1 << 2,
+    1 << 4,
+    1 << 6,
+    1 << 8,
+    1 << 10,
+    1 << 12,
+    1 << 14,
+    1 << 16,
+    1 << 18,
+    1 << 20,
+    1 << 22,
+    1 << 24,
+    1 << 26,
+];
+
+/// A lock-free histogram of durations: counts per bucket and the sum.
+#[derive(Debug)]
+pub(crate) struct TimeHistogram {
+    buckets: [AtomicU64; TIME_BOUNDS_MICROS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Default for TimeHistogram {
+    fn default() -> Self {
+        TimeHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl TimeHistogram {
+    pub(crate) fn record(&self, time: Duration) {
+        let micros = u64::try_from(time.as_micros()).unwrap_or(u64::MAX);
+        let bucket = TIME_BOUNDS_MICROS.partition_point(|&bound| bound < micros);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Timings {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(TIME_BOUNDS_MICROS.len());
+        for (bound, count) in TIME_BOUNDS_MICROS.iter().zip(&self.buckets) {
+            cumulative += count.load(Ordering::Relaxed);
+            buckets.push((*bound as f64 / 1_000_000.0, cumulative));
+        }
+        let count = cumulative + self.buckets[TIME_BOUNDS_MICROS.len()].load(Ordering::Relaxed);
+        Timings {
+            buckets,
+            count,
+            sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1_000_000.0,
+        }
+    }
+}
+
+/// A histogram of durations as Prometheus and OpenTelemetry read one: for each upper bound in
+/// seconds, how many were at most that long (cumulative), and the count and sum of all.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Timings {
+    /// `(upper bound in seconds, how many took at most that)`, ascending.
+    pub buckets: Vec<(f64, u64)>,
+    /// How many there were.
+    pub count: u64,
+    /// Their total, in seconds.
+    pub sum_seconds: f64,
 }
 
 /// A lock-free histogram of checkout waits with power-of-two microsecond buckets.
@@ -172,6 +258,21 @@ mod tests {
         assert_eq!(histogram.percentile_ms(0.5), 0.128);
         assert_eq!(histogram.percentile_ms(0.99), 65.536);
         assert_eq!(histogram.percentile_ms(1.0), (1u64 << 26) as f64 / 1000.0);
+    }
+
+    #[test]
+    fn timings_are_cumulative_with_a_count_and_a_sum() {
+        let histogram = TimeHistogram::default();
+        histogram.record(Duration::from_micros(3)); // <= 4 µs
+        histogram.record(Duration::from_millis(1)); // <= 1024 µs
+        histogram.record(Duration::from_secs(100)); // past the last bound
+        let timings = histogram.snapshot();
+        assert_eq!(timings.count, 3);
+        assert!((timings.sum_seconds - 100.001003).abs() < 1e-9);
+        assert_eq!(timings.buckets[0], (0.000001, 0));
+        assert_eq!(timings.buckets[1], (0.000004, 1));
+        assert_eq!(timings.buckets[5], (0.001024, 2));
+        assert_eq!(timings.buckets.last().unwrap().1, 2);
     }
 
     #[test]

@@ -818,3 +818,28 @@ async fn prisma_url_parameters_and_after_connect_sql_reach_each_connection() {
         );
     }
 }
+
+/// The pool's timings (OpenTelemetry's `wait_time`, `use_time`, `create_time`) count each
+/// checkout, each return and each connect, with the time they took.
+#[tokio::test]
+async fn timings_count_waits_uses_and_connects() {
+    let Some(url) = db::postgres_url("timings_count_waits_uses_and_connects") else {
+        return;
+    };
+    let pool = pool(&url, "connection_limit=2");
+    for _ in 0..3 {
+        let conn = pool.get().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(conn);
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.wait_time.count, 3, "{:?}", stats.wait_time);
+    assert_eq!(stats.use_time.count, 3, "{:?}", stats.use_time);
+    assert!(stats.use_time.sum_seconds >= 0.06, "{:?}", stats.use_time);
+    assert_eq!(stats.create_time.count, 1, "one connection, reused");
+    assert!(stats.create_time.sum_seconds > 0.0);
+    let buckets = &stats.use_time.buckets;
+    assert!(buckets
+        .windows(2)
+        .all(|pair| pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1));
+}
