@@ -35,6 +35,23 @@
 //!
 //! `examples/quickstart.rs` (the README shows it whole) is a complete service in that shape.
 //!
+//! # Traces
+//!
+//! Each layer writes `tracing` events with stable field names, inside whatever span the request
+//! runs in (tower-http's `TraceLayer`, with its request id, or an OpenTelemetry span through
+//! `tracing-opentelemetry`):
+//!
+//! | layer | level | fields |
+//! |---|---|---|
+//! | pool checkout | DEBUG | `db.client.connection.pool.name`, `pool.wait_us`, `pool.outcome` (`checked_out`, or the failure's code) |
+//! | cache | DEBUG | `cache.event`: `hit`, `miss`, `stale`, `revalidated`, `pass`, `bypass`, `not_storable`, `too_large` |
+//! | retry | INFO | `retry.attempt`, `retry.delay_ms`, `code`, `cause`, `reach` |
+//! | error | ERROR (500), WARN (503), DEBUG (4xx) | `status`, `code`, `cause`, `retryable`, `reach`, `driver_code`, `method`, `path`, `request_id` |
+//! | shutdown | DEBUG | `shutdown.phase` on a request refused while draining |
+//!
+//! A problem document carries the request's `x-request-id` as its `instance`, so a report from a
+//! client finds its log lines.
+//!
 //! # Composing the layers yourself
 //!
 //! [`Stack`] is these layers in this order; to compose them by hand, keep it. Outermost first:
@@ -121,6 +138,9 @@ mod stack;
     feature = "shutdown"
 ))]
 pub use stack::{AppBody, Stack, StackBuilder, StackLayer, StackService};
+
+#[cfg(all(test, feature = "sqlite"))]
+mod traces_test;
 
 /// The README's Rust code, compiled as doctests.
 #[cfg(doctest)]

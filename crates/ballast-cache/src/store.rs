@@ -448,9 +448,26 @@ pub(crate) enum Event {
     Revalidated,
 }
 
+impl Event {
+    /// The event's name in traces (`cache.event`).
+    fn name(self) -> &'static str {
+        match self {
+            Event::Hit => "hit",
+            Event::Stale => "stale",
+            Event::Miss => "miss",
+            Event::Pass => "pass",
+            Event::Bypassed => "bypass",
+            Event::NotStorable => "not_storable",
+            Event::TooLarge => "too_large",
+            Event::Revalidated => "revalidated",
+        }
+    }
+}
+
 impl ResponseCache {
     /// Counts one `event`.
     pub(crate) fn count(&self, event: Event) {
+        tracing::debug!(cache.event = event.name());
         let counters = &self.inner.counters;
         let counter = match event {
             Event::Hit => &counters.hits,

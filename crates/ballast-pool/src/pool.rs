@@ -293,6 +293,15 @@ impl<C: Connect> SharedPool<C> {
         };
         let waited = started.elapsed();
         shared.counters.record_wait(waited);
+        tracing::debug!(
+            db.client.connection.pool.name = "ballast",
+            pool.wait_us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+            pool.outcome = match &result {
+                Ok(_) => "checked_out",
+                Err(failure) => failure.code().as_str(),
+            },
+            "checkout"
+        );
         match result {
             Ok(conn) => {
                 if waited > SLOW_CHECKOUT {

@@ -239,8 +239,8 @@ impl Attempts {
         counters.retries.fetch_add(1, Ordering::Relaxed);
         counters.attempt();
         tracing::info!(
-            attempt = self.retries + 1,
-            delay_ms = delay.as_millis() as u64,
+            retry.attempt = self.retries + 1,
+            retry.delay_ms = delay.as_millis() as u64,
             code = failure.code().as_str(),
             cause = ?failure.cause(),
             reach = ?failure.reach(),

@@ -115,6 +115,7 @@ where
             .any(|path| path == request.uri().path());
         if draining && !exempt {
             handle.count_rejected();
+            tracing::debug!(shutdown.phase = ?handle.phase(), "request refused while draining");
             let problem = Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "SHUTTING_DOWN",
