@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `db_client_connections_usage{db_client_connection_state="idle"\|"used"}` | gauge | OTel `db.client.connection.count` (its earlier name `db.client.connections.usage`: Prometheus reserves `_count` for histograms) |
 //! | `db_client_connection_max` | gauge | OTel `db.client.connection.max` |
+//! | `db_client_connection_idle_max`, `db_client_connection_idle_min` | gauge | OTel `db.client.connection.idle.max`, `.idle.min` (the pool's size, and 0: connections open on demand) |
 //! | `db_client_connection_pending_requests` | gauge | OTel `db.client.connection.pending_requests` |
 //! | `db_client_connection_timeouts_total` | counter | OTel `db.client.connection.timeouts` |
 //! | `db_client_connection_wait_time_seconds`, `db_client_connection_use_time_seconds`, `db_client_connection_create_time_seconds` | histogram | OTel `db.client.connection.wait_time`, `.use_time`, `.create_time` |
@@ -156,6 +157,14 @@ fn describe() {
             "Most connections the pool opens",
         ),
         (
+            "db_client_connection_idle_max",
+            "Most idle connections the pool keeps",
+        ),
+        (
+            "db_client_connection_idle_min",
+            "Fewest idle connections the pool keeps open",
+        ),
+        (
             "db_client_connection_pending_requests",
             "Checkouts waiting for a connection",
         ),
@@ -254,6 +263,10 @@ fn record(figures: &Figures<'_>) {
                 .set(f64::from(count));
         }
         gauge!("db_client_connection_max", name.0 => name.1).set(f64::from(pool.max_size));
+        // Every connection may stay idle; none is kept open on purpose (connections open on
+        // demand).
+        gauge!("db_client_connection_idle_max", name.0 => name.1).set(f64::from(pool.max_size));
+        gauge!("db_client_connection_idle_min", name.0 => name.1).set(0.0);
         gauge!("db_client_connection_pending_requests", name.0 => name.1).set(value(pool.waiting));
         counter!("db_client_connection_timeouts_total", name.0 => name.1).absolute(pool.timeouts);
         for (metric, count) in [
