@@ -334,23 +334,7 @@ fn mysql_tls_failure(error: &mysql_async::Error) -> bool {
     ) {
         return true;
     }
-    // rustls's verdict on the certificate arrives wrapped in I/O errors.
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(error) = source {
-        if error.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return true;
-            }
-        }
-        source = error.source();
-    }
-    false
+    crate::tls::rustls_in_chain(error)
 }
 
 /// A stream whose shutdown completes only when the peer has closed its side too.

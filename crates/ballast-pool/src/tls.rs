@@ -80,14 +80,27 @@ fn invalid(error: impl std::fmt::Display) -> Failure {
 /// Whether a connect failure came from the TLS handshake (a certificate refused, no TLS on the
 /// server): the deployment's to fix, never retried.
 pub(crate) fn is_tls_failure(error: &tokio_postgres::Error) -> bool {
-    let mut source = std::error::Error::source(error);
+    rustls_in_chain(error) || error.to_string().contains("TLS")
+}
+
+/// Whether rustls's verdict is somewhere in `error`'s source chain — also inside an I/O error,
+/// whose `source` skips the error it wraps (as tokio-rustls and mysql_async wrap it).
+pub(crate) fn rustls_in_chain(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
     while let Some(error) = source {
-        if error.downcast_ref::<rustls::Error>().is_some() {
+        if error.is::<rustls::Error>() {
+            return true;
+        }
+        let wrapped = error
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+            .is_some_and(|inner| inner.is::<rustls::Error>());
+        if wrapped {
             return true;
         }
         source = error.source();
     }
-    error.to_string().contains("TLS")
+    false
 }
 
 /// `sslmode=prefer|require`: encrypted, the server's certificate not checked (libpq's meaning).
