@@ -85,8 +85,10 @@ fn classify(error: &Error) -> Failure {
             }
             _ => sqlite_message(info.message())
                 .or_else(|| crate::messages::failure(info.message()))
-                .unwrap_or_else(|| Failure::new(Cause::Query))
-                .with_reach(Reach::MaybeSent),
+                .map(|failure| failure.with_reach(Reach::MaybeSent))
+                // PgBouncer's own errors keep the reach their message tells.
+                .or_else(|| crate::pgbouncer::failure(info.message()))
+                .unwrap_or_else(|| Failure::new(Cause::Query).with_reach(Reach::MaybeSent)),
         },
         Error::BrokenTransactionManager => Failure::new(Cause::ConnectionLost),
         Error::RollbackErrorOnCommit { commit_error, .. } => classify(commit_error),

@@ -90,8 +90,10 @@ pub mod sqlstate;
 mod bb8_impl;
 #[cfg(feature = "diesel")]
 mod diesel_impl;
-#[cfg(feature = "diesel")]
+#[cfg(any(feature = "diesel", feature = "postgres"))]
 mod messages;
+#[cfg(any(feature = "diesel", feature = "postgres"))]
+mod pgbouncer;
 
 pub use cause::{Cause, Code, Reach};
 pub use check::{CheckFuture, ReadinessCheck};

@@ -20,7 +20,7 @@
 //! | `terminating connection due to idle-session timeout` | `57P05` | `ConnectionLost` |
 //! | `terminating connection due to idle-in-transaction timeout` | `25P03` | `ConnectionLost` |
 //! | `the database system is …` (starting up, shutting down, in recovery) | `57P03` | `ServerUnavailable` |
-//! | `sorry, too many clients already`, `remaining connection slots are reserved …` | `53300` | `TooManyConnections` |
+//! | `sorry, too many clients already`, `remaining connection slots are reserved …`, `too many connections for role …` | `53300` | `TooManyConnections` |
 //! | `canceling statement due to statement timeout` | `57014` | `StatementTimeout` |
 //! | `canceling statement due to lock timeout`, `could not obtain lock …` | `55P03` | `Busy` |
 //! | `deadlock detected` | `40P01` | `Conflict` |
@@ -84,6 +84,7 @@ const MESSAGES: &[(Match, Code)] = &[
     ),
     (Prefix("the database system is "), Postgres("57P03")),
     (Prefix("sorry, too many clients already"), Postgres("53300")),
+    (Prefix("too many connections for role "), Postgres("53300")),
     (
         Prefix("remaining connection slots are reserved"),
         Postgres("53300"),

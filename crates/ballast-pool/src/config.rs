@@ -68,6 +68,7 @@ pub enum Backend {
 /// | `statement_cache_size` | [`with_statement_cache`](Self::with_statement_cache) | on | each connection keeps diesel's prepared statements (0: off, for PgBouncer's transaction mode; any other number: on — diesel's cache has no size bound) |
 /// | `schema` | — | the server's | PostgreSQL: each connection's `search_path` (Prisma's meaning) |
 /// | `statement_timeout` | [`with_statement_timeout`](Self::with_statement_timeout) | the server's | PostgreSQL: longest a statement runs on the server, seconds; applied to each connection |
+/// | `pgbouncer` | [`with_pgbouncer`](Self::with_pgbouncer) | false | PostgreSQL: `true` when the URL points at PgBouncer in transaction (or statement) mode; see the [crate docs](crate#pgbouncer) |
 /// | — | [`with_after_connect`](Self::with_after_connect) | none | SQL each connection runs as it opens (`SET TIME ZONE 'UTC'`) |
 ///
 /// TLS (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `sslaccept`) is read here and needs the
@@ -75,7 +76,7 @@ pub enum Backend {
 /// and is checked by it at once: PostgreSQL's `application_name`, `options`, `host` (a Unix
 /// socket directory, which replaces the URL's host as in Prisma), `keepalives`..., MySQL's
 /// `socket`, `prefer_socket`... Prisma's parameters ballast cannot honour are refused by name:
-/// `socket_timeout` (bound requests with a request timeout), `pgbouncer=true` (for now),
+/// `socket_timeout` (bound requests with a request timeout),
 /// `sslidentity` and `sslpassword` (PKCS#12 and encrypted keys).
 ///
 /// Durations are seconds, fractions allowed (`pool_timeout=0.5`), from 0 to 86400; `pool_timeout`
@@ -123,6 +124,8 @@ pub struct PoolConfig {
     after_connect: Vec<String>,
     /// TLS to the server (PostgreSQL); `None`: plain text.
     tls: Option<TlsSettings>,
+    /// Prisma's `pgbouncer=true`: the URL points at PgBouncer in transaction mode.
+    pgbouncer: bool,
 }
 
 /// The pool's own URL parameters, removed before the URL reaches the driver.
@@ -291,6 +294,7 @@ impl PoolConfig {
             statement_timeout: None,
             after_connect: Vec::new(),
             tls: None,
+            pgbouncer: false,
         }
     }
 
@@ -391,15 +395,18 @@ impl PoolConfig {
                         "is not supported: bound requests with the request timeout, and queries on the server with statement_timeout",
                     ));
                 }
-                "pgbouncer" => match value {
-                    "false" => {}
-                    _ => {
-                        return Err(ConfigError::new(
-                            "pgbouncer",
-                            "pgbouncer=true is not supported yet; without it, point the URL at PostgreSQL or at PgBouncer in session mode",
-                        ))
-                    }
-                },
+                "pgbouncer" => {
+                    config.pgbouncer = match value {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return Err(ConfigError::new(
+                                "pgbouncer",
+                                format!("must be true or false (got {value:?})"),
+                            ))
+                        }
+                    };
+                }
                 "sslmode" if backend != Backend::Sqlite => {
                     tls.mode = Some(match value {
                         "disable" => None,
@@ -490,6 +497,22 @@ impl PoolConfig {
         }
         if let Some(limit) = self.queue_limit.filter(|limit| *limit > MAX_QUEUE_LIMIT) {
             return Err(queue_limit_error(&limit.to_string()));
+        }
+        if self.pgbouncer {
+            if self.backend != Backend::Postgres {
+                return Err(ConfigError::new(
+                    "pgbouncer",
+                    "PgBouncer pools PostgreSQL connections only",
+                ));
+            }
+            // Session settings last one transaction behind PgBouncer's transaction mode.
+            let session = "a SET lasts one transaction behind PgBouncer in transaction mode: set it on the role (ALTER ROLE ... SET) or in the database entry of pgbouncer.ini";
+            if self.schema.is_some() {
+                return Err(ConfigError::new("schema", session));
+            }
+            if self.statement_timeout.is_some() {
+                return Err(ConfigError::new("statement_timeout", session));
+            }
         }
         Ok(())
     }
@@ -586,6 +609,23 @@ impl PoolConfig {
     pub fn with_statement_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.statement_timeout = timeout;
         self
+    }
+
+    /// Sets whether the URL points at PgBouncer in transaction (or statement) mode, as the URL's
+    /// `pgbouncer=true` does: every statement is then sent so that it runs within one exchange
+    /// with the server (see the [crate docs](crate#pgbouncer)). PostgreSQL only; `schema` and
+    /// `statement_timeout` are refused with it, and statements of
+    /// [`with_after_connect`](Self::with_after_connect) last only their own transaction. Defaults
+    /// to `false`.
+    #[must_use]
+    pub fn with_pgbouncer(mut self, pgbouncer: bool) -> Self {
+        self.pgbouncer = pgbouncer;
+        self
+    }
+
+    /// Whether the URL points at PgBouncer in transaction mode (`pgbouncer=true`).
+    pub fn pgbouncer(&self) -> bool {
+        self.pgbouncer
     }
 
     /// The connections' `search_path` (Prisma's `schema`), if set.
@@ -1091,9 +1131,18 @@ mod tests {
             config.driver_url(),
             "postgresql://u:p@:5433/db?host=/var/run/postgresql"
         );
+        let config = PoolConfig::from_url("postgres://u@h:6432/db?pgbouncer=true").unwrap();
+        assert!(config.pgbouncer());
+        assert_eq!(config.driver_url(), "postgres://u@h:6432/db");
         for (url, setting) in [
             ("postgres://u@h/db?socket_timeout=5", "socket_timeout"),
-            ("postgres://u@h/db?pgbouncer=true", "pgbouncer"),
+            ("postgres://u@h/db?pgbouncer=yes", "pgbouncer"),
+            ("mysql://u@h/db?pgbouncer=true", "pgbouncer"),
+            ("postgres://u@h/db?pgbouncer=true&schema=app", "schema"),
+            (
+                "postgres://u@h/db?statement_timeout=5&pgbouncer=true",
+                "statement_timeout",
+            ),
             ("postgres://u@h/db?sslmode=sometimes", "sslmode"),
             ("postgres://u@h/db?sslaccept=maybe", "sslaccept"),
             (

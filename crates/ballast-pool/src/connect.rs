@@ -115,6 +115,9 @@ impl Connect for diesel_async::AsyncPgConnection {
 
     async fn open(config: &PoolConfig) -> Result<Self, Failure> {
         let pg_config: tokio_postgres::Config = config.driver_url().parse()?;
+        if config.pgbouncer() {
+            return bounded(config, crate::pgbouncer::connect(config, pg_config)).await;
+        }
         #[cfg(feature = "tls")]
         if let Some(settings) = config.tls() {
             let tls = crate::tls::MakeRustls(crate::tls::client_config(settings)?);
@@ -266,6 +269,19 @@ async fn send_cancel<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    if config.pgbouncer() {
+        // The connection's own `sslnegotiation=direct` is ours (see `pgbouncer`): the same hook
+        // negotiates TLS for the cancel request.
+        use tokio_postgres::tls::MakeTlsConnect;
+        let mut bouncer = crate::pgbouncer::Bouncer::new(config)?;
+        let tls = MakeTlsConnect::<S>::make_tls_connect(&mut bouncer, host)?;
+        return match token.cancel_query_raw(stream, tls).await {
+            Ok(()) => Ok(()),
+            #[cfg(feature = "tls")]
+            Err(error) if config.tls().is_some() && closed_after_sending(&error) => Ok(()),
+            Err(error) => Err(Failure::from(error)),
+        };
+    }
     #[cfg(feature = "tls")]
     if let Some(settings) = config.tls() {
         use tokio_postgres::tls::MakeTlsConnect;
@@ -337,20 +353,18 @@ fn mysql_tls_failure(error: &mysql_async::Error) -> bool {
     crate::tls::rustls_in_chain(error)
 }
 
-/// A stream whose shutdown completes only when the peer has closed its side too.
+/// A stream whose shutdown completes only when the peer has closed the connection, without
+/// closing our side first: PgBouncer reads a half-close as the client leaving and drops the
+/// cancel request it was forwarding (libpq's `PQcancel` waits the same way).
 #[cfg(feature = "postgres")]
 struct UntilClosed<S> {
     stream: S,
-    shut: bool,
 }
 
 #[cfg(feature = "postgres")]
 impl<S> UntilClosed<S> {
     fn new(stream: S) -> Self {
-        UntilClosed {
-            stream,
-            shut: false,
-        }
+        UntilClosed { stream }
     }
 }
 
@@ -389,10 +403,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWr
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         use std::task::{ready, Poll};
-        if !self.shut {
-            ready!(std::pin::Pin::new(&mut self.stream).poll_shutdown(cx))?;
-            self.shut = true;
-        }
+        ready!(std::pin::Pin::new(&mut self.stream).poll_flush(cx))?;
         // The server sends nothing back: the read ends when it closes the connection.
         let mut scratch = [0u8; 64];
         loop {

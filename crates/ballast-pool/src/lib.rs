@@ -83,6 +83,29 @@
 //! that signed the server's certificate), and `sslaccept`; client certificates there are not
 //! supported.
 //!
+//! # PgBouncer
+//!
+//! Behind PgBouncer in transaction mode (`pool_mode = transaction`), add Prisma's
+//! `pgbouncer=true` to the URL. PgBouncer then lends a server connection per transaction, while
+//! diesel-async (through tokio-postgres) prepares each statement in one exchange with the server
+//! and runs it in the next: the second may reach another server, which answers
+//! `prepared statement "s3" does not exist`. With `pgbouncer=true` the pool puts a small protocol
+//! rewriter under each connection: a prepared statement is sent as PostgreSQL's unnamed statement,
+//! parsed again in the same exchange as each execution, so every statement — in explicit
+//! transactions or not, the pool's readiness probe, `batch_execute`, diesel's cached and uncached
+//! queries alike — runs on whichever server PgBouncer lends. Nothing in the application changes.
+//!
+//! The cost: the server parses each statement every time it runs (no server-side plan cache);
+//! diesel's client-side statement cache stays on and still saves the separate `Describe` round
+//! trip. `cargo bench --bench fleet` measures it. Session state lasts one transaction behind
+//! transaction pooling, so `schema` and `statement_timeout` are refused with `pgbouncer=true`
+//! (set them on the role, `ALTER ROLE app SET search_path = ...`, or in `pgbouncer.ini`), and
+//! `LISTEN`, session advisory locks and `SET` do not work (`SET LOCAL` inside a transaction
+//! does). PgBouncer's own errors (all SQLSTATE `08P01`) are classified by their message:
+//! `query_wait_timeout` and `no more connections allowed` are retryable and were never sent; see
+//! `ballast_core`'s PgBouncer table. Cancel requests for abandoned statements go through
+//! PgBouncer, which forwards them to the server running the statement.
+//!
 //! # Example
 //!
 //! ```
@@ -125,6 +148,8 @@ mod connect;
 mod extract;
 mod layer;
 mod manager;
+#[cfg(feature = "postgres")]
+mod pgbouncer;
 mod pool;
 mod reclaim;
 mod stats;

@@ -154,7 +154,7 @@ impl PrivateCluster {
     }
 }
 
-fn chown_postgres(path: &Path) -> Result<(), String> {
+pub(crate) fn chown_postgres(path: &Path) -> Result<(), String> {
     let chown = std::process::Command::new("chown")
         .args(["postgres:postgres", &path.to_string_lossy()])
         .status()

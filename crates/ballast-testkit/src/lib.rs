@@ -13,6 +13,8 @@
 //! - [`db`]: `DATABASE_URL`/`MYSQL_URL` discovery with the skip-or-fail rule, throwaway databases,
 //!   roles with `CONNECTION LIMIT n` and users with `MAX_USER_CONNECTIONS n`, and counting one
 //!   test's own sessions in `pg_stat_activity` or the MySQL process list.
+//! - [`pgbouncer::PgBouncer`]: a private PgBouncer (transaction mode) on a free port in front of
+//!   a PostgreSQL server, with a generated configuration.
 //! - [`logs::Captured`]: an in-memory writer for a log subscriber, to check what is logged.
 //!
 //! # The skip-or-fail rule
@@ -45,4 +47,6 @@ pub mod fake;
 pub mod logs;
 #[cfg(unix)]
 pub mod mariadb;
+#[cfg(unix)]
+pub mod pgbouncer;
 pub mod proxy;

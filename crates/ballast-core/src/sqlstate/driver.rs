@@ -10,7 +10,7 @@
 //! conversation after it: a server that accepts and never answers hangs the connect. Bound the
 //! whole connect yourself (the pool does) and report [`Cause::TimedOut`].
 
-use crate::{find_in_chain, io, sqlstate, Cause, Failure, Reach};
+use crate::{find_in_chain, io, sqlstate, Cause, DriverCode, Failure, Reach, SqlState};
 
 impl From<tokio_postgres::Error> for Failure {
     fn from(error: tokio_postgres::Error) -> Self {
@@ -28,6 +28,17 @@ impl From<tokio_postgres::Error> for Failure {
 
 fn classify(error: &tokio_postgres::Error) -> Failure {
     if let Some(state) = error.code() {
+        // PgBouncer says everything under `08P01`; its message tells what happened.
+        let pooler = (state.code() == "08P01")
+            .then(|| error.as_db_error())
+            .flatten()
+            .and_then(|db| crate::pgbouncer::failure(db.message()));
+        if let Some(failure) = pooler {
+            return match SqlState::new(state.code()) {
+                Some(code) => failure.with_driver_code(DriverCode::Postgres(code)),
+                None => failure,
+            };
+        }
         return sqlstate::failure(state.code());
     }
     if let Some(io_error) = find_in_chain::<std::io::Error>(error) {

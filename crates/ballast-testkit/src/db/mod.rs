@@ -158,5 +158,6 @@ pub use mysql::{
     mysql_connect, mysql_connections, mysql_execute, MysqlDatabase, MysqlProcessList, MysqlUser,
 };
 pub use postgres::{
-    pg_backends, pg_connect, pg_execute, pg_terminate, Backends, PgBackend, PgDatabase, PgRole,
+    pg_backends, pg_connect, pg_connect_result, pg_execute, pg_terminate, Backends, PgBackend,
+    PgDatabase, PgRole,
 };

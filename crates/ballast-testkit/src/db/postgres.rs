@@ -10,11 +10,17 @@ use super::{block_on_thread, unique_name, with_database, with_user};
 ///
 /// If the connection fails.
 pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+    pg_connect_result(url)
         .await
-        .unwrap_or_else(|error| panic!("cannot connect to PostgreSQL: {error}"));
+        .unwrap_or_else(|error| panic!("cannot connect to PostgreSQL: {error}"))
+}
+
+/// Connects to PostgreSQL (or a pooler in front of it) and drives the connection in the
+/// background; the driver's error when the connect fails.
+pub async fn pg_connect_result(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(connection);
-    client
+    Ok(client)
 }
 
 /// Runs one statement on the server at `url`.

@@ -1,0 +1,657 @@
+//! `pgbouncer=true`: PostgreSQL through PgBouncer in transaction mode.
+//!
+//! In transaction mode PgBouncer lends a server connection for one transaction at a time — for a
+//! statement outside a transaction, until the server's next `ReadyForQuery`. tokio-postgres (and
+//! so diesel-async) prepares a *named* statement in one exchange (`Parse`, `Describe`, `Sync`) and
+//! runs it in the next (`Bind`, `Execute`, `Sync`): the second exchange may reach another server,
+//! which answers `prepared statement "s3" does not exist`, and a name left behind on a server
+//! collides with another process's statement of the same name. PgBouncer 1.21 can track
+//! statements itself (`max_prepared_statements`); older ones, and poolers that cannot, need the
+//! client not to rely on them.
+//!
+//! [`Rewrite`] sits between tokio-postgres and the socket (under TLS's plaintext side, when TLS is
+//! on) and keeps every statement within one exchange, without touching diesel-async:
+//!
+//! - `Parse` of a named statement is sent as a `Parse` of the *unnamed* statement, and its text
+//!   and parameter types are kept under the name;
+//! - `Bind` or `Describe` of a named statement is sent as the kept `Parse` of the unnamed
+//!   statement followed by the `Bind` (or `Describe`) of the unnamed statement, within the same
+//!   exchange, and the server's extra `ParseComplete` is dropped from the answer;
+//! - `Close` of a named statement forgets it (the server is asked to close the unnamed one, which
+//!   answers in kind and never fails).
+//!
+//! Every statement is then parsed by the server each time it runs — the cost of transaction
+//! pooling: no server-side plan cache. The client's statement cache (diesel-async's) stays on and
+//! still saves the separate `Describe` exchange. Session state does not outlive a transaction
+//! (`SET`, advisory locks, `LISTEN`), which is why the pool refuses `schema` and
+//! `statement_timeout` with `pgbouncer=true`.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+
+use crate::config::PoolConfig;
+
+/// Rewritten requests queued past this many bytes make a write wait for the socket.
+const HIGH_WATER: usize = 64 * 1024;
+
+/// The protocol rewriting of the module docs, over a connection to PgBouncer.
+pub(crate) struct Rewrite<S> {
+    inner: S,
+    /// Whether the first (untyped) message — the startup packet, or a cancel request — has gone.
+    started: bool,
+    /// Frontend bytes that do not make a whole message yet.
+    incoming: BytesMut,
+    /// Rewritten frontend bytes not yet written to `inner`.
+    outgoing: BytesMut,
+    /// Each named statement's `Parse` body after the name: the text and parameter types.
+    statements: HashMap<Box<[u8]>, Box<[u8]>>,
+    /// Which named statement the server's unnamed statement holds within the current exchange.
+    unnamed: Option<Box<[u8]>>,
+    /// Backend bytes read and not yet passed on.
+    read: BytesMut,
+    /// Bytes of the current backend message still to pass on.
+    passing: usize,
+    /// Per exchange (ended by `Sync` or a simple query), per `Parse` sent in it: whether its
+    /// `ParseComplete` answers a `Parse` added here, and so is dropped. The back is the open
+    /// exchange.
+    parses: VecDeque<VecDeque<bool>>,
+}
+
+impl<S> Rewrite<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Rewrite {
+            inner,
+            started: false,
+            incoming: BytesMut::new(),
+            outgoing: BytesMut::new(),
+            statements: HashMap::new(),
+            unnamed: None,
+            read: BytesMut::new(),
+            passing: 0,
+            parses: VecDeque::from([VecDeque::new()]),
+        }
+    }
+
+    /// Rewrites every whole frontend message in `incoming` into `outgoing`.
+    fn rewrite(&mut self) -> io::Result<()> {
+        loop {
+            if !self.started {
+                let Some(len) = length(&self.incoming, 0) else {
+                    return Ok(());
+                };
+                if self.incoming.len() < len {
+                    return Ok(());
+                }
+                let message = self.incoming.split_to(len);
+                self.outgoing.extend_from_slice(&message);
+                self.started = true;
+                continue;
+            }
+            let Some(len) = length(&self.incoming, 1) else {
+                return Ok(());
+            };
+            if self.incoming.len() < 1 + len {
+                return Ok(());
+            }
+            let message = self.incoming.split_to(1 + len);
+            self.frontend(message[0], &message[5..])?;
+        }
+    }
+
+    /// One frontend message: `kind` and its body.
+    fn frontend(&mut self, kind: u8, body: &[u8]) -> io::Result<()> {
+        match kind {
+            b'P' => {
+                let (name, rest) = cstr(body)?;
+                self.expect_parse(false);
+                if name.is_empty() {
+                    self.unnamed = None;
+                    put(&mut self.outgoing, b'P', &[body]);
+                } else {
+                    put(&mut self.outgoing, b'P', &[b"\0", rest]);
+                    self.statements.insert(name.into(), rest.into());
+                    self.unnamed = Some(name.into());
+                }
+            }
+            b'B' => {
+                let (portal, rest) = cstr(body)?;
+                let (statement, rest) = cstr(rest)?;
+                if self.hold(statement) {
+                    put(&mut self.outgoing, b'B', &[portal, b"\0\0", rest]);
+                } else {
+                    put(&mut self.outgoing, b'B', &[body]);
+                }
+            }
+            b'D' if body.first() == Some(&b'S') => {
+                let (statement, _) = cstr(&body[1..])?;
+                if self.hold(statement) {
+                    put(&mut self.outgoing, b'D', &[b"S\0"]);
+                } else {
+                    put(&mut self.outgoing, b'D', &[body]);
+                }
+            }
+            b'C' if body.first() == Some(&b'S') => {
+                let (statement, _) = cstr(&body[1..])?;
+                if !statement.is_empty() {
+                    self.statements.remove(statement);
+                }
+                self.unnamed = None;
+                put(&mut self.outgoing, b'C', &[b"S\0"]);
+            }
+            b'S' | b'Q' => {
+                put(&mut self.outgoing, kind, &[body]);
+                self.parses.push_back(VecDeque::new());
+                self.unnamed = None;
+            }
+            _ => put(&mut self.outgoing, kind, &[body]),
+        }
+        Ok(())
+    }
+
+    /// Makes the server's unnamed statement hold `statement` in this exchange, sending its
+    /// `Parse` when it does not yet. Returns whether the message may name the unnamed statement
+    /// instead; `false` for the unnamed statement itself and for a name never prepared (the
+    /// server then reports it as it would).
+    fn hold(&mut self, statement: &[u8]) -> bool {
+        if statement.is_empty() {
+            return false;
+        }
+        if self.unnamed.as_deref() == Some(statement) {
+            return true;
+        }
+        let Some(parse) = self.statements.get(statement) else {
+            return false;
+        };
+        put(&mut self.outgoing, b'P', &[b"\0", parse]);
+        self.expect_parse(true);
+        self.unnamed = Some(statement.into());
+        true
+    }
+
+    fn expect_parse(&mut self, ours: bool) {
+        if let Some(open) = self.parses.back_mut() {
+            open.push_back(ours);
+        }
+    }
+
+    /// Looks at the backend message starting `read`; returns whether it is dropped.
+    fn backend(&mut self, kind: u8) -> bool {
+        match kind {
+            // ParseComplete.
+            b'1' => self
+                .parses
+                .front_mut()
+                .and_then(VecDeque::pop_front)
+                .unwrap_or(false),
+            // ErrorResponse: the server skips the rest of the exchange, our `Parse`s included.
+            b'E' => {
+                if let Some(front) = self.parses.front_mut() {
+                    front.clear();
+                }
+                false
+            }
+            // ReadyForQuery: an exchange ended (the one after startup answers none).
+            b'Z' => {
+                if self.parses.len() > 1 {
+                    self.parses.pop_front();
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The length field of a message whose header starts at `at` (4 bytes, counting itself), if
+/// whole; a length under 4 is read as 4 (the message is then malformed and the server says so).
+fn length(buf: &[u8], at: usize) -> Option<usize> {
+    let field: [u8; 4] = buf.get(at..at + 4)?.try_into().ok()?;
+    Some((u32::from_be_bytes(field) as usize).max(4))
+}
+
+/// A nul-terminated string at the start of `body`, and the rest after the nul.
+fn cstr(body: &[u8]) -> io::Result<(&[u8], &[u8])> {
+    let end = body.iter().position(|&b| b == 0).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "malformed frontend message: a string has no terminator",
+        )
+    })?;
+    Ok((&body[..end], &body[end + 1..]))
+}
+
+/// Appends a message of `kind` whose body is `parts`, in order.
+fn put(out: &mut BytesMut, kind: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    out.reserve(5 + len);
+    out.put_u8(kind);
+    // Bodies come from messages that had a u32 length; the two added bytes of a rewritten `Bind`
+    // cannot overflow one.
+    out.put_u32(u32::try_from(4 + len).unwrap_or(u32::MAX));
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Rewrite<S> {
+    /// Writes queued bytes; `Ready` once none are left.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.outgoing.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.outgoing))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.outgoing.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewrite<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let start = buf.filled().len();
+        loop {
+            if this.passing > 0 && !this.read.is_empty() {
+                let n = this.passing.min(this.read.len()).min(buf.remaining());
+                if n == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                buf.put_slice(&this.read[..n]);
+                this.read.advance(n);
+                this.passing -= n;
+                continue;
+            }
+            if this.passing == 0 {
+                if let Some(len) = length(&this.read, 1) {
+                    let kind = this.read[0];
+                    if this.backend(kind) {
+                        // A `ParseComplete` has no body: it is whole once its header is.
+                        this.read.advance(5);
+                    } else {
+                        this.passing = 1 + len;
+                    }
+                    continue;
+                }
+            }
+            if buf.filled().len() > start || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // Straight into the caller's buffer while inside a message being passed on.
+            if this.passing > 0 {
+                let limit = this.passing.min(buf.remaining());
+                let mut limited = ReadBuf::new(buf.initialize_unfilled_to(limit));
+                ready!(Pin::new(&mut this.inner).poll_read(cx, &mut limited))?;
+                let n = limited.filled().len();
+                buf.advance(n);
+                this.passing -= n;
+                return Poll::Ready(Ok(()));
+            }
+            let mut scratch = [0u8; 8192];
+            let mut chunk = ReadBuf::new(&mut scratch);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut chunk))?;
+            if chunk.filled().is_empty() {
+                // End of stream.
+                return Poll::Ready(Ok(()));
+            }
+            this.read.extend_from_slice(chunk.filled());
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewrite<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.poll_drain(cx)?.is_pending() && this.outgoing.len() >= HIGH_WATER {
+            return Poll::Pending;
+        }
+        this.incoming.extend_from_slice(buf);
+        this.rewrite()?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for Rewrite<Link<S>> {
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding::none()
+    }
+}
+
+/// The connection under [`Rewrite`]: the socket, or TLS over it.
+pub(crate) enum Link<S> {
+    Plain(S),
+    #[cfg(feature = "tls")]
+    Tls(crate::tls::RustlsStream<S>),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Link<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Link::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            Link::Tls(stream) => Pin::new(stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Link<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Link::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
+            Link::Tls(stream) => Pin::new(stream).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Link::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            Link::Tls(stream) => Pin::new(stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Link::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            #[cfg(feature = "tls")]
+            Link::Tls(stream) => Pin::new(stream).poll_shutdown(cx),
+        }
+    }
+}
+
+/// tokio-postgres's TLS hook, used to put [`Rewrite`] under every connection: the pool sets
+/// `sslnegotiation=direct` on the driver's configuration so tokio-postgres hands the raw socket
+/// here, and this does PostgreSQL's own TLS negotiation (`SSLRequest`) when the URL asks for TLS.
+#[derive(Clone)]
+pub(crate) struct Bouncer {
+    #[cfg(feature = "tls")]
+    tls: Option<(crate::config::SslMode, crate::tls::MakeRustls)>,
+}
+
+impl Bouncer {
+    /// The hook for `config`'s TLS settings.
+    pub(crate) fn new(config: &PoolConfig) -> Result<Self, ballast_core::Failure> {
+        #[cfg(feature = "tls")]
+        {
+            let tls = match config.tls() {
+                Some(settings) => Some((
+                    settings.mode,
+                    crate::tls::MakeRustls(crate::tls::client_config(settings)?),
+                )),
+                None => None,
+            };
+            Ok(Bouncer { tls })
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = config;
+            Ok(Bouncer {})
+        }
+    }
+}
+
+/// [`Bouncer`] for one server name.
+pub(crate) struct BouncerConnect {
+    #[cfg(feature = "tls")]
+    tls: Option<(crate::config::SslMode, crate::tls::Rustls)>,
+}
+
+impl<S> MakeTlsConnect<S> for Bouncer
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = Rewrite<Link<S>>;
+    type TlsConnect = BouncerConnect;
+    type Error = io::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> io::Result<BouncerConnect> {
+        #[cfg(feature = "tls")]
+        {
+            let tls = match &mut self.tls {
+                Some((mode, make)) => Some((
+                    *mode,
+                    <crate::tls::MakeRustls as MakeTlsConnect<S>>::make_tls_connect(make, domain)
+                        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?,
+                )),
+                None => None,
+            };
+            Ok(BouncerConnect { tls })
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = domain;
+            Ok(BouncerConnect {})
+        }
+    }
+}
+
+/// The answer to an `SSLRequest` when TLS is required and the server has none.
+pub(crate) const NO_TLS: &str = "the server does not support TLS";
+
+impl<S> TlsConnect<S> for BouncerConnect
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = Rewrite<Link<S>>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Rewrite<Link<S>>>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move {
+            #[cfg(feature = "tls")]
+            if let Some((mode, tls)) = self.tls {
+                let mut stream = stream;
+                // PostgreSQL's SSLRequest: length 8, code 80877103.
+                stream
+                    .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+                    .await?;
+                let answer = stream.read_u8().await?;
+                if answer == b'S' {
+                    let stream = TlsConnect::<S>::connect(tls, stream).await?;
+                    return Ok(Rewrite::new(Link::Tls(stream)));
+                }
+                if mode != crate::config::SslMode::Prefer {
+                    return Err(io::Error::new(io::ErrorKind::Unsupported, NO_TLS));
+                }
+                return Ok(Rewrite::new(Link::Plain(stream)));
+            }
+            Ok(Rewrite::new(Link::Plain(stream)))
+        })
+    }
+}
+
+/// Connects to PgBouncer with [`Rewrite`] under the connection.
+pub(crate) async fn connect(
+    config: &PoolConfig,
+    mut pg_config: tokio_postgres::Config,
+) -> Result<diesel_async::AsyncPgConnection, ballast_core::Failure> {
+    use ballast_core::{Cause, Failure};
+    use tokio_postgres::config::{Host, SslMode, SslNegotiation};
+
+    let bouncer = Bouncer::new(config)?;
+    #[cfg(feature = "tls")]
+    let tls_wanted = config.tls().is_some();
+    #[cfg(not(feature = "tls"))]
+    let tls_wanted = false;
+    if !tls_wanted && pg_config.get_ssl_mode() == SslMode::Require {
+        return Err(Failure::new(Cause::InvalidConfig)
+            .with_detail("sslmode=require needs ballast-pool's `tls` feature"));
+    }
+    let classify = |error: tokio_postgres::Error| {
+        #[cfg(feature = "tls")]
+        if crate::tls::rustls_in_chain(&error) {
+            return Failure::new(Cause::InvalidConfig)
+                .with_detail(format!("TLS: {error}"))
+                .with_source(error);
+        }
+        if std::error::Error::source(&error).is_some_and(|source| source.to_string() == NO_TLS) {
+            return Failure::new(Cause::InvalidConfig)
+                .with_detail(format!("TLS: {NO_TLS}"))
+                .with_source(error);
+        }
+        Failure::from(error)
+    };
+    // A Unix socket never carries TLS, and tokio-postgres hands a TLS hook no socket without a
+    // host name: open it here.
+    #[cfg(unix)]
+    if let [Host::Unix(dir)] = pg_config.get_hosts() {
+        let port = pg_config.get_ports().first().copied().unwrap_or(5432);
+        let socket = tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
+            .await
+            .map_err(Failure::from)?;
+        pg_config.ssl_mode(SslMode::Disable);
+        let (client, connection) = pg_config
+            .connect_raw(Rewrite::new(Link::Plain(socket)), tokio_postgres::NoTls)
+            .await
+            .map_err(classify)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!("a connection to PgBouncer ended: {error}");
+            }
+        });
+        return Ok(diesel_async::AsyncPgConnection::try_from(client).await?);
+    }
+    // `require` and `direct` make tokio-postgres give the socket to `Bouncer` at once, which
+    // then negotiates TLS the usual way, or not at all.
+    pg_config
+        .ssl_mode(SslMode::Require)
+        .ssl_negotiation(SslNegotiation::Direct);
+    let (client, connection) = pg_config.connect(bouncer).await.map_err(classify)?;
+    Ok(diesel_async::AsyncPgConnection::try_from_client_and_connection(client, connection).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        put(&mut out, kind, &[body]);
+        out.to_vec()
+    }
+
+    fn messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let len = length(bytes, 1).unwrap();
+            out.push((bytes[0], bytes[5..1 + len].to_vec()));
+            bytes = &bytes[1 + len..];
+        }
+        out
+    }
+
+    fn started() -> Rewrite<()> {
+        let mut rewrite = Rewrite::new(());
+        rewrite.started = true;
+        rewrite
+    }
+
+    fn send(rewrite: &mut Rewrite<()>, bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        rewrite.incoming.extend_from_slice(bytes);
+        rewrite.rewrite().unwrap();
+        messages(&rewrite.outgoing.split())
+    }
+
+    #[test]
+    fn a_named_statement_is_sent_unnamed_with_each_use() {
+        let mut rewrite = started();
+        let parse = b"s1\0SELECT $1\0\0\x01\0\0\0\x17";
+        let mut prepare = message(b'P', parse);
+        prepare.extend(message(b'D', b"Ss1\0"));
+        prepare.extend(message(b'S', b""));
+        let sent = send(&mut rewrite, &prepare);
+        assert_eq!(
+            sent,
+            vec![
+                (b'P', b"\0SELECT $1\0\0\x01\0\0\0\x17".to_vec()),
+                (b'D', b"S\0".to_vec()),
+                (b'S', vec![]),
+            ]
+        );
+        // The next exchange may reach another server: the Parse goes again, unnamed.
+        let mut run = message(b'B', b"\0s1\0\0\0\0\x01\0\0\0\x01x\0\0");
+        run.extend(message(b'E', b"\0\0\0\0\0"));
+        run.extend(message(b'S', b""));
+        let sent = send(&mut rewrite, &run);
+        assert_eq!(sent[0], (b'P', b"\0SELECT $1\0\0\x01\0\0\0\x17".to_vec()));
+        assert_eq!(sent[1], (b'B', b"\0\0\0\0\0\x01\0\0\0\x01x\0\0".to_vec()));
+        assert_eq!(sent.len(), 4);
+        // Answers: the first exchange's ParseComplete passes, the second's is ours.
+        assert!(!rewrite.backend(b'1'));
+        assert!(!rewrite.backend(b'Z'));
+        assert!(rewrite.backend(b'1'));
+        assert!(!rewrite.backend(b'2'));
+        assert!(!rewrite.backend(b'Z'));
+        // Close forgets the statement; a later Bind of it reaches the server under its name.
+        let sent = send(&mut rewrite, &message(b'C', b"Ss1\0"));
+        assert_eq!(sent, vec![(b'C', b"S\0".to_vec())]);
+        let sent = send(&mut rewrite, &message(b'B', b"\0s1\0\0\0\0\0\0\0"));
+        assert_eq!(sent, vec![(b'B', b"\0s1\0\0\0\0\0\0\0".to_vec())]);
+    }
+
+    #[test]
+    fn an_error_drops_the_expectations_of_its_exchange() {
+        let mut rewrite = started();
+        send(&mut rewrite, &message(b'P', b"s1\0SELECT 1\0\0\0"));
+        send(&mut rewrite, &message(b'S', b""));
+        let mut run = message(b'B', b"\0s1\0\0\0\0\0\0\0");
+        run.extend(message(b'S', b""));
+        run.extend(message(b'B', b"\0s1\0\0\0\0\0\0\0"));
+        run.extend(message(b'S', b""));
+        send(&mut rewrite, &run);
+        assert!(!rewrite.backend(b'1'));
+        assert!(!rewrite.backend(b'Z'));
+        // The injected Parse failed: nothing else of that exchange answers.
+        assert!(!rewrite.backend(b'E'));
+        assert!(!rewrite.backend(b'Z'));
+        // The next exchange's injected ParseComplete is still recognised.
+        assert!(rewrite.backend(b'1'));
+    }
+
+    #[test]
+    fn the_startup_packet_passes_untouched_in_pieces() {
+        let mut rewrite = Rewrite::new(());
+        let startup = b"\0\0\0\x10\0\x03\0\0user\0u\0\0";
+        rewrite.incoming.extend_from_slice(&startup[..3]);
+        rewrite.rewrite().unwrap();
+        assert!(rewrite.outgoing.is_empty());
+        rewrite.incoming.extend_from_slice(&startup[3..]);
+        rewrite.rewrite().unwrap();
+        assert_eq!(&rewrite.outgoing[..], &startup[..]);
+        assert!(rewrite.started);
+    }
+}
