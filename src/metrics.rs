@@ -10,6 +10,7 @@
 //! | `db_client_connection_pending_requests` | gauge | OTel `db.client.connection.pending_requests` |
 //! | `db_client_connection_timeouts_total` | counter | OTel `db.client.connection.timeouts` |
 //! | `db_client_connection_wait_time_seconds`, `db_client_connection_use_time_seconds`, `db_client_connection_create_time_seconds` | histogram | OTel `db.client.connection.wait_time`, `.use_time`, `.create_time` |
+//! | `ballast_pool_server_connections_limit`, `ballast_pool_server_connections_in_use`, `ballast_pool_login_connections_limit`, `ballast_pool_budget_available` | gauge | `PoolStats::budget`: the server's connection budget read on the first connection (the login's limit only when it has one) — each instance's `db_client_connection_max` against `ballast_pool_budget_available` |
 //! | `ballast_pool_checkouts_total`, `ballast_pool_connects_total`, `ballast_pool_connect_failures_total`, `ballast_pool_cancelled_total`, `ballast_pool_shed_total`, `ballast_pool_closed_broken_total` | counter | `PoolStats` |
 //! | `ballast_cache_hits_total`, `ballast_cache_misses_total`, `ballast_cache_stale_total`, `ballast_cache_revalidated_total`, `ballast_cache_evictions_total` | counter | `CacheStats` |
 //! | `ballast_cache_entries`, `ballast_cache_size_bytes` | gauge | |
@@ -168,6 +169,22 @@ fn describe() {
             "db_client_connection_pending_requests",
             "Checkouts waiting for a connection",
         ),
+        (
+            "ballast_pool_server_connections_limit",
+            "Client sessions the server takes for the pool's login, read on its first connection",
+        ),
+        (
+            "ballast_pool_server_connections_in_use",
+            "Sessions on the server, others than the pool's, when the budget was read",
+        ),
+        (
+            "ballast_pool_login_connections_limit",
+            "The login's own connection limit, read on the first connection",
+        ),
+        (
+            "ballast_pool_budget_available",
+            "Connections that were left for this pool when the budget was read",
+        ),
         ("ballast_cache_entries", "Responses cached"),
         (
             "ballast_cache_size_bytes",
@@ -269,6 +286,22 @@ fn record(figures: &Figures<'_>) {
         gauge!("db_client_connection_idle_min", name.0 => name.1).set(0.0);
         gauge!("db_client_connection_pending_requests", name.0 => name.1).set(value(pool.waiting));
         counter!("db_client_connection_timeouts_total", name.0 => name.1).absolute(pool.timeouts);
+        if let Some(budget) = &pool.budget {
+            for (metric, count) in [
+                ("ballast_pool_server_connections_limit", budget.server_limit),
+                (
+                    "ballast_pool_server_connections_in_use",
+                    budget.server_in_use,
+                ),
+                ("ballast_pool_budget_available", budget.available),
+            ] {
+                gauge!(metric, name.0 => name.1).set(f64::from(count));
+            }
+            if let Some(limit) = budget.login_limit {
+                gauge!("ballast_pool_login_connections_limit", name.0 => name.1)
+                    .set(f64::from(limit));
+            }
+        }
         for (metric, count) in [
             ("ballast_pool_checkouts_total", pool.checkouts),
             ("ballast_pool_connects_total", pool.connects),

@@ -223,6 +223,18 @@ async fn every_endpoint_on_postgresql_and_no_backend_left() {
     );
     let server = start(&[("DATABASE_URL", &database_url)]).await;
     walk(server.addr).await;
+    // The server's connection budget, read on the first connection, for dashboards.
+    let metrics = get(server.addr, "/metrics").await;
+    assert!(
+        metrics.body.contains("ballast_pool_budget_available{"),
+        "{}",
+        metrics.body
+    );
+    let stats = get(server.addr, "/stats").await.json();
+    assert!(
+        stats["pool"]["budget"]["server_limit"].as_u64().unwrap() > 5,
+        "{stats}"
+    );
     let nul = post_a_nul(server.addr).await;
     assert_eq!(nul.status, 422, "{}", nul.body);
     assert!(nul.head.contains("application/problem+json"));

@@ -6,6 +6,7 @@ use ballast_core::Failure;
 use diesel_async::pooled_connection::PoolableConnection;
 use diesel_async::AsyncConnection;
 
+use crate::budget::ServerBudget;
 use crate::config::{Backend, PoolConfig};
 
 /// A diesel-async connection type the pool can open.
@@ -43,6 +44,22 @@ pub trait Connect: AsyncConnection + PoolableConnection + Send + 'static {
         config: &PoolConfig,
         in_flight: bool,
     ) -> impl Future<Output = Result<bool, Failure>> + Send;
+
+    /// Reads the server's connection budget for this connection's login; the pool calls it on
+    /// its first connection. `Ok(None)` where there is none to read (SQLite; PostgreSQL behind
+    /// PgBouncer). The default reads nothing.
+    ///
+    /// # Errors
+    ///
+    /// The failure of the statements that read it (the pool logs it and reads again on its next
+    /// connection).
+    fn server_budget(
+        &mut self,
+        config: &PoolConfig,
+    ) -> impl Future<Output = Result<Option<ServerBudget>, Failure>> + Send {
+        let _ = config;
+        async { Ok(None) }
+    }
 }
 
 /// Opens a connection and runs the configuration's after-connect statements on it (`schema`,
@@ -201,6 +218,63 @@ impl Connect for diesel_async::AsyncPgConnection {
             }
         }
     }
+
+    /// Superusers may use the reserved slots, and no `CONNECTION LIMIT` applies to them.
+    async fn server_budget(
+        &mut self,
+        config: &PoolConfig,
+    ) -> Result<Option<ServerBudget>, Failure> {
+        use diesel_async::RunQueryDsl;
+        if config.pgbouncer() {
+            tracing::info!("behind PgBouncer the server's connection budget is PgBouncer's (default_pool_size, max_db_connections, max_client_conn): it is not read");
+            return Ok(None);
+        }
+        let row: PostgresBudget = diesel::sql_query(POSTGRES_BUDGET).get_result(self).await?;
+        let reserved = if row.superuser { 0 } else { row.reserved };
+        let login_limit =
+            (!row.superuser && row.login_limit >= 0).then(|| count(row.login_limit.into()));
+        Ok(Some(ServerBudget::new(
+            count(i64::from(row.max_connections - reserved)),
+            login_limit,
+            count(row.server_in_use.into()),
+            count(row.login_in_use.into()),
+            1,
+        )))
+    }
+}
+
+/// PostgreSQL's budget figures for the current role, in one row.
+#[cfg(feature = "postgres")]
+const POSTGRES_BUDGET: &str = "SELECT current_setting('max_connections')::int4 AS max_connections, \
+    (current_setting('superuser_reserved_connections')::int4 \
+      + coalesce(current_setting('reserved_connections', true), '0')::int4) AS reserved, \
+    r.rolconnlimit AS login_limit, r.rolsuper AS superuser, \
+    (SELECT count(*)::int4 FROM pg_stat_activity WHERE backend_type = 'client backend') AS server_in_use, \
+    (SELECT count(*)::int4 FROM pg_stat_activity \
+      WHERE backend_type = 'client backend' AND usename = current_user) AS login_in_use \
+    FROM pg_roles r WHERE r.rolname = current_user";
+
+#[cfg(feature = "postgres")]
+#[derive(diesel::QueryableByName)]
+struct PostgresBudget {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    max_connections: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    reserved: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    login_limit: i32,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    superuser: bool,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    server_in_use: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    login_in_use: i32,
+}
+
+/// A server's count as a `u32` (negative: none).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn count(value: i64) -> u32 {
+    u32::try_from(value.max(0)).unwrap_or(u32::MAX)
 }
 
 /// Sends PostgreSQL's cancel request for `token`'s backend and waits until the server has acted
@@ -416,6 +490,27 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWr
     }
 }
 
+/// MySQL's and MariaDB's budget figures for the current account, in one row.
+#[cfg(feature = "mysql")]
+const MYSQL_BUDGET: &str = "SELECT CAST(@@max_connections AS SIGNED) AS max_connections, \
+    CAST(@@session.max_user_connections AS SIGNED) AS login_limit, \
+    (SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND <> 'Daemon') AS server_in_use, \
+    (SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+      WHERE COMMAND <> 'Daemon' AND USER = SUBSTRING_INDEX(CURRENT_USER(), '@', 1)) AS login_in_use";
+
+#[cfg(feature = "mysql")]
+#[derive(diesel::QueryableByName)]
+struct MysqlBudget {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    max_connections: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    login_limit: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    server_in_use: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    login_in_use: i64,
+}
+
 #[cfg(feature = "mysql")]
 impl Connect for diesel_async::AsyncMysqlConnection {
     const BACKEND: Backend = Backend::Mysql;
@@ -485,6 +580,24 @@ impl Connect for diesel_async::AsyncMysqlConnection {
             }
         }
         Ok(false)
+    }
+
+    /// The session's `max_user_connections` is the account's `MAX_USER_CONNECTIONS` when it has
+    /// one, else the global value (0: none).
+    async fn server_budget(
+        &mut self,
+        _config: &PoolConfig,
+    ) -> Result<Option<ServerBudget>, Failure> {
+        use diesel_async::RunQueryDsl;
+        let row: MysqlBudget = diesel::sql_query(MYSQL_BUDGET).get_result(self).await?;
+        let login_limit = (row.login_limit > 0).then(|| count(row.login_limit));
+        Ok(Some(ServerBudget::new(
+            count(row.max_connections),
+            login_limit,
+            count(row.server_in_use),
+            count(row.login_in_use),
+            1,
+        )))
     }
 }
 

@@ -142,6 +142,7 @@
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod budget;
 mod config;
 mod connect;
 #[cfg(feature = "axum")]
@@ -156,6 +157,7 @@ mod stats;
 #[cfg(feature = "tls")]
 mod tls;
 
+pub use budget::ServerBudget;
 pub use config::{Backend, ConfigError, PoolConfig};
 pub use connect::Connect;
 #[cfg(feature = "axum")]

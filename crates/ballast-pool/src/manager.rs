@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ballast_core::{Cause, Failure};
 use tokio::sync::{watch, Notify};
 
+use crate::budget::ServerBudget;
 use crate::config::PoolConfig;
 use crate::connect::Connect;
 use crate::reclaim::{Activity, Tracking};
@@ -40,6 +41,10 @@ pub(crate) struct Shared {
     pub(crate) reclaiming: AtomicUsize,
     /// Notified when the last reclaim ends.
     pub(crate) reclaimed: Notify,
+    /// The server's connection budget, read on the first connection.
+    pub(crate) budget: Mutex<Option<ServerBudget>>,
+    /// Whether a connection has read (or is reading) the budget.
+    budget_read: AtomicBool,
 }
 
 impl Shared {
@@ -54,6 +59,39 @@ impl Shared {
             failures: watch::Sender::new(0),
             reclaiming: AtomicUsize::new(0),
             reclaimed: Notify::new(),
+            budget: Mutex::new(None),
+            budget_read: AtomicBool::new(false),
+        }
+    }
+
+    /// Reads the server's budget on the first connection that gets here (again on a later one
+    /// when reading failed) and warns when `connection_limit` does not fit in it.
+    async fn read_budget<C: Connect>(&self, conn: &mut C) {
+        if self.budget_read.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let read = tokio::time::timeout(
+            self.config.connect_timeout(),
+            conn.server_budget(&self.config),
+        )
+        .await;
+        match read {
+            Ok(Ok(budget)) => {
+                if let Some(budget) = &budget {
+                    budget.warn_if_short(&self.config);
+                }
+                *self.budget.lock().unwrap_or_else(PoisonError::into_inner) = budget;
+            }
+            Ok(Err(failure)) => {
+                tracing::debug!("the server's connection budget could not be read: {failure}");
+                self.budget_read.store(false, Ordering::Release);
+            }
+            Err(_) => {
+                tracing::debug!(
+                    "reading the server's connection budget took longer than connect_timeout"
+                );
+                self.budget_read.store(false, Ordering::Release);
+            }
         }
     }
 
@@ -323,7 +361,8 @@ impl<C: Connect> bb8::ManageConnection for Manager<C> {
         // Before the failure is announced, so a waiter that hears of it sees this attempt over.
         shared.connecting.fetch_sub(1, Ordering::AcqRel);
         match opened {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                shared.read_budget(&mut conn).await;
                 // Another attempt may have failed while this one was under way: this one says
                 // the database answers.
                 let recovered = {

@@ -518,6 +518,7 @@ impl<C: Connect> SharedPool<C> {
             wait_time: counters.wait_time.snapshot(),
             use_time: counters.use_time.snapshot(),
             create_time: counters.create_time.snapshot(),
+            budget: *shared.budget.lock().unwrap_or_else(PoisonError::into_inner),
         }
     }
 

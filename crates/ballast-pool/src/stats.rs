@@ -74,6 +74,9 @@ pub struct PoolStats {
     /// How long opening a connection took, startup and after-connect SQL included
     /// (`db.client.connection.create_time`).
     pub create_time: Timings,
+    /// The server's connection budget for the pool's login, read on the first connection
+    /// (`None` before it, for SQLite, and behind PgBouncer).
+    pub budget: Option<crate::ServerBudget>,
 }
 
 /// The pool's own counters (bb8 keeps the rest).
