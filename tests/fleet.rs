@@ -187,3 +187,158 @@ async fn post_until_settled(addr: std::net::SocketAddr, key: &str, name: &str) -
     }
     answer.expect("at least one answer")
 }
+
+/// `/stats`'s `shared_invalidation.connected`.
+async fn shared_connected(addr: std::net::SocketAddr) -> bool {
+    support::get(addr, "/stats").await.json()["shared_invalidation"]["connected"] == true
+}
+
+async fn wait_shared(addrs: &[std::net::SocketAddr], connected: bool, within: Duration) {
+    let started = Instant::now();
+    for addr in addrs {
+        while shared_connected(*addr).await != connected {
+            assert!(
+                started.elapsed() < within,
+                "{addr}: connected never became {connected}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// POSTs a new item on `writer`; how long until `reader`'s `GET /items` lists it.
+async fn seen_after(
+    writer: std::net::SocketAddr,
+    reader: std::net::SocketAddr,
+    name: &str,
+) -> Duration {
+    let created = support::send(
+        writer,
+        "POST",
+        "/items",
+        Some(("application/json", &format!(r#"{{"name":"{name}"}}"#))),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let started = Instant::now();
+    loop {
+        let list = support::get(reader, "/items").await;
+        assert_eq!(list.status, 200, "{}", list.body);
+        if list.body.contains(name) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{name} never showed on {reader}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_instance_reaches_the_others_cache_through_redis() {
+    let Some(url) = db::postgres_url("fleet_shared_invalidation") else {
+        return;
+    };
+    if db::redis_url("fleet_shared_invalidation").is_none() {
+        return;
+    }
+    let mut redis = ballast_testkit::redis::PrivateRedis::start().unwrap();
+    let database = PgDatabase::create(&url).await;
+    let redis_url = redis.url();
+    let env = [
+        ("DATABASE_URL", database.url()),
+        ("REDIS_URL", redis_url.as_str()),
+        ("CACHE_TTL", "60"),
+        ("CACHE_FALLBACK_TTL", "1"),
+    ];
+    let a = support::start(&env).await;
+    assert_eq!(
+        post_until_settled(a.addr, "warm-up", "warm-up")
+            .await
+            .status,
+        201
+    );
+    let b = support::start(&env).await;
+    let both = [a.addr, b.addr];
+    wait_shared(&both, true, Duration::from_secs(10)).await;
+
+    // Steady traffic on both throughout: not one request may fail, Redis or not.
+    let running = Arc::new(AtomicBool::new(true));
+    let failed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let traffic: Vec<_> = both
+        .iter()
+        .map(|addr| {
+            let (addr, running, failed) = (*addr, running.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while running.load(Ordering::Relaxed) {
+                    n += 1;
+                    let answer = if n % 5 == 0 {
+                        post_until_settled(addr, &format!("t-{addr}-{n}"), &format!("t{n}")).await
+                    } else {
+                        support::get(addr, "/items").await
+                    };
+                    if !matches!(answer.status, 200 | 201) {
+                        failed
+                            .lock()
+                            .unwrap()
+                            .push(format!("{}: {}", answer.status, answer.body));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+        .collect();
+
+    let mut latencies = Vec::new();
+    for n in 0..20 {
+        latencies.push(seen_after(a.addr, b.addr, &format!("first-{n}")).await);
+    }
+    latencies.sort();
+    println!(
+        "POST on A seen by GET on B after: max {:?}",
+        latencies.last().unwrap()
+    );
+    assert!(
+        *latencies.last().unwrap() < Duration::from_millis(200),
+        "{latencies:?}"
+    );
+
+    // Redis goes away: requests go on, B's copies live at most CACHE_FALLBACK_TTL (1 s).
+    redis.stop();
+    wait_shared(&both, false, Duration::from_secs(5)).await;
+    let without = seen_after(a.addr, b.addr, "during-outage").await;
+    println!("with Redis down, seen after {without:?}");
+    assert!(without < Duration::from_millis(1500), "{without:?}");
+
+    // Back: invalidation works again.
+    redis.resume().unwrap();
+    wait_shared(&both, true, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut after = Vec::new();
+    for n in 0..10 {
+        after.push(seen_after(a.addr, b.addr, &format!("after-{n}")).await);
+    }
+    after.sort();
+    println!(
+        "after Redis came back, seen after: max {:?}",
+        after.last().unwrap()
+    );
+    assert!(
+        *after.last().unwrap() < Duration::from_millis(200),
+        "{after:?}"
+    );
+
+    running.store(false, Ordering::Relaxed);
+    for task in traffic {
+        task.await.unwrap();
+    }
+    let failed = failed.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "{} failed requests: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}

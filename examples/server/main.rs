@@ -15,7 +15,13 @@
 //! take, in seconds; `CACHE_TTL` (60) and `CACHE_STALE_IF_ERROR` (300) how long, in seconds, a
 //! cached response is fresh and then may stand in for a failing database; `PRE_DRAIN_DELAY` (0)
 //! how long, in seconds, it keeps serving after SIGTERM with `/readyz` failing, so a load
-//! balancer (a Kubernetes Service) stops sending traffic before the listener closes. Then try:
+//! balancer (a Kubernetes Service) stops sending traffic before the listener closes.
+//!
+//! Several instances: `REDIS_URL` (e.g. `redis://127.0.0.1:6379`) shares the cache's
+//! invalidations with every instance on the channel `CACHE_CHANNEL` (`ballast:cache:invalidate`),
+//! so a write on one drops the others' cached copies within milliseconds; while Redis is away,
+//! cached entries live at most `CACHE_FALLBACK_TTL` (5) seconds. Behind PgBouncer in transaction
+//! mode, add `pgbouncer=true` to `DATABASE_URL`. Then try:
 //!
 //! ```text
 //! curl -i localhost:3000/healthz                  # 200 while the process lives
@@ -49,6 +55,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use ballast::cache::redis::{SharedInvalidation, SharedInvalidationBuilder};
 use ballast::cache::{CacheLayer, CacheRouteLayer, CleanupTask, ResponseCache};
 use ballast::error::{ErrorResponseLayer, RequestTimeoutLayer};
 use ballast::idempotency::{Idempotency, IdempotencyKey, Outcome};
@@ -90,6 +97,8 @@ struct App {
     shutdown: ShutdownHandle,
     /// Exactly-once `POST /items` for requests with an `Idempotency-Key`.
     keys: Idempotency,
+    /// The cache's invalidations shared through Redis, when `REDIS_URL` is set.
+    shared: Option<Arc<SharedInvalidation>>,
 }
 
 impl App {
@@ -203,6 +212,7 @@ async fn stats(State(app): State<App>) -> Response {
         "cache": app.cache.stats().await,
         "retry": app.retry.stats(),
         "shutdown": app.shutdown.stats(),
+        "shared_invalidation": app.shared.as_ref().map(|shared| shared.stats()),
     })))
 }
 
@@ -215,6 +225,8 @@ struct Settings {
     cache_ttl: Duration,
     request_timeout: Duration,
     pre_drain_delay: Duration,
+    /// `REDIS_URL`: the cache's invalidations shared with every instance on the channel.
+    shared_invalidation: Option<SharedInvalidationBuilder>,
 }
 
 fn settings() -> Result<Settings, String> {
@@ -240,6 +252,19 @@ fn settings() -> Result<Settings, String> {
         None => REQUEST_TIMEOUT,
     };
     let pre_drain_delay = seconds_setting("PRE_DRAIN_DELAY")?.unwrap_or(Duration::ZERO);
+    let shared_invalidation = match std::env::var("REDIS_URL") {
+        Ok(url) if !url.is_empty() => {
+            let mut shared = SharedInvalidation::builder(url);
+            if let Ok(channel) = std::env::var("CACHE_CHANNEL") {
+                shared = shared.channel(channel);
+            }
+            if let Some(ttl) = seconds_setting("CACHE_FALLBACK_TTL")? {
+                shared = shared.fallback_ttl(ttl);
+            }
+            Some(shared)
+        }
+        _ => None,
+    };
     Ok(Settings {
         pool,
         addr,
@@ -247,6 +272,7 @@ fn settings() -> Result<Settings, String> {
         cache_ttl,
         request_timeout,
         pre_drain_delay,
+        shared_invalidation,
     })
 }
 
@@ -290,6 +316,7 @@ async fn main() -> ExitCode {
         cache_ttl,
         request_timeout,
         pre_drain_delay,
+        shared_invalidation,
     } = match settings() {
         Ok(settings) => settings,
         Err(message) => {
@@ -305,12 +332,31 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Several instances: a write on one drops the others' cached copies too.
+    let shared = match shared_invalidation.map(|shared| shared.start(&cache)) {
+        Some(Ok(shared)) => Some(Arc::new(shared)),
+        Some(Err(error)) => {
+            eprintln!("error: REDIS_URL: {error}");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
     let cleanup: CleanupTask = cache.spawn_cleanup();
     let retry = RetryLayer::new();
 
-    let (clearing, closing) = (cache.clone(), db.clone());
+    let (clearing, closing, unsharing) = (cache.clone(), db.clone(), shared.clone());
     let shutdown = Shutdown::builder()
         .pre_drain_delay(pre_drain_delay)
+        .hook(
+            "stop shared invalidation",
+            Duration::from_secs(2),
+            move || async move {
+                if let Some(shared) = unsharing {
+                    shared.stop().await;
+                }
+                Ok::<_, String>(())
+            },
+        )
         .hook(
             "stop cache cleanup",
             Duration::from_secs(2),
@@ -338,6 +384,7 @@ async fn main() -> ExitCode {
         retry: retry.handle(),
         shutdown: handle.clone(),
         keys: Idempotency::new(),
+        shared,
     };
     let app = Router::new()
         .route("/healthz", get(healthz))

@@ -155,6 +155,8 @@
 
 mod body;
 mod layer;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod route;
 mod rules;
 mod store;

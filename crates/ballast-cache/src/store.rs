@@ -408,6 +408,65 @@ pub(crate) struct Inner {
     pub(crate) keyed_headers: Vec<HeaderName>,
     pub(crate) stale_if_error: Duration,
     pub(crate) counters: Arc<Counters>,
+    /// The shorter lifetime entries get while invalidations from other instances may be lost.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) degraded: Arc<Degraded>,
+    /// Where this cache's invalidations go to reach other instances (feature `redis`).
+    pub(crate) fanout: std::sync::OnceLock<Fanout>,
+}
+
+/// Hands an invalidation to the other instances (feature `redis`); never waits.
+pub(crate) type Fanout = Box<dyn Fn(&Invalidation) + Send + Sync>;
+
+/// An invalidation as it travels between instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum Invalidation {
+    /// The entries of exactly these paths.
+    Paths(Vec<String>),
+    /// The entries whose path starts with this.
+    Prefix(String),
+    /// Every entry.
+    All,
+}
+
+/// While on, no entry outlives `ttl` from now: stored ones are cut short when read, new ones
+/// when stored.
+#[derive(Debug)]
+pub(crate) struct Degraded {
+    on: std::sync::atomic::AtomicBool,
+    /// Nanoseconds.
+    ttl: AtomicU64,
+}
+
+impl Default for Degraded {
+    fn default() -> Self {
+        Degraded {
+            on: std::sync::atomic::AtomicBool::new(false),
+            ttl: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Degraded {
+    /// Turns the shorter lifetime on (`Some`) or off.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn set(&self, ttl: Option<Duration>) {
+        if let Some(ttl) = ttl {
+            let nanos = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+            self.ttl.store(nanos, Ordering::Relaxed);
+        }
+        self.on.store(ttl.is_some(), Ordering::Release);
+    }
+
+    /// `keep`, cut to the shorter lifetime while it is on.
+    fn cap(&self, keep: Duration) -> Duration {
+        if self.on.load(Ordering::Acquire) {
+            keep.min(Duration::from_nanos(self.ttl.load(Ordering::Relaxed)))
+        } else {
+            keep
+        }
+    }
 }
 
 /// Counters, shared with moka's eviction listener.
@@ -483,8 +542,8 @@ impl ResponseCache {
     }
 }
 
-/// Expires each entry after its own TTL.
-struct PerEntryTtl(Duration);
+/// Expires each entry after its own TTL (shorter while [`Degraded`]).
+struct PerEntryTtl(Duration, Arc<Degraded>);
 
 impl Expiry<CacheKey, Arc<Entry>> for PerEntryTtl {
     fn expire_after_create(
@@ -493,7 +552,18 @@ impl Expiry<CacheKey, Arc<Entry>> for PerEntryTtl {
         value: &Arc<Entry>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(value.keep(self.0))
+        Some(self.1.cap(value.keep(self.0)))
+    }
+
+    fn expire_after_read(
+        &self,
+        _key: &CacheKey,
+        _value: &Arc<Entry>,
+        _read_at: Instant,
+        duration_until_expiry: Option<Duration>,
+        _last_modified_at: Instant,
+    ) -> Option<Duration> {
+        duration_until_expiry.map(|left| self.1.cap(left))
     }
 }
 
@@ -521,6 +591,7 @@ impl ResponseCache {
     fn from_builder(builder: ResponseCacheBuilder) -> Self {
         let counters = Arc::new(Counters::default());
         let listener_counters = Arc::clone(&counters);
+        let degraded = Arc::new(Degraded::default());
         let min_weight = (builder.max_bytes / builder.max_entries).max(1);
         let policy = match builder.eviction {
             Eviction::Lru => EvictionPolicy::lru(),
@@ -533,7 +604,7 @@ impl ResponseCache {
                 u32::try_from(entry.size.max(min_weight)).unwrap_or(u32::MAX)
             })
             .eviction_policy(policy)
-            .expire_after(PerEntryTtl(builder.ttl))
+            .expire_after(PerEntryTtl(builder.ttl, Arc::clone(&degraded)))
             .support_invalidation_closures()
             .eviction_listener(move |_key, entry: Arc<Entry>, cause| {
                 listener_counters
@@ -565,6 +636,8 @@ impl ResponseCache {
                 keyed_headers: builder.keyed_headers,
                 stale_if_error: builder.stale_if_error,
                 counters,
+                degraded,
+                fanout: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -584,36 +657,67 @@ impl ResponseCache {
         }
     }
 
-    /// Removes every entry now.
+    /// Removes every entry of this cache now (only this instance's: shutdown clears its own
+    /// cache without emptying the others').
     pub async fn clear(&self) {
         self.inner.moka.invalidate_all();
         self.inner.moka.run_pending_tasks().await;
     }
 
     /// Removes the entries stored for exactly this request path (every query and variant), as
-    /// an application does after a write (`POST /items` → `invalidate_path("/items")`).
+    /// an application does after a write (`POST /items` → `invalidate_path("/items")`). With
+    /// shared invalidation (feature `redis`) every instance removes them too.
     pub async fn invalidate_path(&self, path: &str) {
+        self.publish(&Invalidation::Paths(vec![path.to_owned()]));
         let path = path.to_owned();
         self.invalidate_if(move |key| key.path() == path).await;
     }
 
     /// Marks the entries of these paths invalid at once, without waiting for moka to remove
-    /// them: no later lookup finds them.
+    /// them: no later lookup finds them. Other instances are told too.
     pub(crate) fn invalidate_paths_now(&self, paths: Vec<String>) {
-        let _ = self
-            .inner
-            .moka
-            .invalidate_entries_if(move |key, _| paths.iter().any(|path| key.path() == path));
+        if paths.is_empty() {
+            return;
+        }
+        let invalidation = Invalidation::Paths(paths);
+        self.publish(&invalidation);
+        self.invalidate_now(invalidation);
     }
 
-    /// Removes the entries whose request path starts with `prefix`.
+    /// Applies an invalidation here, at once, without telling anyone.
+    pub(crate) fn invalidate_now(&self, invalidation: Invalidation) {
+        let moka = &self.inner.moka;
+        let _ = match invalidation {
+            Invalidation::Paths(paths) => moka
+                .invalidate_entries_if(move |key, _| paths.iter().any(|path| key.path() == path)),
+            Invalidation::Prefix(prefix) => {
+                moka.invalidate_entries_if(move |key, _| key.path().starts_with(&prefix))
+            }
+            Invalidation::All => {
+                moka.invalidate_all();
+                Ok(String::new())
+            }
+        };
+    }
+
+    /// Hands an invalidation to the shared channel, if there is one; never waits.
+    fn publish(&self, invalidation: &Invalidation) {
+        if let Some(fanout) = self.inner.fanout.get() {
+            fanout(invalidation);
+        }
+    }
+
+    /// Removes the entries whose request path starts with `prefix` (on every instance, with
+    /// shared invalidation).
     pub async fn invalidate_prefix(&self, prefix: &str) {
+        self.publish(&Invalidation::Prefix(prefix.to_owned()));
         let prefix = prefix.to_owned();
         self.invalidate_if(move |key| key.path().starts_with(&prefix))
             .await;
     }
 
-    /// Removes the entries whose key matches `predicate`.
+    /// Removes the entries whose key matches `predicate` (this instance's only: a predicate
+    /// cannot travel to the others).
     pub async fn invalidate_if(
         &self,
         predicate: impl Fn(&CacheKey) -> bool + Send + Sync + 'static,

@@ -15,6 +15,8 @@
 //!   test's own sessions in `pg_stat_activity` or the MySQL process list.
 //! - [`pgbouncer::PgBouncer`]: a private PgBouncer (transaction mode) on a free port in front of
 //!   a PostgreSQL server, with a generated configuration.
+//! - [`redis::PrivateRedis`]: a private `redis-server` on a free port that a test can stop and
+//!   start again.
 //! - [`logs::Captured`]: an in-memory writer for a log subscriber, to check what is logged.
 //!
 //! # The skip-or-fail rule
@@ -50,3 +52,4 @@ pub mod mariadb;
 #[cfg(unix)]
 pub mod pgbouncer;
 pub mod proxy;
+pub mod redis;

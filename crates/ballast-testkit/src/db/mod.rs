@@ -39,6 +39,12 @@ pub fn mysql_url(test: &str) -> Option<String> {
     url_from_env(MYSQL_VAR, test)
 }
 
+/// The Redis URL from `REDIS_URL`, or `None` after printing why `test` is skipped (a failure
+/// instead with `BALLAST_REQUIRE_DB=1`).
+pub fn redis_url(test: &str) -> Option<String> {
+    url_from_env("REDIS_URL", test)
+}
+
 /// Whether `BALLAST_REQUIRE_DB=1` is set.
 pub fn databases_required() -> bool {
     std::env::var(REQUIRE_VAR).is_ok_and(|value| value == "1")
