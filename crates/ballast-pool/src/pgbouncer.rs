@@ -33,7 +33,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
 use crate::config::PoolConfig;
@@ -474,6 +474,7 @@ where
         Box::pin(async move {
             #[cfg(feature = "tls")]
             if let Some((mode, tls)) = self.tls {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let mut stream = stream;
                 // PostgreSQL's SSLRequest: length 8, code 80877103.
                 stream

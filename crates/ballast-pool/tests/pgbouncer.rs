@@ -312,3 +312,63 @@ async fn an_abandoned_statement_is_cancelled_through_pgbouncer() {
     assert!(next < std::time::Duration::from_secs(2), "{next:?}");
     assert_eq!(pool.stats().cancelled, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_restarting_behind_pgbouncer_keeps_the_pools_connections() {
+    let Some(_) = db::postgres_url("pgbouncer_server_restart") else {
+        return;
+    };
+    if pgbouncer::require("pgbouncer_server_restart").is_none() {
+        return;
+    }
+    let cluster = ballast_testkit::cluster::PrivateCluster::start().unwrap();
+    let bouncer = PgBouncer::start(
+        ("127.0.0.1", cluster.port()),
+        &["postgres"],
+        &[("default_pool_size", "2"), ("query_wait_timeout", "10")],
+    )
+    .unwrap();
+    let pool = pool(
+        &bouncer.url(&cluster.url()),
+        "connection_limit=2&pgbouncer=true",
+    );
+    {
+        let mut conn = pool.get().await.unwrap();
+        assert_eq!(cached_select(&mut conn, 1).await.unwrap(), 1);
+    }
+    let connects = pool.stats().connects;
+    cluster.restart().unwrap();
+    // PgBouncer notices its server connections are gone and opens new ones; the pool's own
+    // connection to PgBouncer stays. Any failure on the way is classified retryable.
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    loop {
+        let attempt = async {
+            let mut conn = pool.get().await?;
+            Ok::<_, Failure>(cached_select(&mut conn, 2).await?)
+        }
+        .await;
+        match attempt {
+            Ok(n) => {
+                assert_eq!(n, 2);
+                break;
+            }
+            Err(failure) => {
+                assert!(failure.retryable(), "{}", failure.report());
+                failures.push(failure.report());
+            }
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{failures:?}"
+        );
+    }
+    println!(
+        "back after {:?}; failures on the way: {failures:?}; connects {} -> {}",
+        started.elapsed(),
+        connects,
+        pool.stats().connects
+    );
+    assert!(failures.len() <= 2, "{failures:?}");
+    assert_eq!(pool.stats().connects, connects + failures.len() as u64);
+}
