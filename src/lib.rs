@@ -16,9 +16,10 @@
 //! | [`idempotency`] | `ballast-idempotency` | exactly-once writes for requests with an `Idempotency-Key` |
 //!
 //! and, always, the classified failure they share ([`Failure`], from `ballast-core`). Backends are
-//! features too: `postgres` (default), `mysql`, `sqlite`; and two opt-in ones: `tls` (PostgreSQL
-//! over TLS with rustls) and `metrics` (`ballast::metrics`, Prometheus text with OpenTelemetry's
-//! names). [`diesel`] and [`diesel_async`] are re-exported at the versions and features ballast
+//! features too: `postgres` (default), `mysql`, `sqlite`; and three opt-in ones: `tls` (PostgreSQL
+//! over TLS with rustls), `metrics` (`ballast::metrics`, Prometheus text with OpenTelemetry's
+//! names) and `redis` (`ballast::cache::redis`, cache invalidation shared by every instance
+//! through Redis pub/sub). [`diesel`] and [`diesel_async`] are re-exported at the versions and features ballast
 //! uses.
 //!
 //! # Start here

@@ -107,6 +107,13 @@
 //! [`ResponseCache::invalidate_path`], [`invalidate_prefix`](ResponseCache::invalidate_prefix) and
 //! [`invalidate_if`](ResponseCache::invalidate_if) drop what a write made stale.
 //!
+//! # Several instances (feature `redis`)
+//!
+//! Each instance's cache is its own. With the `redis` feature, `redis::SharedInvalidation`
+//! publishes every path and prefix invalidation (and the automatic ones after a write) on a Redis
+//! channel and applies the other instances' as they arrive; Redis down never fails a request
+//! (entries then live at most a fallback TTL). See the module's docs.
+//!
 //! # Stampedes
 //!
 //! N concurrent misses of one key run the inner service once (moka's `try_get_with`): the others

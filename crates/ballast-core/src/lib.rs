@@ -21,7 +21,9 @@
 //! `lo siento, ya tenemos demasiados clientes`), so failures are classified by the driver's code:
 //! SQLSTATE for PostgreSQL ([`sqlstate`]), error numbers for MySQL and MariaDB ([`mysql`]), result
 //! codes for SQLite ([`sqlite`]), and [`std::io::ErrorKind`] for the network ([`io`]). Each module
-//! documents its table and the reason for every entry.
+//! documents its table and the reason for every entry. One source has no codes to read:
+//! PgBouncer sends every error of its own under `08P01`, so its fixed English messages decide
+//! (`pgbouncer`, with the `postgres` or `diesel` feature).
 //!
 //! Conversions from the drivers' own error types sit behind features, so a crate pulls in only the
 //! drivers it uses:
@@ -93,7 +95,7 @@ mod diesel_impl;
 #[cfg(any(feature = "diesel", feature = "postgres"))]
 mod messages;
 #[cfg(any(feature = "diesel", feature = "postgres"))]
-mod pgbouncer;
+pub mod pgbouncer;
 
 pub use cause::{Cause, Code, Reach};
 pub use check::{CheckFuture, ReadinessCheck};

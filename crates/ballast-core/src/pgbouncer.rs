@@ -6,7 +6,7 @@
 //! Matched only for `08P01` (a message PostgreSQL itself sends under that code keeps the class's
 //! default, `ConnectionLost`). The messages are PgBouncer 1.18's to 1.24's (`src/*.c`); PgBouncer
 //! also passes PostgreSQL's own login errors on under `08P01` (`too many connections for role`,
-//! `sorry, too many clients already`), matched through [`crate::messages`].
+//! `sorry, too many clients already`), matched by the table of PostgreSQL's messages that diesel passes on without their code.
 //!
 //! | message (start) | cause | reach | why |
 //! |---|---|---|---|

@@ -97,13 +97,14 @@
 //!
 //! The cost: the server parses each statement every time it runs (no server-side plan cache);
 //! diesel's client-side statement cache stays on and still saves the separate `Describe` round
-//! trip. `cargo bench --bench fleet` measures it. Session state lasts one transaction behind
+//! trip. `cargo run --release -p ballast-bench --bin fleet-bench` measures it (the README has the
+//! figures). Session state lasts one transaction behind
 //! transaction pooling, so `schema` and `statement_timeout` are refused with `pgbouncer=true`
 //! (set them on the role, `ALTER ROLE app SET search_path = ...`, or in `pgbouncer.ini`), and
 //! `LISTEN`, session advisory locks and `SET` do not work (`SET LOCAL` inside a transaction
 //! does). PgBouncer's own errors (all SQLSTATE `08P01`) are classified by their message:
 //! `query_wait_timeout` and `no more connections allowed` are retryable and were never sent; see
-//! `ballast_core`'s PgBouncer table. Cancel requests for abandoned statements go through
+//! `ballast_core::pgbouncer`. Cancel requests for abandoned statements go through
 //! PgBouncer, which forwards them to the server running the statement.
 //!
 //! # Example
