@@ -20,6 +20,7 @@
 //! | `no such database: …` | `DatabaseMissing` | not sent | the URL names a database the pooler does not know |
 //! | `no such user`, `password authentication failed`, `SASL authentication failed`, `login rejected`, `"trust" authentication failed`, `certificate authentication failed`, `PAM authentication failed` | `AuthFailed` | not sent | a wrong login stays wrong |
 //! | `unsupported startup parameter: …` | `InvalidConfig` | not sent | the URL sets a parameter the pooler refuses (add it to `ignore_startup_parameters`) |
+//! | `SSL required` | `InvalidConfig` | not sent | the pooler requires TLS and the URL has no `sslmode` |
 //! | `query_timeout` | `StatementTimeout` | maybe sent | the statement ran past the pooler's limit and its connection was closed: its outcome is unknown |
 //! | `client_idle_timeout` | `ConnectionLost` | not sent | the pooler closed an idle connection: nothing was running |
 //! | `server conn crashed?`, `server closed the connection unexpectedly`, `idle transaction timeout` and the rest | `ConnectionLost` | maybe sent | the server connection died under the statement |
@@ -98,6 +99,7 @@ const MESSAGES: &[(&str, Cause, Reach)] = &[
         Cause::InvalidConfig,
         Reach::NotSent,
     ),
+    ("SSL required", Cause::InvalidConfig, Reach::NotSent),
     ("query_timeout", Cause::StatementTimeout, Reach::MaybeSent),
     ("client_idle_timeout", Cause::ConnectionLost, Reach::NotSent),
 ];

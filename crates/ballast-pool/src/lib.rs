@@ -105,7 +105,8 @@
 //! does). PgBouncer's own errors (all SQLSTATE `08P01`) are classified by their message:
 //! `query_wait_timeout` and `no more connections allowed` are retryable and were never sent; see
 //! `ballast_core::pgbouncer`. Cancel requests for abandoned statements go through
-//! PgBouncer, which forwards them to the server running the statement.
+//! PgBouncer, which forwards them to the server running the statement; `sslmode` works as it does
+//! without PgBouncer (its `client_tls_*` settings), cancel requests included.
 //!
 //! # Example
 //!

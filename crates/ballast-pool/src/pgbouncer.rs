@@ -46,6 +46,8 @@ pub(crate) struct Rewrite<S> {
     inner: S,
     /// Whether the first (untyped) message — the startup packet, or a cancel request — has gone.
     started: bool,
+    /// Whether that message was a cancel request.
+    cancel: bool,
     /// Frontend bytes that do not make a whole message yet.
     incoming: BytesMut,
     /// Rewritten frontend bytes not yet written to `inner`.
@@ -58,10 +60,18 @@ pub(crate) struct Rewrite<S> {
     read: BytesMut,
     /// Bytes of the current backend message still to pass on.
     passing: usize,
-    /// Per exchange (ended by `Sync` or a simple query), per `Parse` sent in it: whether its
-    /// `ParseComplete` answers a `Parse` added here, and so is dropped. The back is the open
-    /// exchange.
-    parses: VecDeque<VecDeque<bool>>,
+    /// Per exchange (ended by `Sync` or a simple query), per `Parse` sent in it, whose it is.
+    /// The back is the open exchange.
+    parses: VecDeque<VecDeque<Parse>>,
+}
+
+/// A `Parse` whose answer is awaited.
+#[derive(Debug, PartialEq, Eq)]
+enum Parse {
+    /// Added here: its `ParseComplete` is dropped.
+    Ours,
+    /// The client's, with the name it prepared (forgotten if the server never parses it).
+    Theirs(Option<Box<[u8]>>),
 }
 
 impl<S> Rewrite<S> {
@@ -69,6 +79,7 @@ impl<S> Rewrite<S> {
         Rewrite {
             inner,
             started: false,
+            cancel: false,
             incoming: BytesMut::new(),
             outgoing: BytesMut::new(),
             statements: HashMap::new(),
@@ -90,6 +101,8 @@ impl<S> Rewrite<S> {
                     return Ok(());
                 }
                 let message = self.incoming.split_to(len);
+                // CancelRequest: length 16, code 80877102.
+                self.cancel = message.get(4..8) == Some(&[0x04, 0xd2, 0x16, 0x2e][..]);
                 self.outgoing.extend_from_slice(&message);
                 self.started = true;
                 continue;
@@ -110,7 +123,7 @@ impl<S> Rewrite<S> {
         match kind {
             b'P' => {
                 let (name, rest) = cstr(body)?;
-                self.expect_parse(false);
+                self.expect_parse(Parse::Theirs((!name.is_empty()).then(|| name.into())));
                 if name.is_empty() {
                     self.unnamed = None;
                     put(&mut self.outgoing, b'P', &[body]);
@@ -170,14 +183,14 @@ impl<S> Rewrite<S> {
             return false;
         };
         put(&mut self.outgoing, b'P', &[b"\0", parse]);
-        self.expect_parse(true);
+        self.expect_parse(Parse::Ours);
         self.unnamed = Some(statement.into());
         true
     }
 
-    fn expect_parse(&mut self, ours: bool) {
+    fn expect_parse(&mut self, parse: Parse) {
         if let Some(open) = self.parses.back_mut() {
-            open.push_back(ours);
+            open.push_back(parse);
         }
     }
 
@@ -185,15 +198,17 @@ impl<S> Rewrite<S> {
     fn backend(&mut self, kind: u8) -> bool {
         match kind {
             // ParseComplete.
-            b'1' => self
-                .parses
-                .front_mut()
-                .and_then(VecDeque::pop_front)
-                .unwrap_or(false),
-            // ErrorResponse: the server skips the rest of the exchange, our `Parse`s included.
+            b'1' => self.parses.front_mut().and_then(VecDeque::pop_front) == Some(Parse::Ours),
+            // ErrorResponse: the server skips the rest of the exchange, our `Parse`s included. A
+            // statement of the client's not parsed yet never will be: it is forgotten (the
+            // client never closes a statement whose preparation failed).
             b'E' => {
                 if let Some(front) = self.parses.front_mut() {
-                    front.clear();
+                    for parse in front.drain(..) {
+                        if let Parse::Theirs(Some(name)) = parse {
+                            self.statements.remove(&name);
+                        }
+                    }
                 }
                 false
             }
@@ -310,7 +325,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewrite<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewrite<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Rewrite<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -330,9 +345,33 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewrite<S> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
+    /// After a cancel request, waits for PgBouncer to close the connection instead of closing
+    /// it (TLS's `close_notify` included): PgBouncer reads our close as the client leaving and
+    /// drops the cancel it was forwarding.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_drain(cx))?;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if !self.cancel {
+            return Pin::new(&mut self.inner).poll_shutdown(cx);
+        }
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        let mut scratch = [0u8; 64];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf)) {
+                Ok(()) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Ok(()) => {}
+                // Closed without TLS's goodbye: closed all the same.
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    return Poll::Ready(Ok(()))
+                }
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
     }
 }
 
@@ -641,6 +680,19 @@ mod tests {
         assert!(!rewrite.backend(b'Z'));
         // The next exchange's injected ParseComplete is still recognised.
         assert!(rewrite.backend(b'1'));
+    }
+
+    #[test]
+    fn a_statement_the_server_refused_is_forgotten() {
+        let mut rewrite = started();
+        let mut prepare = message(b'P', b"s9\0SELEC 1\0\0\0");
+        prepare.extend(message(b'D', b"Ss9\0"));
+        prepare.extend(message(b'S', b""));
+        send(&mut rewrite, &prepare);
+        assert!(rewrite.statements.contains_key(&b"s9"[..]));
+        assert!(!rewrite.backend(b'E'));
+        assert!(!rewrite.backend(b'Z'));
+        assert!(rewrite.statements.is_empty());
     }
 
     #[test]

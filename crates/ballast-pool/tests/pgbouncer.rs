@@ -372,3 +372,96 @@ async fn postgresql_restarting_behind_pgbouncer_keeps_the_pools_connections() {
     assert!(failures.len() <= 2, "{failures:?}");
     assert_eq!(pool.stats().connects, connects + failures.len() as u64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_pgbouncer_with_pgbouncer_true() {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+    let Some(url) = db::postgres_url("pgbouncer_tls") else {
+        return;
+    };
+    if pgbouncer::require("pgbouncer_tls").is_none() {
+        return;
+    }
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = params.self_signed(&key).unwrap();
+    let server = db::socket_addr(&url);
+    let tls_bouncer = PgBouncer::start_with_files(
+        (&server.ip().to_string(), server.port()),
+        &["postgres"],
+        &[
+            ("client_tls_sslmode", "require"),
+            ("client_tls_key_file", "{dir}/key.pem"),
+            ("client_tls_cert_file", "{dir}/cert.pem"),
+            ("default_pool_size", "2"),
+        ],
+        &[
+            ("key.pem", key.serialize_pem().as_bytes()),
+            ("cert.pem", cert.pem().as_bytes()),
+        ],
+    )
+    .unwrap();
+    let root = std::env::temp_dir().join(db::unique_name("pgbouncer_root"));
+    std::fs::write(&root, cert.pem()).unwrap();
+    // `localhost`, the name the certificate carries.
+    let through = tls_bouncer.url(&url).replace("127.0.0.1", "localhost");
+    let verified = pool(
+        &through,
+        &format!(
+            "connection_limit=1&pgbouncer=true&sslmode=verify-full&sslrootcert={}",
+            root.display()
+        ),
+    );
+    {
+        let mut conn = verified.get().await.unwrap();
+        assert_eq!(cached_select(&mut conn, 5).await.unwrap(), 5);
+    }
+    // An abandoned statement is cancelled over TLS through PgBouncer too.
+    let abandoned = tokio::time::timeout(std::time::Duration::from_millis(300), async {
+        let mut conn = verified.get().await?;
+        diesel::sql_query("SELECT pg_sleep(20)")
+            .execute(&mut *conn)
+            .await?;
+        Ok::<_, Failure>(())
+    });
+    assert!(abandoned.await.is_err());
+    let dropped = std::time::Instant::now();
+    let mut conn = verified.get().await.unwrap();
+    assert_eq!(cached_select(&mut conn, 6).await.unwrap(), 6);
+    assert!(
+        dropped.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        dropped.elapsed()
+    );
+    drop(conn);
+
+    // Without sslmode PgBouncer refuses the login; a TLS-less PgBouncer refuses `require`:
+    // both are the deployment's to fix, not retried.
+    let plain = pool(
+        &through,
+        "connection_limit=1&pgbouncer=true&connect_timeout=2",
+    );
+    let failure = plain.get().await.map(drop).unwrap_err();
+    assert_eq!(
+        failure.cause(),
+        Cause::InvalidConfig,
+        "{}",
+        failure.report()
+    );
+    let no_tls = bouncer(&url, &[]);
+    let required = pool(
+        &no_tls.url(&url),
+        "connection_limit=1&pgbouncer=true&sslmode=require&connect_timeout=2",
+    );
+    let failure = required.get().await.map(drop).unwrap_err();
+    assert_eq!(
+        failure.cause(),
+        Cause::InvalidConfig,
+        "{}",
+        failure.report()
+    );
+    let _ = std::fs::remove_file(root);
+}

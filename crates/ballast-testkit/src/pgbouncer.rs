@@ -49,6 +49,19 @@ impl PgBouncer {
         users: &[&str],
         settings: &[(&str, &str)],
     ) -> Result<Self, String> {
+        Self::start_with_files(server, users, settings, &[])
+    }
+
+    /// [`start`](Self::start), with `files` (name, contents) written into its directory first,
+    /// readable by PgBouncer only: `{dir}` in a setting's value is that directory
+    /// (`("client_tls_key_file", "{dir}/key.pem")`).
+    pub fn start_with_files(
+        server: (&str, u16),
+        users: &[&str],
+        settings: &[(&str, &str)],
+        files: &[(&str, &[u8])],
+    ) -> Result<Self, String> {
+        use std::os::unix::fs::PermissionsExt;
         let binary = binary()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
@@ -71,7 +84,15 @@ impl PgBouncer {
             users.first().copied().unwrap_or("postgres"),
         );
         for (key, value) in settings {
+            let value = value.replace("{dir}", &dir.to_string_lossy());
             ini.push_str(&format!("{key} = {value}\n"));
+        }
+        for (name, contents) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, contents).map_err(|error| error.to_string())?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|error| error.to_string())?;
+            crate::cluster::chown_postgres(&path)?;
         }
         let ini_path = dir.join("pgbouncer.ini");
         std::fs::write(&ini_path, ini).map_err(|error| error.to_string())?;
