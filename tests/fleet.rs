@@ -64,6 +64,14 @@ async fn four_instances_behind_pgbouncer_share_ten_server_connections() {
         servers.push(support::start(&env).await);
     }
     let addrs: Vec<_> = servers.iter().map(|server| server.addr).collect();
+    for addr in &addrs {
+        let ready = support::get(*addr, "/readyz").await;
+        assert_eq!(
+            ready.status, 200,
+            "readiness through PgBouncer: {}",
+            ready.body
+        );
+    }
 
     // The role's server sessions, sampled throughout.
     let admin = db::pg_connect(&url).await;
