@@ -10,7 +10,10 @@
 //! rounds, what the whole stack as the example server builds it (shutdown, error, request
 //! timeout, cache, retry) costs over the bare service on a miss (goal: at most 1 µs), and what a
 //! cache hit through it costs over a bare service answering the same bytes (goal: at most
-//! 600 ns).
+//! 600 ns). `STACK_ONLY=hit` (or `miss`, `bare`) runs only that request, `STACK_CALLS` times,
+//! for a profiler (`valgrind --tool=callgrind` counts instructions repeatably); `STACK_SIZES=1`
+//! prints the sizes of the stack's response futures, which are copied whole each time a future
+//! moves.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -177,10 +180,94 @@ fn summary() {
     );
 }
 
+/// `STACK_ONLY=hit` (or `miss`, or `bare`: the bare service): only that request through the
+/// example server's stack,
+/// `STACK_CALLS` times (200,000), for a profiler (`valgrind --tool=callgrind`, `perf record`).
+fn profile(which: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let shutdown = Shutdown::builder().build();
+    let cache = ResponseCache::builder()
+        .store_unmarked(true)
+        .build()
+        .unwrap();
+    let stack = ServiceBuilder::new()
+        .layer(ShutdownLayer::new(shutdown.handle()))
+        .layer(ErrorResponseLayer::new())
+        .layer(RequestTimeoutLayer::new(std::time::Duration::from_secs(30)))
+        .layer(CacheLayer::new(cache).x_cache_header(true))
+        .layer(RetryLayer::new());
+    let calls: u32 = std::env::var("STACK_CALLS")
+        .ok()
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(200_000);
+    let run = |mut service: Box<dyn FnMut()>| {
+        for _ in 0..=calls {
+            service();
+        }
+    };
+    if which == "bare" {
+        let mut bare = service_fn(cacheable::<Full<Bytes>>);
+        run(Box::new(move || {
+            drop(black_box(runtime.block_on(bare.call(black_box(request())))));
+        }));
+    } else if which == "hit" {
+        let mut hit = stack.service_fn(cacheable::<RetryBody<TimedBody<Full<Bytes>>>>);
+        run(Box::new(move || {
+            drop(black_box(runtime.block_on(hit.call(black_box(request())))));
+        }));
+    } else {
+        let mut miss = stack.service_fn(handler::<RetryBody<TimedBody<Full<Bytes>>>>);
+        run(Box::new(move || {
+            drop(black_box(runtime.block_on(miss.call(black_box(request())))));
+        }));
+    }
+}
+
 criterion_group!(benches, layers);
 
 fn main() {
+    if std::env::var("STACK_SIZES").is_ok() {
+        sizes();
+        return;
+    }
+    if let Ok(which) = std::env::var("STACK_ONLY") {
+        profile(&which);
+        return;
+    }
     benches();
     summary();
     Criterion::default().configure_from_args().final_summary();
+}
+
+/// `STACK_SIZES=1`: the response futures' sizes, layer by layer, as the example server stacks
+/// them.
+fn sizes() {
+    fn size_of_future<S: Service<Request<Full<Bytes>>>>(_: &S) -> usize {
+        size_of::<S::Future>()
+    }
+    let shutdown = Shutdown::builder().build();
+    let cache = ResponseCache::builder().build().unwrap();
+    let retry = RetryLayer::new().layer(service_fn(handler::<RetryBody<TimedBody<Full<Bytes>>>>));
+    let cached = CacheLayer::new(cache).layer(retry.clone());
+    let timed = RequestTimeoutLayer::new(std::time::Duration::from_secs(30)).layer(cached.clone());
+    let errored = ErrorResponseLayer::new().layer(timed.clone());
+    let whole = ShutdownLayer::new(shutdown.handle()).layer(errored.clone());
+    eprintln!(
+        "futures: timeout {} error {} whole {}",
+        size_of_future(&timed),
+        size_of_future(&errored),
+        size_of_future(&whole)
+    );
+    fn size_of_future2<S: Service<Request<TimedBody<Full<Bytes>>>>>(_: &S) -> usize {
+        size_of::<S::Future>()
+    }
+    eprintln!(
+        "cache {} retry {}",
+        size_of_future2(&cached),
+        size_of_future2(&retry)
+    );
 }

@@ -306,17 +306,30 @@ where
                 },
             };
         }
-        let key = if rules::request_bypasses(&parts.method, &parts.headers, layer.credentialed) {
+        let scan = rules::Scan::of(
+            &parts.headers,
+            layer.credentialed,
+            &layer.cache.inner.keyed_headers,
+        );
+        let key = if scan.bypasses(&parts.method, &parts.headers) {
             None
         } else {
             match &layer.key {
                 Some(key) => key(&parts).map(|primary| CacheKey::new(parts.uri.path(), &primary)),
                 None => {
-                    // The path and the default primary key, built in one buffer.
+                    // The path and the default primary key, built in one buffer: the thread's
+                    // own, given back by a fresh hit, so most hits allocate no key.
                     let path = parts.uri.path();
-                    let mut text = String::with_capacity(path.len() + 64);
+                    let mut text = KEY_BUFFER.take();
+                    text.clear();
+                    text.reserve(path.len() + 64);
                     text.push_str(path);
-                    rules::push_default_key(&mut text, &parts, &layer.cache.inner.keyed_headers);
+                    rules::push_default_key(
+                        &mut text,
+                        &parts,
+                        &layer.cache.inner.keyed_headers,
+                        &scan,
+                    );
                     Some(CacheKey::from_text(text, path.len()))
                 }
             }
@@ -326,8 +339,7 @@ where
             .and_then(|key| now_or_never(layer.cache.inner.moka.get(key)));
         // A fresh hit is answered here: no clone of the inner service, no boxed future. A request
         // with its own cache directives is decided in `lookup`.
-        let directed = parts.headers.contains_key(http::header::CACHE_CONTROL)
-            || parts.headers.contains_key(http::header::PRAGMA);
+        let directed = scan.cache_control || scan.pragma;
         if let (Some(Some(entry)), false) = (&found, directed) {
             if let Stored::Response(stored) = &entry.stored {
                 let age = stored.age();
@@ -335,9 +347,12 @@ where
                     layer.cache.count(Event::Hit);
                     let head = parts.method == Method::HEAD;
                     let mut response = hit(stored, Some(age), head, layer.x_cache, "HIT");
-                    let conditions = rules::Conditions::of(&parts.headers);
-                    if !conditions.is_empty() {
+                    if scan.conditional {
+                        let conditions = rules::Conditions::of(&parts.headers);
                         answer_conditions(&conditions, &mut response);
+                    }
+                    if let Some(key) = key {
+                        key.recycle();
                     }
                     return ResponseFuture {
                         kind: Kind::Ready {
@@ -1001,8 +1016,13 @@ fn hit<ResBody>(
     };
     let mut response = Response::new(CacheBody::cached(body));
     *response.status_mut() = stored.status;
-    *response.headers_mut() = stored.headers.clone();
+    // Room for `Age`, `X-Cache` (and a HEAD's `Content-Length`) from the start: a clone has
+    // none, and a header map grows on any insert when full, even one that replaces a value.
     let headers = response.headers_mut();
+    headers.reserve(stored.headers.len() + 3);
+    for (name, value) in &stored.headers {
+        headers.append(name.clone(), value.clone());
+    }
     // A hit says how old it is; the request that stored it forwards the service's `Age` as it was.
     if let Some(age) = age {
         headers.insert(AGE, age_value(age.as_secs()));
@@ -1012,6 +1032,18 @@ fn hit<ResBody>(
     }
     mark(&mut response, x_cache, label);
     response
+}
+
+thread_local! {
+    /// A buffer for the next lookup's key (see `Cache::call`).
+    static KEY_BUFFER: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
+/// Gives a key's buffer back for the thread's next lookup, unless it grew large.
+pub(crate) fn recycle_key_buffer(text: String) {
+    if text.capacity() <= 1024 {
+        KEY_BUFFER.set(text);
+    }
 }
 
 /// The `Age` header's value. The first minute's values are made once: a fresh hit is usually

@@ -134,32 +134,62 @@ fn set_once(slot: &mut Option<u64>, value: Option<u64>, conflicting: &mut bool) 
     }
 }
 
-/// Whether a request must bypass the cache entirely (neither served from it nor stored).
-pub(crate) fn request_bypasses(
-    method: &Method,
-    headers: &HeaderMap,
-    credentialed_allowed: bool,
-) -> bool {
-    if method != Method::GET && method != Method::HEAD {
-        return true;
+/// What one pass over a request's header names tells the layer: requests carry few headers,
+/// and comparing each name against the few that matter costs less than a lookup per name.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Scan<'a> {
+    /// `Range`, `If-Range`, `If-Match` or `If-Unmodified-Since`; or `Authorization` or `Cookie`
+    /// when credentialed requests are not cached.
+    pub(crate) bypass: bool,
+    /// `Cache-Control` is present.
+    pub(crate) cache_control: bool,
+    /// `Pragma` is present.
+    pub(crate) pragma: bool,
+    /// `If-None-Match` or `If-Modified-Since` is present.
+    pub(crate) conditional: bool,
+    /// One of the cache's keyed headers is present.
+    pub(crate) keyed: bool,
+    /// The first `Host`.
+    pub(crate) host: Option<&'a http::HeaderValue>,
+}
+
+impl<'a> Scan<'a> {
+    pub(crate) fn of(
+        headers: &'a HeaderMap,
+        credentialed_allowed: bool,
+        keyed: &[HeaderName],
+    ) -> Self {
+        let mut scan = Scan::default();
+        for (name, value) in headers {
+            if name == RANGE || name == IF_RANGE || name == IF_MATCH || name == IF_UNMODIFIED_SINCE
+            {
+                scan.bypass = true;
+            } else if name == AUTHORIZATION || name == COOKIE {
+                scan.bypass |= !credentialed_allowed;
+            } else if name == CACHE_CONTROL {
+                scan.cache_control = true;
+            } else if name == PRAGMA {
+                scan.pragma = true;
+            } else if name == IF_NONE_MATCH || name == IF_MODIFIED_SINCE {
+                scan.conditional = true;
+            } else if name == HOST {
+                scan.host = scan.host.or(Some(value));
+            }
+            if keyed.contains(name) {
+                scan.keyed = true;
+            }
+        }
+        scan
     }
-    // Ranges are not assembled (a 206 is never stored), and preconditions other than the two a
-    // cache answers itself are the service's to evaluate: such requests neither use nor mark the
-    // cache.
-    if [RANGE, IF_RANGE, IF_MATCH, IF_UNMODIFIED_SINCE]
-        .iter()
-        .any(|name| headers.contains_key(name))
-    {
-        return true;
+
+    /// Whether the request neither uses nor fills the cache: an unsafe method, a range or a
+    /// precondition the cache does not answer, credentials (unless allowed), or `no-store`.
+    pub(crate) fn bypasses(&self, method: &Method, headers: &HeaderMap) -> bool {
+        if method != Method::GET && method != Method::HEAD {
+            return true;
+        }
+        self.bypass || (self.cache_control && directives(headers).no_store)
     }
-    if !credentialed_allowed
-        && (headers.contains_key(AUTHORIZATION) || headers.contains_key(COOKIE))
-    {
-        return true;
-    }
-    // `no-store` in a request: nothing of this exchange is stored (§5.2.1.5). `no-cache` and
-    // `max-age` are answered by validating ([`request_refreshes`]).
-    directives(headers).no_store
 }
 
 /// Whether a request's own directives (§5.2.1) refuse a stored response of this `age` and
@@ -530,10 +560,10 @@ pub(crate) fn push_default_key(
     key: &mut String,
     parts: &http::request::Parts,
     keyed: &[HeaderName],
+    scan: &Scan<'_>,
 ) {
-    let host = parts
-        .headers
-        .get(HOST)
+    let host = scan
+        .host
         .and_then(|host| host.to_str().ok())
         .or_else(|| parts.uri.authority().map(http::uri::Authority::as_str))
         .unwrap_or("");
@@ -544,9 +574,8 @@ pub(crate) fn push_default_key(
     key.reserve(host.len() + path.len());
     key.push_str(host);
     key.push_str(path);
-    // Most requests carry none of the keyed headers: one pass over the request's few names
-    // finds that out cheaper than a lookup per keyed name.
-    if !parts.headers.keys().any(|name| keyed.contains(name)) {
+    // Most requests carry none of the keyed headers (the scan tells).
+    if !scan.keyed {
         return;
     }
     for name in keyed {

@@ -5,18 +5,18 @@ use std::any::Any;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use ballast_core::{Cause, Failure};
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use pin_project_lite::pin_project;
-use tower_http::body::UnsyncBoxBody;
-use tower_http::catch_panic::{CatchPanic, ResponseForPanic};
+use tower_http::catch_panic::ResponseForPanic;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -25,9 +25,86 @@ use crate::map::{DefaultProblems, MapProblem};
 use ballast_core::http::{attach, attached, failure_response, RetryAfter};
 pub use ballast_core::BoxError;
 
-/// The response body of [`ErrorResponse`]: tower-http's, since its `CatchPanic` boxes every
-/// body already.
-pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+pin_project! {
+    /// The response body of [`ErrorResponse`]: the service's own body, or the problem document
+    /// the layer rendered in its place. Either way its error is a [`BoxError`].
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: BodyKind<B>,
+    }
+}
+
+pin_project! {
+    #[project = BodyKindProj]
+    enum BodyKind<B> {
+        Inner { #[pin] body: B },
+        Problem { body: Full<Bytes> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// A body of the service's, passed through.
+    pub fn inner(body: B) -> Self {
+        ResponseBody {
+            kind: BodyKind::Inner { body },
+        }
+    }
+
+    /// A problem document the layer rendered.
+    fn problem(body: Full<Bytes>) -> Self {
+        ResponseBody {
+            kind: BodyKind::Problem { body },
+        }
+    }
+}
+
+impl<B> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            BodyKind::Inner { .. } => f.write_str("ResponseBody::Inner"),
+            BodyKind::Problem { body } => {
+                f.debug_tuple("ResponseBody::Problem").field(body).finish()
+            }
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            BodyKindProj::Inner { body } => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(Into::into))),
+            BodyKindProj::Problem { body } => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(|never| match never {}))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Inner { body } => body.is_end_stream(),
+            BodyKind::Problem { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.kind {
+            BodyKind::Inner { body } => body.size_hint(),
+            BodyKind::Problem { body } => body.size_hint(),
+        }
+    }
+}
 
 /// Renders every failure of the wrapped service as an RFC 9457 problem+json response and logs it
 /// exactly once.
@@ -39,8 +116,9 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 ///   [`Failure`], an [`Error`], diesel, driver and I/O errors are classified, and
 ///   `tower::timeout`'s `Elapsed` is a 503 `DB_CONNECTION_ERROR` (timed out, retryable); anything
 ///   else is a 500 `CRITICAL_ERROR`. The stack's error type becomes [`Infallible`].
-/// - A panic in the service or its future becomes a 500 `CRITICAL_ERROR` (through tower-http's
-///   [`CatchPanic`]), and the server keeps serving.
+/// - A panic in the service or its future becomes a 500 `CRITICAL_ERROR` (caught with
+///   `catch_unwind` where the service is called and where its future is polled, as tower-http's
+///   `CatchPanic` does, without a future of its own), and the server keeps serving.
 /// - `retryable` is a promise: `true` only when repeating the request cannot do it twice — the
 ///   failure is worth retrying **and** its statement never reached the database, or the method
 ///   is idempotent (`GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE`, `TRACE`), or an idempotency key
@@ -133,10 +211,12 @@ impl<S, M: Clone> Layer<S> for ErrorResponseLayer<M> {
 
     fn layer(&self, inner: S) -> Self::Service {
         ErrorResponse {
-            inner: CatchPanic::custom(inner, PanicResponse),
-            map: self.map.clone(),
-            retry_after: self.retry_after,
-            plain_errors: self.plain_errors,
+            inner,
+            settings: Arc::new(Settings {
+                map: self.map.clone(),
+                retry_after: self.retry_after,
+                plain_errors: self.plain_errors,
+            }),
             not_ready: None,
         }
     }
@@ -144,10 +224,9 @@ impl<S, M: Clone> Layer<S> for ErrorResponseLayer<M> {
 
 /// The service made by [`ErrorResponseLayer`]; see there.
 pub struct ErrorResponse<S, M = DefaultProblems> {
-    inner: CatchPanic<S, PanicResponse>,
-    map: M,
-    retry_after: RetryAfter,
-    plain_errors: bool,
+    inner: S,
+    /// Shared with every response future: one pointer each instead of a copy.
+    settings: Arc<Settings<M>>,
     /// An error from the inner service's `poll_ready`, answered on the next call.
     not_ready: Option<BoxError>,
 }
@@ -156,9 +235,7 @@ impl<S: Clone, M: Clone> Clone for ErrorResponse<S, M> {
     fn clone(&self) -> Self {
         ErrorResponse {
             inner: self.inner.clone(),
-            map: self.map.clone(),
-            retry_after: self.retry_after,
-            plain_errors: self.plain_errors,
+            settings: Arc::clone(&self.settings),
             not_ready: None,
         }
     }
@@ -168,8 +245,8 @@ impl<S: fmt::Debug, M: fmt::Debug> fmt::Debug for ErrorResponse<S, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ErrorResponse")
             .field("inner", &self.inner)
-            .field("map", &self.map)
-            .field("retry_after", &self.retry_after)
+            .field("map", &self.settings.map)
+            .field("retry_after", &self.settings.retry_after)
             .finish_non_exhaustive()
     }
 }
@@ -182,10 +259,9 @@ where
     ResBody::Error: Into<BoxError>,
     M: MapProblem,
 {
-    type Response = Response<ResponseBody>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = Infallible;
-    type Future =
-        ResponseFuture<<CatchPanic<S, PanicResponse> as Service<Request<ReqBody>>>::Future, M>;
+    type Future = ResponseFuture<S::Future, M>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.not_ready.is_none() {
@@ -200,16 +276,16 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let context = RequestContext {
             method: request.method().clone(),
-            uri: request.uri().clone(),
-            map: self.map.clone(),
-            retry_after: self.retry_after,
-            plain_errors: self.plain_errors,
+            path: request.uri().path_and_query().cloned(),
+            settings: Arc::clone(&self.settings),
             request_id: request_id(request.headers()),
         };
         let state = match self.not_ready.take() {
             Some(error) => State::NotReady { error: Some(error) },
-            None => State::Called {
-                future: self.inner.call(request),
+            // A panic while the service makes its future is answered like one while it runs.
+            None => match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
+                Ok(future) => State::Called { future },
+                Err(panic) => State::Panicked { panic: Some(panic) },
             },
         };
         ResponseFuture {
@@ -219,26 +295,44 @@ where
     }
 }
 
-/// What a response future needs to render and log a failure.
-struct RequestContext<M> {
-    method: Method,
-    uri: Uri,
+/// The layer's settings, shared by its services and their futures.
+struct Settings<M> {
     map: M,
     retry_after: RetryAfter,
     plain_errors: bool,
+}
+
+impl<M> RequestContext<M> {
+    /// The request's path.
+    fn path(&self) -> &str {
+        self.path
+            .as_ref()
+            .map_or("/", http::uri::PathAndQuery::path)
+    }
+}
+
+/// What a response future needs to render and log a failure.
+struct RequestContext<M> {
+    method: Method,
+    /// For the log line (its path only: a query string can carry tokens).
+    path: Option<http::uri::PathAndQuery>,
+    settings: Arc<Settings<M>>,
     /// The request's id (`x-request-id`, as tower-http's `SetRequestIdLayer` sets it), when it
     /// has one a URI may carry: the problem's `instance`, and the log line's `request_id`.
     request_id: Option<HeaderValue>,
 }
 
-/// The request id header tower-http's request-id layers use.
-const REQUEST_ID: &str = "x-request-id";
+/// The request id header tower-http's request-id layers use (a `HeaderName`, so a lookup does
+/// not parse the name first).
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// The request's id when it is one a problem's `instance` can carry as is (a URI reference of
 /// unreserved characters, as UUIDs and ULIDs are).
 fn request_id(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    // A pass over the request's few names costs less than hashing this one for a lookup.
     headers
-        .get(REQUEST_ID)
+        .iter()
+        .find_map(|(name, value)| (*name == REQUEST_ID).then_some(value))
         .filter(|id| {
             !id.is_empty()
                 && id.len() <= 128
@@ -270,6 +364,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Called { #[pin] future: F },
+        Panicked { panic: Option<Box<dyn Any + Send + 'static>> },
         NotReady { error: Option<BoxError> },
     }
 }
@@ -280,47 +375,84 @@ impl<F, M> fmt::Debug for ResponseFuture<F, M> {
     }
 }
 
-impl<F, M, E> Future for ResponseFuture<F, M>
+impl<F, M, B, E> Future for ResponseFuture<F, M>
 where
-    F: Future<Output = Result<Response<ResponseBody>, E>>,
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
     E: Into<BoxError>,
     M: MapProblem,
 {
-    type Output = Result<Response<ResponseBody>, Infallible>;
+    type Output = Result<Response<ResponseBody<B>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = match this.state.project() {
-            StateProj::Called { future } => ready!(future.poll(cx)).map_err(Into::into),
-            StateProj::NotReady { error } => Err(error
-                .take()
-                .unwrap_or_else(|| "the service was not ready".into())),
+            // The handler's panic is caught here, as the server would otherwise lose the
+            // connection (and a task) without an answer.
+            StateProj::Called { future } => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Ok(Poll::Ready(Ok(response))) => Polled::Response(response),
+                    Ok(Poll::Ready(Err(error))) => Polled::Error(error.into()),
+                    Err(panic) => Polled::Panic(PanicResponse.response_for_panic(panic)),
+                }
+            }
+            StateProj::Panicked { panic } => Polled::Panic(
+                PanicResponse.response_for_panic(
+                    panic
+                        .take()
+                        .unwrap_or_else(|| Box::new("the service panicked")),
+                ),
+            ),
+            StateProj::NotReady { error } => Polled::Error(
+                error
+                    .take()
+                    .unwrap_or_else(|| "the service was not ready".into()),
+            ),
         };
         let Some(context) = this.context.take() else {
             // Polled after completion: answer like any other internal error.
             return Poll::Ready(Ok(internal_response()));
         };
         Poll::Ready(Ok(match result {
-            Ok(response) => match attached(response.extensions()) {
+            Polled::Response(response) => match attached(response.extensions()) {
                 Some(failure) => {
                     let failure = Arc::clone(failure);
                     let (parts, _body) = response.into_parts();
                     render(&context, failure, Some(parts.extensions))
                 }
-                None if context.plain_errors && is_plain_error(&response) => {
+                None if context.settings.plain_errors && is_plain_error(&response) => {
                     plain_error_problem(&context, response)
                 }
-                None => response,
+                None => response.map(ResponseBody::inner),
             },
-            Err(error) => match classify(error) {
+            // The panic's answer carries its failure: rendered and logged like any other.
+            Polled::Panic(response) => match attached(response.extensions()) {
+                Some(failure) => {
+                    let failure = Arc::clone(failure);
+                    let (parts, _body) = response.into_parts();
+                    render(&context, failure, Some(parts.extensions))
+                }
+                None => to_boxed(response),
+            },
+            Polled::Error(error) => match classify(error) {
                 Repr::Failure(failure) => render(&context, failure, None),
                 Repr::Problem(problem) => {
-                    let retry_after = context.retry_after.for_problem(&problem, None);
+                    let retry_after = context.settings.retry_after.for_problem(&problem, None);
                     to_boxed(problem.to_response(is_head(&context), retry_after))
                 }
             },
         }))
     }
+}
+
+/// What the service's future gave.
+enum Polled<B> {
+    Response(Response<B>),
+    /// The service panicked: [`PanicResponse`]'s answer.
+    Panic(Response<Full<Bytes>>),
+    Error(BoxError),
 }
 
 /// An error status whose body is not a problem document.
@@ -334,17 +466,17 @@ fn is_plain_error<B>(response: &Response<B>) -> bool {
 
 /// `response` with its body replaced by the problem document of its status; its other headers
 /// and extensions stay.
-fn plain_error_problem<M>(
+fn plain_error_problem<M, B, P>(
     context: &RequestContext<M>,
-    response: Response<ResponseBody>,
-) -> Response<ResponseBody> {
+    response: Response<P>,
+) -> Response<ResponseBody<B>> {
     let (mut parts, _body) = response.into_parts();
     let mut problem = crate::map::problem_for_status(parts.status);
     with_instance(context, &mut problem);
     tracing::debug!(
         status = parts.status.as_u16(),
         method = %context.method,
-        path = context.uri.path(),
+        path = context.path(),
         "an error response without a problem document: answered with one"
     );
     let rendered = problem.to_response(is_head(context), None);
@@ -384,16 +516,17 @@ fn classify_foreign(error: BoxError) -> Failure {
 
 /// The problem response for `failure`, logged once; `extensions` are carried over from the
 /// response that carried it.
-fn render<M: MapProblem>(
+fn render<M: MapProblem, B>(
     context: &RequestContext<M>,
     failure: Arc<Failure>,
     extensions: Option<http::Extensions>,
-) -> Response<ResponseBody> {
-    let mut problem = context.map.problem(&failure);
+) -> Response<ResponseBody<B>> {
+    let mut problem = context.settings.map.problem(&failure);
     problem.keep_promise(&failure, context.method.is_idempotent());
     with_instance(context, &mut problem);
     log(context, &failure, problem.status);
     let retry_after = context
+        .settings
         .retry_after
         .for_problem(&problem, failure.retry_after());
     let mut response = problem.to_response(is_head(context), retry_after);
@@ -414,7 +547,7 @@ fn log<M>(context: &RequestContext<M>, failure: &Failure, status: StatusCode) {
         .and_then(|id| id.to_str().ok())
         .unwrap_or("none");
     // The path only: a query string can carry tokens.
-    let path = context.uri.path();
+    let path = context.path();
     macro_rules! event {
         ($level:expr) => {
             tracing::event!(
@@ -443,11 +576,11 @@ fn log<M>(context: &RequestContext<M>, failure: &Failure, status: StatusCode) {
     }
 }
 
-fn to_boxed(response: Response<Full<Bytes>>) -> Response<ResponseBody> {
-    response.map(|body| UnsyncBoxBody::new(body.map_err(|never| match never {})))
+fn to_boxed<B>(response: Response<Full<Bytes>>) -> Response<ResponseBody<B>> {
+    response.map(ResponseBody::problem)
 }
 
-fn internal_response() -> Response<ResponseBody> {
+fn internal_response<B>() -> Response<ResponseBody<B>> {
     to_boxed(DefaultProblems::problem_for(&Failure::new(Cause::Internal)).to_response(false, None))
 }
 

@@ -33,7 +33,7 @@
 //! - **Logged once**, by the layer: 503 at `warn`, 500 at `error`, with the driver code and the
 //!   failure's redacted report (the first line of each error in its chain: PostgreSQL puts row
 //!   values in its `DETAIL` lines, which stay out).
-//! - Panics in handlers become 500s through tower-http's `CatchPanic`; the server keeps serving.
+//! - Panics in handlers become 500s (caught with `catch_unwind`); the server keeps serving.
 //! - The failure rides in the response extensions as an `Arc<Failure>`, for the retry and cache
 //!   layers and anything outside.
 //! - The mapping is pluggable ([`MapProblem`], closures included); [`DefaultProblems`] documents

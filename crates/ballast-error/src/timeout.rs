@@ -105,16 +105,12 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
         let scope = RequestScope::new(Some(started + self.timeout));
-        let reading = Arc::new(BodyState::default());
+        // A body already complete (a GET's) has nothing to watch: no shared state for it.
+        let reading = (!request.body().is_end_stream()).then(|| Arc::new(BodyState::default()));
         let method = request.method().clone();
-        let request = request.map(|body| {
-            if body.is_end_stream() {
-                reading.set(READ_DONE);
-            }
-            TimedBody {
-                body,
-                state: Arc::clone(&reading),
-            }
+        let request = request.map(|body| TimedBody {
+            body,
+            state: reading.clone(),
         });
         TimeoutFuture {
             state: State::Running {
@@ -142,7 +138,7 @@ pin_project! {
         #[pin]
         sleep: Timer,
         scope: Arc<RequestScope>,
-        reading: Arc<BodyState>,
+        reading: Option<Arc<BodyState>>,
         method: Method,
         timeout: Duration,
     }
@@ -153,7 +149,8 @@ pin_project! {
     #[project = TimerProj]
     enum Timer {
         Unset,
-        Set { #[pin] sleep: tokio::time::Sleep },
+        // Boxed: a timer is large, and most requests never need one.
+        Set { sleep: Pin<Box<tokio::time::Sleep>> },
     }
 }
 
@@ -189,14 +186,17 @@ where
         }
         if let TimerProj::Unset = this.sleep.as_mut().project() {
             this.sleep.set(Timer::Set {
-                sleep: tokio::time::sleep_until(*this.deadline),
+                sleep: Box::pin(tokio::time::sleep_until(*this.deadline)),
             });
         }
         if let TimerProj::Set { sleep } = this.sleep.as_mut().project() {
-            ready!(sleep.poll(cx));
+            ready!(sleep.as_mut().poll(cx));
         }
         // What the request was doing when its time ran out, before it is dropped.
-        let waiting_for_client = this.reading.get() == READ_WAITING;
+        let waiting_for_client = this
+            .reading
+            .as_ref()
+            .is_some_and(|reading| reading.get() == READ_WAITING);
         let database = this.scope.database();
         // Dropping it returns (and cancels) its connections; only then is "sent" complete.
         this.state.set(State::Done);
@@ -299,7 +299,7 @@ pin_project! {
     pub struct TimedBody<B> {
         #[pin]
         body: B,
-        state: Arc<BodyState>,
+        state: Option<Arc<BodyState>>,
     }
 }
 
@@ -318,20 +318,15 @@ impl<B: Body> Body for TimedBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        match this.body.poll_frame(cx) {
-            Poll::Pending => {
-                this.state.set(READ_WAITING);
-                Poll::Pending
-            }
-            Poll::Ready(None) => {
-                this.state.set(READ_DONE);
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(frame)) => {
-                this.state.set(READ_IDLE);
-                Poll::Ready(Some(frame))
-            }
+        let polled = this.body.poll_frame(cx);
+        if let Some(state) = this.state {
+            state.set(match &polled {
+                Poll::Pending => READ_WAITING,
+                Poll::Ready(None) => READ_DONE,
+                Poll::Ready(Some(_)) => READ_IDLE,
+            });
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

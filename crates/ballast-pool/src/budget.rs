@@ -32,6 +32,7 @@ pub struct ServerBudget {
 
 impl ServerBudget {
     /// The budget from the figures the server reported, `own` of the sessions being the pool's.
+    #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
     pub(crate) fn new(
         server_limit: u32,
         login_limit: Option<u32>,

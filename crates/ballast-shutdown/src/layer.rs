@@ -18,7 +18,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::coordinator::{InFlight, Phase, ShutdownHandle};
-use crate::request::IN_REQUEST;
+use crate::request::InRequest;
 
 /// The outermost layer: counts requests in flight (until their response body is finished) and,
 /// once draining, answers new requests with a 503 problem (`retryable: true`, `Retry-After`,
@@ -134,9 +134,13 @@ where
             };
         }
         let guard = handle.request_started();
+        let future = {
+            let _serving = InRequest::enter();
+            self.inner.call(request)
+        };
         ResponseFuture {
             state: State::Called {
-                future: IN_REQUEST.scope((), self.inner.call(request)),
+                future,
                 guard: Some(guard),
             },
         }
@@ -156,7 +160,7 @@ pin_project! {
     enum State<F> {
         Called {
             #[pin]
-            future: tokio::task::futures::TaskLocalFuture<(), F>,
+            future: F,
             guard: Option<InFlight>,
         },
         Rejected { response: Option<Response<Full<Bytes>>> },
@@ -179,7 +183,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Called { future, guard } => {
-                let result = ready!(future.poll(cx));
+                let result = {
+                    let _serving = InRequest::enter();
+                    ready!(future.poll(cx))
+                };
                 Poll::Ready(result.map(|mut response| {
                     let guard = guard.take();
                     // Draining now: this connection should not carry another request.
