@@ -17,13 +17,16 @@
 //! change the run. Each figure is the median of the rounds: requests a second summed over the
 //! instances, and the worst instance's p99 latency.
 
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use ballast_testkit::db::{self, PgDatabase};
 use ballast_testkit::pgbouncer::PgBouncer;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
+
+use common::{setting, start_example, wrk};
+
+mod common;
 
 const INSTANCES: usize = 4;
 
@@ -38,85 +41,6 @@ async fn main() -> ExitCode {
     }
 }
 
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-/// The example server as its own process; its child and base URL.
-async fn start_example(database_url: &str) -> Result<(Child, String), String> {
-    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
-    let server = exe
-        .parent()
-        .map(|dir| dir.join("examples").join("server"))
-        .filter(|path| path.exists())
-        .ok_or("the example server is not built: run `cargo build --release --example server`")?;
-    let mut child = Command::new(server)
-        .env("DATABASE_URL", database_url)
-        .env("BIND", "127.0.0.1:0")
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|error| format!("cannot start the example server: {error}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            return Ok((child, format!("http://{addr}")));
-        }
-    }
-    Err("the example server exited before listening".to_owned())
-}
-
-/// One `wrk` run's requests a second, p99 latency and non-2xx answers.
-async fn wrk(url: String, connections: u32, seconds: u64) -> Result<(f64, Duration, u64), String> {
-    let output = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            &url,
-        ])
-        .output()
-        .await
-        .map_err(|error| format!("wrk: {error} (apt-get install wrk)"))?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|line| line.trim().strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next().map(str::to_owned))
-    };
-    let rate = field("Requests/sec:")
-        .and_then(|rate| rate.parse().ok())
-        .ok_or_else(|| format!("wrk printed no rate: {text}"))?;
-    let p99 = field("99%")
-        .and_then(|value| duration(&value))
-        .ok_or_else(|| format!("wrk printed no p99: {text}"))?;
-    let errors = field("Non-2xx or 3xx responses:")
-        .and_then(|count| count.parse().ok())
-        .unwrap_or(0);
-    Ok((rate, p99, errors))
-}
-
-/// wrk's `1.23ms`, `850.00us`, `1.02s`.
-fn duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "us" => number / 1e6,
-        "ms" => number / 1e3,
-        "s" => number,
-        "m" => number * 60.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(seconds))
-}
-
 /// Loads every URL at once; the summed rate, the worst p99 and the errors.
 async fn load(
     urls: &[String],
@@ -125,14 +49,17 @@ async fn load(
 ) -> Result<(f64, Duration, u64), String> {
     let runs: Vec<_> = urls
         .iter()
-        .map(|url| tokio::spawn(wrk(url.clone(), connections, seconds)))
+        .map(|url| {
+            let url = url.clone();
+            tokio::spawn(async move { wrk(&url, connections, seconds).await })
+        })
         .collect();
     let (mut rate, mut p99, mut errors) = (0.0, Duration::ZERO, 0);
     for run in runs {
-        let (r, p, e) = run.await.map_err(|error| error.to_string())??;
-        rate += r;
-        p99 = p99.max(p);
-        errors += e;
+        let run = run.await.map_err(|error| error.to_string())??;
+        rate += run.rate;
+        p99 = p99.max(run.p99);
+        errors += run.errors;
     }
     Ok((rate, p99, errors))
 }
@@ -158,7 +85,7 @@ impl Subject {
         let mut servers = Vec::new();
         let mut urls = Vec::new();
         for _ in 0..instances {
-            let (child, base) = start_example(database_url).await?;
+            let (child, base) = start_example(&[("DATABASE_URL", database_url)]).await?;
             servers.push(child);
             urls.push(format!("{base}{path}"));
         }

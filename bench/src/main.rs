@@ -27,7 +27,7 @@
 //! - **Cached read** (`GET /items`, a cache hit through the whole stack) against a bare axum
 //!   handler answering the same bytes. Goal: ≥ 0.90.
 
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -41,8 +41,11 @@ use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{Double, Untyped};
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+use common::{setting, start_example, wrk, Run};
+
+mod common;
 
 /// The database the bench creates and uses.
 const DATABASE: &str = "ballast_bench";
@@ -131,37 +134,6 @@ async fn serve(router: Router) -> std::io::Result<String> {
     Ok(format!("http://{addr}"))
 }
 
-/// The example server as its own process on `database_url`; returns it and its base URL.
-async fn start_example(database_url: &str) -> Result<(Child, String), String> {
-    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
-    let server = exe
-        .parent()
-        .map(|dir| dir.join("examples").join("server"))
-        .filter(|path| path.exists())
-        .ok_or("the example server is not built: run `cargo build --release --example server`")?;
-    let mut child = Command::new(server)
-        .env(
-            "DATABASE_URL",
-            format!("{database_url}?connection_limit={POOL_SIZE}"),
-        )
-        .env("BIND", "127.0.0.1:0")
-        .env("RUST_LOG", "error")
-        // Hits stay fresh for the whole run.
-        .env("CACHE_TTL", "3600")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|error| format!("cannot start the example server: {error}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            return Ok((child, format!("http://{addr}")));
-        }
-    }
-    Err("the example server exited before listening".to_owned())
-}
-
 /// `curl`'s output for one request (`-i` adds the headers).
 async fn curl(args: &[&str]) -> Result<String, String> {
     let output = Command::new("curl")
@@ -199,34 +171,6 @@ fn context_switches(pid: u32) -> Option<u64> {
     Some(total)
 }
 
-/// One `wrk` run: requests a second, the requests made and the error responses counted.
-async fn wrk(url: &str, seconds: u64) -> Result<(f64, u64, u64), String> {
-    let output = Command::new("wrk")
-        .args(["-t1", "-c64", &format!("-d{seconds}s"), url])
-        .output()
-        .await
-        .map_err(|error| format!("wrk: {error} (apt-get install wrk)"))?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|line| line.trim().strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next().map(str::to_owned))
-    };
-    let rate = field("Requests/sec:")
-        .and_then(|rate| rate.parse().ok())
-        .ok_or_else(|| format!("wrk printed no rate: {text}"))?;
-    let errors = field("Non-2xx or 3xx responses:")
-        .and_then(|count| count.parse().ok())
-        .unwrap_or(0);
-    let requests = text
-        .lines()
-        .find(|line| line.contains(" requests in "))
-        .and_then(|line| line.split_whitespace().next())
-        .and_then(|count| count.parse().ok())
-        .unwrap_or(0);
-    Ok((rate, requests, errors))
-}
-
 /// `url` with its database replaced by `database`.
 fn with_database(url: &str, database: &str) -> String {
     let base = url.split('?').next().unwrap_or(url);
@@ -236,13 +180,6 @@ fn with_database(url: &str, database: &str) -> String {
         }
         _ => format!("{}/{database}", base.trim_end_matches('/')),
     }
-}
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
 }
 
 /// A subject: its name, the URL `wrk` loads and the process serving it.
@@ -330,7 +267,15 @@ async fn run() -> Result<(), String> {
     admin.close().await;
     let db_url = with_database(&url, DATABASE);
 
-    let (example_process, example) = start_example(&db_url).await?;
+    let (example_process, example) = start_example(&[
+        (
+            "DATABASE_URL",
+            &format!("{db_url}?connection_limit={POOL_SIZE}"),
+        ),
+        // Hits stay fresh for the whole run.
+        ("CACHE_TTL", "3600"),
+    ])
+    .await?;
     let example_pid = example_process.id().unwrap_or(0);
     let own_pid = std::process::id();
     for name in ["desk", "lamp", "chair"] {
@@ -481,7 +426,7 @@ async fn run() -> Result<(), String> {
         .chain(cached.iter_mut())
         .filter(chosen)
     {
-        wrk(&subject.url, 2).await?;
+        wrk(&subject.url, 64, 2).await?;
     }
     for round in 1..=rounds {
         for subject in round_trip
@@ -490,7 +435,12 @@ async fn run() -> Result<(), String> {
             .filter(chosen)
         {
             let before = (cpu_ticks(subject.pid), context_switches(subject.pid));
-            let (rate, requests, errors) = wrk(&subject.url, seconds).await?;
+            let Run {
+                rate,
+                requests,
+                errors,
+                ..
+            } = wrk(&subject.url, 64, seconds).await?;
             let after = (cpu_ticks(subject.pid), context_switches(subject.pid));
             if let ((Some(t0), Some(s0)), (Some(t1), Some(s1))) = (before, after) {
                 subject.cpu.0 += t1.saturating_sub(t0);
