@@ -156,8 +156,8 @@
 //! `cargo bench -p ballast-cache --bench hit` compares a hit with a bare service returning the
 //! same bytes; `cargo bench -p ballast-cache --bench memory` reports resident memory after
 //! 1,000,000 distinct keys and the hit ratios of LRU and TinyLFU on a Zipf trace. On this
-//! project's 2-core machine (2026-11-26): a hit costs 534 ns over the bare service (goal 1 µs); a 64 MiB cache
-//! grew the process by 93 MiB after a million keys (goal 96 MiB); on a Zipf (s = 1) trace LRU hits
+//! project's 2-core machine (2026-11-27): a hit costs 276 ns over the bare service (goal 1 µs); a 64 MiB cache
+//! grew the process by 94 MiB after a million keys (goal 96 MiB); on a Zipf (s = 1) trace LRU hits
 //! 50.7 % and TinyLFU 52.1 %.
 
 mod body;
