@@ -28,6 +28,34 @@ use http::{Request, Response};
 use http_body_util::Full;
 use tower::{service_fn, Layer, Service, ServiceBuilder};
 
+/// The stack as `examples/server/main.rs` builds it, outermost first.
+macro_rules! example_stack {
+    ($shutdown:expr, $cache:expr) => {
+        ServiceBuilder::new()
+            .layer(ShutdownLayer::new($shutdown.handle()))
+            .layer(ErrorResponseLayer::new())
+            .layer(RequestTimeoutLayer::new(std::time::Duration::from_secs(30)))
+            .layer(CacheLayer::new($cache).x_cache_header(true))
+            .layer(RetryLayer::new())
+    };
+}
+
+/// The runtime every measurement drives its service on, one `block_on` per request.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A cache that stores what is not marked, as the stacks here measure it.
+fn storing_cache() -> ResponseCache {
+    ResponseCache::builder()
+        .store_unmarked(true)
+        .build()
+        .unwrap()
+}
+
 fn request() -> Request<Full<Bytes>> {
     Request::get("http://example.com/items?page=1")
         .header("accept", "application/json")
@@ -44,16 +72,10 @@ async fn handler<B>(_request: Request<B>) -> Result<Response<Full<Bytes>>, Infal
 }
 
 fn layers(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     let _entered = runtime.enter();
     let shutdown = Shutdown::builder().build();
-    let cache = ResponseCache::builder()
-        .store_unmarked(true)
-        .build()
-        .unwrap();
+    let cache = storing_cache();
     let mut group = c.benchmark_group("cache miss, no database work");
 
     let mut bare = service_fn(handler::<Full<Bytes>>);
@@ -125,31 +147,14 @@ fn alternate(mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
 }
 
 fn summary() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     let _entered = runtime.enter();
     let shutdown = Shutdown::builder().build();
-    // As `examples/server/main.rs` builds it.
-    let stack = |cache: ResponseCache| {
-        ServiceBuilder::new()
-            .layer(ShutdownLayer::new(shutdown.handle()))
-            .layer(ErrorResponseLayer::new())
-            .layer(RequestTimeoutLayer::new(std::time::Duration::from_secs(30)))
-            .layer(CacheLayer::new(cache).x_cache_header(true))
-            .layer(RetryLayer::new())
-    };
+    let stack = |cache: ResponseCache| example_stack!(shutdown, cache);
     println!("\nthe example server's stack, median of 21 alternating rounds");
 
     let mut bare = service_fn(handler::<Full<Bytes>>);
-    let mut miss = stack(
-        ResponseCache::builder()
-            .store_unmarked(true)
-            .build()
-            .unwrap(),
-    )
-    .service_fn(handler::<RetryBody<TimedBody<Full<Bytes>>>>);
+    let mut miss = stack(storing_cache()).service_fn(handler::<RetryBody<TimedBody<Full<Bytes>>>>);
     let (bare_ns, stack_ns) = alternate(
         || drop(black_box(runtime.block_on(bare.call(black_box(request()))))),
         || drop(black_box(runtime.block_on(miss.call(black_box(request()))))),
@@ -161,13 +166,7 @@ fn summary() {
     );
 
     let mut bare = service_fn(cacheable::<Full<Bytes>>);
-    let mut hit = stack(
-        ResponseCache::builder()
-            .store_unmarked(true)
-            .build()
-            .unwrap(),
-    )
-    .service_fn(cacheable::<RetryBody<TimedBody<Full<Bytes>>>>);
+    let mut hit = stack(storing_cache()).service_fn(cacheable::<RetryBody<TimedBody<Full<Bytes>>>>);
     drop(runtime.block_on(hit.call(request())));
     let (bare_ns, hit_ns) = alternate(
         || drop(black_box(runtime.block_on(bare.call(black_box(request()))))),
@@ -184,22 +183,11 @@ fn summary() {
 /// example server's stack,
 /// `STACK_CALLS` times (200,000), for a profiler (`valgrind --tool=callgrind`, `perf record`).
 fn profile(which: &str) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     let _entered = runtime.enter();
     let shutdown = Shutdown::builder().build();
-    let cache = ResponseCache::builder()
-        .store_unmarked(true)
-        .build()
-        .unwrap();
-    let stack = ServiceBuilder::new()
-        .layer(ShutdownLayer::new(shutdown.handle()))
-        .layer(ErrorResponseLayer::new())
-        .layer(RequestTimeoutLayer::new(std::time::Duration::from_secs(30)))
-        .layer(CacheLayer::new(cache).x_cache_header(true))
-        .layer(RetryLayer::new());
+    let cache = storing_cache();
+    let stack = example_stack!(shutdown, cache);
     let calls: u32 = std::env::var("STACK_CALLS")
         .ok()
         .and_then(|calls| calls.parse().ok())

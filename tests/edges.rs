@@ -570,27 +570,6 @@ async fn scenario_26_a_stalled_database_fails_within_connect_timeout_then_at_onc
     );
 }
 
-/// Repeats a keyed POST while its answer says `"retryable": true` (409 while the first is still
-/// running, 503 while the outcome is unknown); the final answer and how many repeats it took.
-async fn post_until_settled(addr: std::net::SocketAddr, key: &str, name: &str) -> (Answer, usize) {
-    let body = format!(r#"{{"name":"{name}"}}"#);
-    for repeats in 0..200 {
-        let answer = support::request(
-            addr,
-            "POST",
-            "/items",
-            &[("Idempotency-Key", key)],
-            Some(("application/json", &body)),
-        )
-        .await;
-        if !answer.body.contains(r#""retryable":true"#) {
-            return (answer, repeats);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{key} never settled");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_25_a_keyed_post_whose_connection_died_is_written_exactly_once() {
     let Some(url) = db::postgres_url("scenario_25_idempotency_key") else {
@@ -637,7 +616,7 @@ async fn scenario_25_a_keyed_post_whose_connection_died_is_written_exactly_once(
         tokio::time::sleep(Duration::from_millis(400)).await;
         proxy.reset_all();
         let first = first.await.unwrap();
-        let (last, repeats) = post_until_settled(server.addr, key, name).await;
+        let (last, repeats) = support::post_until_settled(server.addr, key, name).await;
         let again = support::request(
             server.addr,
             "POST",

@@ -57,7 +57,9 @@ async fn four_instances_behind_pgbouncer_share_ten_server_connections() {
     let env = [("DATABASE_URL", app_url.as_str()), ("CACHE_TTL", "1")];
     // One instance creates the tables first (concurrent CREATE TABLE IF NOT EXISTS can collide).
     let first = support::start(&env).await;
-    let warm = post_until_settled(first.addr, "warm-up", "warm-up").await;
+    let warm = support::post_until_settled(first.addr, "warm-up", "warm-up")
+        .await
+        .0;
     assert_eq!(warm.status, 201, "{}", warm.body);
     let mut servers = vec![first];
     for _ in 1..INSTANCES {
@@ -111,7 +113,9 @@ async fn four_instances_behind_pgbouncer_share_ten_server_connections() {
                     let answer = if n % 2 == 0 {
                         let name = format!("c{client}-{n}");
                         let answer =
-                            post_until_settled(addr, &format!("k{client}-{n}"), &name).await;
+                            support::post_until_settled(addr, &format!("k{client}-{n}"), &name)
+                                .await
+                                .0;
                         if matches!(answer.status, 200 | 201) {
                             acknowledged.lock().unwrap().insert(name);
                         }
@@ -172,28 +176,6 @@ async fn four_instances_behind_pgbouncer_share_ten_server_connections() {
         .collect();
     assert!(lost.is_empty(), "acknowledged but missing: {lost:?}");
     drop(servers);
-}
-
-/// Repeats a keyed POST while its answer says `"retryable": true`; the final answer.
-async fn post_until_settled(addr: std::net::SocketAddr, key: &str, name: &str) -> support::Answer {
-    let body = format!(r#"{{"name":"{name}"}}"#);
-    let mut answer = None;
-    for _ in 0..100 {
-        let this = support::request(
-            addr,
-            "POST",
-            "/items",
-            &[("Idempotency-Key", key)],
-            Some(("application/json", &body)),
-        )
-        .await;
-        if !this.body.contains(r#""retryable":true"#) {
-            return this;
-        }
-        answer = Some(this);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    answer.expect("at least one answer")
 }
 
 /// `/stats`'s `shared_invalidation.connected`.
@@ -262,8 +244,9 @@ async fn a_write_on_one_instance_reaches_the_others_cache_through_redis() {
     ];
     let a = support::start(&env).await;
     assert_eq!(
-        post_until_settled(a.addr, "warm-up", "warm-up")
+        support::post_until_settled(a.addr, "warm-up", "warm-up")
             .await
+            .0
             .status,
         201
     );
@@ -283,7 +266,13 @@ async fn a_write_on_one_instance_reaches_the_others_cache_through_redis() {
                 while running.load(Ordering::Relaxed) {
                     n += 1;
                     let answer = if n % 5 == 0 {
-                        post_until_settled(addr, &format!("t-{addr}-{n}"), &format!("t{n}")).await
+                        support::post_until_settled(
+                            addr,
+                            &format!("t-{addr}-{n}"),
+                            &format!("t{n}"),
+                        )
+                        .await
+                        .0
                     } else {
                         support::get(addr, "/items").await
                     };

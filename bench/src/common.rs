@@ -1,10 +1,33 @@
 //! What both bench binaries share: the example server as a process, `wrk`, settings.
 
-use std::process::Stdio;
+use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+/// `run`'s outcome as the process's exit code, its error printed.
+pub(crate) fn exit(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `DATABASE_URL`, or `None` after saying the bench is skipped; warns about a debug build.
+pub(crate) fn database_url(bench: &str) -> Option<String> {
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        println!("skipping the {bench}: DATABASE_URL (PostgreSQL) is unset");
+        return None;
+    };
+    if cfg!(debug_assertions) {
+        println!("warning: a debug build measures the bench, not the stacks: use --release");
+    }
+    Some(url)
+}
 
 /// A number from the environment, or `default`.
 pub(crate) fn setting(name: &str, default: u64) -> u64 {

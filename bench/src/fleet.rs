@@ -24,7 +24,7 @@ use ballast_testkit::db::{self, PgDatabase};
 use ballast_testkit::pgbouncer::PgBouncer;
 use tokio::process::Child;
 
-use common::{setting, start_example, wrk};
+use common::{database_url, exit, setting, start_example, wrk};
 
 mod common;
 
@@ -32,13 +32,7 @@ const INSTANCES: usize = 4;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
-        }
-    }
+    exit(run().await)
 }
 
 /// Loads every URL at once; the summed rate, the worst p99 and the errors.
@@ -142,13 +136,9 @@ fn report(title: &str, subjects: &[Subject]) {
 }
 
 async fn run() -> Result<(), String> {
-    let Ok(url) = std::env::var("DATABASE_URL") else {
-        println!("skipping the fleet bench: DATABASE_URL (PostgreSQL) is unset");
+    let Some(url) = database_url("fleet bench") else {
         return Ok(());
     };
-    if !cfg!(not(debug_assertions)) {
-        println!("warning: a debug build measures the bench, not the stacks: use --release");
-    }
     let (seconds, rounds) = (setting("BENCH_SECONDS", 8), setting("BENCH_ROUNDS", 2));
     let budget = setting("BENCH_BUDGET", 12);
     let sleep_ms = setting("BENCH_SLEEP_MS", 2);

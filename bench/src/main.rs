@@ -43,7 +43,7 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use tokio::process::Command;
 
-use common::{setting, start_example, wrk, Run};
+use common::{database_url, exit, setting, start_example, wrk, Run};
 
 mod common;
 
@@ -230,23 +230,13 @@ impl Subject {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
-        }
-    }
+    exit(run().await)
 }
 
 async fn run() -> Result<(), String> {
-    let Ok(url) = std::env::var("DATABASE_URL") else {
-        println!("skipping the HTTP load bench: DATABASE_URL (PostgreSQL) is unset");
+    let Some(url) = database_url("HTTP load bench") else {
         return Ok(());
     };
-    if !cfg!(not(debug_assertions)) {
-        println!("warning: a debug build measures the bench, not the stacks: use --release");
-    }
     let (seconds, rounds) = (setting("BENCH_SECONDS", 8), setting("BENCH_ROUNDS", 3));
 
     // A database of the bench's own: the example's `items` table starts empty.

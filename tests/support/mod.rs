@@ -223,3 +223,24 @@ pub async fn hang_up_after(addr: SocketAddr, path: String, after: Duration) {
 pub async fn get(addr: SocketAddr, path: &str) -> Answer {
     send(addr, "GET", path, None).await
 }
+
+/// Repeats a keyed POST while its answer says `"retryable": true` (409 while the first is still
+/// running, 503 while the outcome is unknown); the final answer and how many repeats it took.
+pub async fn post_until_settled(addr: SocketAddr, key: &str, name: &str) -> (Answer, usize) {
+    let body = format!(r#"{{"name":"{name}"}}"#);
+    for repeats in 0..200 {
+        let answer = request(
+            addr,
+            "POST",
+            "/items",
+            &[("Idempotency-Key", key)],
+            Some(("application/json", &body)),
+        )
+        .await;
+        if !answer.body.contains(r#""retryable":true"#) {
+            return (answer, repeats);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{key} never settled");
+}
