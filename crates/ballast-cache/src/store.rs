@@ -57,12 +57,10 @@ pub struct CacheKey {
     /// (a hit allocates it once), copied only when an entry is stored.
     text: String,
     path_len: usize,
-    /// Empty for most keys: shared, so it costs no allocation.
-    variant: Arc<str>,
+    /// `None` for most keys: no allocation, and no reference count that every request on every
+    /// core would bump.
+    variant: Option<Arc<str>>,
 }
-
-/// The empty variant every key without one shares.
-static NO_VARIANT: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
 
 impl CacheKey {
     pub(crate) fn new(path: &str, primary: &str) -> Self {
@@ -77,7 +75,7 @@ impl CacheKey {
         CacheKey {
             text,
             path_len,
-            variant: Arc::clone(&NO_VARIANT),
+            variant: None,
         }
     }
 
@@ -85,11 +83,7 @@ impl CacheKey {
         CacheKey {
             text: self.text.clone(),
             path_len: self.path_len,
-            variant: if variant.is_empty() {
-                Arc::clone(&NO_VARIANT)
-            } else {
-                variant.into()
-            },
+            variant: (!variant.is_empty()).then(|| variant.into()),
         }
     }
 
@@ -109,7 +103,7 @@ impl CacheKey {
     }
 
     fn size(&self) -> u64 {
-        (self.text.len() + self.variant.len()) as u64
+        (self.text.len() + self.variant.as_ref().map_or(0, |variant| variant.len())) as u64
     }
 }
 

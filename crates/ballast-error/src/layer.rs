@@ -212,11 +212,11 @@ impl<S, M: Clone> Layer<S> for ErrorResponseLayer<M> {
     fn layer(&self, inner: S) -> Self::Service {
         ErrorResponse {
             inner,
-            settings: Arc::new(Settings {
+            settings: Settings {
                 map: self.map.clone(),
                 retry_after: self.retry_after,
                 plain_errors: self.plain_errors,
-            }),
+            },
             not_ready: None,
         }
     }
@@ -225,8 +225,9 @@ impl<S, M: Clone> Layer<S> for ErrorResponseLayer<M> {
 /// The service made by [`ErrorResponseLayer`]; see there.
 pub struct ErrorResponse<S, M = DefaultProblems> {
     inner: S,
-    /// Shared with every response future: one pointer each instead of a copy.
-    settings: Arc<Settings<M>>,
+    /// Copied into every response future: a few words, where a shared `Arc` would be a reference
+    /// count every request on every core bumps.
+    settings: Settings<M>,
     /// An error from the inner service's `poll_ready`, answered on the next call.
     not_ready: Option<BoxError>,
 }
@@ -235,7 +236,7 @@ impl<S: Clone, M: Clone> Clone for ErrorResponse<S, M> {
     fn clone(&self) -> Self {
         ErrorResponse {
             inner: self.inner.clone(),
-            settings: Arc::clone(&self.settings),
+            settings: self.settings.clone(),
             not_ready: None,
         }
     }
@@ -277,7 +278,7 @@ where
         let context = RequestContext {
             method: request.method().clone(),
             path: request.uri().path_and_query().cloned(),
-            settings: Arc::clone(&self.settings),
+            settings: self.settings.clone(),
             request_id: request_id(request.headers()),
         };
         let state = match self.not_ready.take() {
@@ -295,7 +296,8 @@ where
     }
 }
 
-/// The layer's settings, shared by its services and their futures.
+/// The layer's settings, which its services and their futures carry.
+#[derive(Clone)]
 struct Settings<M> {
     map: M,
     retry_after: RetryAfter,
@@ -316,7 +318,7 @@ struct RequestContext<M> {
     method: Method,
     /// For the log line (its path only: a query string can carry tokens).
     path: Option<http::uri::PathAndQuery>,
-    settings: Arc<Settings<M>>,
+    settings: Settings<M>,
     /// The request's id (`x-request-id`, as tower-http's `SetRequestIdLayer` sets it), when it
     /// has one a URI may carry: the problem's `instance`, and the log line's `request_id`.
     request_id: Option<HeaderValue>,
