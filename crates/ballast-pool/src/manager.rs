@@ -67,9 +67,18 @@ impl Shared {
     /// Reads the server's budget on the first connection that gets here (again on a later one
     /// when reading failed) and warns when `connection_limit` does not fit in it.
     async fn read_budget<C: Connect>(&self, conn: &mut C) {
+        /// Lets a later connection read the budget unless this one did: also when the connect
+        /// is dropped part-way (the pool closing, a cancelled checkout).
+        struct Unread<'a>(&'a AtomicBool);
+        impl Drop for Unread<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
         if self.budget_read.swap(true, Ordering::AcqRel) {
             return;
         }
+        let unread = Unread(&self.budget_read);
         let read = tokio::time::timeout(
             self.config.connect_timeout(),
             conn.server_budget(&self.config),
@@ -77,6 +86,7 @@ impl Shared {
         .await;
         match read {
             Ok(Ok(budget)) => {
+                std::mem::forget(unread);
                 if let Some(budget) = &budget {
                     budget.warn_if_short(&self.config);
                 }
@@ -84,13 +94,11 @@ impl Shared {
             }
             Ok(Err(failure)) => {
                 tracing::debug!("the server's connection budget could not be read: {failure}");
-                self.budget_read.store(false, Ordering::Release);
             }
             Err(_) => {
                 tracing::debug!(
                     "reading the server's connection budget took longer than connect_timeout"
                 );
-                self.budget_read.store(false, Ordering::Release);
             }
         }
     }

@@ -228,9 +228,7 @@ async fn a_full_pooler_and_a_missing_server_are_retryable_connect_failures() {
     assert!(failure.retryable());
 
     // PostgreSQL behind the pooler is gone: a closed port.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = db::free_port().unwrap();
     let nowhere = PgBouncer::start(
         ("127.0.0.1", port),
         &["postgres"],

@@ -33,10 +33,7 @@ impl PrivateCluster {
             .filter(|bin| bin.join("initdb").exists())
             .max()
             .ok_or("no initdb under /usr/lib/postgresql")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map_err(|error| error.to_string())?
-            .port();
+        let port = crate::db::free_port()?;
         let dir = std::env::temp_dir().join(crate::db::unique_name("ballast_cluster"));
         std::fs::create_dir_all(&dir).map_err(|error| error.to_string())?;
         chown_postgres(&dir)?;

@@ -20,10 +20,7 @@ impl PrivateMariaDb {
     /// of `files` by its name: `{dir}` is replaced with the directory). `Err` says why it could
     /// not start.
     pub fn start(files: &[(&str, &[u8])], options: &[&str]) -> Result<Self, String> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map_err(|error| error.to_string())?
-            .port();
+        let port = crate::db::free_port()?;
         let dir = std::env::temp_dir().join(crate::db::unique_name("ballast_mariadb"));
         std::fs::create_dir_all(dir.join("data")).map_err(|error| error.to_string())?;
         for (name, contents) in files {

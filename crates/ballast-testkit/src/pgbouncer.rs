@@ -63,10 +63,7 @@ impl PgBouncer {
     ) -> Result<Self, String> {
         use std::os::unix::fs::PermissionsExt;
         let binary = binary()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map_err(|error| error.to_string())?
-            .port();
+        let port = crate::db::free_port()?;
         let dir = std::env::temp_dir().join(crate::db::unique_name("ballast_pgbouncer"));
         std::fs::create_dir_all(&dir).map_err(|error| error.to_string())?;
         let users_file = dir.join("users.txt");

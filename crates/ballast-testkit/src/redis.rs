@@ -29,10 +29,7 @@ pub fn binary() -> Result<PathBuf, String> {
 impl PrivateRedis {
     /// Starts one on a free port of 127.0.0.1 and waits until it answers.
     pub fn start() -> Result<Self, String> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map_err(|error| error.to_string())?
-            .port();
+        let port = crate::db::free_port()?;
         let mut redis = PrivateRedis {
             binary: binary()?,
             port,

@@ -67,6 +67,14 @@ fn url_from_env(var: &str, test: &str) -> Option<String> {
     }
 }
 
+/// A TCP port on 127.0.0.1 nothing listens on now, for a server a test starts.
+pub fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|error| error.to_string())
+}
+
 /// A name no other test (or test process) uses at the same time: `prefix`, the process id, a
 /// counter and the clock.
 pub fn unique_name(prefix: &str) -> String {
