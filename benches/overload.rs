@@ -1,6 +1,6 @@
 //! Overload: what 500 concurrent clients see from the example server (release build, a pool of
-//! 10, every request a 100 ms query) without a bound on waiting checkouts and with the default
-//! one, measured in one run.
+//! 10, every request a 100 ms query) without admission control and with the default, measured
+//! in one run.
 //!
 //! ```text
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --bench overload
@@ -11,8 +11,10 @@
 //! `GET /sleep?ms=100` over its keep-alive connection as soon as its last answer came — after a 503 at
 //! once (impatient clients) or after its `Retry-After` (polite ones) — for 30 s
 //! (`OVERLOAD_SECONDS` to change it). It prints throughput and the p50/p99 latency of the
-//! successes and of the 503s, for `queue_limit=0` (no bound: checkouts queue for up to
-//! `pool_timeout`, 20 s) and for the default (10 × `connection_limit` = 100).
+//! successes and of the 503s, for `queue_target=0` (admission by time off: checkouts queue for up
+//! to `pool_timeout`, 20 s) and for the default (admission by time, `queue_target` 1 s). The five
+//! load shapes of admission by time have their own bench: `cargo run --release -p ballast-bench
+//! --bin admission-bench`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,8 +22,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use ballast_testkit::http::{Client as Connection, Reply};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Concurrent clients.
@@ -67,77 +69,6 @@ async fn start(database_url: &str) -> (Child, SocketAddr) {
     (child, addr)
 }
 
-/// A client's keep-alive connection (new connections per request would measure the kernel's
-/// accept queue, not the server).
-struct Connection {
-    addr: SocketAddr,
-    stream: Option<BufReader<TcpStream>>,
-}
-
-impl Connection {
-    fn new(addr: SocketAddr) -> Self {
-        Connection { addr, stream: None }
-    }
-
-    /// Opens the connection now, so the first measured request does not include a connect
-    /// (500 at once can overflow the accept queue, and a dropped SYN is retried after a second).
-    async fn connect(&mut self) {
-        if self.stream.is_none() {
-            self.stream = TcpStream::connect(self.addr).await.ok().map(BufReader::new);
-        }
-    }
-
-    /// One request: its status, how long the answer took, and its `Retry-After` in seconds.
-    async fn request(&mut self, path: &str) -> Option<(u16, Duration, Option<u64>)> {
-        let started = Instant::now();
-        let answer = self.exchange(path).await;
-        if answer.is_none() {
-            self.stream = None;
-        }
-        let (status, retry_after, close) = answer?;
-        if close {
-            self.stream = None;
-        }
-        Some((status, started.elapsed(), retry_after))
-    }
-
-    async fn exchange(&mut self, path: &str) -> Option<(u16, Option<u64>, bool)> {
-        if self.stream.is_none() {
-            self.stream = Some(BufReader::new(TcpStream::connect(self.addr).await.ok()?));
-        }
-        let stream = self.stream.as_mut()?;
-        let text = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
-        stream.get_mut().write_all(text.as_bytes()).await.ok()?;
-        let mut status = None;
-        let mut length = 0usize;
-        let mut retry_after = None;
-        let mut close = false;
-        loop {
-            let mut line = String::new();
-            if stream.read_line(&mut line).await.ok()? == 0 {
-                return None;
-            }
-            let line = line.trim_end().to_ascii_lowercase();
-            if line.is_empty() {
-                break;
-            }
-            if status.is_none() {
-                status = line.get(9..12)?.parse().ok();
-            } else if let Some((name, value)) = line.split_once(':') {
-                match name.trim() {
-                    "content-length" => length = value.trim().parse().ok()?,
-                    "retry-after" => retry_after = value.trim().parse().ok(),
-                    "connection" => close = value.trim() == "close",
-                    _ => {}
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        stream.read_exact(&mut body).await.ok()?;
-        Some((status?, retry_after, close))
-    }
-}
-
 /// What a client does after a 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Client {
@@ -168,7 +99,7 @@ async fn run(label: &str, database_url: &str, seconds: u64, behaviour: Client) {
     // Warm up: the schema and the pool's connections.
     let mut warm = Connection::new(addr);
     for _ in 0..3 {
-        let _ = warm.request("/sleep?ms=1").await;
+        let _ = warm.get("/sleep?ms=1").await;
     }
     let latencies = Arc::new(Mutex::new(Latencies::default()));
     // Every client connects first; the measured run starts when all have.
@@ -190,15 +121,22 @@ async fn run(label: &str, database_url: &str, seconds: u64, behaviour: Client) {
                     n += 1;
                     // Distinct URLs: each request runs its own query.
                     let path = format!("/sleep?ms={QUERY_MS}&c={client}&n={n}");
-                    let answer = connection.request(&path).await;
+                    let answer = connection.get(&path).await;
                     let wait = {
                         let mut latencies = latencies.lock().unwrap();
                         match answer {
-                            Some((200, took, _)) => {
+                            Some(Reply {
+                                status: 200, took, ..
+                            }) => {
                                 latencies.ok.push(took);
                                 None
                             }
-                            Some((503, took, retry_after)) => {
+                            Some(Reply {
+                                status: 503,
+                                took,
+                                retry_after,
+                                ..
+                            }) => {
                                 latencies.shed.push(took);
                                 retry_after.filter(|_| behaviour == Client::Polite)
                             }
@@ -255,19 +193,19 @@ async fn main() {
     println!(
         "{CLIENTS} clients, pool of {POOL}, {QUERY_MS} ms queries, {seconds} s per side, example server (release)"
     );
-    let before = format!("{url}{separator}connection_limit={POOL}&queue_limit=0");
+    let before = format!("{url}{separator}connection_limit={POOL}&queue_target=0");
     let after = format!("{url}{separator}connection_limit={POOL}");
     for behaviour in [Client::Impatient, Client::Polite] {
         println!("clients {behaviour:?}:");
         run(
-            "  before: queue_limit=0 (no bound)",
+            "  before: queue_target=0 (off)",
             &before,
             seconds,
             behaviour,
         )
         .await;
         run(
-            "  after: default queue_limit (100)",
+            "  after: default admission (1 s)",
             &after,
             seconds,
             behaviour,

@@ -47,7 +47,7 @@
 //! | pool checkout | DEBUG | `db.client.connection.pool.name`, `pool.wait_us`, `pool.outcome` (`checked_out`, or the failure's code) |
 //! | cache | DEBUG | `cache.event`: `hit`, `miss`, `stale`, `revalidated`, `pass`, `bypass`, `not_storable`, `too_large` |
 //! | retry | INFO | `retry.attempt`, `retry.delay_ms`, `code`, `cause`, `reach` |
-//! | error | ERROR (500), WARN (503), DEBUG (4xx) | `status`, `code`, `cause`, `retryable`, `reach`, `driver_code`, `method`, `path`, `request_id` |
+//! | error | ERROR (500), WARN (503), DEBUG (4xx, and a 503 the pool answered at once for a known outage or overload: the pool logged its start) | `status`, `code`, `cause`, `retryable`, `reach`, `driver_code`, `method`, `path`, `request_id` |
 //! | shutdown | DEBUG | `shutdown.phase` on a request refused while draining |
 //!
 //! A problem document carries the request's `x-request-id` as its `instance`, so a report from a

@@ -88,6 +88,10 @@ pub enum Reach {
 pub enum Cause {
     /// Every pooled connection was in use for the whole wait (`DB_CONNECTION_ERROR`, retryable).
     PoolExhausted,
+    /// The pool refused to queue the checkout: the wait it could expect was longer than the
+    /// request had left, or than a standing queue is held to (`DB_CONNECTION_ERROR`, retryable:
+    /// nothing was sent; come back after `Retry-After`).
+    Overloaded,
     /// The pool was closed, usually because the process is shutting down (`DB_CONNECTION_ERROR`,
     /// retryable: another instance can answer).
     PoolClosed,
@@ -179,6 +183,7 @@ impl Cause {
     /// Every cause, in declaration order.
     pub const ALL: &'static [Cause] = &[
         Cause::PoolExhausted,
+        Cause::Overloaded,
         Cause::PoolClosed,
         Cause::Unreachable,
         Cause::TimedOut,
@@ -212,6 +217,7 @@ impl Cause {
         use Reach::{MaybeSent, NotSent};
         match self {
             Cause::PoolExhausted => row(DbConnection, true, NotSent, "no database connection became free in time"),
+            Cause::Overloaded => row(DbConnection, true, NotSent, "the database is at capacity: this request would have waited too long for a connection"),
             Cause::PoolClosed => row(DbConnection, true, NotSent, "the database pool is closed because the service is shutting down"),
             Cause::Unreachable => row(DbConnection, true, NotSent, "the database could not be reached"),
             Cause::TimedOut => row(DbConnection, true, MaybeSent, "the database did not answer in time"),

@@ -540,9 +540,6 @@ fn render<M: MapProblem, B>(
 }
 
 fn log<M>(context: &RequestContext<M>, failure: &Failure, status: StatusCode) {
-    let driver_code = failure.driver_code().map(|code| code.to_string());
-    let driver_code = driver_code.as_deref().unwrap_or("none");
-    let report = failure.report();
     let request_id = context
         .request_id
         .as_ref()
@@ -559,17 +556,22 @@ fn log<M>(context: &RequestContext<M>, failure: &Failure, status: StatusCode) {
                 cause = ?failure.cause(),
                 retryable = failure.retryable(),
                 reach = ?failure.reach(),
-                driver_code,
+                driver_code = %failure.driver_code().map_or_else(|| "none".to_owned(), |code| code.to_string()),
                 method = %context.method,
                 path,
                 request_id,
-                "request failed: {report}"
+                // Formatted only when the event is enabled.
+                "request failed: {}",
+                failure.report()
             )
         };
     }
     // A 500 is a bug (ERROR); a 503 an outage an operator watches (WARN); a 4xx the client's own
-    // data (a duplicate, an invalid value), which no operator has to act on (DEBUG).
-    if status.is_client_error() {
+    // data (a duplicate, an invalid value), which no operator has to act on (DEBUG). A failure
+    // known before the request asked — an outage or an overload the pool answers at once — was
+    // logged by the pool when it began: one WARN line per refused request would be thousands a
+    // second exactly when the service is busiest (DEBUG).
+    if status.is_client_error() || failure.is_known_outage() {
         event!(tracing::Level::DEBUG);
     } else if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
         event!(tracing::Level::ERROR);

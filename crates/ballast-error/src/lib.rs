@@ -9,7 +9,7 @@
 //!
 //! | failure | status | `code` | `retryable` | `Retry-After` |
 //! |---|---|---|---|---|
-//! | connection refused, reset, timed out; too many connections; pool exhausted; server starting | 503 | `DB_CONNECTION_ERROR` | `true` when safe to repeat | when `retryable` |
+//! | connection refused, reset, timed out; too many connections; pool exhausted; the pool at capacity (`Overloaded`); server starting | 503 | `DB_CONNECTION_ERROR` | `true` when safe to repeat | when `retryable` |
 //! | the same, but the statement may have run and nothing makes a repeat safe | 503 | `DB_CONNECTION_ERROR` | `false`, `"outcome": "unknown"` | no |
 //! | wrong credentials, missing database, bad settings | 503 | `DB_INIT_ERROR` | `false` | no |
 //! | the database out of memory or resources | 503 | `MEMORY_ERROR` | mostly `true` | when `retryable` |
@@ -20,19 +20,21 @@
 //!   the failure is worth retrying **and** its statement never reached the database, or the
 //!   method is idempotent, or an idempotency key guards it
 //!   ([`Failure::may_retry`](ballast_core::Failure::may_retry)). `Retry-After` says when the
-//!   pool tries the database again, where the failure knows.
+//!   pool tries the database again, or when its queue will have room, where the failure knows.
 //! - [`RequestTimeoutLayer`] bounds each request and says what ran out: a request body that
 //!   stopped arriving is a 408, never a database error.
 //!
 //! - The body is `application/problem+json`: `type`, `title`, `status`, `detail`, `code`,
 //!   `retryable` ([`Problem`]). `HEAD` requests get headers only. Problem responses carry
 //!   `cache-control: no-store`.
-//! - **Nothing internal leaks.** The `detail` is the failure's generic public message (for 500s
-//!   always "An internal error occurred."); never the driver's message, SQL text, a URL, a host
-//!   or a password.
+//! - **Nothing internal leaks.** The `detail` is the failure's public message (for 500s always
+//!   "An internal error occurred."; for a refusal at capacity, the expected wait against the
+//!   time the request had); never the driver's message, SQL text, a URL, a host or a password.
 //! - **Logged once**, by the layer: 503 at `warn`, 500 at `error`, with the driver code and the
 //!   failure's redacted report (the first line of each error in its chain: PostgreSQL puts row
-//!   values in its `DETAIL` lines, which stay out).
+//!   values in its `DETAIL` lines, which stay out). A 503 the pool answered at once for a known
+//!   outage or overload logs at `debug`: the pool logged the outage or the overload when it
+//!   began, and a line per refused request would be thousands a second.
 //! - Panics in handlers become 500s (caught with `catch_unwind`); the server keeps serving.
 //! - The failure rides in the response extensions as an `Arc<Failure>`, for the retry and cache
 //!   layers and anything outside.

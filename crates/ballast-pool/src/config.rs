@@ -22,11 +22,11 @@ const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(1800);
 /// is handed out. Shorter idles are trusted: a connection that broke since is caught by the query
 /// itself and dropped when it comes back.
 const DEFAULT_CHECK_IDLE_AFTER: Duration = Duration::from_secs(30);
-/// How many checkouts may wait per connection by default: `queue_limit` is this times
-/// `connection_limit`. A full queue is about a second of waiting when queries take 100 ms (10 ms
-/// when they take 1 ms); past it, waiting longer only makes every request slower, so a checkout
-/// is refused at once.
-const QUEUE_PER_CONNECTION: u32 = 10;
+/// Default `queue_target`: the wait a standing queue is held to. About a second: long enough
+/// that 200 clients on a pool of 10 with 20 ms queries (waits of 0.4 s) and a burst that drains
+/// within a second and a half are never refused, short enough that a user who is admitted is
+/// answered in a couple of seconds however far the load exceeds the database.
+const DEFAULT_QUEUE_TARGET: Duration = Duration::from_secs(1);
 /// The largest accepted `queue_limit`.
 const MAX_QUEUE_LIMIT: u32 = 100_000;
 /// The largest accepted `connection_limit`. PostgreSQL's default `max_connections` is 100; a pool
@@ -64,7 +64,8 @@ pub enum Backend {
 /// | `idle_timeout` | [`with_idle_timeout`](Self::with_idle_timeout) | 600 s | idle connections close after this (0: never) |
 /// | `max_lifetime` | [`with_max_lifetime`](Self::with_max_lifetime) | 1800 s | connections are replaced after this (0: never) |
 /// | `check_idle_after` | [`with_check_idle_after`](Self::with_check_idle_after) | 30 s | connections idle this long are tested before checkout (0: test every checkout) |
-/// | `queue_limit` | [`with_queue_limit`](Self::with_queue_limit) | 10 × `connection_limit` | most checkouts waiting at once; one more is refused at once (0: no limit) |
+/// | `queue_target` | [`with_queue_target`](Self::with_queue_target) | 1 s | admission by time: a checkout that cannot be served within `pool_timeout` (or the request's deadline) is refused at once, and once waits have stayed above this for half as long again, so is one expected to wait longer than this (0: off, checkouts wait up to `pool_timeout`); see the [crate docs](crate#admission-by-time) |
+/// | `queue_limit` | [`with_queue_limit`](Self::with_queue_limit) | none | an explicit cap on checkouts waiting at once; one more is refused at once (0: no cap) |
 /// | `statement_cache_size` | [`with_statement_cache`](Self::with_statement_cache) | on | each connection keeps diesel's prepared statements (0: off, for PgBouncer's transaction mode; any other number: on — diesel's cache has no size bound) |
 /// | `schema` | — | the server's | PostgreSQL: each connection's `search_path` (Prisma's meaning) |
 /// | `statement_timeout` | [`with_statement_timeout`](Self::with_statement_timeout) | the server's | PostgreSQL: longest a statement runs on the server, seconds; applied to each connection |
@@ -113,7 +114,9 @@ pub struct PoolConfig {
     idle_timeout: Option<Duration>,
     max_lifetime: Option<Duration>,
     check_idle_after: Duration,
-    /// As set: `None` derives it from `connection_limit`; `Some(0)` is no limit.
+    /// `None`: admission by time is off.
+    queue_target: Option<Duration>,
+    /// As set: `None` and `Some(0)` are no cap.
     queue_limit: Option<u32>,
     statement_cache: bool,
     /// Prisma's `schema`: the connections' `search_path` (PostgreSQL).
@@ -129,8 +132,9 @@ pub struct PoolConfig {
 }
 
 /// The pool's own URL parameters, removed before the URL reaches the driver.
-const POOL_PARAMETERS: [&str; 12] = [
+const POOL_PARAMETERS: [&str; 13] = [
     "connection_limit",
+    "queue_target",
     "pool_timeout",
     "connect_timeout",
     "idle_timeout",
@@ -288,6 +292,7 @@ impl PoolConfig {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             max_lifetime: Some(DEFAULT_MAX_LIFETIME),
             check_idle_after: DEFAULT_CHECK_IDLE_AFTER,
+            queue_target: Some(DEFAULT_QUEUE_TARGET),
             queue_limit: None,
             statement_cache: true,
             schema: None,
@@ -350,6 +355,7 @@ impl PoolConfig {
                 "check_idle_after" => {
                     config.check_idle_after = seconds("check_idle_after", value)?;
                 }
+                "queue_target" => config.queue_target = optional_seconds("queue_target", value)?,
                 "queue_limit" => {
                     let limit = value
                         .parse::<u32>()
@@ -495,6 +501,9 @@ impl PoolConfig {
             let got = format!("{:?}", self.check_idle_after);
             return Err(seconds_error("check_idle_after", &got));
         }
+        if let Some(target) = self.queue_target {
+            positive_duration("queue_target", target)?;
+        }
         if let Some(limit) = self.queue_limit.filter(|limit| *limit > MAX_QUEUE_LIMIT) {
             return Err(queue_limit_error(&limit.to_string()));
         }
@@ -565,10 +574,26 @@ impl PoolConfig {
         self
     }
 
-    /// Sets how many checkouts may wait for a connection at once (at most 100 000); a checkout
-    /// beyond it is refused at once with `PoolExhausted` (a 503 that says `retryable` and
-    /// `Retry-After`) rather than queueing for up to `pool_timeout` behind all the others. 0 sets
-    /// no limit. Defaults to 10 × `connection_limit`.
+    /// Sets the wait a standing queue is held to, turning admission by time on (`Some`, the
+    /// default, 1 s; more than zero, at most a day) or off (`None`).
+    ///
+    /// On, a checkout is refused at once — `Overloaded`, a 503 that says `retryable` with a
+    /// `Retry-After` from the estimate — when the wait it can expect is longer than the time it
+    /// has (`pool_timeout`, or less inside a request with a deadline); and once waits have stayed
+    /// above the target for half the target, also when it expects to wait longer than the
+    /// target, while checkouts that already waited past it give up. A burst that drains is
+    /// served; see the [crate docs](crate#admission-by-time). Off, every checkout waits up to
+    /// `pool_timeout`, as bb8 does.
+    #[must_use]
+    pub fn with_queue_target(mut self, target: Option<Duration>) -> Self {
+        self.queue_target = target;
+        self
+    }
+
+    /// Sets an explicit cap on checkouts waiting for a connection at once (at most 100 000); a
+    /// checkout beyond it is refused at once with `Overloaded`. 0 sets no cap, the default:
+    /// admission by time ([`with_queue_target`](Self::with_queue_target)) decides what waits,
+    /// and a count cannot tell a queue of 20 ms queries from one of 2 s queries.
     #[must_use]
     pub fn with_queue_limit(mut self, limit: u32) -> Self {
         self.queue_limit = Some(limit);
@@ -663,13 +688,14 @@ impl PoolConfig {
         statements
     }
 
-    /// The most checkouts waiting at once, or `None` for no limit.
+    /// The wait a standing queue is held to, or `None` when admission by time is off.
+    pub fn queue_target(&self) -> Option<Duration> {
+        self.queue_target
+    }
+
+    /// The cap on checkouts waiting at once, or `None` for no cap.
     pub fn queue_limit(&self) -> Option<u32> {
-        match self.queue_limit {
-            Some(0) => None,
-            Some(limit) => Some(limit),
-            None => Some(self.connection_limit.saturating_mul(QUEUE_PER_CONNECTION)),
-        }
+        self.queue_limit.filter(|limit| *limit > 0)
     }
 
     /// The database the URL names.
@@ -725,6 +751,7 @@ impl fmt::Debug for PoolConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_lifetime", &self.max_lifetime)
             .field("check_idle_after", &self.check_idle_after)
+            .field("queue_target", &self.queue_target)
             .field("queue_limit", &self.queue_limit())
             .field("statement_cache", &self.statement_cache)
             .field("schema", &self.schema)
@@ -947,9 +974,13 @@ mod tests {
         assert_eq!(config.idle_timeout(), Some(Duration::from_secs(600)));
         assert_eq!(config.max_lifetime(), Some(Duration::from_secs(1800)));
         assert_eq!(config.check_idle_after(), Duration::from_secs(30));
-        assert_eq!(config.queue_limit(), Some(100), "10 per connection");
-        let config = PoolConfig::from_url("postgres://u@h/db?connection_limit=3").unwrap();
-        assert_eq!(config.queue_limit(), Some(30));
+        assert_eq!(config.queue_target(), Some(Duration::from_secs(1)));
+        assert_eq!(config.queue_limit(), None, "admission by time, no count");
+        let config = PoolConfig::from_url("postgres://u@h/db?queue_target=0.25").unwrap();
+        assert_eq!(config.queue_target(), Some(Duration::from_millis(250)));
+        let config = PoolConfig::from_url("postgres://u@h/db?queue_target=0").unwrap();
+        assert_eq!(config.queue_target(), None, "off");
+        assert_eq!(config.driver_url(), "postgres://u@h/db");
         let config = PoolConfig::from_url("postgres://u@h/db?queue_limit=0").unwrap();
         assert_eq!(config.queue_limit(), None, "no limit");
         let config = PoolConfig::from_url("postgres://u@h/db?queue_limit=7").unwrap();
@@ -1029,6 +1060,9 @@ mod tests {
             ("idle_timeout=x", "idle_timeout"),
             ("max_lifetime=-1", "max_lifetime"),
             ("check_idle_after=inf", "check_idle_after"),
+            ("queue_target=-1", "queue_target"),
+            ("queue_target=soon", "queue_target"),
+            ("queue_target=86401", "queue_target"),
             ("queue_limit=-1", "queue_limit"),
             ("queue_limit=lots", "queue_limit"),
             ("queue_limit=100001", "queue_limit"),
@@ -1092,6 +1126,10 @@ mod tests {
         assert_eq!(
             rejected(config.clone().with_queue_limit(200_000)),
             "queue_limit"
+        );
+        assert_eq!(
+            rejected(config.clone().with_queue_target(Some(Duration::ZERO))),
+            "queue_target"
         );
         let config = config.with_connection_limit(4).with_idle_timeout(None);
         assert_eq!(config.check(), Ok(()));

@@ -144,6 +144,7 @@
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod admission;
 mod budget;
 mod config;
 mod connect;
@@ -166,4 +167,4 @@ pub use connect::Connect;
 pub use extract::Conn;
 pub use layer::{AddPool, AddPoolLayer};
 pub use pool::{PoolError, PoolProvider, PooledConnection, SharedPool};
-pub use stats::{PoolStats, Timings};
+pub use stats::{PoolStats, Refusals, Timings};

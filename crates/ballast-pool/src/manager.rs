@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ballast_core::{Cause, Failure};
 use tokio::sync::{watch, Notify};
 
+use crate::admission::Admission;
 use crate::budget::ServerBudget;
 use crate::config::PoolConfig;
 use crate::connect::Connect;
@@ -29,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) config: PoolConfig,
     pub(crate) closed: AtomicBool,
     pub(crate) counters: Counters,
+    /// Admission by time: the hold-time estimate and the standing-queue state.
+    pub(crate) admission: Admission,
     /// Connect attempts on the network right now.
     connecting: AtomicUsize,
     /// The latest connect failure and when it happened; unlike the gate's, kept after a success,
@@ -50,6 +53,11 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(config: PoolConfig) -> Self {
         Shared {
+            admission: Admission::new(
+                config.queue_target(),
+                config.connection_limit(),
+                config.queue_limit(),
+            ),
             config,
             closed: AtomicBool::new(false),
             counters: Counters::default(),

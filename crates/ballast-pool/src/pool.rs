@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use ballast_core::scope::{Mark, RequestScope};
 use ballast_core::{Cause, ConfigError, Failure, Reach};
 
+use crate::admission::{Reason, Refusal};
 use crate::config::{Backend, PoolConfig};
 use crate::connect::Connect;
 use crate::manager::{Manager, Shared};
 use crate::reclaim;
-use crate::stats::PoolStats;
+use crate::stats::{PoolStats, Refusals};
 
 /// What a component takes instead of building its own pool: a way to get a connection and to
 /// read the pool's figures.
@@ -192,7 +193,11 @@ impl<C: Connect> SharedPool<C> {
 
     /// Checks a connection out.
     ///
-    /// Waits at most `pool_timeout`. Fails early, with the connect failure, when connecting
+    /// Waits at most `pool_timeout`, and never past the deadline of the request it runs in
+    /// ([`RequestScope`]). Admission by time decides first whether to wait at all (see the
+    /// [crate docs](crate#admission-by-time)): a checkout that cannot be served within the time
+    /// it has, or in a standing queue one that would wait longer than `queue_target`, is refused
+    /// at once, and one that waited past the target in a standing queue gives up. Fails early, with the connect failure, when connecting
     /// fails and there is nothing to wait for (no open connection, no other connect under way),
     /// or the failure is not retryable (a wrong password does not fix itself within the wait). Every failure is
     /// [`Reach::NotSent`]: nothing ran.
@@ -201,6 +206,9 @@ impl<C: Connect> SharedPool<C> {
     ///
     /// - the connect failure (`TooManyConnections`, `Unreachable`, `AuthFailed`, `TimedOut`,
     ///   ...) when connecting failed, or when it was failing while the wait ran out;
+    /// - [`Cause::Overloaded`] when admission refused it (a known outage: the retry layer does not
+    ///   retry it within the request), with the expected wait as its
+    ///   [`retry_after`](Failure::retry_after);
     /// - [`Cause::PoolExhausted`] when every connection stayed in use for the whole wait;
     /// - [`Cause::PoolClosed`] after [`close`](Self::close).
     pub async fn get(&self) -> Result<PooledConnection<C>, Failure> {
@@ -220,33 +228,114 @@ impl<C: Connect> SharedPool<C> {
             }
         }
         let (_waiting, ahead) = Waiting::start(shared);
-        if let Some(limit) = shared.config.queue_limit() {
-            if ahead >= u64::from(limit) {
-                // Waiting behind this many makes every request slow: refuse at once, so the
-                // client can come back (or go to another instance) instead of queueing.
-                shared.counters.shed.fetch_add(1, Ordering::Relaxed);
-                let state = pool.state();
-                // Like an outage, an overload is answered without trying, and retrying within
-                // the request would only join the queue again.
-                let failure = Failure::new(Cause::PoolExhausted)
-                    .with_known_outage(true)
-                    .with_detail(format!(
-                        "{ahead} checkouts already waiting (queue_limit {limit}; {} of {} in use)",
-                        state.connections - state.idle_connections,
-                        shared.config.connection_limit()
-                    ));
-                return Err(self.honest(failure, scope.as_deref()));
+        // The time the checkout has: `pool_timeout`, and never past the request's own deadline
+        // where a layer set one (`RequestScope`).
+        let pool_timeout = shared.config.pool_timeout();
+        let time_left = match scope.as_ref().and_then(|scope| scope.deadline()) {
+            Some(deadline) => deadline
+                .saturating_duration_since(started)
+                .min(pool_timeout),
+            None => pool_timeout,
+        };
+        let deadline = started + time_left;
+        if let Err(refusal) = shared.admission.admit(ahead, time_left, started) {
+            // Like an outage, an overload is answered without waiting, and retrying within the
+            // request would only join the queue again.
+            return Err(self.honest(self.refused(&refusal), scope.as_deref()));
+        }
+        let _waiting_mark = scope.as_ref().map(RequestScope::waiting);
+        let result = match self.take_turn(started, deadline).await {
+            Ok(turn) => self
+                .checkout(&pool, started, deadline)
+                .await
+                .map(|conn| (turn, conn)),
+            Err(failure) => Err(failure),
+        };
+        let waited = started.elapsed();
+        shared.counters.record_wait(waited);
+        shared
+            .admission
+            .waited(waited, self.behind(), started + waited);
+        tracing::debug!(
+            db.client.connection.pool.name = "ballast",
+            pool.wait_us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+            pool.outcome = match &result {
+                Ok(_) => "checked_out",
+                Err(failure) => failure.code().as_str(),
+            },
+            "checkout"
+        );
+        match result {
+            Ok((turn, conn)) => {
+                if waited > SLOW_CHECKOUT {
+                    tracing::debug!(waited_ms = waited.as_millis() as u64, "slow checkout");
+                }
+                Ok(self.hand_out(turn, conn, scope))
+            }
+            Err(failure) => {
+                let failure = self.honest(failure, scope.as_deref());
+                // A connect failure says when the pool will try again.
+                let connecting = !matches!(
+                    failure.cause(),
+                    Cause::PoolExhausted | Cause::PoolClosed | Cause::Overloaded
+                );
+                Err(match shared.retry_in() {
+                    Some(after) if connecting && failure.retry_after().is_none() => {
+                        failure.with_retry_after(after)
+                    }
+                    _ => failure,
+                })
             }
         }
+    }
+
+    /// Waits for a turn at a connection (see `Admission::turn`) until the deadline, giving up
+    /// early when it waited past the target in a standing queue.
+    async fn take_turn(
+        &self,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, Failure> {
+        let shared = &self.inner.shared;
+        let turn = shared.admission.turn();
+        tokio::pin!(turn);
+        // Looked at every slice: the deadline, and whether this waiter is overdue.
+        let tick = tokio::time::sleep_until(deadline.min(started + CHECKOUT_SLICE).into());
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                biased;
+                turn = &mut turn => return Ok(turn),
+                () = &mut tick => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                        let pool = self.bb8_pool().ok_or_else(|| Failure::new(Cause::PoolClosed))?;
+                        return Err(self.timed_out(&pool, started));
+                    }
+                    // Waited past the target in a standing queue: leave, so the ones behind
+                    // are served near the target.
+                    if let Some(refusal) = shared.admission.overdue(now - started, self.behind(), now) {
+                        return Err(self.refused(&refusal));
+                    }
+                    tick.as_mut().reset(deadline.min(now + CHECKOUT_SLICE).into());
+                }
+            }
+        }
+    }
+
+    /// With a turn in hand: a connection from bb8 — an idle one, or a new one — until the
+    /// deadline, failing early when connecting fails and there is nothing to wait for.
+    async fn checkout(
+        &self,
+        pool: &bb8::Pool<Manager<C>>,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<bb8::PooledConnection<'static, Manager<C>>, Failure> {
+        let shared = &self.inner.shared;
         let mut failures = shared.subscribe_failures();
         failures.borrow_and_update();
-        // Never past the request's own deadline, where a layer set one (`RequestScope`).
-        let deadline = match RequestScope::remaining() {
-            Some(remaining) => (started + remaining).min(started + shared.config.pool_timeout()),
-            None => started + shared.config.pool_timeout(),
-        };
-        let _waiting_mark = scope.as_ref().map(RequestScope::waiting);
-        let result = 'checkout: loop {
+        'checkout: loop {
             // bb8 asks for a new connection only when a checkout starts (or is woken by a
             // returned one), and a connect that fails wakes nobody. A checkout that started
             // while another's failed connect was still being counted asks for none and would
@@ -260,26 +349,24 @@ impl<C: Connect> SharedPool<C> {
             loop {
                 tokio::select! {
                     biased;
-                    result = &mut checkout => break 'checkout result.map_err(|error| match error {
+                    result = &mut checkout => return result.map_err(|error| match error {
                         bb8::RunError::User(failure) => failure,
-                        bb8::RunError::TimedOut => self.timed_out(&pool, started),
+                        bb8::RunError::TimedOut => self.timed_out(pool, started),
                     }),
                     changed = failures.changed() => {
                         if changed.is_err() {
                             continue;
                         }
-                        if let Some(failure) = self.fail_fast(&pool) {
+                        if let Some(failure) = self.fail_fast(pool) {
                             shared.counters.failed_fast.fetch_add(1, Ordering::Relaxed);
-                            break 'checkout Err(failure);
+                            return Err(failure);
                         }
                     }
                     () = &mut slice => {
                         if Instant::now() >= deadline {
                             shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                            break 'checkout Err(self.timed_out(&pool, started));
+                            return Err(self.timed_out(pool, started));
                         }
-                        // A full pool hands returned connections to its waiters in order:
-                        // starting again would send this checkout to the back of the line.
                         // Only a pool that could still grow may have forgotten to connect.
                         if pool.state().connections < shared.config.connection_limit() {
                             continue 'checkout;
@@ -290,45 +377,99 @@ impl<C: Connect> SharedPool<C> {
                     }
                 }
             }
-        };
-        let waited = started.elapsed();
-        shared.counters.record_wait(waited);
-        tracing::debug!(
-            db.client.connection.pool.name = "ballast",
-            pool.wait_us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
-            pool.outcome = match &result {
-                Ok(_) => "checked_out",
-                Err(failure) => failure.code().as_str(),
-            },
-            "checkout"
-        );
-        match result {
-            Ok(conn) => {
-                if waited > SLOW_CHECKOUT {
-                    tracing::debug!(waited_ms = waited.as_millis() as u64, "slow checkout");
-                }
-                conn.activity.checked_out();
-                Ok(PooledConnection {
-                    conn: Some(conn),
-                    shared: Arc::clone(shared),
-                    checked_out: Instant::now(),
-                    _holding: scope.as_ref().map(RequestScope::holding),
-                    scope,
-                })
-            }
-            Err(failure) => {
-                let failure = self.honest(failure, scope.as_deref());
-                // A connect failure says when the pool will try again.
-                let connecting =
-                    !matches!(failure.cause(), Cause::PoolExhausted | Cause::PoolClosed);
-                Err(match shared.retry_in() {
-                    Some(after) if connecting && failure.retry_after().is_none() => {
-                        failure.with_retry_after(after)
-                    }
-                    _ => failure,
-                })
-            }
         }
+    }
+
+    /// A connection from bb8, with its turn, as the caller gets it.
+    fn hand_out(
+        &self,
+        turn: tokio::sync::SemaphorePermit<'_>,
+        conn: bb8::PooledConnection<'static, Manager<C>>,
+        scope: Option<Arc<RequestScope>>,
+    ) -> PooledConnection<C> {
+        // Given back when the connection is back in bb8 (`Drop`, or `reclaim`).
+        turn.forget();
+        conn.activity.checked_out();
+        PooledConnection {
+            conn: Some(conn),
+            shared: Arc::clone(&self.inner.shared),
+            checked_out: Instant::now(),
+            _holding: scope.as_ref().map(RequestScope::holding),
+            scope,
+        }
+    }
+
+    /// Checkouts waiting behind one that is itself still counted as waiting.
+    fn behind(&self) -> u64 {
+        let waiting = self.inner.shared.counters.waiting.load(Ordering::Relaxed);
+        waiting.saturating_sub(1)
+    }
+
+    /// The failure for a checkout admission refused: counted by reason, with a public message
+    /// that names the expected wait against what was allowed, and the estimate as its
+    /// `Retry-After`.
+    fn refused(&self, refusal: &Refusal) -> Failure {
+        let shared = &self.inner.shared;
+        let counters = &shared.counters;
+        let (counter, public) = match refusal.reason {
+            Reason::ExpectedWait => (
+                &counters.refused_expected_wait,
+                format!(
+                    "the database is at capacity: a connection would take about {} to free up, \
+                     longer than the {} this request has",
+                    human(refusal.expected),
+                    human(refusal.allowed)
+                ),
+            ),
+            Reason::StandingQueue => (
+                &counters.refused_standing_queue,
+                format!(
+                    "the database is at capacity: a connection would take about {} to free up, \
+                     and waits are held to {} while it is overloaded",
+                    human(refusal.expected),
+                    human(refusal.allowed)
+                ),
+            ),
+            Reason::Overdue => (
+                &counters.refused_overdue,
+                format!(
+                    "the database is at capacity: this request waited {} for a connection, past \
+                     the {} waits are held to while it is overloaded",
+                    human(refusal.expected),
+                    human(refusal.allowed)
+                ),
+            ),
+            Reason::QueueLimit => (
+                &counters.refused_queue_limit,
+                format!(
+                    "the database is at capacity: {} requests are already waiting for a \
+                     connection",
+                    refusal.ahead
+                ),
+            ),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let hold = shared
+            .admission
+            .hold()
+            .map_or_else(|| "not measured yet".to_owned(), |hold| format!("{hold:?}"));
+        let limit = shared
+            .config
+            .queue_limit()
+            .map_or_else(String::new, |limit| format!(", queue_limit {limit}"));
+        Failure::new(Cause::Overloaded)
+            .with_known_outage(true)
+            .with_retry_after(refusal.retry_in)
+            .with_detail(format!(
+                "{:?}: expected wait {:?}, allowed {:?}; {} waiting, {} connections held {hold} \
+                 each on average{limit}",
+                refusal.reason,
+                refusal.expected,
+                refusal.allowed,
+                refusal.ahead,
+                shared.config.connection_limit(),
+            ))
+            .with_public_message(public)
     }
 
     /// Where a checkout failure leaves the request: nothing was sent for it — unless an earlier
@@ -420,14 +561,16 @@ impl<C: Connect> SharedPool<C> {
 
     /// Whether this instance can reach its database — what a readiness probe should answer.
     ///
-    /// **Busy is ready.** A pool whose every connection is checked out by slow requests is
-    /// working: failing readiness then would take every instance out of the load balancer at
-    /// once, exactly when all of them are busy. So:
+    /// **Busy is ready, and readiness never queues.** A pool whose every connection is checked
+    /// out by slow requests is working: failing readiness then would take every instance out
+    /// of the load balancer at once, exactly when all of them are busy; and a probe that waited
+    /// its turn behind the requests would answer as late as they do. So:
     ///
     /// - closed, or connecting is failing with no connection open: not ready, with the failure;
-    /// - every connection in use and connecting not failing: ready, at once, without waiting;
-    /// - otherwise one connection — an idle one, or a new one within `connect_timeout` — answers
-    ///   a `SELECT 1` within `connect_timeout`.
+    /// - every connection someone's turn (in use, or about to be): ready at once if connecting
+    ///   is not failing, not ready with the failure if it is — without waiting;
+    /// - otherwise, with a turn of its own, one connection — an idle one, or a new one within
+    ///   `connect_timeout` — answers a `SELECT 1` within `connect_timeout`.
     ///
     /// # Errors
     ///
@@ -437,28 +580,24 @@ impl<C: Connect> SharedPool<C> {
         let Some(pool) = self.bb8_pool() else {
             return Err(Failure::new(Cause::PoolClosed));
         };
-        let all_busy = |pool: &bb8::Pool<Manager<C>>| {
-            let state = pool.state();
-            state.idle_connections == 0 && state.connections >= shared.config.connection_limit()
-        };
         if pool.state().connections == 0 {
             if let Some(failure) = shared.known_outage() {
                 return Err(failure);
             }
         }
-        if all_busy(&pool) && shared.last_connect_failure().is_none() {
-            return Ok(());
-        }
+        let Some(turn) = shared.admission.try_turn() else {
+            return shared.last_connect_failure().map_or(Ok(()), Err);
+        };
         let limit = shared.config.connect_timeout();
         let check = async {
-            let mut conn = self.get().await?;
+            let started = Instant::now();
+            let conn = self.checkout(&pool, started, started + limit).await?;
+            let mut conn = self.hand_out(turn, conn, None);
             conn.batch_execute("SELECT 1").await?;
             Ok::<_, Failure>(())
         };
         match tokio::time::timeout(limit, check).await {
             Ok(result) => result,
-            // Every connection got taken meanwhile: busy, and busy is ready.
-            Err(_) if all_busy(&pool) => Ok(()),
             Err(_) => Err(Failure::new(Cause::TimedOut).with_detail(format!(
                 "the readiness check got no answer within connect_timeout ({limit:?})"
             ))),
@@ -491,6 +630,16 @@ impl<C: Connect> SharedPool<C> {
             None => (0, 0, None),
         };
         let statistics = statistics.unwrap_or_default();
+        let timeouts = counters.timeouts.load(Ordering::Relaxed) + statistics.get_timed_out;
+        let failed_fast = counters.failed_fast.load(Ordering::Relaxed);
+        let refusals = Refusals {
+            expected_wait: counters.refused_expected_wait.load(Ordering::Relaxed),
+            standing_queue: counters.refused_standing_queue.load(Ordering::Relaxed),
+            overdue: counters.refused_overdue.load(Ordering::Relaxed),
+            queue_limit: counters.refused_queue_limit.load(Ordering::Relaxed),
+            timed_out: timeouts,
+            outage: failed_fast,
+        };
         PoolStats {
             max_size: shared.config.connection_limit(),
             open,
@@ -500,14 +649,15 @@ impl<C: Connect> SharedPool<C> {
             closed: shared.is_closed(),
             checkouts: statistics.get_direct + statistics.get_waited,
             checkouts_waited: statistics.get_waited,
-            timeouts: counters.timeouts.load(Ordering::Relaxed) + statistics.get_timed_out,
-            failed_fast: counters.failed_fast.load(Ordering::Relaxed),
+            timeouts,
+            failed_fast,
             connects: counters.connects.load(Ordering::Relaxed),
             connect_failures: counters.connect_failures.load(Ordering::Relaxed),
             connect_failures_by_code: counters.failures_by_code(),
             connects_skipped: counters.connects_skipped.load(Ordering::Relaxed),
             closed_broken: counters.closed_broken.load(Ordering::Relaxed),
-            shed: counters.shed.load(Ordering::Relaxed),
+            shed: refusals.shed(),
+            refusals,
             cancelled: counters.cancelled.load(Ordering::Relaxed),
             closed_invalid: statistics.connections_closed_invalid,
             closed_expired: statistics.connections_closed_idle_timeout
@@ -545,6 +695,15 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.counters.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A duration as people read it in a refusal: `350 ms`, `4.8 s`.
+fn human(duration: Duration) -> String {
+    if duration < Duration::from_secs(1) {
+        format!("{} ms", duration.as_millis())
+    } else {
+        format!("{:.1} s", duration.as_secs_f64())
     }
 }
 
@@ -636,19 +795,22 @@ impl<C: Connect> Drop for PooledConnection<C> {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        self.shared
-            .counters
-            .use_time
-            .record(self.checked_out.elapsed());
+        let held = self.checked_out.elapsed();
+        self.shared.counters.use_time.record(held);
+        self.shared.admission.returned(held);
         if let Some(scope) = &self.scope {
             if conn.activity.sent() {
                 scope.sent();
             }
         }
         if reclaim::needs_reclaim(&mut conn) {
+            // The reclaim keeps the turn too, and gives it back with the connection.
             reclaim::spawn(conn, Arc::clone(&self.shared));
+            return;
         }
-        // Otherwise `conn` drops here and bb8 takes it back.
+        // bb8 takes the connection back first, so the next turn finds it idle.
+        drop(conn);
+        self.shared.admission.give_back();
     }
 }
 

@@ -129,12 +129,15 @@ pub(crate) fn needs_reclaim<C: Connect>(conn: &mut Abandoned<C>) -> bool {
     idle.activity.in_flight() || idle.conn.is_broken()
 }
 
-/// Keeps `conn` checked out while its abandoned statement is stopped, then lets it go back: to
-/// be reused when it is idle again, or closed when it is not.
+/// Keeps `conn` checked out — with its checkout's turn — while its abandoned statement is
+/// stopped, then lets it go back: to be reused when it is idle again, or closed when it is not.
+/// The turn is given back once bb8 has the connection.
 pub(crate) fn spawn<C: Connect>(mut conn: Abandoned<C>, shared: Arc<Shared>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         // No runtime to cancel on (the process is ending): close it.
         conn.discard = true;
+        drop(conn);
+        shared.admission.give_back();
         return;
     };
     let reclaiming = Reclaiming::start(Arc::clone(&shared));
@@ -184,7 +187,8 @@ pub(crate) fn spawn<C: Connect>(mut conn: Abandoned<C>, shared: Arc<Shared>) {
 }
 
 /// Counts a reclaim as under way for as long as its task lives, so [`SharedPool::close`]
-/// (crate::SharedPool::close) can wait for abandoned connections to wind down.
+/// (crate::SharedPool::close) can wait for abandoned connections to wind down, and gives the
+/// checkout's turn back when it ends (a task dropped unfinished included).
 struct Reclaiming(Arc<Shared>);
 
 impl Reclaiming {
@@ -196,6 +200,7 @@ impl Reclaiming {
 
 impl Drop for Reclaiming {
     fn drop(&mut self) {
+        self.0.admission.give_back();
         if self.0.reclaiming.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.reclaimed.notify_waiters();
         }

@@ -38,8 +38,11 @@ pub struct PoolStats {
     /// Checkouts that failed before `pool_timeout` because connecting failed and there was no
     /// open connection to wait for.
     pub failed_fast: u64,
-    /// Checkouts refused at once because `queue_limit` checkouts were already waiting.
+    /// Checkouts refused because the database was at capacity: at once, or after waiting past
+    /// `queue_target` in a standing queue (the sum of [`Refusals`]' first four).
     pub shed: u64,
+    /// Checkouts that got no connection, by reason.
+    pub refusals: Refusals,
     /// Connections opened.
     pub connects: u64,
     /// Connect attempts that failed, in total.
@@ -91,7 +94,10 @@ pub(crate) struct Counters {
     pub(crate) connects_skipped: AtomicU64,
     pub(crate) closed_broken: AtomicU64,
     pub(crate) cancelled: AtomicU64,
-    pub(crate) shed: AtomicU64,
+    pub(crate) refused_expected_wait: AtomicU64,
+    pub(crate) refused_standing_queue: AtomicU64,
+    pub(crate) refused_overdue: AtomicU64,
+    pub(crate) refused_queue_limit: AtomicU64,
     failures_by_code: Mutex<BTreeMap<String, u64>>,
     wait: WaitHistogram,
     /// How long checkouts waited, how long connections stayed checked out, how long connects
@@ -125,6 +131,46 @@ impl Counters {
 
     pub(crate) fn wait_percentile_ms(&self, quantile: f64) -> f64 {
         self.wait.percentile_ms(quantile)
+    }
+}
+
+/// Checkouts that got no connection, by reason: what `/stats` and the
+/// `ballast_pool_refusals_total{reason}` metric show.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Refusals {
+    /// Refused at once: the expected wait was longer than the time the checkout had
+    /// (`pool_timeout`, or the request's deadline).
+    pub expected_wait: u64,
+    /// Refused at once: waits had stayed above `queue_target`, and this one expected to wait
+    /// longer than the target.
+    pub standing_queue: u64,
+    /// Gave up after waiting past `queue_target` in a standing queue.
+    pub overdue: u64,
+    /// Refused at once: `queue_limit` checkouts were already waiting.
+    pub queue_limit: u64,
+    /// Waited the whole time they had and got no connection.
+    pub timed_out: u64,
+    /// Answered at once because connecting was failing: the database is down.
+    pub outage: u64,
+}
+
+impl Refusals {
+    /// Each reason with its count, under the names the metrics use.
+    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
+        [
+            ("expected_wait", self.expected_wait),
+            ("standing_queue", self.standing_queue),
+            ("overdue", self.overdue),
+            ("queue_limit", self.queue_limit),
+            ("timed_out", self.timed_out),
+            ("outage", self.outage),
+        ]
+    }
+
+    /// The refusals because the database was at capacity (the first four reasons).
+    pub fn shed(&self) -> u64 {
+        self.expected_wait + self.standing_queue + self.overdue + self.queue_limit
     }
 }
 

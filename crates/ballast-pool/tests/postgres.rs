@@ -635,58 +635,6 @@ async fn a_checkout_dropped_mid_statement_is_cancelled_and_the_connection_kept()
     wait_for_backends(&url, &which, 0).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overload_is_shed_at_once_and_no_checkout_outwaits_its_request() {
-    let Some(url) = db::postgres_url("overload_is_shed") else {
-        return;
-    };
-    // One connection, two checkouts allowed to wait for it.
-    let busy = pool(&url, "connection_limit=1&queue_limit=2&pool_timeout=20");
-    let held = busy.get().await.unwrap();
-    let waiters: Vec<_> = (0..2)
-        .map(|_| {
-            let busy = busy.clone();
-            tokio::spawn(async move { busy.get().await.map(drop) })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let started = Instant::now();
-    let shed = busy
-        .get()
-        .await
-        .expect_err("a third waiter is one too many");
-    let shed_took = started.elapsed();
-    assert_eq!(shed.cause(), Cause::PoolExhausted, "{}", shed.report());
-    assert!(shed.retryable());
-    assert!(shed.is_known_outage(), "not retried within the request");
-    assert_eq!(shed.reach(), Reach::NotSent);
-    assert!(shed_took < Duration::from_millis(50), "{shed_took:?}");
-    assert_eq!(busy.stats().shed, 1);
-
-    // Inside a request whose deadline is 300 ms away, a checkout gives up by then, whatever
-    // `pool_timeout` says.
-    let scope =
-        ballast_core::scope::RequestScope::new(Some(Instant::now() + Duration::from_millis(300)));
-    let pool_for_scope = pool(&url, "connection_limit=1&queue_limit=0&pool_timeout=20");
-    let _held_too = pool_for_scope.get().await.unwrap();
-    let started = Instant::now();
-    let within = scope
-        .run(pool_for_scope.get())
-        .await
-        .expect_err("no connection frees up");
-    let waited = started.elapsed();
-    println!(
-        "overload: shed in {shed_took:?}; a checkout with 300 ms left waited {waited:?}: {}",
-        within.report()
-    );
-    assert_eq!(within.cause(), Cause::PoolExhausted);
-    assert!(waited < Duration::from_millis(600), "{waited:?}");
-    drop(held);
-    for waiter in waiters {
-        waiter.await.unwrap().unwrap();
-    }
-}
-
 /// The statements this connection keeps prepared, other than the one asking (tokio-postgres
 /// prepares every query as a named statement and closes it when done unless diesel caches it).
 async fn prepared(conn: &mut AsyncPgConnection) -> i64 {

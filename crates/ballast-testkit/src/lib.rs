@@ -18,6 +18,8 @@
 //! - [`redis::PrivateRedis`]: a private `redis-server` on a free port that a test can stop and
 //!   start again.
 //! - [`logs::Captured`]: an in-memory writer for a log subscriber, to check what is logged.
+//! - [`http::Client`]: a keep-alive HTTP/1.1 client for load tests and benches: status, latency
+//!   and `Retry-After` of each answer.
 //!
 //! # The skip-or-fail rule
 //!
@@ -46,6 +48,7 @@
 pub mod cluster;
 pub mod db;
 pub mod fake;
+pub mod http;
 pub mod logs;
 #[cfg(unix)]
 pub mod mariadb;

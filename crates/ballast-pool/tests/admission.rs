@@ -1,0 +1,281 @@
+//! Admission by time against the real PostgreSQL server: the load it must serve, and the load it
+//! must refuse at once.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ballast_core::scope::RequestScope;
+use ballast_core::{Cause, Failure, Reach};
+use ballast_pool::{PoolConfig, SharedPool};
+use ballast_testkit::db;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+type Pool = SharedPool<AsyncPgConnection>;
+
+/// A pool on `url` with pool parameters `params` (`connection_limit=10&...`).
+fn pool(url: &str, params: &str) -> Pool {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let config = PoolConfig::from_url(&format!("{url}{separator}{params}")).unwrap();
+    SharedPool::new(config).unwrap()
+}
+
+async fn sleep_on(conn: &mut AsyncPgConnection, seconds: f64) {
+    diesel::sql_query(format!("SELECT pg_sleep({seconds})"))
+        .execute(conn)
+        .await
+        .unwrap();
+}
+
+/// What closed-loop clients saw: the checkout waits of the served, and each refusal with how
+/// long it took.
+#[derive(Default)]
+struct Seen {
+    waits: Vec<Duration>,
+    refusals: Vec<(Duration, Failure)>,
+}
+
+impl Seen {
+    fn quantile(samples: &mut [Duration], quantile: f64) -> Duration {
+        samples.sort();
+        let index = ((samples.len() as f64 * quantile).ceil() as usize).max(1) - 1;
+        samples.get(index).copied().unwrap_or_default()
+    }
+}
+
+/// `clients` tasks, each checking out, holding the connection for a `hold_seconds` query and
+/// checking out again, for `run` (after a refusal, a client thinks for 5 ms: the test's tasks
+/// must not spin on one core).
+async fn closed_loop(pool: &Pool, clients: usize, hold_seconds: f64, run: Duration) -> Seen {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let until = Instant::now() + run;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (pool, seen) = (pool.clone(), Arc::clone(&seen));
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    let asked = Instant::now();
+                    match pool.get().await {
+                        Ok(mut conn) => {
+                            seen.lock().unwrap().waits.push(asked.elapsed());
+                            sleep_on(&mut conn, hold_seconds).await;
+                        }
+                        Err(failure) => {
+                            seen.lock()
+                                .unwrap()
+                                .refusals
+                                .push((asked.elapsed(), failure));
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    Arc::into_inner(seen).unwrap().into_inner().unwrap()
+}
+
+/// The issue's reproduction inside the pool: 200 clients on a pool of 10 with 20 ms queries wait
+/// about 0.4 s each, far inside `pool_timeout`. A fixed count of waiters (the old default, 100)
+/// refused most of them; admission by time serves every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_drains_is_never_refused() {
+    let Some(url) = db::postgres_url("a_queue_that_drains_is_never_refused") else {
+        return;
+    };
+    let pool = pool(&url, "connection_limit=10&pool_timeout=5");
+    let mut seen = closed_loop(&pool, 200, 0.02, Duration::from_secs(3)).await;
+    let stats = pool.stats();
+    let p99 = Seen::quantile(&mut seen.waits, 0.99);
+    println!(
+        "200 clients, pool of 10, 20 ms: {} served, {} refused, waits p99 {p99:?}, {:?}",
+        seen.waits.len(),
+        seen.refusals.len(),
+        stats.refusals
+    );
+    // (`RunQueryDsl::first` shadows the slice's.)
+    if let Some((_, failure)) = <[_]>::first(&seen.refusals) {
+        panic!(
+            "{} of {} refused: {}",
+            seen.refusals.len(),
+            seen.refusals.len() + seen.waits.len(),
+            failure.report()
+        );
+    }
+    assert_eq!(stats.shed, 0);
+    assert!(seen.waits.len() >= 500, "{} served", seen.waits.len());
+    pool.close().await;
+}
+
+/// A standing overload: 300 clients on a pool of 5 with 100 ms queries (six seconds of work
+/// queued without admission, capacity 50 a second). The pool keeps serving at capacity, the
+/// served wait near the target, and the rest are refused at once, honestly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_overload_is_refused_at_once_and_the_served_wait_near_the_target() {
+    let Some(url) = db::postgres_url("a_standing_overload_is_refused_at_once") else {
+        return;
+    };
+    let pool = pool(&url, "connection_limit=5&pool_timeout=20");
+    let run = Duration::from_secs(6);
+    let mut seen = closed_loop(&pool, 300, 0.1, run).await;
+    let stats = pool.stats();
+    let served = seen.waits.len();
+    let wait_p99 = Seen::quantile(&mut seen.waits, 0.99);
+    let wait_max = Seen::quantile(&mut seen.waits, 1.0);
+    let (mut at_arrival, mut overdue) = (Vec::new(), 0);
+    for (took, failure) in &seen.refusals {
+        assert_eq!(failure.cause(), Cause::Overloaded, "{}", failure.report());
+        assert!(failure.retryable());
+        assert!(failure.is_known_outage(), "not retried within the request");
+        assert_eq!(failure.reach(), Reach::NotSent);
+        assert!(failure.retry_after().is_some(), "{}", failure.report());
+        assert!(failure.public_message().contains("at capacity"));
+        assert!(!failure.public_message().contains("became free in time"));
+        if failure
+            .detail()
+            .is_some_and(|detail| detail.starts_with("Overdue"))
+        {
+            overdue += 1;
+        } else {
+            at_arrival.push(*took);
+        }
+    }
+    let refused_p50 = Seen::quantile(&mut at_arrival, 0.5);
+    println!(
+        "300 clients, pool of 5, 100 ms: {served} served ({:.0}/s), waits p99 {wait_p99:?} max \
+         {wait_max:?}; {} refused at arrival (p50 {refused_p50:?}), {overdue} overdue; {:?}",
+        served as f64 / run.as_secs_f64(),
+        at_arrival.len(),
+        stats.refusals
+    );
+    // Capacity is 300 in 6 s; shedding must not cost the database its work.
+    assert!(served >= 240, "{served} served");
+    assert!(
+        !at_arrival.is_empty(),
+        "a standing queue refuses at arrival"
+    );
+    assert!(refused_p50 < Duration::from_millis(20), "{refused_p50:?}");
+    // Without admission the served would wait up to 6 s; the target is 1 s, the standing queue is
+    // recognised half a target after the waits passed it.
+    assert!(wait_p99 <= Duration::from_secs(2), "{wait_p99:?}");
+    assert_eq!(stats.shed, seen.refusals.len() as u64);
+    assert_eq!(stats.refusals.overdue, overdue);
+    assert!(stats.refusals.standing_queue > 0, "{:?}", stats.refusals);
+    pool.close().await;
+}
+
+/// Rule 1: a checkout is refused at once when the wait it can expect is longer than its
+/// request has left, and admitted when the request has the time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_that_cannot_be_served_before_its_deadline_is_refused_at_once() {
+    let Some(url) = db::postgres_url("a_checkout_that_cannot_be_served_before_its_deadline") else {
+        return;
+    };
+    let pool = pool(&url, "connection_limit=1&pool_timeout=20");
+    // The pool learns its hold time: 200 ms.
+    for _ in 0..2 {
+        sleep_on(&mut pool.get().await.unwrap(), 0.2).await;
+    }
+    let held = pool.get().await.unwrap();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.get().await.map(drop) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Three ahead on one connection: about 600 ms. A request with 300 ms left cannot make it.
+    let scope = RequestScope::new(Some(Instant::now() + Duration::from_millis(300)));
+    let asked = Instant::now();
+    let refused = scope
+        .run(pool.get())
+        .await
+        .expect_err("cannot be served in time");
+    let took = asked.elapsed();
+    println!("refused in {took:?}: {}", refused.report());
+    assert_eq!(refused.cause(), Cause::Overloaded);
+    assert!(took < Duration::from_millis(50), "{took:?}");
+    let public = refused.public_message();
+    assert!(
+        public.contains("longer than the") && public.contains("this request has"),
+        "{public}"
+    );
+    let retry_after = refused.retry_after().unwrap();
+    assert!(
+        retry_after > Duration::from_millis(200) && retry_after < Duration::from_millis(500),
+        "{retry_after:?}"
+    );
+    assert_eq!(pool.stats().refusals.expected_wait, 1);
+
+    // With two seconds left, it waits its turn and is served.
+    let scope = RequestScope::new(Some(Instant::now() + Duration::from_secs(2)));
+    let admitted = tokio::spawn(scope.run({
+        let pool = pool.clone();
+        async move { pool.get().await.map(drop) }
+    }));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(held);
+    admitted.await.unwrap().expect("served in time");
+    for waiter in waiters {
+        waiter.await.unwrap().unwrap();
+    }
+    assert_eq!(pool.stats().shed, 1);
+}
+
+/// `queue_limit` stays as an explicit cap: one checkout past it is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_limit_is_an_explicit_cap_and_no_checkout_outwaits_its_request() {
+    let Some(url) = db::postgres_url("queue_limit_is_an_explicit_cap") else {
+        return;
+    };
+    // One connection, two checkouts allowed to wait for it.
+    let busy = pool(&url, "connection_limit=1&queue_limit=2&pool_timeout=20");
+    let held = busy.get().await.unwrap();
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let busy = busy.clone();
+            tokio::spawn(async move { busy.get().await.map(drop) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let shed = busy
+        .get()
+        .await
+        .expect_err("a third waiter is one too many");
+    let shed_took = started.elapsed();
+    assert_eq!(shed.cause(), Cause::Overloaded, "{}", shed.report());
+    assert!(shed.retryable());
+    assert!(shed.is_known_outage(), "not retried within the request");
+    assert_eq!(shed.reach(), Reach::NotSent);
+    assert!(shed
+        .public_message()
+        .contains("2 requests are already waiting"));
+    assert!(shed_took < Duration::from_millis(50), "{shed_took:?}");
+    assert_eq!(busy.stats().refusals.queue_limit, 1);
+
+    // Inside a request whose deadline is 300 ms away, a checkout gives up by then, whatever
+    // `pool_timeout` says (nothing is known about the hold time yet, so it is admitted).
+    let scope = RequestScope::new(Some(Instant::now() + Duration::from_millis(300)));
+    let pool_for_scope = pool(&url, "connection_limit=1&pool_timeout=20");
+    let _held_too = pool_for_scope.get().await.unwrap();
+    let started = Instant::now();
+    let within = scope
+        .run(pool_for_scope.get())
+        .await
+        .expect_err("no connection frees up");
+    let waited = started.elapsed();
+    println!(
+        "queue_limit: shed in {shed_took:?}; a checkout with 300 ms left waited {waited:?}: {}",
+        within.report()
+    );
+    assert_eq!(within.cause(), Cause::PoolExhausted);
+    assert!(waited < Duration::from_millis(600), "{waited:?}");
+    assert_eq!(pool_for_scope.stats().refusals.timed_out, 1);
+    drop(held);
+    for waiter in waiters {
+        waiter.await.unwrap().unwrap();
+    }
+}
