@@ -11,7 +11,7 @@
 //! | `db_client_connection_timeouts_total` | counter | OTel `db.client.connection.timeouts` |
 //! | `db_client_connection_wait_time_seconds`, `db_client_connection_use_time_seconds`, `db_client_connection_create_time_seconds` | histogram | OTel `db.client.connection.wait_time`, `.use_time`, `.create_time` |
 //! | `ballast_pool_server_connections_limit`, `ballast_pool_server_connections_in_use`, `ballast_pool_login_connections_limit`, `ballast_pool_budget_available` | gauge | `PoolStats::budget`: the server's connection budget read on the first connection (the login's limit only when it has one) — each instance's `db_client_connection_max` against `ballast_pool_budget_available` |
-//! | `ballast_pool_checkouts_total`, `ballast_pool_connects_total`, `ballast_pool_connect_failures_total`, `ballast_pool_cancelled_total`, `ballast_pool_shed_total`, `ballast_pool_closed_broken_total` | counter | `PoolStats` |
+//! | `ballast_pool_checkouts_total`, `ballast_pool_connects_total`, `ballast_pool_connect_failures_total`, `ballast_pool_cancelled_total`, `ballast_pool_shed_total`, `ballast_pool_closed_broken_total`, `ballast_pool_held_too_long_total` | counter | `PoolStats` |
 //! | `ballast_pool_refusals_total{reason="expected_wait"\|"standing_queue"\|"overdue"\|"queue_limit"\|"timed_out"\|"outage"}` | counter | `PoolStats::refusals`: checkouts that got no connection, by reason (admission by time's two rules, the opt-in `queue_limit`, a wait that ran out, a known outage) |
 //! | `ballast_cache_hits_total`, `ballast_cache_misses_total`, `ballast_cache_stale_total`, `ballast_cache_revalidated_total`, `ballast_cache_evictions_total` | counter | `CacheStats` |
 //! | `ballast_cache_entries`, `ballast_cache_size_bytes` | gauge | |
@@ -223,6 +223,10 @@ fn describe() {
             "Checkouts that got no connection, by reason",
         ),
         (
+            "ballast_pool_held_too_long_total",
+            "Connections checked out longer than leak_threshold",
+        ),
+        (
             "ballast_pool_closed_broken_total",
             "Connections closed because they came back broken",
         ),
@@ -314,6 +318,7 @@ fn record(figures: &Figures<'_>) {
             ("ballast_pool_cancelled_total", pool.cancelled),
             ("ballast_pool_shed_total", pool.shed),
             ("ballast_pool_closed_broken_total", pool.closed_broken),
+            ("ballast_pool_held_too_long_total", pool.held_too_long),
         ] {
             counter!(metric, name.0 => name.1).absolute(count);
         }

@@ -231,9 +231,9 @@ async fn scenario_4_cancellation_of_half_of_two_thousand_requests() {
     let name = db::unique_name("ballast_cancel");
     let pool = pool(
         &url,
-        // No queue limit: this scenario is about cancellation, not overload (every request
-        // waits its turn instead of being shed).
-        &format!("application_name={name}&connection_limit=10&pool_timeout=5&queue_limit=0"),
+        // Admission by time off: this scenario is about cancellation, not overload (every
+        // request waits its turn instead of being refused).
+        &format!("application_name={name}&connection_limit=10&pool_timeout=5&queue_target=0"),
     );
     let app = app(pool.clone(), fast_retry().build().unwrap());
     let unaborted = Arc::new(Mutex::new(Tally::default()));

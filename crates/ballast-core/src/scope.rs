@@ -29,7 +29,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 tokio::task_local! {
@@ -39,10 +39,16 @@ tokio::task_local! {
 /// A future running inside a [`RequestScope`] ([`RequestScope::run`]).
 pub type Scoped<F> = tokio::task::futures::TaskLocalFuture<Arc<RequestScope>, F>;
 
+/// Whether layers should record each request's path in its scope (see
+/// [`RequestScope::record_paths`]).
+static RECORD_PATHS: AtomicBool = AtomicBool::new(false);
+
 /// One request's deadline and its use of the database. See the [module docs](self).
 #[derive(Debug)]
 pub struct RequestScope {
     deadline: Option<Instant>,
+    /// The request's path, when something asked for paths.
+    path: OnceLock<Box<str>>,
     waiting: AtomicU32,
     holding: AtomicU32,
     sent: AtomicBool,
@@ -68,6 +74,7 @@ impl RequestScope {
     pub fn new(deadline: Option<Instant>) -> Arc<Self> {
         Arc::new(RequestScope {
             deadline,
+            path: OnceLock::new(),
             waiting: AtomicU32::new(0),
             holding: AtomicU32::new(0),
             sent: AtomicBool::new(false),
@@ -105,6 +112,30 @@ impl RequestScope {
     /// The deadline.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// Asks the layers that make scopes to record each request's path in it from now on, for
+    /// this process: a pool that warns about connections held too long (`leak_threshold`) names
+    /// the request. Until something asks, no path is copied.
+    pub fn record_paths() {
+        RECORD_PATHS.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether paths are to be recorded ([`record_paths`](Self::record_paths)).
+    pub fn records_paths() -> bool {
+        RECORD_PATHS.load(Ordering::Relaxed)
+    }
+
+    /// Records the request's path (the first one recorded stays). Layers call it when
+    /// [`records_paths`](Self::records_paths) says so; never a query string, which can carry
+    /// tokens.
+    pub fn set_path(&self, path: &str) {
+        let _ = self.path.set(path.into());
+    }
+
+    /// The request's path, if it was recorded.
+    pub fn path(&self) -> Option<&str> {
+        self.path.get().map(|path| &**path)
     }
 
     /// What the database is doing for the request now (and whether a statement was ever sent).

@@ -105,6 +105,9 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
         let scope = RequestScope::new(Some(started + self.timeout));
+        if RequestScope::records_paths() {
+            scope.set_path(request.uri().path());
+        }
         // A body already complete (a GET's) has nothing to watch: no shared state for it.
         let reading = (!request.body().is_end_stream()).then(|| Arc::new(BodyState::default()));
         let method = request.method().clone();

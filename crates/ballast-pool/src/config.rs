@@ -69,6 +69,8 @@ pub enum Backend {
 /// | `statement_cache_size` | [`with_statement_cache`](Self::with_statement_cache) | on | each connection keeps diesel's prepared statements (0: off, for PgBouncer's transaction mode; any other number: on — diesel's cache has no size bound) |
 /// | `schema` | — | the server's | PostgreSQL: each connection's `search_path` (Prisma's meaning) |
 /// | `statement_timeout` | [`with_statement_timeout`](Self::with_statement_timeout) | the server's | PostgreSQL: longest a statement runs on the server, seconds; applied to each connection |
+/// | `statement_timeout=deadline` | [`with_statement_deadline`](Self::with_statement_deadline) | off | PostgreSQL and MariaDB: each checkout inside a request with a deadline bounds its statements on the server by the time the request has left (one `SET` per checkout); refused with `pgbouncer=true` |
+/// | `leak_threshold` | [`with_leak_threshold`](Self::with_leak_threshold) | off | a connection checked out longer than this (seconds) is logged once with where it was checked out and the request's path, and counted (`PoolStats::held_too_long`); 0: off |
 /// | `pgbouncer` | [`with_pgbouncer`](Self::with_pgbouncer) | false | PostgreSQL: `true` when the URL points at PgBouncer in transaction (or statement) mode; see the [crate docs](crate#pgbouncer) |
 /// | — | [`with_after_connect`](Self::with_after_connect) | none | SQL each connection runs as it opens (`SET TIME ZONE 'UTC'`) |
 ///
@@ -123,6 +125,11 @@ pub struct PoolConfig {
     schema: Option<String>,
     /// Applied to each connection as it opens (PostgreSQL).
     statement_timeout: Option<Duration>,
+    /// `statement_timeout=deadline`: each checkout under a request deadline bounds its
+    /// statements by the time left.
+    statement_deadline: bool,
+    /// Connections checked out longer than this are logged; `None`: off.
+    leak_threshold: Option<Duration>,
     /// SQL run on each connection as it opens, after the two above.
     after_connect: Vec<String>,
     /// TLS to the server (PostgreSQL); `None`: plain text.
@@ -132,8 +139,9 @@ pub struct PoolConfig {
 }
 
 /// The pool's own URL parameters, removed before the URL reaches the driver.
-const POOL_PARAMETERS: [&str; 13] = [
+const POOL_PARAMETERS: [&str; 14] = [
     "connection_limit",
+    "leak_threshold",
     "queue_target",
     "pool_timeout",
     "connect_timeout",
@@ -297,6 +305,8 @@ impl PoolConfig {
             statement_cache: true,
             schema: None,
             statement_timeout: None,
+            statement_deadline: false,
+            leak_threshold: None,
             after_connect: Vec::new(),
             tls: None,
             pgbouncer: false,
@@ -356,6 +366,9 @@ impl PoolConfig {
                     config.check_idle_after = seconds("check_idle_after", value)?;
                 }
                 "queue_target" => config.queue_target = optional_seconds("queue_target", value)?,
+                "leak_threshold" => {
+                    config.leak_threshold = optional_seconds("leak_threshold", value)?;
+                }
                 "queue_limit" => {
                     let limit = value
                         .parse::<u32>()
@@ -385,6 +398,15 @@ impl PoolConfig {
                         return Err(ConfigError::new("schema", "is empty"));
                     }
                     config.schema = Some(schema);
+                }
+                "statement_timeout" if value == "deadline" => {
+                    if backend == Backend::Sqlite {
+                        return Err(ConfigError::new(
+                            "statement_timeout",
+                            "deadline is applied on PostgreSQL and MariaDB; SQLite runs in the process",
+                        ));
+                    }
+                    config.statement_deadline = true;
                 }
                 "statement_timeout" => {
                     if backend != Backend::Postgres {
@@ -504,6 +526,15 @@ impl PoolConfig {
         if let Some(target) = self.queue_target {
             positive_duration("queue_target", target)?;
         }
+        if let Some(threshold) = self.leak_threshold {
+            positive_duration("leak_threshold", threshold)?;
+        }
+        if self.statement_deadline && self.backend == Backend::Sqlite {
+            return Err(ConfigError::new(
+                "statement_timeout",
+                "deadline is applied on PostgreSQL and MariaDB; SQLite runs in the process",
+            ));
+        }
         if let Some(limit) = self.queue_limit.filter(|limit| *limit > MAX_QUEUE_LIMIT) {
             return Err(queue_limit_error(&limit.to_string()));
         }
@@ -521,6 +552,12 @@ impl PoolConfig {
             }
             if self.statement_timeout.is_some() {
                 return Err(ConfigError::new("statement_timeout", session));
+            }
+            if self.statement_deadline {
+                return Err(ConfigError::new(
+                    "statement_timeout",
+                    "deadline sets statement_timeout on the session, which PgBouncer in transaction mode hands to other clients: bound statements with PgBouncer's query_timeout instead",
+                ));
             }
         }
         Ok(())
@@ -669,6 +706,46 @@ impl PoolConfig {
         self.statement_timeout
     }
 
+    /// Sets whether each checkout inside a request with a deadline
+    /// ([`RequestScope`](ballast_core::scope::RequestScope), set by a request-timeout layer)
+    /// bounds its statements on the server by the time the request has left, as the URL's
+    /// `statement_timeout=deadline` does: a statement then stops on the server when its request
+    /// can no longer use the answer, even when the process dies before it can send a cancel.
+    ///
+    /// PostgreSQL: `SET statement_timeout` before the connection is handed out, the smaller of
+    /// the time left and a fixed [`statement_timeout`](Self::with_statement_timeout); a checkout
+    /// without a deadline puts the connection's own value back. MariaDB: `SET SESSION
+    /// max_statement_time` the same way (MySQL has no such variable: its first checkout fails
+    /// as a configuration error). The cost is one round trip per checkout under a deadline.
+    /// Refused with `pgbouncer=true`: a session setting would reach other clients'
+    /// transactions. Defaults to off.
+    #[must_use]
+    pub fn with_statement_deadline(mut self, deadline: bool) -> Self {
+        self.statement_deadline = deadline;
+        self
+    }
+
+    /// Whether checkouts bound their statements by the request's deadline.
+    pub fn statement_deadline(&self) -> bool {
+        self.statement_deadline
+    }
+
+    /// Sets how long a connection may stay checked out before it is logged as held too long
+    /// (once per checkout, with the caller's source location and the request's path, and
+    /// counted in [`PoolStats::held_too_long`](crate::PoolStats::held_too_long)); `None`, the
+    /// default, is off. More than zero, at most a day. HikariCP calls it
+    /// `leakDetectionThreshold`.
+    #[must_use]
+    pub fn with_leak_threshold(mut self, threshold: Option<Duration>) -> Self {
+        self.leak_threshold = threshold;
+        self
+    }
+
+    /// How long a checkout may last before it is logged, if that is on.
+    pub fn leak_threshold(&self) -> Option<Duration> {
+        self.leak_threshold
+    }
+
     /// The statements each new connection runs before it is used, in order.
     pub(crate) fn after_connect_statements(&self) -> Vec<String> {
         let mut statements = Vec::new();
@@ -756,6 +833,8 @@ impl fmt::Debug for PoolConfig {
             .field("statement_cache", &self.statement_cache)
             .field("schema", &self.schema)
             .field("statement_timeout", &self.statement_timeout)
+            .field("statement_deadline", &self.statement_deadline)
+            .field("leak_threshold", &self.leak_threshold)
             .field("after_connect", &self.after_connect.len())
             .field("tls", &self.tls)
             .finish()
@@ -983,6 +1062,15 @@ mod tests {
         assert_eq!(config.driver_url(), "postgres://u@h/db");
         let config = PoolConfig::from_url("postgres://u@h/db?queue_limit=0").unwrap();
         assert_eq!(config.queue_limit(), None, "no limit");
+        assert_eq!(config.leak_threshold(), None, "off by default");
+        assert!(!config.statement_deadline(), "off by default");
+        let config =
+            PoolConfig::from_url("mysql://u@h/db?leak_threshold=30&statement_timeout=deadline")
+                .unwrap();
+        assert_eq!(config.leak_threshold(), Some(Duration::from_secs(30)));
+        assert!(config.statement_deadline());
+        assert_eq!(config.statement_timeout(), None, "no fixed bound");
+        assert_eq!(config.driver_url(), "mysql://u@h/db");
         let config = PoolConfig::from_url("postgres://u@h/db?queue_limit=7").unwrap();
         assert_eq!(config.queue_limit(), Some(7));
         assert!(config.statement_cache(), "on by default");
@@ -1060,6 +1148,8 @@ mod tests {
             ("idle_timeout=x", "idle_timeout"),
             ("max_lifetime=-1", "max_lifetime"),
             ("check_idle_after=inf", "check_idle_after"),
+            ("leak_threshold=never", "leak_threshold"),
+            ("statement_timeout=later", "statement_timeout"),
             ("queue_target=-1", "queue_target"),
             ("queue_target=soon", "queue_target"),
             ("queue_target=86401", "queue_target"),
@@ -1179,6 +1269,14 @@ mod tests {
             ("postgres://u@h/db?pgbouncer=true&schema=app", "schema"),
             (
                 "postgres://u@h/db?statement_timeout=5&pgbouncer=true",
+                "statement_timeout",
+            ),
+            (
+                "postgres://u@h/db?statement_timeout=deadline&pgbouncer=true",
+                "statement_timeout",
+            ),
+            (
+                "sqlite:app.db?statement_timeout=deadline",
                 "statement_timeout",
             ),
             ("postgres://u@h/db?sslmode=sometimes", "sslmode"),

@@ -1,6 +1,7 @@
 //! Opening connections with the driver, so a failed connect keeps its driver code.
 
 use std::future::Future;
+use std::time::Duration;
 
 use ballast_core::Failure;
 use diesel_async::pooled_connection::PoolableConnection;
@@ -60,6 +61,15 @@ pub trait Connect: AsyncConnection + PoolableConnection + Send + 'static {
         let _ = config;
         async { Ok(None) }
     }
+
+    /// The statement that bounds every later statement of this connection on the server by
+    /// `timeout` — or, with `None`, puts the connection's own bound back — for
+    /// [`PoolConfig::with_statement_deadline`]. `None` where the backend has no such bound (the
+    /// default).
+    fn statement_bound(config: &PoolConfig, timeout: Option<Duration>) -> Option<String> {
+        let _ = (config, timeout);
+        None
+    }
 }
 
 /// Opens a connection and runs the configuration's after-connect statements on it (`schema`,
@@ -106,7 +116,7 @@ const ROLLBACK_ATTEMPTS: usize = 3;
 /// How long an abandoned PostgreSQL statement gets to end on its own before it is cancelled: most
 /// statements are short, and a cancel request costs the server a connection and a process.
 #[cfg(feature = "postgres")]
-const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+const CANCEL_GRACE: Duration = Duration::from_millis(20);
 
 /// Runs a whole connect under the configured deadline, and marks every failure `NotSent`.
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
@@ -217,6 +227,23 @@ impl Connect for diesel_async::AsyncPgConnection {
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+
+    /// `statement_timeout`, in milliseconds: the smaller of the time left and the URL's fixed
+    /// `statement_timeout`; without a deadline, the fixed one or the session's default.
+    fn statement_bound(config: &PoolConfig, timeout: Option<Duration>) -> Option<String> {
+        let fixed = config.statement_timeout();
+        Some(match (timeout, fixed) {
+            (Some(left), fixed) => format!(
+                "SET statement_timeout = {}",
+                fixed
+                    .map_or(left, |fixed| left.min(fixed))
+                    .as_millis()
+                    .max(1)
+            ),
+            (None, Some(fixed)) => format!("SET statement_timeout = {}", fixed.as_millis().max(1)),
+            (None, None) => "SET statement_timeout TO DEFAULT".to_owned(),
+        })
     }
 
     /// Superusers may use the reserved slots, and no `CONNECTION LIMIT` applies to them.
@@ -514,6 +541,18 @@ struct MysqlBudget {
 #[cfg(feature = "mysql")]
 impl Connect for diesel_async::AsyncMysqlConnection {
     const BACKEND: Backend = Backend::Mysql;
+
+    /// MariaDB's `max_statement_time`, in seconds (MySQL has no such variable: there the first
+    /// checkout fails as a configuration error).
+    fn statement_bound(_: &PoolConfig, timeout: Option<Duration>) -> Option<String> {
+        Some(match timeout {
+            Some(left) => format!(
+                "SET SESSION max_statement_time = {:.3}",
+                left.as_secs_f64().max(0.001)
+            ),
+            None => "SET SESSION max_statement_time = DEFAULT".to_owned(),
+        })
+    }
 
     async fn open(config: &PoolConfig) -> Result<Self, Failure> {
         let opts =

@@ -151,6 +151,7 @@ mod connect;
 #[cfg(feature = "axum")]
 mod extract;
 mod layer;
+mod leak;
 mod manager;
 #[cfg(feature = "postgres")]
 mod pgbouncer;

@@ -13,6 +13,7 @@ use crate::admission::Admission;
 use crate::budget::ServerBudget;
 use crate::config::PoolConfig;
 use crate::connect::Connect;
+use crate::leak::Holders;
 use crate::reclaim::{Activity, Tracking};
 use crate::stats::Counters;
 
@@ -32,6 +33,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Admission by time: the hold-time estimate and the standing-queue state.
     pub(crate) admission: Admission,
+    /// The connections checked out now, when `leak_threshold` is set.
+    pub(crate) holders: Holders,
     /// Connect attempts on the network right now.
     connecting: AtomicUsize,
     /// The latest connect failure and when it happened; unlike the gate's, kept after a success,
@@ -58,6 +61,7 @@ impl Shared {
                 config.connection_limit(),
                 config.queue_limit(),
             ),
+            holders: Holders::default(),
             config,
             closed: AtomicBool::new(false),
             counters: Counters::default(),
@@ -238,6 +242,9 @@ pub(crate) struct Idle<C> {
     /// Set when the connection must be closed rather than reused (an abandoned statement that
     /// could not be stopped).
     pub(crate) discard: bool,
+    /// Whether its statements are bounded by an earlier checkout's deadline
+    /// (`statement_timeout=deadline`), to put back for a checkout without one.
+    pub(crate) bounded: bool,
 }
 
 /// bb8's view of the pool's connections.
@@ -283,6 +290,7 @@ impl<C: Connect> Manager<C> {
             idle_since: Instant::now(),
             activity,
             discard: false,
+            bounded: false,
         }
     }
 

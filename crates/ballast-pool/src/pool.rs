@@ -5,8 +5,11 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
+use std::panic::Location;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use ballast_core::scope::{Mark, RequestScope};
@@ -151,6 +154,11 @@ impl<C: Connect> SharedPool<C> {
             // waiting checkout hears about the failure at once.
             .retry_connection(false)
             .build_unchecked(Manager::new(Arc::clone(&shared)));
+        if let Some(threshold) = shared.config.leak_threshold() {
+            crate::leak::spawn_watch(Arc::downgrade(&shared), threshold);
+            // Request-timeout layers record each request's path for the warnings.
+            RequestScope::record_paths();
+        }
         Ok(SharedPool {
             inner: Arc::new(Inner {
                 shared,
@@ -211,7 +219,34 @@ impl<C: Connect> SharedPool<C> {
     ///   [`retry_after`](Failure::retry_after);
     /// - [`Cause::PoolExhausted`] when every connection stayed in use for the whole wait;
     /// - [`Cause::PoolClosed`] after [`close`](Self::close).
-    pub async fn get(&self) -> Result<PooledConnection<C>, Failure> {
+    #[track_caller]
+    pub fn get(&self) -> impl Future<Output = Result<PooledConnection<C>, Failure>> + Send + '_ {
+        // The caller's source location, for `leak_threshold`'s warnings: free to take.
+        let caller = Location::caller();
+        if !self.inner.shared.config.statement_deadline() {
+            return Checkout::Plain {
+                future: self.get_for(caller),
+            };
+        }
+        // Boxed, a future of its own: pools that do not bound statements pay nothing for it.
+        Checkout::Bounded {
+            future: Box::pin(async move {
+                let mut conn = self.get_for(caller).await?;
+                let left = conn
+                    .scope
+                    .as_ref()
+                    .and_then(|scope| scope.deadline())
+                    .map(|deadline| deadline.saturating_duration_since(Instant::now()));
+                conn.bound_statements(left).await?;
+                Ok(conn)
+            }),
+        }
+    }
+
+    async fn get_for(
+        &self,
+        caller: &'static Location<'static>,
+    ) -> Result<PooledConnection<C>, Failure> {
         let started = Instant::now();
         let shared = &self.inner.shared;
         let scope = RequestScope::current();
@@ -270,7 +305,7 @@ impl<C: Connect> SharedPool<C> {
                 if waited > SLOW_CHECKOUT {
                     tracing::debug!(waited_ms = waited.as_millis() as u64, "slow checkout");
                 }
-                Ok(self.hand_out(turn, conn, scope))
+                Ok(self.hand_out(turn, conn, scope, caller))
             }
             Err(failure) => {
                 let failure = self.honest(failure, scope.as_deref());
@@ -386,14 +421,23 @@ impl<C: Connect> SharedPool<C> {
         turn: tokio::sync::SemaphorePermit<'_>,
         conn: bb8::PooledConnection<'static, Manager<C>>,
         scope: Option<Arc<RequestScope>>,
+        caller: &'static Location<'static>,
     ) -> PooledConnection<C> {
+        let shared = &self.inner.shared;
         // Given back when the connection is back in bb8 (`Drop`, or `reclaim`).
         turn.forget();
         conn.activity.checked_out();
+        let holder = shared.config.leak_threshold().map(|_| {
+            let path = scope
+                .as_ref()
+                .and_then(|scope| scope.path().map(str::to_owned));
+            shared.holders.checked_out(caller, path)
+        });
         PooledConnection {
             conn: Some(conn),
-            shared: Arc::clone(&self.inner.shared),
+            shared: Arc::clone(shared),
             checked_out: Instant::now(),
+            holder,
             _holding: scope.as_ref().map(RequestScope::holding),
             scope,
         }
@@ -592,7 +636,10 @@ impl<C: Connect> SharedPool<C> {
         let check = async {
             let started = Instant::now();
             let conn = self.checkout(&pool, started, started + limit).await?;
-            let mut conn = self.hand_out(turn, conn, None);
+            let mut conn = self.hand_out(turn, conn, None, Location::caller());
+            if shared.config.statement_deadline() {
+                conn.bound_statements(None).await?;
+            }
             conn.batch_execute("SELECT 1").await?;
             Ok::<_, Failure>(())
         };
@@ -658,6 +705,7 @@ impl<C: Connect> SharedPool<C> {
             closed_broken: counters.closed_broken.load(Ordering::Relaxed),
             shed: refusals.shed(),
             refusals,
+            held_too_long: shared.holders.held_too_long.load(Ordering::Relaxed),
             cancelled: counters.cancelled.load(Ordering::Relaxed),
             closed_invalid: statistics.connections_closed_invalid,
             closed_expired: statistics.connections_closed_idle_timeout
@@ -695,6 +743,31 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.counters.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`SharedPool::get`]'s future: the checkout itself, or — with `statement_timeout=deadline`
+    /// — the checkout and the `SET` that bounds its statements, boxed.
+    #[project = CheckoutProjection]
+    enum Checkout<F, B> {
+        Plain { #[pin] future: F },
+        Bounded { future: Pin<Box<B>> },
+    }
+}
+
+impl<C: Connect, F, B> Future for Checkout<F, B>
+where
+    F: Future<Output = Result<PooledConnection<C>, Failure>>,
+    B: Future<Output = Result<PooledConnection<C>, Failure>>,
+{
+    type Output = Result<PooledConnection<C>, Failure>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CheckoutProjection::Plain { future } => future.poll(cx),
+            CheckoutProjection::Bounded { future } => future.as_mut().poll(cx),
+        }
     }
 }
 
@@ -744,6 +817,7 @@ impl<C: Connect> fmt::Debug for SharedPool<C> {
 impl<C: Connect> PoolProvider for SharedPool<C> {
     type Connection = C;
 
+    #[track_caller]
     fn get(&self) -> impl Future<Output = Result<PooledConnection<C>, Failure>> + Send {
         SharedPool::get(self)
     }
@@ -772,6 +846,8 @@ pub struct PooledConnection<C: Connect> {
     scope: Option<Arc<RequestScope>>,
     /// When it was checked out, for the use-time histogram.
     checked_out: Instant,
+    /// Its entry among the connections `leak_threshold` watches.
+    holder: Option<u64>,
     /// Marks the connection in use for the request's scope while it is checked out.
     _holding: Option<Mark>,
 }
@@ -798,6 +874,10 @@ impl<C: Connect> Drop for PooledConnection<C> {
         let held = self.checked_out.elapsed();
         self.shared.counters.use_time.record(held);
         self.shared.admission.returned(held);
+        if let (Some(holder), Some(threshold)) = (self.holder, self.shared.config.leak_threshold())
+        {
+            self.shared.holders.returned(holder, threshold);
+        }
         if let Some(scope) = &self.scope {
             if conn.activity.sent() {
                 scope.sent();
@@ -815,6 +895,44 @@ impl<C: Connect> Drop for PooledConnection<C> {
 }
 
 impl<C: Connect> PooledConnection<C> {
+    /// Bounds this connection's statements on the server by the time its request has `left`
+    /// (`statement_timeout=deadline`), or puts the connection's own bound back for a checkout
+    /// without a deadline. Nothing the request sent: the `SET` is not one of its statements.
+    async fn bound_statements(&mut self, left: Option<Duration>) -> Result<(), Failure> {
+        let idle = self.idle_mut();
+        if left.is_none() && !idle.bounded {
+            return Ok(());
+        }
+        let config = &self.shared.config;
+        let Some(sql) = C::statement_bound(config, left) else {
+            return Ok(());
+        };
+        let idle = self
+            .conn
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("taken only when dropped"));
+        let outcome = idle.conn.batch_execute(&sql).await;
+        idle.activity.checked_out();
+        if let Err(error) = outcome {
+            let failure = Failure::from(error);
+            // A server that does not know the setting (MySQL has no `max_statement_time`)
+            // will never know it: a configuration error, not retried.
+            let failure = if failure.cause() == Cause::Query {
+                Failure::new(Cause::InvalidConfig)
+                    .with_detail(format!(
+                        "statement_timeout=deadline: the server refused `{sql}`: {}",
+                        failure.report()
+                    ))
+                    .with_source(failure)
+            } else {
+                failure
+            };
+            return Err(failure.with_reach(Reach::NotSent));
+        }
+        idle.bounded = left.is_some();
+        Ok(())
+    }
+
     /// Classifies an error from a query on this connection, using what the connection knows.
     ///
     /// diesel reports most server errors as `DatabaseErrorKind::Unknown` with a localised

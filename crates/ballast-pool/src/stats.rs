@@ -43,6 +43,9 @@ pub struct PoolStats {
     pub shed: u64,
     /// Checkouts that got no connection, by reason.
     pub refusals: Refusals,
+    /// Connections that stayed checked out longer than `leak_threshold` (each logged once); 0
+    /// while it is off.
+    pub held_too_long: u64,
     /// Connections opened.
     pub connects: u64,
     /// Connect attempts that failed, in total.

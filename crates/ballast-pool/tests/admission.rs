@@ -279,3 +279,116 @@ async fn queue_limit_is_an_explicit_cap_and_no_checkout_outwaits_its_request() {
         waiter.await.unwrap().unwrap();
     }
 }
+
+fn capture() -> (
+    ballast_testkit::logs::Captured,
+    tracing::subscriber::DefaultGuard,
+) {
+    let captured = ballast_testkit::logs::Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+/// `leak_threshold`: a connection held past it is logged once, naming where it was checked out
+/// and the request's path, and counted; one that came back in time is not.
+#[tokio::test] // One thread: the pool's watch task logs where the test captures.
+async fn a_connection_held_past_leak_threshold_is_named_once() {
+    let Some(url) = db::postgres_url("a_connection_held_past_leak_threshold") else {
+        return;
+    };
+    let (captured, _guard) = capture();
+    let pool = pool(&url, "connection_limit=2&leak_threshold=0.2");
+    drop(pool.get().await.unwrap());
+    let scope = RequestScope::new(None);
+    scope.set_path("/reports/yearly");
+    let line = line!() + 1;
+    let held = scope.run(pool.get()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let log = captured.take();
+    println!("{log}");
+    assert_eq!(log.matches("past leak_threshold").count(), 1, "once: {log}");
+    assert!(log.contains(&format!("admission.rs:{line}")), "{log}");
+    assert!(log.contains("/reports/yearly"), "{log}");
+    assert_eq!(pool.stats().held_too_long, 1);
+    drop(held);
+    let quick = pool.get().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(quick);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pool.stats().held_too_long, 1, "returned in time");
+    assert!(captured.take().is_empty());
+}
+
+/// `statement_timeout=deadline` on PostgreSQL: inside a request with 300 ms left, a statement
+/// stops on the server by then; a checkout without a deadline gets the connection's own bound
+/// back (the server's default, or the URL's fixed `statement_timeout`, whichever the URL says).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeout_deadline_bounds_statements_by_the_time_left() {
+    let Some(url) = db::postgres_url("statement_timeout_deadline") else {
+        return;
+    };
+    let pool = pool(&url, "connection_limit=1&statement_timeout=deadline");
+    let show = |pool: Pool| async move {
+        #[derive(diesel::QueryableByName)]
+        struct Setting {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            statement_timeout: String,
+        }
+        let mut conn = pool.get().await.unwrap();
+        let setting: Setting = diesel::sql_query("SHOW statement_timeout")
+            .get_result(&mut *conn)
+            .await
+            .unwrap();
+        setting.statement_timeout
+    };
+    let scope = RequestScope::new(Some(Instant::now() + Duration::from_millis(300)));
+    let started = Instant::now();
+    let stopped = scope
+        .run(async {
+            let mut conn = pool.get().await?;
+            diesel::sql_query("SELECT pg_sleep(5)")
+                .execute(&mut *conn)
+                .await
+                .map_err(Failure::from)
+        })
+        .await
+        .expect_err("stopped on the server");
+    let took = started.elapsed();
+    println!("stopped after {took:?}: {}", stopped.report());
+    assert_eq!(
+        stopped.cause(),
+        Cause::StatementTimeout,
+        "{}",
+        stopped.report()
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(
+        show(pool.clone()).await,
+        "0",
+        "the server's default is back"
+    );
+
+    // Both bounds: the URL gives one `statement_timeout`, the setter the other.
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let config = PoolConfig::from_url(&format!(
+        "{url}{separator}connection_limit=1&statement_timeout=2"
+    ))
+    .unwrap()
+    .with_statement_deadline(true);
+    let pool = Pool::new(config).unwrap();
+    let scope = RequestScope::new(Some(Instant::now() + Duration::from_secs(60)));
+    assert_eq!(
+        scope.run(show(pool.clone())).await,
+        "2s",
+        "the smaller of the two"
+    );
+    let scope = RequestScope::new(Some(Instant::now() + Duration::from_millis(1500)));
+    let inside = scope.run(show(pool.clone())).await;
+    assert!(inside.ends_with("ms"), "{inside}");
+    assert_eq!(show(pool.clone()).await, "2s", "the fixed one is back");
+}

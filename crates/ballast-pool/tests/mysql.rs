@@ -30,7 +30,7 @@ async fn mariadb_bound_holds_under_load() {
     let database = MysqlDatabase::create(&url).await;
     let user = MysqlUser::create(&url, database.name(), None, None).await;
     // Every task waits its turn: this is about the bound, not about shedding.
-    let pool = pool(user.url(), "connection_limit=10&queue_limit=0");
+    let pool = pool(user.url(), "connection_limit=10&queue_target=0");
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let pool = pool.clone();
@@ -146,4 +146,52 @@ async fn after_connect_sql_reaches_each_mariadb_connection() {
         let error = PoolConfig::from_url(&format!("{url}?{parameter}")).unwrap_err();
         assert_eq!(error.setting, parameter.split('=').next().unwrap());
     }
+}
+
+/// `statement_timeout=deadline` on MariaDB: inside a request with 300 ms left, a statement stops
+/// on the server by then (`max_statement_time`); a checkout without a deadline puts the
+/// session's default back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_statement_timeout_deadline_bounds_statements_by_the_time_left() {
+    use ballast_core::scope::RequestScope;
+    use std::time::Instant;
+
+    let Some(url) = db::mysql_url("mariadb_statement_timeout_deadline") else {
+        return;
+    };
+    let pool = pool(&url, "connection_limit=1&statement_timeout=deadline");
+    let scope = RequestScope::new(Some(Instant::now() + Duration::from_millis(300)));
+    let started = Instant::now();
+    let stopped = scope
+        .run(async {
+            let mut conn = pool.get().await?;
+            // MariaDB answers an interrupted `SLEEP` with 1: a real statement is stopped.
+            diesel::sql_query("SELECT COUNT(*) FROM information_schema.columns a, information_schema.columns b, information_schema.columns c")
+                .execute(&mut *conn)
+                .await
+                .map_err(Failure::from)
+        })
+        .await
+        .expect_err("stopped on the server");
+    let took = started.elapsed();
+    println!("stopped after {took:?}: {}", stopped.report());
+    assert_eq!(
+        stopped.cause(),
+        Cause::StatementTimeout,
+        "{}",
+        stopped.report()
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        max_statement_time: f64,
+    }
+    let mut conn = pool.get().await.unwrap();
+    let setting: Setting = diesel::sql_query("SELECT @@max_statement_time AS max_statement_time")
+        .get_result(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(setting.max_statement_time, 0.0, "the default is back");
 }

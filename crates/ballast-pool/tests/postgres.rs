@@ -61,7 +61,7 @@ async fn two_hundred_tasks_never_exceed_ten_backends() {
     };
     let role = PgRole::create(&url, None).await;
     // Every task waits its turn: this is about the bound, not about shedding.
-    let pool = pool(role.url(), "connection_limit=10&queue_limit=0");
+    let pool = pool(role.url(), "connection_limit=10&queue_target=0");
     let stop = Arc::new(AtomicUsize::new(0));
     let sampler = sample_backends(
         url.clone(),
@@ -394,7 +394,7 @@ async fn cancelled_transactions_never_leave_a_backend_idle_in_transaction() {
     // Every request waits its turn: this is about cancellation, not about shedding.
     let pool = pool(
         &format!("{}?application_name={app}", database.url()),
-        "connection_limit=4&queue_limit=0",
+        "connection_limit=4&queue_target=0",
     );
 
     let tasks: Vec<_> = (0..60)
