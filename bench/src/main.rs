@@ -22,8 +22,9 @@
 //!   (stock: a ping at every checkout), the same with the ping off, deadpool + diesel-async,
 //!   and sqlx's `PgPool`. The diesel peers run the statement as a cached prepared statement,
 //!   as the example server does; sqlx caches its own. Goal: the example server ≥ 1.0 × sqlx.
-//!   Two more subjects are not peers but tell the costs apart: ballast's pool alone in this
-//!   process, and the same with the example server's layers.
+//!   Three more subjects are not peers but tell the costs apart: ballast's pool alone in this
+//!   process, the same with the example server's layers, and the example server with
+//!   `statement_timeout=deadline` (a `SET statement_timeout` per checkout).
 //! - **Cached read** (`GET /items`, a cache hit through the whole stack) against a bare axum
 //!   handler answering the same bytes. Goal: ≥ 0.90.
 
@@ -267,6 +268,17 @@ async fn run() -> Result<(), String> {
     ])
     .await?;
     let example_pid = example_process.id().unwrap_or(0);
+    // The same with each checkout's statements bounded by its request's time left
+    // (`statement_timeout=deadline`: one `SET` per checkout), to state what that costs.
+    let (deadline_process, deadline_example) = start_example(&[
+        (
+            "DATABASE_URL",
+            &format!("{db_url}?connection_limit={POOL_SIZE}&statement_timeout=deadline"),
+        ),
+        ("CACHE_TTL", "3600"),
+    ])
+    .await?;
+    let deadline_pid = deadline_process.id().unwrap_or(0);
     let own_pid = std::process::id();
     for name in ["desk", "lamp", "chair"] {
         curl(&[
@@ -382,6 +394,12 @@ async fn run() -> Result<(), String> {
             example_pid,
         ),
         Subject::new("axum + bb8 stock (ping)", format!("{stock}/sleep"), own_pid),
+        // Not a peer: the example server with `statement_timeout=deadline`.
+        Subject::new(
+            "example, statement deadline",
+            format!("{deadline_example}/sleep?ms=0"),
+            deadline_pid,
+        ),
         Subject::new("axum + bb8, ping off", format!("{no_ping}/sleep"), own_pid),
         Subject::new("axum + deadpool", format!("{deadpool}/sleep"), own_pid),
         Subject::new("axum + sqlx PgPool", format!("{sqlx_url}/sleep"), own_pid),
@@ -447,7 +465,7 @@ async fn run() -> Result<(), String> {
         "\nHTTP load: wrk -t1 -c64 -d{seconds}s, {rounds} rounds alternated, PostgreSQL, pools of \
          {POOL_SIZE}; median req/s"
     );
-    let sqlx_rate = round_trip[4].median();
+    let sqlx_rate = round_trip[5].median();
     let stock_rate = round_trip[1].median();
     println!("  database round trip (a checkout and SELECT pg_sleep($1))");
     for subject in round_trip
@@ -481,6 +499,10 @@ async fn run() -> Result<(), String> {
     }
     let verdict = |met: bool| if met { "met" } else { "NOT met" };
     let ballast = round_trip[0].median();
+    println!(
+        "statement_timeout=deadline (a SET per checkout): {:.2} × the example server's round trip",
+        round_trip[2].median() / ballast
+    );
     println!(
         "goals: round trip ≥ 1.00 × sqlx: {:.2}, {}; cached hit ≥ 0.90 × bare axum: {:.2}, {}",
         ballast / sqlx_rate,

@@ -20,9 +20,17 @@
 //!
 //! Closed-loop clients send again as soon as they have an answer — after a 503 too, the worst
 //! clients. Capacity is the pool over the query time (10 / 100 ms = 100 a second). The queue is
-//! the pool's waiting checkouts, read from `/stats` every 250 ms. `BENCH_SCALE` (1) scales every
-//! duration (CI smoke-runs it with 0.1); `BENCH_SHAPES` (`abcde`) picks shapes; `CHART_DIR`
+//! the pool's waiting checkouts, read from `/stats` every 250 ms. Each shape runs `BENCH_ROUNDS`
+//! (3) rounds, admission off and on alternated so the machine's drift falls on both, and shows
+//! each subject's median round. `BENCH_SCALE` (1) scales every duration (CI smoke-runs it with
+//! 0.1 and one round); `BENCH_SHAPES` (`abcdef`) picks shapes; `CHART_DIR`
 //! (`target/admission-charts`) is where the charts go.
+//!
+//! `BENCH_SLICES=1` also prints each 250 ms slice's served and refused rates.
+//!
+//! `f` is not a shape but an evaluation: whether a concurrency limit below `connection_limit`
+//! (what a latency-driven adaptive limit converges to) serves more or faster when the database
+//! itself is saturated (`saturated.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +48,7 @@ mod chart;
 mod common;
 mod load;
 mod report;
+mod saturated;
 
 /// The pool's size.
 const POOL: u32 = 10;
@@ -176,9 +185,21 @@ async fn shape(
     warm_ms: u64,
     judge: impl Fn(&Seen, &Seen) -> (bool, String),
 ) -> Result<bool, String> {
-    println!("\n{name}. {title}, {} s", run.as_secs_f64());
-    let off = measure(url, "&queue_target=0", load, run, warm_ms).await?;
-    let on = measure(url, "", load, run, warm_ms).await?;
+    let rounds = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|value| value.parse::<usize>().ok())
+        .filter(|rounds| *rounds > 0)
+        .unwrap_or(3);
+    println!(
+        "\n{name}. {title}, {} s, {rounds} rounds alternated (the median round of each shown)",
+        run.as_secs_f64()
+    );
+    let (mut offs, mut ons) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        offs.push(measure(url, "&queue_target=0", load, run, warm_ms).await?);
+        ons.push(measure(url, "", load, run, warm_ms).await?);
+    }
+    let (off, on) = (median_round(offs), median_round(ons));
     println!("{}", header());
     println!("{}", row("admission off", &off.summary));
     println!("{}", row("ballast (default)", &on.summary));
@@ -201,6 +222,23 @@ async fn shape(
     }
     if let Some(example) = &on.example {
         println!("  a refusal reads: {example}");
+    }
+    if std::env::var("BENCH_SLICES").is_ok() {
+        for (label, seen) in [("admission off", &off), ("ballast", &on)] {
+            let line: Vec<String> = slices(&seen.samples, SLICE, run)
+                .iter()
+                .map(|slice| {
+                    format!(
+                        "{:.2}:{:.0}/{:.0}",
+                        slice.at, slice.served_per_second, slice.refused_per_second
+                    )
+                })
+                .collect();
+            println!(
+                "  {label} slices (start: served/s / refused/s): {}",
+                line.join(" ")
+            );
+        }
     }
     let (met, verdict) = judge(&on, &off);
     println!(
@@ -233,6 +271,17 @@ async fn shape(
     Ok(met)
 }
 
+/// The round whose served/s is the median of the rounds'.
+fn median_round(mut rounds: Vec<Seen>) -> Seen {
+    rounds.sort_by(|a, b| {
+        a.summary
+            .served_per_second
+            .total_cmp(&b.summary.served_per_second)
+    });
+    let middle = rounds.len() / 2;
+    rounds.swap_remove(middle)
+}
+
 fn ratio(value: f64, of: f64) -> f64 {
     if of > 0.0 {
         value / of
@@ -259,7 +308,7 @@ async fn run() -> Result<(), String> {
     let Some(url) = database_url("admission bench") else {
         return Ok(());
     };
-    let shapes = std::env::var("BENCH_SHAPES").unwrap_or_else(|_| "abcde".to_owned());
+    let shapes = std::env::var("BENCH_SHAPES").unwrap_or_else(|_| "abcdef".to_owned());
     println!(
         "example server (release), pool of {POOL}, pool_timeout {POOL_TIMEOUT:?}; each shape with admission off \
          (queue_target=0) and ballast's default (queue_target 1 s), a fresh server each"
@@ -448,6 +497,9 @@ async fn run() -> Result<(), String> {
         )
         .await?;
         met.push(("e", ok));
+    }
+    if shapes.contains('f') {
+        saturated::evaluate(&url, scaled(Duration::from_secs(8))).await?;
     }
     println!();
     for (shape, ok) in &met {

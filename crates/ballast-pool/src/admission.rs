@@ -11,10 +11,14 @@
 //!    request's remaining deadline ([`RequestScope`](ballast_core::scope::RequestScope)).
 //! 2. **No standing queue above the target.** A burst that drains is good queueing and is served.
 //!    A queue whose waits stay above `queue_target` (1 s) for an interval (half the target) is
-//!    overload (CoDel's test: the least wait over an interval is above the target). While it
-//!    stands, a checkout that expects to wait longer than the target is refused at once, and a
-//!    checkout that has already waited past the target gives up — so the ones admitted are
-//!    served near the target, and the rest are told at once to come back later.
+//!    overload (CoDel's test: the least wait over an interval is above the target), and a
+//!    standing queue's waits are held to the target. So a checkout is refused at once when it
+//!    expects to wait longer than one and a half targets (such a wait could not end before the
+//!    queue counted as standing), and, while the queue stands, longer than the target. A waiter
+//!    whose wait, by what the pool learns while it waits, will run past that (it was admitted
+//!    before the pool knew its hold time, or before the database slowed down) gives up as soon
+//!    as that is known. The admitted are served near the target, and the rest are told at once,
+//!    not after waiting, to come back later.
 //!
 //! **The estimate.** With `ahead` checkouts before it, a checkout waits for `ahead` connections to
 //! come back; `connection_limit` connections come back every hold time, so the expected wait is
@@ -30,12 +34,19 @@
 //! long (bb8 hands a returned connection to whoever asks first, so a checkout that slipped past
 //! the queue says nothing about it). Once standing, the queue stays so until a checkout finishes
 //! with a queue behind it expected to drain within half the target — admission itself keeps the
-//! queue at the target, so a lower bar keeps the state from flapping.
+//! queue at the target, so a lower bar keeps the state from flapping. For eight targets after
+//! that (CoDel remembers a recent dropping state too), arrivals are still held to the target at
+//! once: clients told to come back later come back in waves, and a wave admitted past the target
+//! would only give up later, after waiting.
+//!
+//! **The queue** is FIFO: turns at a connection are handed out in arrival order, so the
+//! estimate holds for each waiter (bb8's own queue lets a returned connection go to whoever asks
+//! first).
 //!
 //! **Why not adaptive LIFO.** Facebook's and Envoy's answer to a standing queue is to serve the
-//! newest waiter first. bb8 owns the queue (a FIFO of waiters), so ballast gets the same effect
-//! at the edges instead: the ones that would wait longest are refused before they join, and the
-//! ones that already waited past the target leave.
+//! newest waiter first, and let the oldest time out. Here the same effect comes from the edges,
+//! and earlier: the ones that would wait longest are refused before they join, so nobody waits
+//! only to be refused.
 //!
 //! Everything here is a few relaxed atomics: a checkout with nobody ahead reads none of them, a
 //! return updates the average, and the state changes only at the edges of an overload.
@@ -56,10 +67,11 @@ const HOLD_WEIGHT: u64 = 16;
 pub(crate) enum Reason {
     /// Rule 1: the expected wait was longer than the time the checkout had.
     ExpectedWait,
-    /// Rule 2 at arrival: the queue stands above the target and the expected wait was longer
-    /// than the target.
+    /// Rule 2 at arrival: the expected wait was longer than one and a half targets, or, the
+    /// queue standing (or having stood moments ago), longer than the target.
     StandingQueue,
-    /// Rule 2 in the queue: the checkout waited past the target in a standing queue.
+    /// Rule 2 in the queue: the checkout's wait, by what the pool learned while it waited, will
+    /// be longer than admission allows, or it waited two targets in a standing queue.
     Overdue,
     /// The explicit cap on waiting checkouts (`queue_limit`).
     QueueLimit,
@@ -97,8 +109,35 @@ pub(crate) struct Admission {
     above_since: AtomicU64,
     /// Whether the queue is standing.
     standing: AtomicBool,
+    /// When (nanoseconds after `epoch`, plus one) the last standing queue ended; 0: never.
+    ended_at: AtomicU64,
     /// The queue itself: one turn per connection, handed out in arrival order.
     turns: Semaphore,
+    /// Checkouts that joined the queue, and that left it: a waiter's place is its ticket less
+    /// those that left (those that left from behind it make the count a little short).
+    joined: AtomicU64,
+    left: AtomicU64,
+}
+
+/// A checkout's place in the queue, while it waits for a turn.
+#[derive(Debug)]
+pub(crate) struct Place<'a> {
+    admission: &'a Admission,
+    ticket: u64,
+}
+
+impl Place<'_> {
+    /// About how many waiters are before this one.
+    pub(crate) fn ahead(&self) -> u64 {
+        self.ticket
+            .saturating_sub(self.admission.left.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.admission.left.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Admission {
@@ -115,7 +154,10 @@ impl Admission {
             hold_nanos: AtomicU64::new(0),
             above_since: AtomicU64::new(0),
             standing: AtomicBool::new(false),
+            ended_at: AtomicU64::new(0),
             turns: Semaphore::new(connection_limit.max(1) as usize),
+            joined: AtomicU64::new(0),
+            left: AtomicU64::new(0),
         }
     }
 
@@ -187,7 +229,13 @@ impl Admission {
         let expected = self.expected_wait(ahead);
         let (reason, allowed) = if expected > time_left {
             (Reason::ExpectedWait, time_left)
-        } else if expected > target && self.is_standing(target, now) {
+        } else if expected > admitted_at_most(target)
+            || expected > target
+                && (self.is_standing(target, now) || self.recently_standing(target, now))
+        {
+            // Past one and a half targets the wait could not end before the queue counts as
+            // standing, and a standing queue would end it: refused now rather than after
+            // waiting.
             (Reason::StandingQueue, target)
         } else {
             return Ok(());
@@ -237,6 +285,7 @@ impl Admission {
             self.above_since.store(0, Ordering::Relaxed);
         }
         if standing && queue <= target / 2 && self.standing.swap(false, Ordering::Relaxed) {
+            self.ended_at.store(self.stamp(now), Ordering::Relaxed);
             tracing::info!(
                 db.client.connection.pool.name = "ballast",
                 queue_target_ms = millis(target),
@@ -246,24 +295,43 @@ impl Admission {
         }
     }
 
-    /// Whether a checkout that has waited `waited` should give up: it waited past the target in
-    /// a standing queue.
-    pub(crate) fn overdue(&self, waited: Duration, behind: u64, now: Instant) -> Option<Refusal> {
+    /// Whether a checkout that has waited `waited`, with `ahead` still before it, should give
+    /// up: its whole wait, by what the pool knows now, will be longer than the one and a half
+    /// targets admission allows (by more than one hold time: connections come back in bunches,
+    /// not one by one) — it was admitted before the pool knew how long connections are held, or
+    /// before the database slowed down — or, nothing known to be ahead of it, it already waited
+    /// two targets in a standing queue (connections stopped coming back).
+    pub(crate) fn overdue(&self, waited: Duration, ahead: u64, now: Instant) -> Option<Refusal> {
         let target = self.target?;
-        if waited <= target {
-            return None;
+        let remaining = self.expected_wait(ahead);
+        if waited > target {
+            self.mark_above(now);
         }
-        self.mark_above(now);
-        if !self.is_standing(target, now) {
+        let doomed = if remaining > Duration::ZERO {
+            let slack = self.hold().unwrap_or_default();
+            waited + remaining > admitted_at_most(target) + slack
+        } else {
+            waited > cut_after(target) && self.is_standing(target, now)
+        };
+        if !doomed {
             return None;
         }
         Some(Refusal {
             reason: Reason::Overdue,
-            expected: waited,
+            expected: waited + remaining,
             allowed: target,
-            ahead: behind,
-            retry_in: self.expected_wait(behind).saturating_sub(target),
+            ahead,
+            retry_in: (waited + remaining).saturating_sub(target),
         })
+    }
+
+    /// Joins the queue of checkouts waiting for a turn; leaving it (with a turn or without) is
+    /// dropping the place.
+    pub(crate) fn join(&self) -> Place<'_> {
+        Place {
+            ticket: self.joined.fetch_add(1, Ordering::Relaxed),
+            admission: self,
+        }
     }
 
     /// Whether the queue is standing now.
@@ -271,6 +339,16 @@ impl Admission {
     pub(crate) fn standing(&self, now: Instant) -> bool {
         self.target
             .is_some_and(|target| self.is_standing(target, now))
+    }
+
+    /// Whether a standing queue ended less than [`memory`] ago: the load that made it may be
+    /// coming back (clients that waited their `Retry-After`), and a wave admitted past the
+    /// target now would have to give up later, after waiting.
+    fn recently_standing(&self, target: Duration, now: Instant) -> bool {
+        match self.ended_at.load(Ordering::Relaxed) {
+            0 => false,
+            ended => self.stamp(now).saturating_sub(ended) < nanos(memory(target)),
+        }
     }
 
     fn mark_above(&self, now: Instant) {
@@ -299,7 +377,7 @@ impl Admission {
                 hold_ms = self.hold().map_or(0, millis),
                 "waits for a connection stayed above queue_target ({target:?}) for {:?}: \
                  the database is overloaded; checkouts expected to wait longer are refused at \
-                 once, and waits past the target give up",
+                 once",
                 Duration::from_nanos(above_for)
             );
         }
@@ -323,12 +401,33 @@ impl fmt::Debug for Admission {
     }
 }
 
+/// The longest wait admitted: one and a half targets. A longer one could not end before the
+/// queue counted as standing.
+fn admitted_at_most(target: Duration) -> Duration {
+    target + interval(target)
+}
+
+/// A wait nothing is known to be ahead of is cut short past two targets in a standing queue:
+/// connections are no longer coming back.
+fn cut_after(target: Duration) -> Duration {
+    admitted_at_most(target) + interval(target)
+}
+
 /// How long waits must stay above the target before the queue counts as standing: half the
 /// target. A burst that drains within one and a half targets is served whole (500 requests of
 /// 20 ms on a pool of 10 drain in about a second), and a standing overload is recognised one and
-/// a half targets after it began, which bounds the slowest success near that.
+/// a half targets after it began.
 fn interval(target: Duration) -> Duration {
     target / 2
+}
+
+/// How long after a standing queue ends arrivals are still held to the target at once: sixteen
+/// intervals (eight targets), CoDel's own memory of a recent dropping state. Clients told to
+/// come back (`Retry-After`, one to three seconds and a jitter) come back within it, and are
+/// refused at arrival rather than admitted past the target and dropped after waiting; a burst
+/// within it is served up to the target.
+fn memory(target: Duration) -> Duration {
+    interval(target) * 16
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -383,8 +482,9 @@ mod tests {
             (refusal.expected, refusal.allowed, refusal.retry_in),
             (ms(500), ms(300), ms(200))
         );
-        // A long queue that still fits in pool_timeout is not refused: nothing stands yet.
-        assert_eq!(admission.admit(1_000, POOL_TIMEOUT, now), Ok(()));
+        // A queue of up to one and a half targets that fits in pool_timeout is not refused:
+        // nothing stands yet.
+        assert_eq!(admission.admit(150, POOL_TIMEOUT, now), Ok(()));
     }
 
     #[test]
@@ -392,21 +492,34 @@ mod tests {
         let admission = admission();
         let start = Instant::now();
         admission.returned(ms(100));
-        // 200 ahead: 2 s expected, within pool_timeout, but above the target.
-        assert_eq!(admission.admit(200, POOL_TIMEOUT, start), Ok(()));
+        // 120 ahead: 1.2 s expected, within pool_timeout, above the target.
+        assert_eq!(admission.admit(120, POOL_TIMEOUT, start), Ok(()));
         admission.waited(ms(1100), 150, start);
         assert!(
             !admission.standing(start + ms(400)),
             "above for less than the interval"
         );
-        assert_eq!(admission.admit(200, POOL_TIMEOUT, start + ms(400)), Ok(()));
+        assert_eq!(admission.admit(120, POOL_TIMEOUT, start + ms(400)), Ok(()));
         let refusal = admission
-            .admit(200, POOL_TIMEOUT, start + ms(500))
+            .admit(120, POOL_TIMEOUT, start + ms(500))
             .unwrap_err();
         assert_eq!(refusal.reason, Reason::StandingQueue);
-        assert_eq!((refusal.allowed, refusal.retry_in), (TARGET, ms(1000)));
+        assert_eq!((refusal.allowed, refusal.retry_in), (TARGET, ms(200)));
         // Within the target, a standing queue still admits.
         assert_eq!(admission.admit(100, POOL_TIMEOUT, start + ms(600)), Ok(()));
+    }
+
+    #[test]
+    fn a_wait_a_standing_queue_would_end_is_refused_before_it_begins() {
+        let admission = admission();
+        admission.returned(ms(100));
+        // 200 ahead: 2 s. Nothing stands yet, but a wait that long would be above the target
+        // for more than the interval before it ended: the queue would stand, and end it.
+        let refusal = admission
+            .admit(200, POOL_TIMEOUT, Instant::now())
+            .unwrap_err();
+        assert_eq!(refusal.reason, Reason::StandingQueue);
+        assert_eq!(refusal.retry_in, ms(1_000));
     }
 
     #[test]
@@ -433,20 +546,61 @@ mod tests {
     }
 
     #[test]
-    fn waiters_past_the_target_give_up_only_in_a_standing_queue() {
+    fn after_a_standing_queue_a_wave_is_held_to_the_target_at_once_for_a_while() {
         let admission = admission();
         let start = Instant::now();
         admission.returned(ms(100));
-        assert_eq!(admission.overdue(ms(900), 300, start), None);
-        // The first waiter past the target starts the clock, and is not refused yet.
-        assert_eq!(admission.overdue(ms(1001), 300, start), None);
-        let refusal = admission.overdue(ms(1600), 300, start + ms(600)).unwrap();
-        assert_eq!(refusal.reason, Reason::Overdue);
+        admission.waited(ms(1100), 300, start);
+        assert!(admission.standing(start + ms(500)));
+        admission.waited(ms(100), 10, start + ms(2_000));
+        assert!(!admission.standing(start + ms(2_000)), "the queue drained");
+        // A wave of clients coming back after their Retry-After: nothing waits past the target,
+        // and nothing waits at all when it would.
+        assert_eq!(admission.admit(90, POOL_TIMEOUT, start + ms(3_000)), Ok(()));
+        let refusal = admission
+            .admit(120, POOL_TIMEOUT, start + ms(3_000))
+            .unwrap_err();
+        assert_eq!(refusal.reason, Reason::StandingQueue);
+        assert_eq!(admission.overdue(ms(1_100), 10, start + ms(4_000)), None);
+        admission.waited(ms(100), 5, start + ms(4_100));
+        // Eight targets after it ended, a burst is a burst again.
         assert_eq!(
-            refusal.retry_in,
-            ms(2000),
-            "300 behind: 3 s, less the target"
+            admission.admit(120, POOL_TIMEOUT, start + ms(10_001)),
+            Ok(())
         );
+    }
+
+    #[test]
+    fn a_waiter_leaves_as_soon_as_its_wait_is_known_to_be_too_long() {
+        let admission = admission();
+        let start = Instant::now();
+        // Admitted on what the pool knew: connections held for a millisecond.
+        admission.returned(ms(1));
+        assert_eq!(admission.admit(300, POOL_TIMEOUT, start), Ok(()));
+        // A waiter whose whole wait still fits stays.
+        assert_eq!(admission.overdue(ms(100), 10, start + ms(100)), None);
+        // Then connections come back after 100 ms: 290 ahead is three seconds more.
+        for _ in 0..64 {
+            admission.returned(ms(100));
+        }
+        let refusal = admission.overdue(ms(100), 290, start + ms(100)).unwrap();
+        assert_eq!(refusal.reason, Reason::Overdue);
+        assert!(refusal.expected > ms(2_900), "{refusal:?}");
+        assert_eq!(admission.overdue(ms(100), 10, start + ms(100)), None);
+    }
+
+    #[test]
+    fn a_waiter_past_two_targets_gives_up_only_in_a_standing_queue() {
+        let admission = admission();
+        let start = Instant::now();
+        admission.returned(ms(100));
+        // Nothing known ahead of it (the estimate was wrong, or connections stopped coming
+        // back): it starts the clock, and is not refused before the queue stands.
+        assert_eq!(admission.overdue(ms(1_001), 0, start), None);
+        assert_eq!(admission.overdue(ms(1_900), 0, start + ms(900)), None);
+        let refusal = admission.overdue(ms(2_100), 0, start + ms(1_100)).unwrap();
+        assert_eq!(refusal.reason, Reason::Overdue);
+        assert_eq!(refusal.retry_in, ms(1_100));
     }
 
     #[test]
@@ -486,6 +640,8 @@ mod tests {
         served: usize,
         refused: usize,
         dropped: usize,
+        /// When each drop happened.
+        drops_at: Vec<Duration>,
         /// The waits of the checkouts that were served.
         waits: Vec<Duration>,
         /// The most checkouts waiting at once.
@@ -525,9 +681,20 @@ mod tests {
     /// (refused or served), or an open loop of one arrival every `every`.
     #[derive(Clone, Copy)]
     enum Load {
-        Closed { clients: usize },
-        Open { every: Duration },
-        Burst { size: usize },
+        Closed {
+            clients: usize,
+        },
+        /// Closed-loop clients that, refused, come back after a `Retry-After` of one to three
+        /// seconds.
+        Polite {
+            clients: usize,
+        },
+        Open {
+            every: Duration,
+        },
+        Burst {
+            size: usize,
+        },
     }
 
     /// A discrete-event model of the pool: 10 connections, each checkout holds its connection
@@ -535,9 +702,20 @@ mod tests {
     /// overdue (as `SharedPool::get` does). Runs `run_for` of virtual time, in steps of 0.5 ms.
     /// The pool starts knowing its hold time (the harder case: nothing is admitted blind).
     fn simulate(load: Load, hold: impl Fn(Duration) -> Duration, run_for: Duration) -> Run {
+        let known = hold(Duration::ZERO);
+        simulate_knowing(load, hold, run_for, known)
+    }
+
+    /// [`simulate`], the pool starting out believing connections are held for `known`.
+    fn simulate_knowing(
+        load: Load,
+        hold: impl Fn(Duration) -> Duration,
+        run_for: Duration,
+        known: Duration,
+    ) -> Run {
         const TICK: Duration = Duration::from_millis(100);
         let admission = admission();
-        admission.returned(hold(Duration::ZERO));
+        admission.returned(known);
         let epoch = admission.epoch;
         let mut run = Run::default();
         // Waiters: when each arrived. Connections: when each comes back (None: idle).
@@ -545,7 +723,7 @@ mod tests {
         let mut busy: Vec<Option<Duration>> = vec![None; 10];
         // Pending arrivals (virtual times).
         let mut arrivals: Vec<Duration> = match load {
-            Load::Closed { clients } => vec![Duration::ZERO; clients],
+            Load::Closed { clients } | Load::Polite { clients } => vec![Duration::ZERO; clients],
             Load::Open { .. } => vec![Duration::ZERO],
             Load::Burst { size } => vec![Duration::ZERO; size],
         };
@@ -558,7 +736,7 @@ mod tests {
                     let held = hold(now);
                     admission.returned(held);
                     *slot = None;
-                    if let Load::Closed { .. } = load {
+                    if let Load::Closed { .. } | Load::Polite { .. } = load {
                         arrivals.push(now);
                     }
                 }
@@ -592,9 +770,11 @@ mod tests {
                     },
                     Err(_) => {
                         run.refused += 1;
-                        if let Load::Closed { .. } = load {
+                        match load {
                             // A refused client comes back at once, as the worst clients do.
-                            arrivals.push(now + Duration::from_micros(500));
+                            Load::Closed { .. } => arrivals.push(now + Duration::from_micros(500)),
+                            Load::Polite { .. } => arrivals.push(now + retry_after(run.refused)),
+                            _ => {}
                         }
                     }
                 }
@@ -605,13 +785,19 @@ mod tests {
                 next_tick += TICK;
                 let mut kept = VecDeque::new();
                 while let Some(arrived) = queue.pop_front() {
-                    let behind = queue.len() as u64;
-                    match admission.overdue(now - arrived, behind, epoch + now) {
+                    let ahead = kept.len() as u64;
+                    match admission.overdue(now - arrived, ahead, epoch + now) {
                         Some(_) => {
+                            let behind = queue.len() as u64;
                             admission.waited(now - arrived, behind, epoch + now);
                             run.dropped += 1;
-                            if let Load::Closed { .. } = load {
-                                arrivals.push(now);
+                            run.drops_at.push(now);
+                            match load {
+                                Load::Closed { .. } => arrivals.push(now),
+                                Load::Polite { .. } => {
+                                    arrivals.push(now + retry_after(run.dropped));
+                                }
+                                _ => {}
                             }
                         }
                         None => kept.push_back(arrived),
@@ -622,6 +808,46 @@ mod tests {
             now += Duration::from_micros(500);
         }
         run
+    }
+
+    /// One to three seconds, as the error layer's `Retry-After` jitters them.
+    fn retry_after(nth: usize) -> Duration {
+        ms(1_000 + (nth as u64 * 7_919) % 2_000)
+    }
+
+    #[test]
+    fn model_polite_clients_are_refused_at_arrival_not_after_waiting() {
+        // Shape b's clients, but each refused one waits its Retry-After: they come back in
+        // waves. Only the first overload drops waiters; after it, a wave is held to the target
+        // at arrival.
+        let mut run = simulate(Load::Polite { clients: 500 }, |_| ms(100), ms(20_000));
+        println!("shape b, polite clients: {run:?}");
+        let late = run.drops_at.iter().filter(|at| **at > ms(3_000)).count();
+        assert_eq!(
+            late, 0,
+            "drops after the first overload: {:?}",
+            run.drops_at
+        );
+        assert!(run.served >= 1_900, "{}", run.served);
+        assert!(run.wait_quantile(0.99) <= ms(1_600));
+    }
+
+    #[test]
+    fn model_a_wrong_estimate_costs_a_short_wait_not_a_long_one() {
+        // Shape b's polite clients on a pool that believes connections are held for a
+        // millisecond (its warm-up): the first wave is admitted whole, and the waiters that
+        // cannot be served in one and a half targets leave as soon as the first connections
+        // come back, not after waiting a second and a half.
+        let run = simulate_knowing(
+            Load::Polite { clients: 500 },
+            |_| ms(100),
+            ms(10_000),
+            ms(1),
+        );
+        println!("shape b, polite clients, a wrong estimate: {run:?}");
+        assert!(run.dropped > 0, "{run:?}");
+        let latest = run.drops_at.iter().max().copied().unwrap_or_default();
+        assert!(latest <= ms(700), "the last drop at {latest:?}");
     }
 
     #[test]
@@ -645,11 +871,12 @@ mod tests {
             (500, 0, 0),
             "{run:?}"
         );
-        // Twice that takes two seconds: the queue stood above the target for longer than the
-        // interval, and the last of it is turned away rather than kept waiting.
+        // Twice that takes two seconds: its last quarter could only wait past one and a half
+        // targets, and is turned away at once rather than after waiting.
         let run = simulate(Load::Burst { size: 1_000 }, |_| ms(20), ms(3_000));
         println!("a burst of twice shape e: {run:?}");
-        assert!(run.served >= 700 && run.dropped > 0, "{run:?}");
+        assert!(run.served >= 700 && run.refused > 0, "{run:?}");
+        assert_eq!(run.dropped, 0, "{run:?}");
     }
 
     #[test]
@@ -663,6 +890,10 @@ mod tests {
             run.served
         );
         assert!(run.refused > 0);
+        assert_eq!(
+            run.dropped, 0,
+            "the hold time known, nobody waits to be refused"
+        );
         let p99 = run.wait_quantile(0.99);
         assert!(p99 <= ms(1_600), "p99 {p99:?}");
         assert!(run.wait_quantile(1.0) <= ms(1_700));

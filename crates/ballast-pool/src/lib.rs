@@ -41,13 +41,19 @@
 //!   MySQL's `KILL QUERY`, then the connection is closed); it returns to the pool only once it is
 //!   idle, so no later request waits behind it. [`PoolStats::cancelled`] counts these.
 //!   [`SharedPool::close`] waits for them to wind down.
-//! - **Overload is shed.** Past `queue_limit` waiting checkouts (10 × `connection_limit`), one
-//!   more fails at once with `PoolExhausted` instead of queueing for `pool_timeout`, and inside a
-//!   [`RequestScope`](ballast_core::scope::RequestScope) (set by a request-timeout layer) no
-//!   checkout waits past the request's deadline. A checkout failure is `NotSent` unless the same
-//!   request already ran statements on another connection.
+//! - **Admission by time.** A checkout that cannot be served in the time it has — the smaller of
+//!   `pool_timeout` and its request's deadline — is refused at once, and a queue whose waits stay
+//!   above `queue_target` (1 s) is held to it; a burst that drains is served. Waiting checkouts
+//!   are served in arrival order. See [below](#admission-by-time). A refusal is
+//!   [`Cause::Overloaded`](ballast_core::Cause::Overloaded): `NotSent`, retryable, with the
+//!   expected wait as its `Retry-After`. A checkout failure is `NotSent` unless the same request
+//!   already ran statements on another connection.
 //! - **Busy is ready.** [`SharedPool::readiness`] answers whether the database can be reached; a
-//!   pool whose every connection is busy is ready.
+//!   pool whose every connection is busy is ready, at once: a readiness probe never waits in the
+//!   queue.
+//! - **Hold-time warnings** (`leak_threshold`, off by default): a connection checked out longer
+//!   is logged once with the caller's source location and the request's path, and counted
+//!   ([`PoolStats::held_too_long`]).
 //! - **A real close.** bb8 has no close. [`SharedPool::close`] takes the pool out and drops it:
 //!   idle connections close at once, later checkouts fail with `PoolClosed`, connections checked
 //!   out close when they come back.
@@ -64,6 +70,48 @@
 //! | PostgreSQL | `postgres` (default) | `postgres://` | `diesel_async::AsyncPgConnection` |
 //! | MySQL, MariaDB | `mysql` | `mysql://`, `mariadb://` | `diesel_async::AsyncMysqlConnection` |
 //! | SQLite (bundled) | `sqlite` | `sqlite:path`, `sqlite::memory:`, a `file:` URI | `SyncConnectionWrapper<SqliteConnection>` |
+//!
+//! # Admission by time
+//!
+//! A count of waiters says nothing about how long they wait: 100 waiters are 0.2 s of work with
+//! 20 ms queries on a pool of 10 and 5 s with 500 ms ones. The count ballast used to default to
+//! (10 × `connection_limit`) refused 97% of a load the database served in 0.4 s. So the pool
+//! decides by time, with what it measures:
+//!
+//! - **The estimate.** Waiting checkouts are served in arrival order; with `ahead` before it, a
+//!   checkout can expect to wait `ahead × hold / connection_limit`, where `hold` is how long
+//!   connections have recently stayed checked out (a moving average). Nothing ahead, or no
+//!   connection back yet: no wait.
+//! - **Rule 1: never queue what cannot be served in time.** A checkout whose expected wait is
+//!   longer than the time it has — `pool_timeout`, or less inside a request with a deadline
+//!   ([`RequestScope`](ballast_core::scope::RequestScope)) — is refused at once, instead of
+//!   waiting in vain.
+//! - **Rule 2: no standing queue above the target.** Queueing that drains is good: a burst of
+//!   500 requests of 20 ms on a pool of 10 waits up to a second and is served whole. A queue
+//!   whose waits stay above `queue_target` (1 s) for half the target again is overload (CoDel's
+//!   test), held to the target. So a checkout expected to wait longer than one and a half
+//!   targets is refused at once (that wait could not end before the queue counted as standing),
+//!   and so is one expected to wait longer than the target while the queue stands (or stood in
+//!   the last eight targets: clients told to come back come back in waves). A waiter whose wait
+//!   turns out longer — admitted before the pool knew its hold time, or before the database
+//!   slowed down — gives up as soon as the pool knows it. The admitted are served near the
+//!   target, and nobody waits long only to be refused. The queue stands until a checkout leaves a
+//!   queue behind it expected to drain within half the target.
+//!
+//! What that does under load, measured on the example server (`cargo run --release -p
+//! ballast-bench --bin admission-bench`; the README has the figures): 200 clients of 20 ms on a
+//! pool of 10 are all served; 500 clients of 100 ms (5 s of work) are served at 0.9 of
+//! capacity with a p99 of 1.5 s and the rest refused in milliseconds, where without admission
+//! every one waits 5 s; a database that slows from 5 ms to 200 ms per query keeps its
+//! throughput, and is back to full rate about a second after it recovers.
+//!
+//! Facebook's and Envoy's answer to a standing queue is to serve the newest waiter first and let
+//! the oldest time out (adaptive LIFO); here the same effect comes from the edges, earlier: the
+//! ones that would wait longest are refused before they join. A latency-driven concurrency limit below `connection_limit`
+//! (Gradient2, Vegas) was measured and not adopted: see the README.
+//!
+//! `queue_target=0` turns it off (every checkout waits up to `pool_timeout`, as bb8 does);
+//! `queue_limit` adds an explicit cap on waiting checkouts, off by default.
 //!
 //! # TLS (feature `tls`)
 //!

@@ -202,12 +202,13 @@ impl<C: Connect> SharedPool<C> {
     /// Checks a connection out.
     ///
     /// Waits at most `pool_timeout`, and never past the deadline of the request it runs in
-    /// ([`RequestScope`]). Admission by time decides first whether to wait at all (see the
-    /// [crate docs](crate#admission-by-time)): a checkout that cannot be served within the time
-    /// it has, or in a standing queue one that would wait longer than `queue_target`, is refused
-    /// at once, and one that waited past the target in a standing queue gives up. Fails early, with the connect failure, when connecting
-    /// fails and there is nothing to wait for (no open connection, no other connect under way),
-    /// or the failure is not retryable (a wrong password does not fix itself within the wait). Every failure is
+    /// ([`RequestScope`]); waiting checkouts are served in arrival order. Admission by time
+    /// decides first whether to wait at all (see the [crate docs](crate#admission-by-time)): a
+    /// checkout that cannot be served within the time it has, or expected to wait longer than
+    /// one and a half `queue_target`s (in a standing queue, longer than the target), is refused
+    /// at once. Fails early, with the connect failure, when connecting fails and there is
+    /// nothing to wait for (no open connection, no other connect under way), or the failure is
+    /// not retryable (a wrong password does not fix itself within the wait). Every failure is
     /// [`Reach::NotSent`]: nothing ran.
     ///
     /// # Errors
@@ -325,13 +326,17 @@ impl<C: Connect> SharedPool<C> {
     }
 
     /// Waits for a turn at a connection (see `Admission::turn`) until the deadline, giving up
-    /// early when it waited past the target in a standing queue.
+    /// early when its wait turns out longer than admission allows.
     async fn take_turn(
         &self,
         started: Instant,
         deadline: Instant,
     ) -> Result<tokio::sync::SemaphorePermit<'_>, Failure> {
         let shared = &self.inner.shared;
+        if let Some(turn) = shared.admission.try_turn() {
+            return Ok(turn);
+        }
+        let place = shared.admission.join();
         let turn = shared.admission.turn();
         tokio::pin!(turn);
         // Looked at every slice: the deadline, and whether this waiter is overdue.
@@ -348,9 +353,9 @@ impl<C: Connect> SharedPool<C> {
                         let pool = self.bb8_pool().ok_or_else(|| Failure::new(Cause::PoolClosed))?;
                         return Err(self.timed_out(&pool, started));
                     }
-                    // Waited past the target in a standing queue: leave, so the ones behind
-                    // are served near the target.
-                    if let Some(refusal) = shared.admission.overdue(now - started, self.behind(), now) {
+                    // A wait that turned out longer than admission allows: leave now, so the
+                    // ones behind are served near the target.
+                    if let Some(refusal) = shared.admission.overdue(now - started, place.ahead(), now) {
                         return Err(self.refused(&refusal));
                     }
                     tick.as_mut().reset(deadline.min(now + CHECKOUT_SLICE).into());
@@ -477,8 +482,8 @@ impl<C: Connect> SharedPool<C> {
             Reason::Overdue => (
                 &counters.refused_overdue,
                 format!(
-                    "the database is at capacity: this request waited {} for a connection, past \
-                     the {} waits are held to while it is overloaded",
+                    "the database is at capacity: this request would have waited about {} for a \
+                     connection, far past the {} waits are held to while it is overloaded",
                     human(refusal.expected),
                     human(refusal.allowed)
                 ),

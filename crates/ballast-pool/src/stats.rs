@@ -145,10 +145,11 @@ pub struct Refusals {
     /// Refused at once: the expected wait was longer than the time the checkout had
     /// (`pool_timeout`, or the request's deadline).
     pub expected_wait: u64,
-    /// Refused at once: waits had stayed above `queue_target`, and this one expected to wait
-    /// longer than the target.
+    /// Refused at once: this one expected to wait longer than one and a half `queue_target`s,
+    /// or, waits having stayed above the target, longer than the target.
     pub standing_queue: u64,
-    /// Gave up after waiting past `queue_target` in a standing queue.
+    /// Gave up waiting: the wait turned out longer than admission allows (admitted before the
+    /// pool knew how long connections are held, or before the database slowed down).
     pub overdue: u64,
     /// Refused at once: `queue_limit` checkouts were already waiting.
     pub queue_limit: u64,
