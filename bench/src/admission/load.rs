@@ -21,13 +21,14 @@ pub(crate) struct Sample {
     pub(crate) retry_after: bool,
 }
 
-/// Every answer of a run, in the order they came.
+/// Every answer of a run. Each client keeps its own answers and hands them over when it is
+/// done: a lock per answer would cost the load generator CPU the server should get.
 #[derive(Debug)]
 pub(crate) struct Recorder {
     start: Instant,
     samples: Mutex<Vec<Sample>>,
     /// One refusal's body, to show what a refused client reads.
-    example: Mutex<Option<String>>,
+    example: std::sync::OnceLock<String>,
 }
 
 impl Recorder {
@@ -35,53 +36,65 @@ impl Recorder {
         Arc::new(Recorder {
             start,
             samples: Mutex::new(Vec::with_capacity(1 << 20)),
-            example: Mutex::new(None),
+            example: std::sync::OnceLock::new(),
         })
     }
 
-    fn record(&self, reply: Option<&Reply>, took: Duration) {
-        let sample = Sample {
-            at: self.start.elapsed(),
-            status: reply.map_or(0, |reply| reply.status),
-            took,
-            retry_after: reply.is_some_and(|reply| reply.retry_after.is_some()),
-        };
-        if let Some(reply) = reply.filter(|reply| reply.status == 503) {
-            let mut example = self.example.lock().unwrap();
-            if example.is_none() {
-                *example = Some(reply.body.clone());
-            }
-        }
-        self.samples.lock().unwrap().push(sample);
+    /// A client's answers, when it is done.
+    fn hand_over(&self, samples: Vec<Sample>) {
+        self.samples.lock().unwrap().extend(samples);
     }
 
     pub(crate) fn samples(&self) -> Vec<Sample> {
-        self.samples.lock().unwrap().clone()
+        let mut samples = self.samples.lock().unwrap().clone();
+        samples.sort_by_key(|sample| sample.at);
+        samples
     }
 
     pub(crate) fn example(&self) -> Option<String> {
-        self.example.lock().unwrap().clone()
+        self.example.get().cloned()
     }
 }
 
-/// Sends `path(since start)` and records the answer, within the client's `timeout`.
+/// Sends `path` and notes the answer in `samples`, within the client's `timeout`.
 async fn send(
     client: &mut Client,
     recorder: &Recorder,
+    samples: &mut Vec<Sample>,
     path: &str,
     timeout: Duration,
 ) -> Option<u16> {
     let asked = Instant::now();
-    let reply = tokio::time::timeout(timeout, client.get(path))
-        .await
-        .ok()
-        .flatten();
-    if reply.is_none() {
+    // The body only until the first refusal has been kept as the example.
+    let answer = if recorder.example.get().is_none() {
+        tokio::time::timeout(timeout, client.get(path))
+            .await
+            .ok()
+            .flatten()
+            .map(|reply: Reply| {
+                if reply.status == 503 {
+                    let _ = recorder.example.set(reply.body);
+                }
+                (reply.status, reply.retry_after)
+            })
+    } else {
+        tokio::time::timeout(timeout, client.get_status(path))
+            .await
+            .ok()
+            .flatten()
+            .map(|(status, _, retry_after)| (status, retry_after))
+    };
+    if answer.is_none() {
         // Timed out with the request on the wire: the connection cannot be reused.
         client.disconnect();
     }
-    recorder.record(reply.as_ref(), asked.elapsed());
-    reply.map(|reply| reply.status)
+    samples.push(Sample {
+        at: recorder.start.elapsed(),
+        status: answer.map_or(0, |(status, _)| status),
+        took: asked.elapsed(),
+        retry_after: answer.is_some_and(|(_, retry_after)| retry_after.is_some()),
+    });
+    answer.map(|(status, _)| status)
 }
 
 /// `clients` closed-loop clients, each on its own keep-alive connection, sending `path(t)` again
@@ -99,13 +112,16 @@ pub(crate) async fn closed_loop(
             tokio::spawn(async move {
                 let mut client = Client::new(addr);
                 client.connect().await;
+                let mut samples = Vec::with_capacity(4096);
                 loop {
                     let elapsed = recorder.start.elapsed();
                     if elapsed >= run {
                         break;
                     }
-                    send(&mut client, &recorder, &path(elapsed), CLIENT_TIMEOUT).await;
+                    let path = path(elapsed);
+                    send(&mut client, &recorder, &mut samples, &path, CLIENT_TIMEOUT).await;
                 }
+                recorder.hand_over(samples);
             })
         })
         .collect();
@@ -140,7 +156,9 @@ pub(crate) async fn open_loop(
             most.fetch_max(now, Ordering::Relaxed);
             let taken = free.lock().unwrap().pop();
             let mut client = taken.unwrap_or_else(|| Client::new(addr));
-            send(&mut client, &recorder, path, CLIENT_TIMEOUT).await;
+            let mut samples = Vec::with_capacity(1);
+            send(&mut client, &recorder, &mut samples, path, CLIENT_TIMEOUT).await;
+            recorder.hand_over(samples);
             free.lock().unwrap().push(client);
             outstanding.fetch_sub(1, Ordering::Relaxed);
         }));
@@ -166,7 +184,9 @@ pub(crate) async fn burst(
                 let mut client = Client::new(addr);
                 client.connect().await;
                 ready.wait().await;
-                send(&mut client, &recorder, path, CLIENT_TIMEOUT).await;
+                let mut samples = Vec::with_capacity(1);
+                send(&mut client, &recorder, &mut samples, path, CLIENT_TIMEOUT).await;
+                recorder.hand_over(samples);
             })
         })
         .collect();

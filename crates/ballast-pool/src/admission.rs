@@ -59,7 +59,9 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// The weight of one return in the hold-time average: 1/16, so the average follows a change in
 /// the database within a few dozen returns (a third of a second at 100 returns a second) and
-/// one slow query among fast ones moves it little.
+/// one slow query among fast ones moves it little. Until sixteen connections have come back it
+/// is the plain mean of them: a pool that has seen three warm-up queries knows little, and must
+/// not take three hundred returns to learn better.
 const HOLD_WEIGHT: u64 = 16;
 
 /// Why a checkout was refused (or gave up) rather than served.
@@ -104,6 +106,8 @@ pub(crate) struct Admission {
     epoch: Instant,
     /// The hold-time average, in nanoseconds; 0 until the first connection came back.
     hold_nanos: AtomicU64,
+    /// Connections that came back, up to [`HOLD_WEIGHT`].
+    holds_seen: AtomicU64,
     /// Since when (nanoseconds after `epoch`, plus one) waits have stayed above the target; 0
     /// while they do not.
     above_since: AtomicU64,
@@ -113,9 +117,10 @@ pub(crate) struct Admission {
     ended_at: AtomicU64,
     /// The queue itself: one turn per connection, handed out in arrival order.
     turns: Semaphore,
-    /// Checkouts that joined the queue, and that left it: a waiter's place is its ticket less
-    /// those that left (those that left from behind it make the count a little short).
+    /// Checkouts that joined the queue, that were given a turn from it, and that left it (with
+    /// a turn or without): see [`Place::ahead`].
     joined: AtomicU64,
+    granted: AtomicU64,
     left: AtomicU64,
 }
 
@@ -127,10 +132,27 @@ pub(crate) struct Place<'a> {
 }
 
 impl Place<'_> {
-    /// About how many waiters are before this one.
+    /// About how many waiters are before this one, never fewer: turns are given in the order
+    /// tickets were taken, so those before it are its ticket less the turns given — counting
+    /// any that left before their turn — and at most the waiters still waiting, less itself.
+    /// (Counting departures instead would fall short, to nothing, when the waiters behind it
+    /// leave in numbers.)
     pub(crate) fn ahead(&self) -> u64 {
-        self.ticket
-            .saturating_sub(self.admission.left.load(Ordering::Relaxed))
+        let admission = self.admission;
+        let by_turns = self
+            .ticket
+            .saturating_sub(admission.granted.load(Ordering::Relaxed));
+        let waiting = admission
+            .joined
+            .load(Ordering::Relaxed)
+            .saturating_sub(admission.left.load(Ordering::Relaxed))
+            .saturating_sub(1);
+        by_turns.min(waiting)
+    }
+
+    /// This waiter was given its turn.
+    pub(crate) fn granted(&self) {
+        self.admission.granted.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -152,11 +174,13 @@ impl Admission {
             queue_limit,
             epoch: Instant::now(),
             hold_nanos: AtomicU64::new(0),
+            holds_seen: AtomicU64::new(0),
             above_since: AtomicU64::new(0),
             standing: AtomicBool::new(false),
             ended_at: AtomicU64::new(0),
             turns: Semaphore::new(connection_limit.max(1) as usize),
             joined: AtomicU64::new(0),
+            granted: AtomicU64::new(0),
             left: AtomicU64::new(0),
         }
     }
@@ -256,10 +280,15 @@ impl Admission {
         }
         let sample = nanos(held).max(1);
         let old = self.hold_nanos.load(Ordering::Relaxed);
-        let average = if old == 0 {
-            sample
+        let mut seen = self.holds_seen.load(Ordering::Relaxed);
+        if seen < HOLD_WEIGHT {
+            seen += 1;
+            self.holds_seen.store(seen, Ordering::Relaxed);
+        }
+        let average = if sample >= old {
+            old + (sample - old) / seen
         } else {
-            old - old / HOLD_WEIGHT + sample / HOLD_WEIGHT
+            old - (old - sample) / seen
         };
         // Racing returns may overwrite each other's update: one sample lost among dozens.
         self.hold_nanos.store(average.max(1), Ordering::Relaxed);
@@ -289,8 +318,7 @@ impl Admission {
             tracing::info!(
                 db.client.connection.pool.name = "ballast",
                 queue_target_ms = millis(target),
-                "waits for a connection are back within queue_target: checkouts are admitted \
-                 again up to pool_timeout"
+                "waits for a connection are back within half of queue_target: the overload is over"
             );
         }
     }
@@ -590,6 +618,22 @@ mod tests {
     }
 
     #[test]
+    fn a_place_counts_those_before_it_whoever_leaves() {
+        let admission = admission();
+        let places: Vec<Place<'_>> = (0..10).map(|_| admission.join()).collect();
+        let mut places = places.into_iter();
+        // The first three get their turns and go.
+        for place in places.by_ref().take(3) {
+            place.granted();
+        }
+        let (fourth, fifth) = (places.next().unwrap(), places.next().unwrap());
+        assert_eq!((fourth.ahead(), fifth.ahead()), (0, 1));
+        // The five behind them give up: nothing changes for those before them.
+        drop(places);
+        assert_eq!((fourth.ahead(), fifth.ahead()), (0, 1));
+    }
+
+    #[test]
     fn a_waiter_past_two_targets_gives_up_only_in_a_standing_queue() {
         let admission = admission();
         let start = Instant::now();
@@ -621,6 +665,15 @@ mod tests {
     #[test]
     fn the_hold_average_follows_the_database() {
         let admission = admission();
+        // Three warm-up queries, then the real ones: the average is theirs within a few.
+        for _ in 0..3 {
+            admission.returned(ms(1));
+        }
+        for _ in 0..10 {
+            admission.returned(ms(100));
+        }
+        let hold = admission.hold().unwrap();
+        assert!(hold > ms(75), "{hold:?}");
         admission.returned(ms(5));
         for _ in 0..64 {
             admission.returned(ms(200));

@@ -345,7 +345,10 @@ impl<C: Connect> SharedPool<C> {
         loop {
             tokio::select! {
                 biased;
-                turn = &mut turn => return Ok(turn),
+                turn = &mut turn => {
+                    place.granted();
+                    return Ok(turn);
+                }
                 () = &mut tick => {
                     let now = Instant::now();
                     if now >= deadline {
@@ -466,8 +469,8 @@ impl<C: Connect> SharedPool<C> {
                 format!(
                     "the database is at capacity: a connection would take about {} to free up, \
                      longer than the {} this request has",
-                    human(refusal.expected),
-                    human(refusal.allowed)
+                    Human(refusal.expected),
+                    Human(refusal.allowed)
                 ),
             ),
             Reason::StandingQueue => (
@@ -475,8 +478,8 @@ impl<C: Connect> SharedPool<C> {
                 format!(
                     "the database is at capacity: a connection would take about {} to free up, \
                      and waits are held to {} while it is overloaded",
-                    human(refusal.expected),
-                    human(refusal.allowed)
+                    Human(refusal.expected),
+                    Human(refusal.allowed)
                 ),
             ),
             Reason::Overdue => (
@@ -484,8 +487,8 @@ impl<C: Connect> SharedPool<C> {
                 format!(
                     "the database is at capacity: this request would have waited about {} for a \
                      connection, far past the {} waits are held to while it is overloaded",
-                    human(refusal.expected),
-                    human(refusal.allowed)
+                    Human(refusal.expected),
+                    Human(refusal.allowed)
                 ),
             ),
             Reason::QueueLimit => (
@@ -498,25 +501,17 @@ impl<C: Connect> SharedPool<C> {
             ),
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let hold = shared
-            .admission
-            .hold()
-            .map_or_else(|| "not measured yet".to_owned(), |hold| format!("{hold:?}"));
-        let limit = shared
-            .config
-            .queue_limit()
-            .map_or_else(String::new, |limit| format!(", queue_limit {limit}"));
+        // Refusals come by the thousand a second in an overload: one string for the operator,
+        // built in one go.
         Failure::new(Cause::Overloaded)
             .with_known_outage(true)
             .with_retry_after(refusal.retry_in)
             .with_detail(format!(
-                "{:?}: expected wait {:?}, allowed {:?}; {} waiting, {} connections held {hold} \
-                 each on average{limit}",
+                "{:?}: {} waiting, {} connections held {:?} each on average",
                 refusal.reason,
-                refusal.expected,
-                refusal.allowed,
                 refusal.ahead,
                 shared.config.connection_limit(),
+                shared.admission.hold().unwrap_or_default(),
             ))
             .with_public_message(public)
     }
@@ -777,11 +772,19 @@ where
 }
 
 /// A duration as people read it in a refusal: `350 ms`, `4.8 s`.
-fn human(duration: Duration) -> String {
-    if duration < Duration::from_secs(1) {
-        format!("{} ms", duration.as_millis())
-    } else {
-        format!("{:.1} s", duration.as_secs_f64())
+struct Human(Duration);
+
+impl fmt::Display for Human {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let millis = self.0.as_millis();
+        if millis < 1000 {
+            write!(f, "{millis} ms")
+        } else {
+            // Integers: a refusal is written thousands of times a second in an overload, and
+            // formatting a float costs more than the rest of the message.
+            let tenths = (millis + 50) / 100;
+            write!(f, "{}.{} s", tenths / 10, tenths % 10)
+        }
     }
 }
 
@@ -999,5 +1002,21 @@ impl<C: Connect> fmt::Debug for PooledConnection<C> {
 impl<C: Connect> ballast_core::ReadinessCheck for SharedPool<C> {
     fn check(&self) -> ballast_core::CheckFuture<'_> {
         Box::pin(self.readiness())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_say_durations_as_people_read_them() {
+        let said = |ms| Human(Duration::from_millis(ms)).to_string();
+        assert_eq!(said(350), "350 ms");
+        assert_eq!(said(999), "999 ms");
+        assert_eq!(said(1_000), "1.0 s");
+        assert_eq!(said(4_649), "4.6 s");
+        assert_eq!(said(4_650), "4.7 s");
+        assert_eq!(said(61_000), "61.0 s");
     }
 }

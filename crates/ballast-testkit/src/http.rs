@@ -41,12 +41,22 @@ pub struct Reply {
 pub struct Client {
     addr: SocketAddr,
     stream: Option<BufReader<TcpStream>>,
+    /// Reused for every request and answer: a load generator should spend its CPU on load.
+    request: String,
+    line: String,
+    body: Vec<u8>,
 }
 
 impl Client {
     /// A client of `addr`; nothing connects yet.
     pub fn new(addr: SocketAddr) -> Self {
-        Client { addr, stream: None }
+        Client {
+            addr,
+            stream: None,
+            request: String::new(),
+            line: String::new(),
+            body: Vec::new(),
+        }
     }
 
     /// Opens the connection now (if it is not open), so the first measured request does not
@@ -67,38 +77,53 @@ impl Client {
     /// `GET path`: the answer, or `None` when the connection failed (it is closed then, and the
     /// next request opens another).
     pub async fn get(&mut self, path: &str) -> Option<Reply> {
+        let (status, took, retry_after) = self.get_status(path).await?;
+        Some(Reply {
+            status,
+            took,
+            retry_after,
+            body: String::from_utf8_lossy(&self.body).into_owned(),
+        })
+    }
+
+    /// `GET path`, without keeping the body: the status, how long the answer took and its
+    /// `Retry-After` (what a load generator needs, at no allocation), or `None` when the
+    /// connection failed.
+    pub async fn get_status(&mut self, path: &str) -> Option<(u16, Duration, Option<u64>)> {
         let started = Instant::now();
         let answer = self.exchange(path).await;
         if answer.is_none() {
             self.stream = None;
         }
-        let (status, retry_after, close, body) = answer?;
+        let (status, retry_after, close) = answer?;
         if close {
             self.stream = None;
         }
-        Some(Reply {
-            status,
-            took: started.elapsed(),
-            retry_after,
-            body,
-        })
+        Some((status, started.elapsed(), retry_after))
     }
 
-    async fn exchange(&mut self, path: &str) -> Option<(u16, Option<u64>, bool, String)> {
+    async fn exchange(&mut self, path: &str) -> Option<(u16, Option<u64>, bool)> {
         if !self.connect().await {
             return None;
         }
         let stream = self.stream.as_mut()?;
-        let text = format!("GET {path} HTTP/1.1\r\nHost: ballast\r\n\r\n");
-        stream.get_mut().write_all(text.as_bytes()).await.ok()?;
+        self.request.clear();
+        self.request.push_str("GET ");
+        self.request.push_str(path);
+        self.request.push_str(" HTTP/1.1\r\nHost: ballast\r\n\r\n");
+        stream
+            .get_mut()
+            .write_all(self.request.as_bytes())
+            .await
+            .ok()?;
         let mut status = None;
         let mut length = 0usize;
         let mut retry_after = None;
         let mut close = false;
-        let mut line = String::new();
+        let line = &mut self.line;
         loop {
             line.clear();
-            if stream.read_line(&mut line).await.ok()? == 0 {
+            if stream.read_line(line).await.ok()? == 0 {
                 return None;
             }
             let trimmed = line.trim_end();
@@ -118,13 +143,8 @@ impl Client {
                 }
             }
         }
-        let mut body = vec![0; length];
-        stream.read_exact(&mut body).await.ok()?;
-        Some((
-            status?,
-            retry_after,
-            close,
-            String::from_utf8_lossy(&body).into_owned(),
-        ))
+        self.body.resize(length, 0);
+        stream.read_exact(&mut self.body).await.ok()?;
+        Some((status?, retry_after, close))
     }
 }
