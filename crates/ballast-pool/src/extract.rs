@@ -11,7 +11,8 @@ use ballast_core::{Cause, Failure};
 use http::request::Parts;
 
 use crate::connect::Connect;
-use crate::pool::{PooledConnection, SharedPool};
+use crate::pool::SharedPool;
+use crate::pooled::PooledConnection;
 
 /// A connection of the request's pool, checked out before the handler runs.
 ///

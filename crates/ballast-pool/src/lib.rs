@@ -194,6 +194,7 @@
 
 mod admission;
 mod budget;
+mod checkout;
 mod config;
 mod connect;
 #[cfg(feature = "axum")]
@@ -204,6 +205,7 @@ mod manager;
 #[cfg(feature = "postgres")]
 mod pgbouncer;
 mod pool;
+mod pooled;
 mod reclaim;
 mod stats;
 #[cfg(feature = "tls")]
@@ -215,5 +217,6 @@ pub use connect::Connect;
 #[cfg(feature = "axum")]
 pub use extract::Conn;
 pub use layer::{AddPool, AddPoolLayer};
-pub use pool::{PoolError, PoolProvider, PooledConnection, SharedPool};
+pub use pool::{PoolError, PoolProvider, SharedPool};
+pub use pooled::PooledConnection;
 pub use stats::{PoolStats, Refusals, Timings};

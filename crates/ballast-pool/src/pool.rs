@@ -4,22 +4,19 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::ops::{Deref, DerefMut};
 use std::panic::Location;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use ballast_core::scope::{Mark, RequestScope};
-use ballast_core::{Cause, ConfigError, Failure, Reach};
+use ballast_core::scope::RequestScope;
+use ballast_core::{Cause, ConfigError, Failure};
 
-use crate::admission::{Reason, Refusal};
+use crate::checkout::Checkout;
 use crate::config::{Backend, PoolConfig};
 use crate::connect::Connect;
 use crate::manager::{Manager, Shared};
-use crate::reclaim;
+use crate::pooled::PooledConnection;
 use crate::stats::{PoolStats, Refusals};
 
 /// What a component takes instead of building its own pool: a way to get a connection and to
@@ -46,11 +43,11 @@ pub trait PoolProvider: Clone + Send + Sync + 'static {
 ///
 /// See the [crate docs](crate) for the contract.
 pub struct SharedPool<C: Connect> {
-    inner: Arc<Inner<C>>,
+    pub(crate) inner: Arc<Inner<C>>,
 }
 
-struct Inner<C: Connect> {
-    shared: Arc<Shared>,
+pub(crate) struct Inner<C: Connect> {
+    pub(crate) shared: Arc<Shared>,
     /// Taken out by `close`, so the pool and every idle connection really go away.
     pool: RwLock<Option<bb8::Pool<Manager<C>>>>,
 }
@@ -209,7 +206,7 @@ impl<C: Connect> SharedPool<C> {
     /// at once. Fails early, with the connect failure, when connecting fails and there is
     /// nothing to wait for (no open connection, no other connect under way), or the failure is
     /// not retryable (a wrong password does not fix itself within the wait). Every failure is
-    /// [`Reach::NotSent`]: nothing ran.
+    /// [`Reach::NotSent`](ballast_core::Reach::NotSent): nothing ran.
     ///
     /// # Errors
     ///
@@ -241,327 +238,6 @@ impl<C: Connect> SharedPool<C> {
                 conn.bound_statements(left).await?;
                 Ok(conn)
             }),
-        }
-    }
-
-    async fn get_for(
-        &self,
-        caller: &'static Location<'static>,
-    ) -> Result<PooledConnection<C>, Failure> {
-        let started = Instant::now();
-        let shared = &self.inner.shared;
-        let scope = RequestScope::current();
-        let Some(pool) = self.bb8_pool() else {
-            return Err(Failure::new(Cause::PoolClosed));
-        };
-        // Connecting has been failing and the gate is closed: the database is known to be
-        // down, and waiting cannot help. Answer at once (an outage costs the client nothing but
-        // the answer), unless open connections may still serve.
-        if pool.state().connections == 0 {
-            if let Some(failure) = shared.known_outage() {
-                shared.counters.failed_fast.fetch_add(1, Ordering::Relaxed);
-                return Err(self.honest(failure, scope.as_deref()));
-            }
-        }
-        let (_waiting, ahead) = Waiting::start(shared);
-        // The time the checkout has: `pool_timeout`, and never past the request's own deadline
-        // where a layer set one (`RequestScope`).
-        let pool_timeout = shared.config.pool_timeout();
-        let time_left = match scope.as_ref().and_then(|scope| scope.deadline()) {
-            Some(deadline) => deadline
-                .saturating_duration_since(started)
-                .min(pool_timeout),
-            None => pool_timeout,
-        };
-        let deadline = started + time_left;
-        if let Err(refusal) = shared.admission.admit(ahead, time_left, started) {
-            // Like an outage, an overload is answered without waiting, and retrying within the
-            // request would only join the queue again.
-            return Err(self.honest(self.refused(&refusal), scope.as_deref()));
-        }
-        let _waiting_mark = scope.as_ref().map(RequestScope::waiting);
-        let result = match self.take_turn(started, deadline).await {
-            Ok(turn) => self
-                .checkout(&pool, started, deadline)
-                .await
-                .map(|conn| (turn, conn)),
-            Err(failure) => Err(failure),
-        };
-        let waited = started.elapsed();
-        shared.counters.record_wait(waited);
-        shared
-            .admission
-            .waited(waited, self.behind(), started + waited);
-        tracing::debug!(
-            db.client.connection.pool.name = "ballast",
-            pool.wait_us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
-            pool.outcome = match &result {
-                Ok(_) => "checked_out",
-                Err(failure) => failure.code().as_str(),
-            },
-            "checkout"
-        );
-        match result {
-            Ok((turn, conn)) => {
-                if waited > SLOW_CHECKOUT {
-                    tracing::debug!(waited_ms = waited.as_millis() as u64, "slow checkout");
-                }
-                Ok(self.hand_out(turn, conn, scope, caller))
-            }
-            Err(failure) => {
-                let failure = self.honest(failure, scope.as_deref());
-                // A connect failure says when the pool will try again.
-                let connecting = !matches!(
-                    failure.cause(),
-                    Cause::PoolExhausted | Cause::PoolClosed | Cause::Overloaded
-                );
-                Err(match shared.retry_in() {
-                    Some(after) if connecting && failure.retry_after().is_none() => {
-                        failure.with_retry_after(after)
-                    }
-                    _ => failure,
-                })
-            }
-        }
-    }
-
-    /// Waits for a turn at a connection (see `Admission::turn`) until the deadline, giving up
-    /// early when its wait turns out longer than admission allows.
-    async fn take_turn(
-        &self,
-        started: Instant,
-        deadline: Instant,
-    ) -> Result<tokio::sync::SemaphorePermit<'_>, Failure> {
-        let shared = &self.inner.shared;
-        if let Some(turn) = shared.admission.try_turn() {
-            return Ok(turn);
-        }
-        let place = shared.admission.join();
-        let turn = shared.admission.turn();
-        tokio::pin!(turn);
-        // Looked at every slice: the deadline, and whether this waiter is overdue.
-        let tick = tokio::time::sleep_until(deadline.min(started + CHECKOUT_SLICE).into());
-        tokio::pin!(tick);
-        loop {
-            tokio::select! {
-                biased;
-                turn = &mut turn => {
-                    place.granted();
-                    return Ok(turn);
-                }
-                () = &mut tick => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                        let pool = self.bb8_pool().ok_or_else(|| Failure::new(Cause::PoolClosed))?;
-                        return Err(self.timed_out(&pool, started));
-                    }
-                    // A wait that turned out longer than admission allows: leave now, so the
-                    // ones behind are served near the target.
-                    if let Some(refusal) = shared.admission.overdue(now - started, place.ahead(), now) {
-                        return Err(self.refused(&refusal));
-                    }
-                    tick.as_mut().reset(deadline.min(now + CHECKOUT_SLICE).into());
-                }
-            }
-        }
-    }
-
-    /// With a turn in hand: a connection from bb8 — an idle one, or a new one — until the
-    /// deadline, failing early when connecting fails and there is nothing to wait for.
-    async fn checkout(
-        &self,
-        pool: &bb8::Pool<Manager<C>>,
-        started: Instant,
-        deadline: Instant,
-    ) -> Result<bb8::PooledConnection<'static, Manager<C>>, Failure> {
-        let shared = &self.inner.shared;
-        let mut failures = shared.subscribe_failures();
-        failures.borrow_and_update();
-        'checkout: loop {
-            // bb8 asks for a new connection only when a checkout starts (or is woken by a
-            // returned one), and a connect that fails wakes nobody. A checkout that started
-            // while another's failed connect was still being counted asks for none and would
-            // sleep until `pool_timeout`; starting it again every slice, while the pool has
-            // room to grow, closes that gap.
-            let checkout = pool.get_owned();
-            tokio::pin!(checkout);
-            let slice =
-                tokio::time::sleep_until(deadline.min(Instant::now() + CHECKOUT_SLICE).into());
-            tokio::pin!(slice);
-            loop {
-                tokio::select! {
-                    biased;
-                    result = &mut checkout => return result.map_err(|error| match error {
-                        bb8::RunError::User(failure) => failure,
-                        bb8::RunError::TimedOut => self.timed_out(pool, started),
-                    }),
-                    changed = failures.changed() => {
-                        if changed.is_err() {
-                            continue;
-                        }
-                        if let Some(failure) = self.fail_fast(pool) {
-                            shared.counters.failed_fast.fetch_add(1, Ordering::Relaxed);
-                            return Err(failure);
-                        }
-                    }
-                    () = &mut slice => {
-                        if Instant::now() >= deadline {
-                            shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                            return Err(self.timed_out(pool, started));
-                        }
-                        // Only a pool that could still grow may have forgotten to connect.
-                        if pool.state().connections < shared.config.connection_limit() {
-                            continue 'checkout;
-                        }
-                        slice.as_mut().reset(
-                            deadline.min(Instant::now() + CHECKOUT_SLICE).into(),
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    /// A connection from bb8, with its turn, as the caller gets it.
-    fn hand_out(
-        &self,
-        turn: tokio::sync::SemaphorePermit<'_>,
-        conn: bb8::PooledConnection<'static, Manager<C>>,
-        scope: Option<Arc<RequestScope>>,
-        caller: &'static Location<'static>,
-    ) -> PooledConnection<C> {
-        let shared = &self.inner.shared;
-        // Given back when the connection is back in bb8 (`Drop`, or `reclaim`).
-        turn.forget();
-        conn.activity.checked_out();
-        let holder = shared.config.leak_threshold().map(|_| {
-            let path = scope
-                .as_ref()
-                .and_then(|scope| scope.path().map(str::to_owned));
-            shared.holders.checked_out(caller, path)
-        });
-        PooledConnection {
-            conn: Some(conn),
-            shared: Arc::clone(shared),
-            checked_out: Instant::now(),
-            holder,
-            _holding: scope.as_ref().map(RequestScope::holding),
-            scope,
-        }
-    }
-
-    /// Checkouts waiting behind one that is itself still counted as waiting.
-    fn behind(&self) -> u64 {
-        let waiting = self.inner.shared.counters.waiting.load(Ordering::Relaxed);
-        waiting.saturating_sub(1)
-    }
-
-    /// The failure for a checkout admission refused: counted by reason, with a public message
-    /// that names the expected wait against what was allowed, and the estimate as its
-    /// `Retry-After`.
-    fn refused(&self, refusal: &Refusal) -> Failure {
-        let shared = &self.inner.shared;
-        let counters = &shared.counters;
-        let (counter, public) = match refusal.reason {
-            Reason::ExpectedWait => (
-                &counters.refused_expected_wait,
-                format!(
-                    "the database is at capacity: a connection would take about {} to free up, \
-                     longer than the {} this request has",
-                    Human(refusal.expected),
-                    Human(refusal.allowed)
-                ),
-            ),
-            Reason::StandingQueue => (
-                &counters.refused_standing_queue,
-                format!(
-                    "the database is at capacity: a connection would take about {} to free up, \
-                     and waits are held to {} while it is overloaded",
-                    Human(refusal.expected),
-                    Human(refusal.allowed)
-                ),
-            ),
-            Reason::Overdue => (
-                &counters.refused_overdue,
-                format!(
-                    "the database is at capacity: this request would have waited about {} for a \
-                     connection, far past the {} waits are held to while it is overloaded",
-                    Human(refusal.expected),
-                    Human(refusal.allowed)
-                ),
-            ),
-            Reason::QueueLimit => (
-                &counters.refused_queue_limit,
-                format!(
-                    "the database is at capacity: {} requests are already waiting for a \
-                     connection",
-                    refusal.ahead
-                ),
-            ),
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        // Refusals come by the thousand a second in an overload: one string for the operator,
-        // built in one go.
-        Failure::new(Cause::Overloaded)
-            .with_known_outage(true)
-            .with_retry_after(refusal.retry_in)
-            .with_detail(format!(
-                "{:?}: {} waiting, {} connections held {:?} each on average",
-                refusal.reason,
-                refusal.ahead,
-                shared.config.connection_limit(),
-                shared.admission.hold().unwrap_or_default(),
-            ))
-            .with_public_message(public)
-    }
-
-    /// Where a checkout failure leaves the request: nothing was sent for it — unless an earlier
-    /// connection of the same request ran statements, and then a repeat may write twice
-    /// (unless an idempotency key guards the request).
-    fn honest(&self, failure: Failure, scope: Option<&RequestScope>) -> Failure {
-        let Some(scope) = scope else {
-            return failure.with_reach(Reach::NotSent);
-        };
-        let database = scope.database();
-        let reach = if database.statement_sent {
-            Reach::MaybeSent
-        } else {
-            Reach::NotSent
-        };
-        failure.with_reach(reach).with_idempotent(database.guarded)
-    }
-
-    /// The connect failure a waiting checkout should report now, if waiting is pointless: no
-    /// connection is open and no connect attempt is under way.
-    fn fail_fast(&self, pool: &bb8::Pool<Manager<C>>) -> Option<Failure> {
-        let shared = &self.inner.shared;
-        let failure = shared.last_connect_failure()?;
-        let nothing_to_wait_for = pool.state().connections == 0 && !shared.is_connecting();
-        (nothing_to_wait_for || !failure.retryable()).then_some(failure)
-    }
-
-    /// The failure for a checkout that waited the whole `pool_timeout`.
-    fn timed_out(&self, pool: &bb8::Pool<Manager<C>>, started: Instant) -> Failure {
-        let waited = started.elapsed();
-        let state = pool.state();
-        let max = self.inner.shared.config.connection_limit();
-        let in_use = state.connections - state.idle_connections;
-        // Connecting failed while this checkout waited: that, not a busy pool, is why it
-        // waited in vain (the pool could not grow).
-        match self.inner.shared.connect_failure_since(started) {
-            Some(failure) => {
-                let detail = format!(
-                    "no connection within {waited:?} ({in_use} of {max} in use, {} open); \
-                     connecting failed: {}",
-                    state.connections,
-                    failure.report()
-                );
-                failure.with_detail(detail)
-            }
-            None => Failure::new(Cause::PoolExhausted).with_detail(format!(
-                "pool exhausted ({in_use} of {max} in use, waited {waited:?})"
-            )),
         }
     }
 
@@ -720,7 +396,7 @@ impl<C: Connect> SharedPool<C> {
         }
     }
 
-    fn bb8_pool(&self) -> Option<bb8::Pool<Manager<C>>> {
+    pub(crate) fn bb8_pool(&self) -> Option<bb8::Pool<Manager<C>>> {
         self.inner
             .pool
             .read()
@@ -728,73 +404,6 @@ impl<C: Connect> SharedPool<C> {
             .clone()
     }
 }
-
-/// Counts a checkout as waiting for as long as it runs, cancellation included.
-struct Waiting<'a>(&'a Shared);
-
-impl<'a> Waiting<'a> {
-    /// Starts counting; also says how many were waiting already.
-    fn start(shared: &'a Shared) -> (Self, u64) {
-        let ahead = shared.counters.waiting.fetch_add(1, Ordering::Relaxed);
-        (Waiting(shared), ahead)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.counters.waiting.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// [`SharedPool::get`]'s future: the checkout itself, or — with `statement_timeout=deadline`
-    /// — the checkout and the `SET` that bounds its statements, boxed.
-    #[project = CheckoutProjection]
-    enum Checkout<F, B> {
-        Plain { #[pin] future: F },
-        Bounded { future: Pin<Box<B>> },
-    }
-}
-
-impl<C: Connect, F, B> Future for Checkout<F, B>
-where
-    F: Future<Output = Result<PooledConnection<C>, Failure>>,
-    B: Future<Output = Result<PooledConnection<C>, Failure>>,
-{
-    type Output = Result<PooledConnection<C>, Failure>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            CheckoutProjection::Plain { future } => future.poll(cx),
-            CheckoutProjection::Bounded { future } => future.as_mut().poll(cx),
-        }
-    }
-}
-
-/// A duration as people read it in a refusal: `350 ms`, `4.8 s`.
-struct Human(Duration);
-
-impl fmt::Display for Human {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let millis = self.0.as_millis();
-        if millis < 1000 {
-            write!(f, "{millis} ms")
-        } else {
-            // Integers: a refusal is written thousands of times a second in an overload, and
-            // formatting a float costs more than the rest of the message.
-            let tenths = (millis + 50) / 100;
-            write!(f, "{}.{} s", tenths / 10, tenths % 10)
-        }
-    }
-}
-
-/// How long one bb8 checkout is waited on before it is started again (see `get`): short enough
-/// that a checkout bb8 forgot to ask a connection for waits at most this much longer, long enough
-/// that restarting costs nothing measurable.
-const CHECKOUT_SLICE: Duration = Duration::from_millis(100);
-
-/// A checkout slower than this is logged (at debug level) with its wait.
-const SLOW_CHECKOUT: Duration = Duration::from_millis(100);
 
 impl<C: Connect> Clone for SharedPool<C> {
     fn clone(&self) -> Self {
@@ -835,188 +444,9 @@ impl<C: Connect> PoolProvider for SharedPool<C> {
     }
 }
 
-/// A connection checked out of a [`SharedPool`]; it goes back when dropped.
-///
-/// Dereferences to the diesel-async connection, so `diesel_async::RunQueryDsl` methods take
-/// `&mut *conn`. A connection that comes back broken — closed, or with a transaction left open
-/// because the request was cancelled mid-transaction — is dropped instead of reused.
-///
-/// Dropped while a statement still runs — the request's future was dropped mid-query because
-/// the client hung up, a timeout fired or the handler panicked — the connection stays checked
-/// out while the statement is cancelled on the server (PostgreSQL's cancel request, MySQL's
-/// `KILL QUERY`); it goes back to the pool only once it is idle again, or is closed. No later
-/// checkout waits behind an abandoned statement. [`PoolStats::cancelled`] counts these.
-pub struct PooledConnection<C: Connect> {
-    /// Taken by `drop`.
-    conn: Option<bb8::PooledConnection<'static, Manager<C>>>,
-    shared: Arc<Shared>,
-    /// The request's scope, told when the connection ran statements.
-    scope: Option<Arc<RequestScope>>,
-    /// When it was checked out, for the use-time histogram.
-    checked_out: Instant,
-    /// Its entry among the connections `leak_threshold` watches.
-    holder: Option<u64>,
-    /// Marks the connection in use for the request's scope while it is checked out.
-    _holding: Option<Mark>,
-}
-
-impl<C: Connect> PooledConnection<C> {
-    fn idle(&self) -> &crate::manager::Idle<C> {
-        self.conn
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("taken only when dropped"))
-    }
-
-    fn idle_mut(&mut self) -> &mut crate::manager::Idle<C> {
-        self.conn
-            .as_mut()
-            .unwrap_or_else(|| unreachable!("taken only when dropped"))
-    }
-}
-
-impl<C: Connect> Drop for PooledConnection<C> {
-    fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        let held = self.checked_out.elapsed();
-        self.shared.counters.use_time.record(held);
-        self.shared.admission.returned(held);
-        if let (Some(holder), Some(threshold)) = (self.holder, self.shared.config.leak_threshold())
-        {
-            self.shared.holders.returned(holder, threshold);
-        }
-        if let Some(scope) = &self.scope {
-            if conn.activity.sent() {
-                scope.sent();
-            }
-        }
-        if reclaim::needs_reclaim(&mut conn) {
-            // The reclaim keeps the turn too, and gives it back with the connection.
-            reclaim::spawn(conn, Arc::clone(&self.shared));
-            return;
-        }
-        // bb8 takes the connection back first, so the next turn finds it idle.
-        drop(conn);
-        self.shared.admission.give_back();
-    }
-}
-
-impl<C: Connect> PooledConnection<C> {
-    /// Bounds this connection's statements on the server by the time its request has `left`
-    /// (`statement_timeout=deadline`), or puts the connection's own bound back for a checkout
-    /// without a deadline. Nothing the request sent: the `SET` is not one of its statements.
-    async fn bound_statements(&mut self, left: Option<Duration>) -> Result<(), Failure> {
-        let idle = self.idle_mut();
-        if left.is_none() && !idle.bounded {
-            return Ok(());
-        }
-        let config = &self.shared.config;
-        let Some(sql) = C::statement_bound(config, left) else {
-            return Ok(());
-        };
-        let idle = self
-            .conn
-            .as_mut()
-            .unwrap_or_else(|| unreachable!("taken only when dropped"));
-        let outcome = idle.conn.batch_execute(&sql).await;
-        idle.activity.checked_out();
-        if let Err(error) = outcome {
-            let failure = Failure::from(error);
-            // A server that does not know the setting (MySQL has no `max_statement_time`)
-            // will never know it: a configuration error, not retried.
-            let failure = if failure.cause() == Cause::Query {
-                Failure::new(Cause::InvalidConfig)
-                    .with_detail(format!(
-                        "statement_timeout=deadline: the server refused `{sql}`: {}",
-                        failure.report()
-                    ))
-                    .with_source(failure)
-            } else {
-                failure
-            };
-            return Err(failure.with_reach(Reach::NotSent));
-        }
-        idle.bounded = left.is_some();
-        Ok(())
-    }
-
-    /// Classifies an error from a query on this connection, using what the connection knows.
-    ///
-    /// diesel reports most server errors as `DatabaseErrorKind::Unknown` with a localised
-    /// message, so a backend killed under a query (PostgreSQL `57P01`) would classify as a bad
-    /// query (`CRITICAL_ERROR`). For such a statement error this asks the connection whether it
-    /// is still alive — at no cost when it already knows it is closed, otherwise with one
-    /// round trip, paid only on the error path — and reports a dead one as a lost connection
-    /// (`DB_CONNECTION_ERROR`, retryable, `MaybeSent`). A connection that died this way is
-    /// dropped when it goes back to the pool.
-    pub async fn classify(&mut self, error: impl Into<Failure>) -> Failure {
-        let failure = error.into();
-        if !matches!(failure.cause(), Cause::Query | Cause::Internal) {
-            return failure;
-        }
-        let conn = &mut self.idle_mut().conn;
-        let dead = conn.is_broken()
-            || match conn.batch_execute("SELECT 1").await {
-                Ok(()) => false,
-                // A live connection can still refuse (inside an aborted transaction, say); only
-                // a connection-level failure means it is gone.
-                Err(error) => {
-                    Failure::from(error).cause() == Cause::ConnectionLost || conn.is_broken()
-                }
-            };
-        if !dead {
-            return failure;
-        }
-        Failure::new(Cause::ConnectionLost)
-            .with_reach(Reach::MaybeSent)
-            .with_detail(format!(
-                "the connection broke under the query: {}",
-                failure.report()
-            ))
-            .with_source(failure)
-    }
-}
-
-impl<C: Connect> Deref for PooledConnection<C> {
-    type Target = C;
-
-    fn deref(&self) -> &C {
-        &self.idle().conn
-    }
-}
-
-impl<C: Connect> DerefMut for PooledConnection<C> {
-    fn deref_mut(&mut self) -> &mut C {
-        &mut self.idle_mut().conn
-    }
-}
-
-impl<C: Connect> fmt::Debug for PooledConnection<C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PooledConnection").finish_non_exhaustive()
-    }
-}
-
 /// Readiness probes ask the pool ([`SharedPool::readiness`]): busy is ready.
 impl<C: Connect> ballast_core::ReadinessCheck for SharedPool<C> {
     fn check(&self) -> ballast_core::CheckFuture<'_> {
         Box::pin(self.readiness())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_say_durations_as_people_read_them() {
-        let said = |ms| Human(Duration::from_millis(ms)).to_string();
-        assert_eq!(said(350), "350 ms");
-        assert_eq!(said(999), "999 ms");
-        assert_eq!(said(1_000), "1.0 s");
-        assert_eq!(said(4_649), "4.6 s");
-        assert_eq!(said(4_650), "4.7 s");
-        assert_eq!(said(61_000), "61.0 s");
     }
 }
