@@ -69,7 +69,7 @@ pub enum Backend {
 /// | `statement_cache_size` | [`with_statement_cache`](Self::with_statement_cache) | on | each connection keeps diesel's prepared statements (0: off, for PgBouncer's transaction mode; any other number: on — diesel's cache has no size bound) |
 /// | `schema` | — | the server's | PostgreSQL: each connection's `search_path` (Prisma's meaning) |
 /// | `statement_timeout` | [`with_statement_timeout`](Self::with_statement_timeout) | the server's | PostgreSQL: longest a statement runs on the server, seconds; applied to each connection |
-/// | `statement_timeout=deadline` | [`with_statement_deadline`](Self::with_statement_deadline) | off | PostgreSQL and MariaDB: each checkout inside a request with a deadline bounds its statements on the server by the time the request has left (one `SET` per checkout); refused with `pgbouncer=true` |
+/// | `statement_timeout=deadline` | [`with_statement_deadline`](Self::with_statement_deadline) | off | PostgreSQL and MariaDB: each checkout inside a request with a deadline bounds its statements on the server by the time the request has left (a pipelined `SET` when the connection's bound is not already within 5% above it); refused with `pgbouncer=true` |
 /// | `leak_threshold` | [`with_leak_threshold`](Self::with_leak_threshold) | off | a connection checked out longer than this (seconds) is logged once with where it was checked out and the request's path, and counted (`PoolStats::held_too_long`); 0: off |
 /// | `pgbouncer` | [`with_pgbouncer`](Self::with_pgbouncer) | false | PostgreSQL: `true` when the URL points at PgBouncer in transaction (or statement) mode; see the [crate docs](crate#pgbouncer) |
 /// | — | [`with_after_connect`](Self::with_after_connect) | none | SQL each connection runs as it opens (`SET TIME ZONE 'UTC'`) |
@@ -716,7 +716,11 @@ impl PoolConfig {
     /// the time left and a fixed [`statement_timeout`](Self::with_statement_timeout); a checkout
     /// without a deadline puts the connection's own value back. MariaDB: `SET SESSION
     /// max_statement_time` the same way (MySQL has no such variable: its first checkout fails
-    /// as a configuration error). The cost is one round trip per checkout under a deadline.
+    /// as a configuration error). The bound set is the time left and a fortieth more, and a
+    /// connection whose bound already lies between the time left and a twentieth more keeps it
+    /// (no statement is stopped before its deadline; none outlives it by more than 5% of the time
+    /// that was left), so a route whose requests have about the same time left sends one `SET`
+    /// per connection; on PostgreSQL it is pipelined ahead of the first statement.
     /// Refused with `pgbouncer=true`: a session setting would reach other clients'
     /// transactions. Defaults to off.
     #[must_use]

@@ -70,6 +70,20 @@ pub trait Connect: AsyncConnection + PoolableConnection + Send + 'static {
         let _ = (config, timeout);
         None
     }
+
+    /// Sends [`statement_bound`](Self::statement_bound)'s statement. The default runs it and
+    /// waits for its answer; PostgreSQL pipelines it instead: it is on its way when this returns,
+    /// and the checkout's first statement follows it without waiting a round trip.
+    ///
+    /// # Errors
+    ///
+    /// The server's refusal of the statement, or a broken connection, where they are known.
+    fn send_statement_bound(
+        &mut self,
+        sql: &str,
+    ) -> impl Future<Output = diesel::QueryResult<()>> + Send {
+        diesel_async::SimpleAsyncConnection::batch_execute(self, sql)
+    }
 }
 
 /// Opens a connection and runs the configuration's after-connect statements on it (`schema`,
@@ -142,33 +156,47 @@ impl Connect for diesel_async::AsyncPgConnection {
 
     async fn open(config: &PoolConfig) -> Result<Self, Failure> {
         let pg_config: tokio_postgres::Config = config.driver_url().parse()?;
+        // The connection's socket and task live on the pool's I/O thread (`io.rs`).
         if config.pgbouncer() {
-            return bounded(config, crate::pgbouncer::connect(config, pg_config)).await;
+            let owned = config.clone();
+            return bounded(
+                config,
+                crate::io::open_on_driver(async move {
+                    crate::pgbouncer::connect(&owned, pg_config).await
+                }),
+            )
+            .await;
         }
         #[cfg(feature = "tls")]
         if let Some(settings) = config.tls() {
             let tls = crate::tls::MakeRustls(crate::tls::client_config(settings)?);
-            return bounded(config, async move {
-                let (client, connection) = match pg_config.connect(tls).await {
-                    Ok(connected) => connected,
-                    // A certificate refused, a server without TLS: the deployment's to fix.
-                    Err(error) if crate::tls::is_tls_failure(&error) => {
-                        return Err(Failure::new(ballast_core::Cause::InvalidConfig)
-                            .with_detail(format!("TLS: {error}"))
-                            .with_source(error))
-                    }
-                    Err(error) => return Err(error.into()),
-                };
-                Ok(Self::try_from_client_and_connection(client, connection).await?)
-            })
+            return bounded(
+                config,
+                crate::io::open_on_driver(async move {
+                    let (client, connection) = match pg_config.connect(tls).await {
+                        Ok(connected) => connected,
+                        // A certificate refused, a server without TLS: the deployment's to fix.
+                        Err(error) if crate::tls::is_tls_failure(&error) => {
+                            return Err(Failure::new(ballast_core::Cause::InvalidConfig)
+                                .with_detail(format!("TLS: {error}"))
+                                .with_source(error))
+                        }
+                        Err(error) => return Err(error.into()),
+                    };
+                    Ok(Self::try_from_client_and_connection(client, connection).await?)
+                }),
+            )
             .await;
         }
-        bounded(config, async move {
-            // tokio-postgres's own connect_timeout covers only the TCP connect; `bounded`
-            // covers the startup conversation too, where a hung server would otherwise hang us.
-            let (client, connection) = pg_config.connect(tokio_postgres::NoTls).await?;
-            Ok(Self::try_from_client_and_connection(client, connection).await?)
-        })
+        bounded(
+            config,
+            crate::io::open_on_driver(async move {
+                // tokio-postgres's own connect_timeout covers only the TCP connect; `bounded`
+                // covers the startup conversation too, where a hung server would otherwise hang us.
+                let (client, connection) = pg_config.connect(tokio_postgres::NoTls).await?;
+                Ok(Self::try_from_client_and_connection(client, connection).await?)
+            }),
+        )
         .await
     }
 
@@ -244,6 +272,23 @@ impl Connect for diesel_async::AsyncPgConnection {
             (None, Some(fixed)) => format!("SET statement_timeout = {}", fixed.as_millis().max(1)),
             (None, None) => "SET statement_timeout TO DEFAULT".to_owned(),
         })
+    }
+
+    /// tokio-postgres queues a request when its future is first polled and answers requests in
+    /// order, so one poll puts the `SET` on the wire ahead of whatever the checkout sends next;
+    /// its answer is read and dropped by the connection's task. `SET statement_timeout` with a
+    /// number fails only on a broken connection, which the next statement reports.
+    async fn send_statement_bound(&mut self, sql: &str) -> diesel::QueryResult<()> {
+        use std::task::{Context, Poll, Waker};
+        let mut shared = &*self;
+        let mut set = std::pin::pin!(diesel_async::SimpleAsyncConnection::batch_execute(
+            &mut shared,
+            sql
+        ));
+        match set.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Ok(()),
+        }
     }
 
     /// Superusers may use the reserved slots, and no `CONNECTION LIMIT` applies to them.

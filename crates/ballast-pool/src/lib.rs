@@ -113,6 +113,16 @@
 //! `queue_target=0` turns it off (every checkout waits up to `pool_timeout`, as bb8 does);
 //! `queue_limit` adds an explicit cap on waiting checkouts, off by default.
 //!
+//! A hold time is only as short as the application lets it be: under a flood of requests (the
+//! refused coming straight back), a database answer read by a task of the application's runtime
+//! waits behind hundreds of HTTP tasks, and every connection is held that much longer. So
+//! PostgreSQL connections are driven — their sockets read and written — on a thread of the
+//! pool's own (`ballast-pg-io`, one single-threaded runtime for every pool in the process);
+//! handlers still run on the application's runtime. Standing 5× overload, 100 ms statements, on
+//! two cores: 85 served a second of a capacity of 100 with the sockets on the application's
+//! runtime, 91 on their own thread; an unloaded round trip is unchanged. MySQL and MariaDB
+//! connections do their I/O in the caller's task and are not moved.
+//!
 //! # TLS (feature `tls`)
 //!
 //! PostgreSQL over TLS with rustls (ring; no OpenSSL), by libpq's `sslmode`: `prefer` and
@@ -199,6 +209,8 @@ mod config;
 mod connect;
 #[cfg(feature = "axum")]
 mod extract;
+#[cfg(feature = "postgres")]
+mod io;
 mod layer;
 mod leak;
 mod manager;

@@ -242,9 +242,10 @@ pub(crate) struct Idle<C> {
     /// Set when the connection must be closed rather than reused (an abandoned statement that
     /// could not be stopped).
     pub(crate) discard: bool,
-    /// Whether its statements are bounded by an earlier checkout's deadline
-    /// (`statement_timeout=deadline`), to put back for a checkout without one.
-    pub(crate) bounded: bool,
+    /// The bound an earlier checkout's deadline set on its statements
+    /// (`statement_timeout=deadline`), to keep for a checkout with about as much time left, or
+    /// to put back for a checkout without one.
+    pub(crate) bound: Option<Duration>,
 }
 
 /// bb8's view of the pool's connections.
@@ -290,7 +291,7 @@ impl<C: Connect> Manager<C> {
             idle_since: Instant::now(),
             activity,
             discard: false,
-            bounded: false,
+            bound: None,
         }
     }
 

@@ -392,3 +392,53 @@ async fn statement_timeout_deadline_bounds_statements_by_the_time_left() {
     assert!(inside.ends_with("ms"), "{inside}");
     assert_eq!(show(pool.clone()).await, "2s", "the fixed one is back");
 }
+
+/// `statement_timeout=deadline` sends its `SET` only when the connection's bound is not already
+/// right: a bound between the time left and a twentieth more is kept (a busy route whose
+/// checkouts have about the same time left sends none after the first); a bound shorter than the
+/// time left, or longer by more than a twentieth, is set again — never short of the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeout_deadline_is_set_again_only_when_the_time_left_differs() {
+    let Some(url) = db::postgres_url("statement_timeout_deadline_set_again") else {
+        return;
+    };
+    let pool = pool(&url, "connection_limit=1&statement_timeout=deadline");
+    // The bound the connection has inside a request with `left` to go, in milliseconds.
+    let bound = |left: Duration| {
+        let pool = pool.clone();
+        RequestScope::new(Some(Instant::now() + left)).run(async move {
+            #[derive(diesel::QueryableByName)]
+            struct Setting {
+                #[diesel(sql_type = diesel::sql_types::Text)]
+                statement_timeout: String,
+            }
+            let mut conn = pool.get().await.unwrap();
+            let setting: Setting = diesel::sql_query("SHOW statement_timeout")
+                .get_result(&mut *conn)
+                .await
+                .unwrap();
+            let shown = setting.statement_timeout;
+            match shown.strip_suffix("ms") {
+                Some(ms) => ms.parse::<u64>().unwrap(),
+                None => shown.strip_suffix('s').unwrap().parse::<u64>().unwrap() * 1000,
+            }
+        })
+    };
+    let first = bound(Duration::from_secs(10)).await;
+    assert!(
+        (10_000..=10_500).contains(&first),
+        "{first} ms for 10 s left"
+    );
+    let again = bound(Duration::from_millis(9_800)).await;
+    assert_eq!(again, first, "kept for about the same time left");
+    let shorter = bound(Duration::from_secs(5)).await;
+    assert!(
+        (5_000..=5_250).contains(&shorter),
+        "{shorter} ms for 5 s left"
+    );
+    let longer = bound(Duration::from_millis(5_500)).await;
+    assert!(
+        (5_500..=5_775).contains(&longer),
+        "{longer} ms for 5.5 s left: never short of the deadline"
+    );
+}
