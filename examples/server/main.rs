@@ -57,7 +57,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use ballast::cache::redis::{SharedInvalidation, SharedInvalidationBuilder};
 use ballast::cache::{CacheLayer, CacheRouteLayer, CleanupTask, ResponseCache};
-use ballast::error::{ErrorResponseLayer, RequestTimeoutLayer};
+use ballast::error::{ErrorResponseLayer, Problem, RequestTimeoutLayer};
 use ballast::idempotency::{Idempotency, IdempotencyKey, Outcome};
 use ballast::metrics::Figures;
 use ballast::pool::PoolConfig;
@@ -132,7 +132,14 @@ async fn healthz() -> Response {
 /// checkout behind them.
 async fn readyz(State(app): State<App>) -> Response {
     if !app.shutdown.is_ready() {
-        return no_store((StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+        // Another instance can serve: retryable, with a Retry-After (the error layer adds it).
+        let problem = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SHUTTING_DOWN",
+            "The service is shutting down.",
+        )
+        .with_retryable(true);
+        return Error::from(problem).into_response();
     }
     match app.db.readiness().await {
         Ok(()) => no_store("ready"),

@@ -38,6 +38,10 @@ pub struct Error {
     repr: Repr,
 }
 
+/// The problem an application's [`Error::new`] rendered, carried in its response's extensions.
+#[derive(Clone)]
+pub(crate) struct HandlerProblem(pub(crate) Arc<Problem>);
+
 pub(crate) enum Repr {
     Failure(Arc<Failure>),
     Problem(Box<Problem>),
@@ -202,7 +206,14 @@ impl axum_core::response::IntoResponse for Error {
             Repr::Failure(failure) => {
                 failure_response(failure, false, false, Some(&RetryAfter::default()))
             }
-            Repr::Problem(problem) => problem.to_response(false, None),
+            Repr::Problem(problem) => {
+                let mut response = problem.to_response(false, None);
+                // For the error layer, which adds what only the request knows (its id).
+                response
+                    .extensions_mut()
+                    .insert(HandlerProblem(Arc::from(problem)));
+                response
+            }
         };
         response.map(axum_core::body::Body::new)
     }

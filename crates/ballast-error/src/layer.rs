@@ -20,9 +20,9 @@ use tower_http::catch_panic::ResponseForPanic;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::error::{Error, Repr};
+use crate::error::{Error, HandlerProblem, Repr};
 use crate::map::{DefaultProblems, MapProblem};
-use ballast_core::http::{attach, attached, failure_response, RetryAfter};
+use ballast_core::http::{attach, attached, failure_response, Problem, RetryAfter};
 pub use ballast_core::BoxError;
 
 pin_project! {
@@ -347,7 +347,7 @@ fn request_id(headers: &http::HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Adds the request id to a problem as its `instance` (RFC 9457 §3.1.5).
-fn with_instance<M>(context: &RequestContext<M>, problem: &mut ballast_core::http::Problem) {
+fn with_instance<M>(context: &RequestContext<M>, problem: &mut Problem) {
     if let Some(id) = context.request_id.as_ref().and_then(|id| id.to_str().ok()) {
         problem.members.insert("instance".to_owned(), id.into());
     }
@@ -427,7 +427,22 @@ where
                 None if context.settings.plain_errors && is_plain_error(&response) => {
                     plain_error_problem(&context, response)
                 }
-                None => response.map(ResponseBody::inner),
+                // A handler's own problem: rendered again with the request's id, and with a
+                // `Retry-After` when it invites a retry.
+                None => match response.extensions().get::<HandlerProblem>() {
+                    Some(HandlerProblem(problem))
+                        if context.request_id.is_some()
+                            || (problem.retryable
+                                && problem.status == StatusCode::SERVICE_UNAVAILABLE) =>
+                    {
+                        let mut problem = Problem::clone(problem);
+                        with_instance(&context, &mut problem);
+                        let retry_after = context.settings.retry_after.for_problem(&problem, None);
+                        let (parts, _body) = response.into_parts();
+                        with_problem_body(&context, parts, &problem, retry_after)
+                    }
+                    _ => response.map(ResponseBody::inner),
+                },
             },
             // The panic's answer carries its failure: rendered and logged like any other.
             Polled::Panic(response) => match attached(response.extensions()) {
@@ -472,7 +487,7 @@ fn plain_error_problem<M, B, P>(
     context: &RequestContext<M>,
     response: Response<P>,
 ) -> Response<ResponseBody<B>> {
-    let (mut parts, _body) = response.into_parts();
+    let (parts, _body) = response.into_parts();
     let mut problem = crate::map::problem_for_status(parts.status);
     with_instance(context, &mut problem);
     tracing::debug!(
@@ -481,12 +496,30 @@ fn plain_error_problem<M, B, P>(
         path = context.path(),
         "an error response without a problem document: answered with one"
     );
-    let rendered = problem.to_response(is_head(context), None);
+    with_problem_body(context, parts, &problem, None)
+}
+
+/// A response of `parts` (its status, other headers and extensions kept) with `problem` as its
+/// body and the problem's own headers (`content-type`, `content-length`, `cache-control:
+/// no-store`, `retry-after`).
+fn with_problem_body<M, B>(
+    context: &RequestContext<M>,
+    mut parts: http::response::Parts,
+    problem: &Problem,
+    retry_after: Option<std::time::Duration>,
+) -> Response<ResponseBody<B>> {
+    let rendered = problem.to_response(is_head(context), retry_after);
     let (rendered_parts, body) = rendered.into_parts();
-    for name in [http::header::CONTENT_TYPE, http::header::CONTENT_LENGTH] {
-        parts.headers.remove(&name);
+    for name in [
+        http::header::CONTENT_TYPE,
+        http::header::CONTENT_LENGTH,
+        http::header::CACHE_CONTROL,
+        http::header::RETRY_AFTER,
+    ] {
         if let Some(value) = rendered_parts.headers.get(&name) {
             parts.headers.insert(name, value.clone());
+        } else if name != http::header::RETRY_AFTER {
+            parts.headers.remove(&name);
         }
     }
     to_boxed(Response::from_parts(parts, body))

@@ -17,8 +17,13 @@ pub const POSTGRES_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS ballast_idempotenc
     created_at BIGINT NOT NULL)";
 
 /// The table for MySQL and MariaDB, as the helper creates it (or as a migration may).
+///
+/// The key column is compared byte for byte (`utf8mb4_bin`): with the server's default collation
+/// (`utf8mb4_general_ci`) `Key-1` and `key-1` would be one key, and a client could replay another
+/// client's response by changing a key's case. A table made by an earlier version is altered to
+/// it when the helper first uses it; a table made by a migration needs the same column type.
 pub const MYSQL_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS ballast_idempotency (
-    idempotency_key VARCHAR(255) NOT NULL PRIMARY KEY,
+    idempotency_key VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,
     fingerprint VARBINARY(32) NOT NULL,
     status SMALLINT NOT NULL,
     body LONGBLOB NOT NULL,
@@ -107,7 +112,8 @@ macro_rules! store {
         impl sealed::Store for $conn {
             async fn create_table(&mut self) -> QueryResult<()> {
                 use diesel_async::SimpleAsyncConnection;
-                self.batch_execute($schema).await
+                self.batch_execute($schema).await?;
+                UpgradeTable::upgrade_table(self).await
             }
 
             async fn try_lock(&mut self, key: &str) -> QueryResult<bool> {
@@ -198,6 +204,58 @@ store!(
 // MySQL and MariaDB: a named lock of the session (lock names are at most 64 characters: a hash
 // of the key), released explicitly after the transaction, or when the session ends.
 #[cfg(feature = "mysql")]
+/// What a backend does to a keys table an earlier version made, after creating it if missing.
+trait UpgradeTable {
+    fn upgrade_table(&mut self) -> impl Future<Output = QueryResult<()>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// PostgreSQL compares text byte for byte already.
+#[cfg(feature = "postgres")]
+impl UpgradeTable for diesel_async::AsyncPgConnection {}
+
+/// SQLite compares text byte for byte already.
+#[cfg(feature = "sqlite")]
+impl UpgradeTable
+    for diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>
+{
+}
+
+/// A key column an earlier version made case-insensitive (MariaDB's default collation) is made
+/// byte for byte, once.
+#[cfg(feature = "mysql")]
+impl UpgradeTable for diesel_async::AsyncMysqlConnection {
+    async fn upgrade_table(&mut self) -> QueryResult<()> {
+        use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+        #[derive(diesel::QueryableByName)]
+        struct Collation {
+            #[diesel(sql_type = Nullable<Text>)]
+            collation: Option<String>,
+        }
+        let found: Vec<Collation> = diesel::sql_query(
+            "SELECT COLLATION_NAME AS collation FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'ballast_idempotency' \
+             AND COLUMN_NAME = 'idempotency_key'",
+        )
+        .load(self)
+        .await?;
+        if found.iter().any(|column| {
+            column
+                .collation
+                .as_deref()
+                .is_some_and(|c| !c.ends_with("_bin"))
+        }) {
+            self.batch_execute(
+                "ALTER TABLE ballast_idempotency MODIFY idempotency_key \
+                 VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 store!(
     diesel_async::AsyncMysqlConnection,
     schema: MYSQL_SCHEMA,

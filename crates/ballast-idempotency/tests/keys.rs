@@ -108,6 +108,15 @@ async fn exercise<C: Connect + KeyStore>(backend: Backend<C>, label: &str) {
     assert_eq!(reused.problem().code, "IDEMPOTENCY_KEY_REUSED");
     assert_eq!(count(&backend, "chair").await, 0);
 
+    // Keys are compared byte for byte on every backend (MariaDB's default collation would make
+    // `K-1` the same key as `k-1`): another case is another key.
+    let cased = write(&backend, &keys, Some("K-1"), "chair", &runs)
+        .await
+        .unwrap();
+    assert!(!cased.is_replayed(), "{label}: K-1 replayed k-1");
+    assert_eq!(cased.status(), StatusCode::CREATED, "{label}");
+    assert_eq!(count(&backend, "chair").await, 1, "{label}");
+
     // No key: runs every time, records nothing.
     write(&backend, &keys, None, "stool", &runs).await.unwrap();
     write(&backend, &keys, None, "stool", &runs).await.unwrap();

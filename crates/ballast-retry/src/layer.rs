@@ -11,7 +11,6 @@ use ballast_core::Failure;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Collected, Limited};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -177,8 +176,8 @@ impl RetryLayerBuilder {
         self
     }
 
-    /// Sets the largest request body buffered for replay. Larger bodies, and bodies of unknown
-    /// length, stream through untouched and their requests are not retried. Defaults to 64 KiB.
+    /// Sets the largest request body recorded for replay (as the service reads it). Larger
+    /// bodies, and bodies of unknown length, stream through untouched and their requests are not retried. Defaults to 64 KiB.
     pub fn body_cap(mut self, bytes: usize) -> Self {
         self.body_cap = bytes;
         self
@@ -364,20 +363,14 @@ where
             .upper()
             .is_some_and(|upper| upper <= self.body_cap as u64)
         {
-            // The body is read first; the call happens later, on the service that was polled
-            // ready, and a fresh clone takes its place here.
-            let clone = self.inner.clone();
+            // Recorded as the service reads it: nothing waits for the body before the call.
+            let request = Request::from_parts(parts, RetryBody::recorded(body, self.body_cap));
+            let replay = Replay::new(&request, Arc::clone(&self.template), attempts);
             return ResponseFuture {
-                state: State::Buffering {
-                    buffering: Box::pin(Buffering {
-                        collect: Limited::new(body, self.body_cap).collect(),
-                        parts: Some(parts),
-                        ready: Some(std::mem::replace(&mut self.inner, clone)),
-                        template: Arc::clone(&self.template),
-                        attempts: Some(attempts),
-                    }),
+                state: State::Called {
+                    future: self.inner.call(request),
                 },
-                replay: None,
+                replay,
             };
         }
         self.shared.counters.not_replayable();
@@ -418,22 +411,6 @@ impl<S, B> Replay<S, B> {
 }
 
 pin_project! {
-    /// A body being read into memory before the first attempt.
-    struct Buffering<S, B>
-    where
-        B: Body,
-        B::Error: Into<BoxError>,
-    {
-        #[pin]
-        collect: http_body_util::combinators::Collect<Limited<B>>,
-        parts: Option<http::request::Parts>,
-        ready: Option<S>,
-        template: Arc<S>,
-        attempts: Option<Attempts>,
-    }
-}
-
-pin_project! {
     /// The response future of [`Retry`].
     pub struct ResponseFuture<S, B>
     where
@@ -455,9 +432,6 @@ pin_project! {
         B: Body,
         B::Error: Into<BoxError>,
     {
-        Buffering {
-            buffering: Pin<Box<Buffering<S, B>>>,
-        },
         Called {
             #[pin]
             future: S::Future,
@@ -493,33 +467,16 @@ where
         loop {
             let this = self.as_mut().project();
             let next = match this.state.project() {
-                StateProj::Buffering { buffering } => {
-                    let buffering = buffering.as_mut().project();
-                    let collected: Result<Collected<Bytes>, BoxError> =
-                        ready!(buffering.collect.poll(cx));
-                    let body = match collected {
-                        Ok(collected) => RetryBody::buffered(collected.to_bytes()),
-                        // The client went away or sent a broken body: the service sees the
-                        // error it would have seen reading the body itself.
-                        Err(error) => RetryBody::failed(error),
-                    };
-                    let (Some(parts), Some(mut ready), Some(attempts)) = (
-                        buffering.parts.take(),
-                        buffering.ready.take(),
-                        buffering.attempts.take(),
-                    ) else {
-                        unreachable!("the buffering state is left once its body is read")
-                    };
-                    let request = Request::from_parts(parts, body);
-                    *this.replay = Replay::new(&request, Arc::clone(buffering.template), attempts);
-                    State::Called {
-                        future: ready.call(request),
-                    }
-                }
                 StateProj::Called { future } => {
                     let mut result = ready!(future.poll(cx));
-                    // Only a request with a copy left can be retried.
-                    let Some(replay) = this.replay.as_mut().filter(|r| r.request.is_some()) else {
+                    // Only a request with a copy left, whose body could be read again, can be
+                    // retried.
+                    let Some(replay) = this.replay.as_mut().filter(|replay| {
+                        replay
+                            .request
+                            .as_ref()
+                            .is_some_and(|request| request.body().is_buffered())
+                    }) else {
                         return Poll::Ready(result);
                     };
                     let failure: Option<&Failure> = match &mut result {

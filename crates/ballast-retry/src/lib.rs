@@ -31,8 +31,11 @@
 //!    database was already known to be down. (A request that met the failure first-hand may be
 //!    seeing a blip: its retries wait at least until the pool tries the database again.)
 //! 5. **The request can be replayed**: its body has a known length within the cap (64 KiB by
-//!    default) and was read into memory. A larger or streaming body passes through untouched —
-//!    never truncated, never fully buffered — and its request is not retried.
+//!    default), and is recorded in memory as the service reads it (a retry reads the recording,
+//!    then what the first attempt left unread). Nothing is read before the service asks, so a
+//!    handler that never reads the body answers at once even when the client never sends the
+//!    body it declared. A larger or streaming body passes through untouched — never truncated,
+//!    never fully buffered — and its request is not retried; so is one whose reading failed.
 //! 6. **Retries remain**: 2 by default for the layer, 3 for the function form.
 //! 7. **There is time**: the next attempt, after its delay, could still finish before the
 //!    overall deadline (2 s by default for the layer, 15 s for the function form), judging by

@@ -549,3 +549,123 @@ fn a_rejected_setting_is_named() {
     let error = Retrying::builder().jitter(101.0).build().unwrap_err();
     assert_eq!(error.setting, "jitter");
 }
+
+/// A body that declares `length` bytes and never sends one (a client that stalls).
+struct NeverSent {
+    length: u64,
+}
+
+impl http_body::Body for NeverSent {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Pending
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.length)
+    }
+}
+
+/// Nothing is read before the service asks: a handler that never reads the body answers at
+/// once, even when the client never sends the body it declared (it used to wait for the body,
+/// until the request's timeout replaced its answer).
+#[tokio::test]
+async fn a_handler_that_does_not_read_the_body_answers_without_it() {
+    let service = RetryLayer::new().layer(service_fn(
+        |_request: Request<RetryBody<NeverSent>>| async {
+            Ok::<_, Infallible>(Response::new("ok".to_owned()))
+        },
+    ));
+    let request = Request::post("/healthz")
+        .body(NeverSent { length: 100 })
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(2), service.oneshot(request))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    assert_eq!(response.into_body(), "ok");
+}
+
+/// A body of a declared length sent in several frames.
+struct Chunks {
+    parts: std::collections::VecDeque<Bytes>,
+    length: u64,
+}
+
+impl Chunks {
+    fn new(parts: &[&'static str]) -> Self {
+        Chunks {
+            parts: parts
+                .iter()
+                .map(|part| Bytes::from_static(part.as_bytes()))
+                .collect(),
+            length: parts.iter().map(|part| part.len() as u64).sum(),
+        }
+    }
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(
+            self.parts
+                .pop_front()
+                .map(|part| Ok(http_body::Frame::data(part))),
+        )
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.length)
+    }
+}
+
+/// A body read in part by a failed attempt is replayed whole: the retry reads what the first
+/// attempt read from the recording, then the rest from the client.
+#[tokio::test]
+async fn a_retry_reads_the_recorded_part_then_the_rest() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let calls = Arc::clone(&calls);
+        service_fn(move |request: Request<RetryBody<Chunks>>| {
+            let calls = Arc::clone(&calls);
+            async move {
+                let mut body = request.into_body();
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // The first attempt reads one frame, then fails before its statement went
+                    // out.
+                    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+                    assert_eq!(first, "abc");
+                    let mut response = Response::new(String::new());
+                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    response.extensions_mut().insert(Arc::new(refused()));
+                    return Ok::<_, Infallible>(response);
+                }
+                let whole = body.collect().await.unwrap().to_bytes();
+                Ok(Response::new(String::from_utf8(whole.to_vec()).unwrap()))
+            }
+        })
+    };
+    let request = Request::post("/items")
+        .body(Chunks::new(&["abc", "def", "ghi"]))
+        .unwrap();
+    let response = RetryLayer::builder()
+        .delays(Duration::from_millis(1), Duration::from_millis(1))
+        .build()
+        .unwrap()
+        .layer(service)
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.into_body(), "abcdefghi");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
