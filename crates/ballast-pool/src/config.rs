@@ -67,7 +67,7 @@ pub enum Backend {
 /// | `queue_target` | [`with_queue_target`](Self::with_queue_target) | 1 s | admission by time: a checkout that cannot be served within `pool_timeout` (or the request's deadline) is refused at once, and once waits have stayed above this for half as long again, so is one expected to wait longer than this (0: off, checkouts wait up to `pool_timeout`); see the [crate docs](crate#admission-by-time) |
 /// | `queue_limit` | [`with_queue_limit`](Self::with_queue_limit) | none | an explicit cap on checkouts waiting at once; one more is refused at once (0: no cap) |
 /// | `statement_cache_size` | [`with_statement_cache`](Self::with_statement_cache) | on | each connection keeps diesel's prepared statements (0: off, for PgBouncer's transaction mode; any other number: on — diesel's cache has no size bound) |
-/// | `schema` | — | the server's | PostgreSQL: each connection's `search_path` (Prisma's meaning) |
+/// | `schema` | — | the server's | PostgreSQL: each connection's `search_path` (Prisma's meaning); a schema the database does not have fails the connect as a configuration error |
 /// | `statement_timeout` | [`with_statement_timeout`](Self::with_statement_timeout) | the server's | PostgreSQL: longest a statement runs on the server, seconds; applied to each connection |
 /// | `statement_timeout=deadline` | [`with_statement_deadline`](Self::with_statement_deadline) | off | PostgreSQL and MariaDB: each checkout inside a request with a deadline bounds its statements on the server by the time the request has left (a pipelined `SET` when the connection's bound is not already within 5% above it); refused with `pgbouncer=true` |
 /// | `leak_threshold` | [`with_leak_threshold`](Self::with_leak_threshold) | off | a connection checked out longer than this (seconds) is logged once with where it was checked out and the request's path, and counted (`PoolStats::held_too_long`); 0: off |
@@ -921,8 +921,34 @@ fn driver_url(backend: Backend, base: &str, query: &str) -> Result<String, Confi
                 );
                 return Ok(format!("file:{name}?mode=memory&cache=shared"));
             }
+            check_sqlite_directory(path)?;
             Ok(with_query(path))
         }
+    }
+}
+
+/// A SQLite file in a directory that does not exist can never be opened: every request would
+/// fail. Refused when the URL is read, naming the directory.
+fn check_sqlite_directory(path: &str) -> Result<(), ConfigError> {
+    if path.contains("mode=memory") {
+        return Ok(());
+    }
+    let file = path.strip_prefix("file:").unwrap_or(path);
+    let file = file.split('?').next().unwrap_or(file);
+    // `file://` with an empty authority: the path follows.
+    let file = file.strip_prefix("//").unwrap_or(file);
+    if file.is_empty() || file == ":memory:" {
+        return Ok(());
+    }
+    match std::path::Path::new(file).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(ConfigError::new(
+            "url",
+            format!(
+                "the SQLite file's directory `{}` does not exist (SQLite creates the file, not its directory)",
+                dir.display()
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -1100,6 +1126,23 @@ mod tests {
             config.driver_url(),
             "postgresql://u:p@h:5433/db?application_name=x&sslmode=disable"
         );
+    }
+
+    #[test]
+    fn a_sqlite_file_in_a_missing_directory_is_refused_naming_it() {
+        let error = PoolConfig::from_url("sqlite:/nonexistent/dir/x.db").unwrap_err();
+        assert!(error.to_string().contains("url"), "{error}");
+        assert!(error.to_string().contains("/nonexistent/dir"), "{error}");
+        let error = PoolConfig::from_url("file:/nonexistent/dir/x.db?mode=rwc").unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/dir"), "{error}");
+        for fine in [
+            "sqlite:/tmp/x.db",
+            "sqlite:x.db",
+            "sqlite::memory:",
+            "file:x.db",
+        ] {
+            assert!(PoolConfig::from_url(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]

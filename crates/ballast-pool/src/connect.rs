@@ -71,6 +71,23 @@ pub trait Connect: AsyncConnection + PoolableConnection + Send + 'static {
         None
     }
 
+    /// Checks, once the after-connect statements ran, that the session can work as the
+    /// configuration asks; the default checks nothing. PostgreSQL: the `schema` exists (a
+    /// `search_path` naming a missing schema is accepted, and then every statement that creates
+    /// or finds a table fails).
+    ///
+    /// # Errors
+    ///
+    /// [`Cause::InvalidConfig`](ballast_core::Cause::InvalidConfig) naming the setting, or the
+    /// failure of the check's statement.
+    fn check_session(
+        &mut self,
+        config: &PoolConfig,
+    ) -> impl Future<Output = Result<(), Failure>> + Send {
+        let _ = config;
+        async { Ok(()) }
+    }
+
     /// Sends [`statement_bound`](Self::statement_bound)'s statement. The default runs it and
     /// waits for its answer; PostgreSQL pipelines it instead: it is on its way when this returns,
     /// and the checkout's first statement follows it without waiting a round trip.
@@ -100,16 +117,18 @@ pub(crate) async fn open_ready<C: Connect>(config: &PoolConfig) -> Result<C, Fai
         for statement in &statements {
             diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, statement).await?;
         }
-        Ok::<_, Failure>(())
+        Ok::<_, Failure>(conn.check_session(config).await)
     };
     match tokio::time::timeout(left, setup).await {
-        Ok(Ok(())) => Ok(conn),
+        Ok(Ok(Ok(()))) => Ok(conn),
+        // A setting the server took but that cannot work (a schema that does not exist).
+        Ok(Ok(Err(failure))) => Err(failure.with_reach(ballast_core::Reach::NotSent)),
         // The connection broke meanwhile: a connect failure like any other.
         Ok(Err(failure)) if failure.retryable() => {
             Err(failure.with_reach(ballast_core::Reach::NotSent))
         }
-        // A statement the server refuses (a schema that does not exist is fine in PostgreSQL; a
-        // bad `SET` is not) is the deployment's to fix: not retryable.
+        // A statement the server refuses (a bad `SET`) is the deployment's to fix: not
+        // retryable.
         Ok(Err(failure)) => Err(Failure::new(ballast_core::Cause::InvalidConfig)
             .with_reach(ballast_core::Reach::NotSent)
             .with_detail(format!(
@@ -272,6 +291,28 @@ impl Connect for diesel_async::AsyncPgConnection {
             (None, Some(fixed)) => format!("SET statement_timeout = {}", fixed.as_millis().max(1)),
             (None, None) => "SET statement_timeout TO DEFAULT".to_owned(),
         })
+    }
+
+    async fn check_session(&mut self, config: &PoolConfig) -> Result<(), Failure> {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Current {
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            schema: Option<String>,
+        }
+        let Some(schema) = config.schema() else {
+            return Ok(());
+        };
+        // The first schema of the search_path that exists: none when `schema` does not.
+        let current: Current = diesel::sql_query("SELECT current_schema() AS schema")
+            .get_result(self)
+            .await?;
+        if current.schema.is_none() {
+            return Err(Failure::new(ballast_core::Cause::InvalidConfig).with_detail(format!(
+                "schema: the database has no schema named `{schema}` (create it, or fix the URL's `schema`)"
+            )));
+        }
+        Ok(())
     }
 
     /// tokio-postgres queues a request when its future is first polled and answers requests in

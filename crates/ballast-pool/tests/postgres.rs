@@ -697,6 +697,7 @@ async fn prisma_url_parameters_and_after_connect_sql_reach_each_connection() {
             .value
     }
     let separator = if url.contains('?') { '&' } else { '?' };
+    db::pg_execute(&url, "CREATE SCHEMA IF NOT EXISTS shop").await;
     let config = PoolConfig::from_url(&format!(
         "{url}{separator}schema=shop&statement_timeout=0.2&connection_limit=2"
     ))
@@ -726,6 +727,32 @@ async fn prisma_url_parameters_and_after_connect_sql_reach_each_connection() {
         .unwrap_err();
     assert_eq!(Failure::from(error).cause(), Cause::StatementTimeout);
     drop(conn);
+
+    // A schema that does not exist: PostgreSQL takes the search_path, and every statement that
+    // makes or finds a table would fail as a bad query (a 500) while readiness said yes. The
+    // connect refuses it instead: a configuration error, not retried, and not ready.
+    let config = PoolConfig::from_url(&format!(
+        "{url}{separator}schema=ballast_no_such_schema&connection_limit=1"
+    ))
+    .unwrap()
+    .with_pool_timeout(Duration::from_secs(2));
+    let pool = SharedPool::<AsyncPgConnection>::new(config).unwrap();
+    let failure = pool.get().await.expect_err("no such schema");
+    assert_eq!(
+        failure.cause(),
+        Cause::InvalidConfig,
+        "{}",
+        failure.report()
+    );
+    assert_eq!(failure.code(), Code::DbInit);
+    assert!(!failure.retryable());
+    assert!(
+        failure.report().contains("ballast_no_such_schema"),
+        "the report names the schema: {}",
+        failure.report()
+    );
+    let not_ready = pool.readiness().await.expect_err("not ready");
+    assert_eq!(not_ready.code(), Code::DbInit, "{}", not_ready.report());
 
     // A statement the server refuses: a configuration error, not retried.
     let config = PoolConfig::from_url(&url)

@@ -149,6 +149,7 @@ fn capture_warnings() -> ballast_testkit::logs::Captured {
             let _ = tracing::subscriber::set_global_default(
                 tracing_subscriber::fmt()
                     .with_max_level(tracing::Level::WARN)
+                    .with_ansi(false)
                     .with_writer(move || writer.clone())
                     .finish(),
             );
