@@ -147,9 +147,11 @@ impl<C: Connect> StackBuilder<C> {
         let health = Health::new(handle.clone()).check("database", self.pool.clone());
         Stack {
             layer: StackLayer {
-                shutdown: ShutdownLayer::new(handle),
+                shutdown: ShutdownLayer::new(handle.clone()),
                 error: ErrorResponseLayer::new(),
-                timeout: RequestTimeoutLayer::new(self.request_timeout),
+                // A body that stalled is answered 408 when the drain begins, not at the deadline.
+                timeout: RequestTimeoutLayer::new(self.request_timeout)
+                    .draining(move || handle.phase() >= ballast_shutdown::Phase::Draining),
                 cache: CacheLayer::new(cache.clone()).x_cache_header(self.x_cache),
                 retry: retry.clone(),
                 pool: AddPoolLayer::new(self.pool.clone()),
@@ -315,7 +317,7 @@ impl<C: Connect> Clone for StackLayer<C> {
         StackLayer {
             shutdown: self.shutdown.clone(),
             error: self.error.clone(),
-            timeout: self.timeout,
+            timeout: self.timeout.clone(),
             cache: self.cache.clone(),
             retry: self.retry.clone(),
             pool: self.pool.clone(),

@@ -62,7 +62,7 @@ use ballast::idempotency::{Idempotency, IdempotencyKey, Outcome};
 use ballast::metrics::Figures;
 use ballast::pool::PoolConfig;
 use ballast::retry::{RetryHandle, RetryLayer};
-use ballast::shutdown::{Shutdown, ShutdownHandle, ShutdownLayer};
+use ballast::shutdown::{Phase, Shutdown, ShutdownHandle, ShutdownLayer};
 use ballast::Error;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
@@ -418,7 +418,12 @@ async fn main() -> ExitCode {
                         .serve_while_draining(["/healthz", "/readyz"]),
                 )
                 .layer(ErrorResponseLayer::new())
-                .layer(RequestTimeoutLayer::new(request_timeout))
+                .layer({
+                    // A request body that stalled is answered 408 when the drain begins.
+                    let handle = handle.clone();
+                    RequestTimeoutLayer::new(request_timeout)
+                        .draining(move || handle.phase() >= Phase::Draining)
+                })
                 .layer(CacheLayer::new(cache).x_cache_header(true))
                 .layer(retry),
         );

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -59,15 +59,47 @@ use ballast_core::http::{failure_response, Problem, RetryAfter};
 /// assert_eq!(response.status(), 503);
 /// # }
 /// ```
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct RequestTimeoutLayer {
     timeout: Duration,
+    draining: Option<Draining>,
 }
+
+/// Whether the service is draining, for [`RequestTimeoutLayer::draining`].
+type Draining = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How often a request waiting for its body looks whether the service began to drain, and how
+/// long its body must have stalled then to be cut.
+const DRAIN_CHECK: Duration = Duration::from_millis(500);
 
 impl RequestTimeoutLayer {
     /// Every request gets `timeout`.
     pub fn new(timeout: Duration) -> Self {
-        RequestTimeoutLayer { timeout }
+        RequestTimeoutLayer {
+            timeout,
+            draining: None,
+        }
+    }
+
+    /// Answers a request whose body stalled `408` as soon as the service drains, instead of at
+    /// its deadline: `draining` says whether the drain began (with ballast-shutdown,
+    /// `move || handle.phase() >= Phase::Draining`; `Stack` wires it). A client that stopped
+    /// sending its body would otherwise hold the drain until the request's deadline, and the
+    /// process would exit 1 at the drain deadline. A body still arriving is not cut: it stalled
+    /// if nothing came for half a second while the handler waited for it.
+    #[must_use]
+    pub fn draining(mut self, draining: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.draining = Some(Arc::new(draining));
+        self
+    }
+}
+
+impl fmt::Debug for RequestTimeoutLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestTimeoutLayer")
+            .field("timeout", &self.timeout)
+            .field("draining", &self.draining.is_some())
+            .finish()
     }
 }
 
@@ -78,15 +110,26 @@ impl<S> Layer<S> for RequestTimeoutLayer {
         RequestTimeout {
             inner,
             timeout: self.timeout,
+            draining: self.draining.clone(),
         }
     }
 }
 
 /// The service made by [`RequestTimeoutLayer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RequestTimeout<S> {
     inner: S,
     timeout: Duration,
+    draining: Option<Draining>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for RequestTimeout<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestTimeout")
+            .field("inner", &self.inner)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestTimeout<S>
@@ -125,6 +168,9 @@ where
             deadline: (started + self.timeout).into(),
             sleep: Timer::Unset,
             scope,
+            // Only a request with a body to wait for looks at the drain.
+            draining: self.draining.clone().filter(|_| reading.is_some()),
+            frames_seen: 0,
             reading,
             method,
             timeout: self.timeout,
@@ -142,6 +188,9 @@ pin_project! {
         sleep: Timer,
         scope: Arc<RequestScope>,
         reading: Option<Arc<BodyState>>,
+        draining: Option<Draining>,
+        // The body's frames at the last look at the drain.
+        frames_seen: u32,
         method: Method,
         timeout: Duration,
     }
@@ -187,13 +236,44 @@ where
                 return Poll::Ready(result.map(|response| response.map(TimeoutBody::inner)));
             }
         }
+        // With a drain to watch, the timer wakes every `DRAIN_CHECK` until the deadline.
+        let wake_at = |deadline: tokio::time::Instant, watching: bool| {
+            if watching {
+                deadline.min(tokio::time::Instant::now() + DRAIN_CHECK)
+            } else {
+                deadline
+            }
+        };
         if let TimerProj::Unset = this.sleep.as_mut().project() {
+            let at = wake_at(*this.deadline, this.draining.is_some());
             this.sleep.set(Timer::Set {
-                sleep: Box::pin(tokio::time::sleep_until(*this.deadline)),
+                sleep: Box::pin(tokio::time::sleep_until(at)),
             });
         }
+        let mut cut_on_drain = false;
         if let TimerProj::Set { sleep } = this.sleep.as_mut().project() {
-            ready!(sleep.as_mut().poll(cx));
+            loop {
+                ready!(sleep.as_mut().poll(cx));
+                if tokio::time::Instant::now() >= *this.deadline {
+                    break;
+                }
+                // A look at the drain: a body that stalled since the last look is cut now.
+                if let (Some(draining), Some(reading)) =
+                    (this.draining.as_ref(), this.reading.as_ref())
+                {
+                    let frames = reading.frames();
+                    if draining() && reading.get() == READ_WAITING && frames == *this.frames_seen {
+                        cut_on_drain = true;
+                        break;
+                    }
+                    *this.frames_seen = frames;
+                    if reading.get() == READ_DONE {
+                        *this.draining = None;
+                    }
+                }
+                let at = wake_at(*this.deadline, this.draining.is_some());
+                sleep.as_mut().reset(at);
+            }
         }
         // What the request was doing when its time ran out, before it is dropped.
         let waiting_for_client = this
@@ -251,6 +331,7 @@ where
                     .insert(CONNECTION, HeaderValue::from_static("close"));
                 tracing::debug!(
                     timeout_ms = this.timeout.as_millis() as u64,
+                    cut_on_drain,
                     "request body did not arrive in time"
                 );
                 response
@@ -282,9 +363,9 @@ const READ_WAITING: u8 = 1;
 /// The body ended.
 const READ_DONE: u8 = 2;
 
-/// Where reading a request body stands.
+/// Where reading a request body stands, and how many frames came.
 #[derive(Debug, Default)]
-struct BodyState(AtomicU8);
+struct BodyState(AtomicU8, AtomicU32);
 
 impl BodyState {
     fn get(&self) -> u8 {
@@ -293,6 +374,10 @@ impl BodyState {
 
     fn set(&self, state: u8) {
         self.0.store(state, Ordering::Release);
+    }
+
+    fn frames(&self) -> u32 {
+        self.1.load(Ordering::Acquire)
     }
 }
 
@@ -326,7 +411,10 @@ impl<B: Body> Body for TimedBody<B> {
             state.set(match &polled {
                 Poll::Pending => READ_WAITING,
                 Poll::Ready(None) => READ_DONE,
-                Poll::Ready(Some(_)) => READ_IDLE,
+                Poll::Ready(Some(_)) => {
+                    state.1.fetch_add(1, Ordering::AcqRel);
+                    READ_IDLE
+                }
             });
         }
         polled

@@ -30,8 +30,26 @@ const MAX_KEY_LENGTH: usize = 255;
 /// let key = IdempotencyKey::from_headers(&headers).unwrap().unwrap();
 /// assert_eq!(key.as_str(), "8e03978e-40d5-43e8-bc93-6894a57f9324");
 /// ```
+///
+/// **Scope.** Without a scope a key is global: whoever sends a known key with the same request
+/// gets the response recorded for it. Keys are meant to be unguessable (a random UUID), but a
+/// key that leaks — in a log, a proxy — leaks its response too. An application that knows who
+/// is asking scopes the key to them, as Stripe scopes keys to an account:
+/// [`scoped`](Self::scoped) with the authenticated principal (a user or tenant id) makes the key
+/// one only that principal can replay, and two principals may use the same key independently.
+/// Unauthenticated requests keep the global default.
+///
+/// ```
+/// use ballast_idempotency::IdempotencyKey;
+///
+/// let key = IdempotencyKey::new("8e03978e-40d5-43e8-bc93-6894a57f9324").unwrap();
+/// let alice = key.clone().scoped("user:alice");
+/// let bob = key.scoped("user:bob");
+/// assert_ne!(alice, bob);
+/// assert_eq!(alice.as_str(), bob.as_str(), "the client's key is the same");
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey(String);
+pub struct IdempotencyKey(String, Option<String>);
 
 impl IdempotencyKey {
     /// A key from its text.
@@ -44,7 +62,7 @@ impl IdempotencyKey {
             && key.len() <= MAX_KEY_LENGTH
             && key.bytes().all(|byte| byte.is_ascii_graphic());
         if valid {
-            Ok(IdempotencyKey(key.to_owned()))
+            Ok(IdempotencyKey(key.to_owned(), None))
         } else {
             Err(invalid())
         }
@@ -67,15 +85,53 @@ impl IdempotencyKey {
         Self::new(text.trim()).map(Some)
     }
 
-    /// The key's text.
+    /// The key's text, as the client sent it.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// This key, scoped to `scope` (the authenticated principal, a tenant): recorded and
+    /// replayed only for requests with the same scope.
+    #[must_use]
+    pub fn scoped(self, scope: impl Into<String>) -> Self {
+        IdempotencyKey(self.0, Some(scope.into()))
+    }
+
+    /// The scope this key was given, if any.
+    pub fn scope(&self) -> Option<&str> {
+        self.1.as_deref()
+    }
+
+    /// The key as the table records it: the client's key when global; for a scoped key, a
+    /// space (which no client key contains) and the SHA-256 of the scope and the key, so no
+    /// client key can name a scoped one and the column's 255 bytes always suffice.
+    pub(crate) fn stored(&self) -> std::borrow::Cow<'_, str> {
+        use sha2::{Digest, Sha256};
+        use std::fmt::Write;
+        match &self.1 {
+            None => std::borrow::Cow::Borrowed(&self.0),
+            Some(scope) => {
+                let mut digest = Sha256::new();
+                digest.update(scope.len().to_le_bytes());
+                digest.update(scope.as_bytes());
+                digest.update(self.0.as_bytes());
+                let mut stored = String::with_capacity(65);
+                stored.push(' ');
+                for byte in digest.finalize() {
+                    let _ = write!(stored, "{byte:02x}");
+                }
+                std::borrow::Cow::Owned(stored)
+            }
+        }
     }
 }
 
 impl fmt::Debug for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("IdempotencyKey").field(&self.0).finish()
+        f.debug_tuple("IdempotencyKey")
+            .field(&self.0)
+            .field(&self.1)
+            .finish()
     }
 }
 

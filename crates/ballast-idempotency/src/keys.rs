@@ -119,7 +119,8 @@ impl Idempotency {
             let (status, value) = work(conn).await?;
             return Ok(Outcome::new(status, to_json(&value)?, false));
         };
-        let key = key.as_str();
+        let key = key.stored();
+        let key = &*key;
         // The whole request is guarded now: a failure anywhere in it — a checkout that fails
         // after an attempt of this work ran, say — may be repeated with the same key.
         RequestScope::with_current(RequestScope::guard);

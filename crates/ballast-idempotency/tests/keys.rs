@@ -117,6 +117,32 @@ async fn exercise<C: Connect + KeyStore>(backend: Backend<C>, label: &str) {
     assert_eq!(cased.status(), StatusCode::CREATED, "{label}");
     assert_eq!(count(&backend, "chair").await, 1, "{label}");
 
+    // Scoped keys: the same key and request from another principal is another key (it runs,
+    // and nobody reads Alice's response with her key); the same principal replays.
+    let scoped = |scope: &str| Some(key("k-scoped").scoped(scope));
+    let mut outcomes = Vec::new();
+    for scope in ["alice", "bob", "alice"] {
+        let mut conn = backend.pool.get().await.unwrap();
+        let insert = backend.insert;
+        let runs_now = Arc::clone(&runs);
+        let outcome = keys
+            .run(
+                &mut *conn,
+                scoped(scope).as_ref(),
+                &NewItem { name: "desk" },
+                move |conn| insert(conn, "desk".to_owned(), runs_now),
+            )
+            .await
+            .unwrap();
+        outcomes.push(outcome.is_replayed());
+    }
+    assert_eq!(
+        outcomes,
+        [false, false, true],
+        "{label}: alice, bob, alice again"
+    );
+    assert_eq!(count(&backend, "desk").await, 2, "{label}: one row each");
+
     // No key: runs every time, records nothing.
     write(&backend, &keys, None, "stool", &runs).await.unwrap();
     write(&backend, &keys, None, "stool", &runs).await.unwrap();
