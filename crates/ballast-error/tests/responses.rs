@@ -458,3 +458,87 @@ async fn retryable_only_when_repeating_cannot_write_twice() {
     assert!(body.contains(r#""retryable":false"#), "{body}");
     assert!(!parts.headers.contains_key("retry-after"));
 }
+
+/// Every problem carries `Cache-Control: no-store` and, when the request had an id, the id as
+/// its `instance`: the router's own (an unknown route, a wrong method), a handler's
+/// application problem and a failure alike; a handler's retryable 503 gets a `Retry-After`.
+#[tokio::test]
+async fn every_problem_has_no_store_and_the_request_id() {
+    let app = Router::new()
+        .route("/ok", get(|| async { "fine" }))
+        .route(
+            "/missing",
+            get(|| async { Err::<String, Error>(diesel::result::Error::NotFound.into()) }),
+        )
+        .route(
+            "/fail/{state}",
+            get(
+                |axum::extract::Path(state): axum::extract::Path<String>| async move {
+                    Err::<String, Error>(ballast_core::sqlstate::failure(&state).into())
+                },
+            ),
+        )
+        .route(
+            "/conflict",
+            get(|| async {
+                Err::<String, Error>(
+                    Problem::new(StatusCode::CONFLICT, "ITEM_EXISTS", "It exists.")
+                        .with_member("name", "lamp")
+                        .into(),
+                )
+            }),
+        )
+        .route(
+            "/busy",
+            get(|| async {
+                Err::<String, Error>(
+                    Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "SHUTTING_DOWN",
+                        "The service is shutting down.",
+                    )
+                    .with_retryable(true)
+                    .into(),
+                )
+            }),
+        )
+        .layer(ErrorResponseLayer::new());
+    for (method, path, status) in [
+        (Method::GET, "/nowhere", StatusCode::NOT_FOUND),
+        (Method::DELETE, "/ok", StatusCode::METHOD_NOT_ALLOWED),
+        (Method::GET, "/conflict", StatusCode::CONFLICT),
+        (Method::GET, "/missing", StatusCode::NOT_FOUND),
+        (Method::GET, "/fail/53300", StatusCode::SERVICE_UNAVAILABLE),
+        (Method::GET, "/busy", StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let mut request = request(method.clone(), path);
+        request
+            .headers_mut()
+            .insert("x-request-id", "req-7".parse().unwrap());
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        assert_eq!(
+            response.headers()["cache-control"],
+            "no-store",
+            "{method} {path}"
+        );
+        let retry_after = response.headers().get("retry-after").is_some();
+        let (_, body) = body_text(response).await;
+        assert!(
+            body.contains("\"instance\":\"req-7\""),
+            "{method} {path}: {body}"
+        );
+        if path == "/busy" {
+            assert!(retry_after, "a retryable 503 says when to come back");
+            assert!(body.contains("SHUTTING_DOWN"), "{body}");
+        }
+    }
+    // Without an id, a handler's problem passes as it was rendered.
+    let response = app
+        .oneshot(request(Method::GET, "/conflict"))
+        .await
+        .unwrap();
+    let (_, body) = body_text(response).await;
+    assert!(!body.contains("instance"), "{body}");
+    assert!(body.contains("\"name\":\"lamp\""), "members kept: {body}");
+}

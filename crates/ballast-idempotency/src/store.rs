@@ -201,10 +201,8 @@ store!(
     purge: "DELETE FROM ballast_idempotency WHERE created_at < $1",
 );
 
-// MySQL and MariaDB: a named lock of the session (lock names are at most 64 characters: a hash
-// of the key), released explicitly after the transaction, or when the session ends.
-#[cfg(feature = "mysql")]
 /// What a backend does to a keys table an earlier version made, after creating it if missing.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 trait UpgradeTable {
     fn upgrade_table(&mut self) -> impl Future<Output = QueryResult<()>> + Send {
         async { Ok(()) }
@@ -256,6 +254,9 @@ impl UpgradeTable for diesel_async::AsyncMysqlConnection {
     }
 }
 
+// MySQL and MariaDB: a named lock of the session (lock names are at most 64 characters: a hash
+// of the key), released explicitly after the transaction, or when the session ends.
+#[cfg(feature = "mysql")]
 store!(
     diesel_async::AsyncMysqlConnection,
     schema: MYSQL_SCHEMA,
