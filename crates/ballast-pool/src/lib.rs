@@ -117,7 +117,7 @@
 //! refused coming straight back), a database answer read by a task of the application's runtime
 //! waits behind hundreds of HTTP tasks, and every connection is held that much longer. So
 //! PostgreSQL connections are driven — their sockets read and written — on a thread of the
-//! pool's own (`ballast-pg-io`, one single-threaded runtime for every pool in the process);
+//! pool's own (`ballast-pg-io`, a single-threaded runtime per pool, stopped with it);
 //! handlers still run on the application's runtime. Standing 5× overload, 100 ms statements, on
 //! two cores: 85 served a second of a capacity of 100 with the sockets on the application's
 //! runtime, 91 on their own thread; an unloaded round trip is unchanged. MySQL and MariaDB

@@ -51,10 +51,15 @@ pub(crate) struct Shared {
     pub(crate) budget: Mutex<Option<ServerBudget>>,
     /// Whether a connection has read (or is reading) the budget.
     budget_read: AtomicBool,
+    /// The thread this pool's PostgreSQL connections are driven on (`io.rs`).
+    #[cfg(feature = "postgres")]
+    pub(crate) driver: Option<Arc<crate::io::Driver>>,
 }
 
 impl Shared {
     pub(crate) fn new(config: PoolConfig) -> Self {
+        #[cfg(feature = "postgres")]
+        let config_backend = config.backend();
         Shared {
             admission: Admission::new(
                 config.queue_target(),
@@ -73,6 +78,28 @@ impl Shared {
             reclaimed: Notify::new(),
             budget: Mutex::new(None),
             budget_read: AtomicBool::new(false),
+            #[cfg(feature = "postgres")]
+            driver: (config_backend == crate::Backend::Postgres)
+                .then(crate::io::Driver::start)
+                .flatten()
+                .map(Arc::new),
+        }
+    }
+
+    /// Opens a connection as [`open_ready`](crate::connect::open_ready) does, on this pool's
+    /// driving thread where it has one.
+    pub(crate) async fn open<C: Connect>(&self) -> Result<C, Failure> {
+        #[cfg(feature = "postgres")]
+        {
+            crate::io::with_driver(
+                self.driver.clone(),
+                crate::connect::open_ready::<C>(&self.config),
+            )
+            .await
+        }
+        #[cfg(not(feature = "postgres"))]
+        {
+            crate::connect::open_ready::<C>(&self.config).await
         }
     }
 
@@ -327,7 +354,7 @@ impl<C: Connect> Manager<C> {
                         return;
                     }
                 }
-                match crate::connect::open_ready::<C>(&shared.config).await {
+                match shared.open::<C>().await {
                     Ok(conn) => {
                         *probed.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
                         {
@@ -379,7 +406,7 @@ impl<C: Connect> bb8::ManageConnection for Manager<C> {
         }
         shared.connecting.fetch_add(1, Ordering::AcqRel);
         let opening = Instant::now();
-        let opened = crate::connect::open_ready::<C>(&shared.config).await;
+        let opened = shared.open::<C>().await;
         if opened.is_ok() {
             shared.counters.create_time.record(opening.elapsed());
         }
