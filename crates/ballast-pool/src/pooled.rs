@@ -108,6 +108,9 @@ impl<C: Connect> PooledConnection<C> {
             .conn
             .as_mut()
             .unwrap_or_else(|| unreachable!("taken only when dropped"));
+        // Unknown until the `SET` is answered: a checkout dropped meanwhile (MariaDB waits for
+        // it) leaves a bound no deadline matches, so the next checkout sets its own.
+        idle.bound = Some(Duration::ZERO);
         let outcome = idle.conn.send_statement_bound(&sql).await;
         idle.activity.checked_out();
         if let Err(error) = outcome {

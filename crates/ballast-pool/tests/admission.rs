@@ -324,6 +324,21 @@ async fn a_connection_held_past_leak_threshold_is_named_once() {
     assert!(captured.take().is_empty());
 }
 
+/// `SHOW statement_timeout` on a connection of `pool`, checked out in the current scope.
+async fn shown_statement_timeout(pool: &Pool) -> String {
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement_timeout: String,
+    }
+    let mut conn = pool.get().await.unwrap();
+    let setting: Setting = diesel::sql_query("SHOW statement_timeout")
+        .get_result(&mut *conn)
+        .await
+        .unwrap();
+    setting.statement_timeout
+}
+
 /// `statement_timeout=deadline` on PostgreSQL: inside a request with 300 ms left, a statement
 /// stops on the server by then; a checkout without a deadline gets the connection's own bound
 /// back (the server's default, or the URL's fixed `statement_timeout`, whichever the URL says).
@@ -333,19 +348,7 @@ async fn statement_timeout_deadline_bounds_statements_by_the_time_left() {
         return;
     };
     let pool = pool(&url, "connection_limit=1&statement_timeout=deadline");
-    let show = |pool: Pool| async move {
-        #[derive(diesel::QueryableByName)]
-        struct Setting {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            statement_timeout: String,
-        }
-        let mut conn = pool.get().await.unwrap();
-        let setting: Setting = diesel::sql_query("SHOW statement_timeout")
-            .get_result(&mut *conn)
-            .await
-            .unwrap();
-        setting.statement_timeout
-    };
+    let show = |pool: Pool| async move { shown_statement_timeout(&pool).await };
     let scope = RequestScope::new(Some(Instant::now() + Duration::from_millis(300)));
     let started = Instant::now();
     let stopped = scope
@@ -407,17 +410,7 @@ async fn statement_timeout_deadline_is_set_again_only_when_the_time_left_differs
     let bound = |left: Duration| {
         let pool = pool.clone();
         RequestScope::new(Some(Instant::now() + left)).run(async move {
-            #[derive(diesel::QueryableByName)]
-            struct Setting {
-                #[diesel(sql_type = diesel::sql_types::Text)]
-                statement_timeout: String,
-            }
-            let mut conn = pool.get().await.unwrap();
-            let setting: Setting = diesel::sql_query("SHOW statement_timeout")
-                .get_result(&mut *conn)
-                .await
-                .unwrap();
-            let shown = setting.statement_timeout;
+            let shown = shown_statement_timeout(&pool).await;
             match shown.strip_suffix("ms") {
                 Some(ms) => ms.parse::<u64>().unwrap(),
                 None => shown.strip_suffix('s').unwrap().parse::<u64>().unwrap() * 1000,
