@@ -16,6 +16,7 @@
 //! load shapes of admission by time have their own bench: `cargo run --release -p ballast-bench
 //! --bin admission-bench`.
 
+use ballast_testkit::measure::percentile;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -83,15 +84,6 @@ struct Latencies {
     ok: Vec<Duration>,
     shed: Vec<Duration>,
     other: usize,
-}
-
-fn percentile(samples: &mut [Duration], quantile: f64) -> Duration {
-    if samples.is_empty() {
-        return Duration::ZERO;
-    }
-    samples.sort();
-    let index = ((samples.len() as f64 * quantile).ceil() as usize).clamp(1, samples.len()) - 1;
-    samples[index]
 }
 
 async fn run(label: &str, database_url: &str, seconds: u64, behaviour: Client) {
@@ -163,17 +155,17 @@ async fn run(label: &str, database_url: &str, seconds: u64, behaviour: Client) {
         .map_or(Duration::from_secs(seconds), |deadline| {
             Instant::now() + Duration::from_secs(seconds) - *deadline
         });
-    let mut latencies = latencies.lock().unwrap();
+    let latencies = latencies.lock().unwrap();
     let ok = latencies.ok.len();
     let shed = latencies.shed.len();
     println!(
         "{label:<34} {:>6.1} ok/s   ok p50 {:>8.1?} p99 {:>8.1?}   {:>6} × 503: p50 {:>8.1?} p99 {:>8.1?}   other {}",
         ok as f64 / elapsed.as_secs_f64(),
-        percentile(&mut latencies.ok, 0.5),
-        percentile(&mut latencies.ok, 0.99),
+        percentile(&latencies.ok, 0.5),
+        percentile(&latencies.ok, 0.99),
         shed,
-        percentile(&mut latencies.shed, 0.5),
-        percentile(&mut latencies.shed, 0.99),
+        percentile(&latencies.shed, 0.5),
+        percentile(&latencies.shed, 0.99),
         latencies.other
     );
 }

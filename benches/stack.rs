@@ -19,7 +19,8 @@ use std::convert::Infallible;
 use std::hint::black_box;
 
 use ballast::cache::{CacheLayer, ResponseCache};
-use ballast::error::{ErrorResponseLayer, RequestTimeoutLayer, TimedBody};
+use ballast::error::timeout::{RequestTimeoutLayer, TimedBody};
+use ballast::error::ErrorResponseLayer;
 use ballast::retry::{RetryBody, RetryLayer};
 use ballast::shutdown::{Shutdown, ShutdownLayer};
 use bytes::Bytes;

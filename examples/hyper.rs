@@ -142,7 +142,7 @@ async fn main() -> std::process::ExitCode {
     }
     let handle = shutdown.handle();
 
-    // shutdown → error → cache → retry → handler, as in the axum example.
+    // In `ballast::Stack`'s order (its docs say why), as in the axum example.
     let service = ServiceBuilder::new()
         .layer(ShutdownLayer::new(handle.clone()))
         .layer(ErrorResponseLayer::new())

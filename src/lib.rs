@@ -9,7 +9,7 @@
 //! | module | crate | what |
 //! |---|---|---|
 //! | [`pool`] | `ballast-pool` | one shared, bounded bb8 pool of diesel-async connections |
-//! | [`error`] | `ballast-error` | failures as problem+json with the seed's codes; [`Error`] for handlers |
+//! | [`error`] | `ballast-error` | failures as problem+json with the codes clients know; [`Error`] for handlers |
 //! | [`retry`] | `ballast-retry` | retries of connection failures that never run a write twice |
 //! | [`cache`] | `ballast-cache` | a response cache bounded by entries and bytes |
 //! | [`shutdown`] | `ballast-shutdown` | readiness, bounded drain, ordered teardown |
@@ -55,12 +55,9 @@
 //!
 //! # Composing the layers yourself
 //!
-//! [`Stack`] is these layers in this order; to compose them by hand, keep it. Outermost first:
-//! shutdown → error → cache → retry → handlers. The shutdown layer sees every
-//! request, so it can count and refuse them; the error layer sits outside the cache and the retry
-//! layer, so their failures are rendered once and the stack's error type is `Infallible`; the
-//! cache answers hits before any retry bookkeeping; the retry layer sits next to the handlers,
-//! whose `ballast::Error` leaves the classified failure in the response for it to read.
+//! [`Stack`] puts the layers in the one order that works; its docs state the order and the
+//! reason for each place, and are the one place that does. To compose them by hand, keep that
+//! order (here without the health routes, the request timeout and the pool layer):
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -107,10 +104,31 @@
 //!
 //! `cargo run --example server` runs the whole stack against SQLite, PostgreSQL or MariaDB; the
 //! README walks through it.
+//!
+//! # Configuration
+//!
+//! Every setting in ballast follows one convention (moka's and tower-http's): a type's defaults
+//! come from `new()` or `builder()` (or `Default`); setters take and return it by value and never
+//! fail (named for the setting, or `with_` + the setting where the type also has a getter of that
+//! name, as [`PoolConfig`](pool::PoolConfig) does); and settings that depend on each other are checked once — by `build()`, which returns
+//! `Result<_, ConfigError>` ([`ResponseCacheBuilder`](cache::ResponseCacheBuilder),
+//! [`RetryLayerBuilder`](retry::RetryLayerBuilder)), or for the pool by
+//! [`PoolConfig::from_url`](pool::PoolConfig::from_url) and when the pool is built. A
+//! [`ConfigError`] names the setting (a URL parameter or a setter) and never a password. Layers
+//! without interdependent settings (`CacheLayer`, `ErrorResponseLayer`, `ServeConfig`) have no
+//! `build()`: their setters are the whole story.
+//!
+//! # Stability
+//!
+//! Items marked `#[doc(hidden)]` in the crates (`RequestScope`'s marks, `attach`/`attached` for
+//! the failure in response extensions, the `Connect` trait's methods, `Failure`'s setters that
+//! override a classification) are how the crates talk to each other: not part of the public API,
+//! and they may change in any release. A response's failure is read as
+//! `response.extensions().get::<Arc<Failure>>()`.
 
 pub use ballast_core::{
-    io, mysql, redact, sqlite, sqlstate, BoxError, Cause, Code, DriverCode, Failure, Reach,
-    ReadinessCheck, SqlState,
+    io, mysql, redact, sqlite, sqlstate, BoxError, Cause, Code, ConfigError, DriverCode, Failure,
+    Reach, ReadinessCheck, SqlState,
 };
 
 /// diesel, at the version and with the features ballast uses (the backends without linking
@@ -139,9 +157,6 @@ mod stack;
     feature = "shutdown"
 ))]
 pub use stack::{AppBody, Stack, StackBuilder, StackLayer, StackService};
-
-#[cfg(all(test, feature = "sqlite"))]
-mod traces_test;
 
 /// The README's Rust code, compiled as doctests.
 #[cfg(doctest)]

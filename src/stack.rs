@@ -9,7 +9,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ballast_cache::{Cache, CacheLayer, CleanupTask, ResponseCache};
-use ballast_error::{ErrorResponse, ErrorResponseLayer, RequestTimeout, RequestTimeoutLayer};
+use ballast_error::timeout::{RequestTimeout, RequestTimeoutLayer};
+use ballast_error::{ErrorResponse, ErrorResponseLayer};
 use ballast_pool::{AddPool, AddPoolLayer, Connect, SharedPool};
 use ballast_retry::{Retry, RetryHandle, RetryLayer};
 use ballast_shutdown::{
@@ -30,7 +31,8 @@ const HOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The request body the application's service receives under [`Stack::serve`]: hyper's, bounded
 /// by the request timeout and kept for a replay by the retry layer. An axum `Router` takes any
 /// body.
-pub type AppBody = ballast_retry::RetryBody<ballast_error::TimedBody<hyper::body::Incoming>>;
+pub type AppBody =
+    ballast_retry::RetryBody<ballast_error::timeout::TimedBody<hyper::body::Incoming>>;
 
 /// The paths health answers on.
 const HEALTHZ: &str = "/healthz";
@@ -120,11 +122,7 @@ impl<C: Connect> StackBuilder<C> {
     ///
     /// Outside a Tokio runtime (the cleanup task is spawned).
     pub fn build(self) -> Stack<C> {
-        let cache = self.cache.unwrap_or_else(|| {
-            ResponseCache::builder()
-                .build()
-                .unwrap_or_else(|_| unreachable!("the defaults are valid"))
-        });
+        let cache = self.cache.unwrap_or_default();
         let retry = self.retry.unwrap_or_default();
         let cleanup: CleanupTask = cache.spawn_cleanup();
         let (clearing, closing) = (cache.clone(), self.pool.clone());

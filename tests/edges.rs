@@ -5,6 +5,7 @@
 
 mod support;
 
+use ballast_testkit::measure::percentile;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -439,14 +440,6 @@ async fn scenario_25_repeating_exactly_the_retryable_answers_writes_nothing_twic
         "{}",
         writes.acknowledged.len()
     );
-}
-
-/// Latency percentile `quantile` (0 to 1) of `samples`.
-fn percentile(samples: &[Duration], quantile: f64) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let index = ((sorted.len() as f64 * quantile).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
 }
 
 /// 100 sequential requests (GET and POST `/items` in turn) while the database is down: each must

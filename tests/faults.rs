@@ -7,6 +7,7 @@
 //! cluster this test starts and restarts) and 10. `docs/resilience.md` names the test that proves
 //! each of the others.
 
+use ballast_testkit::measure::resident_bytes;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -374,15 +375,6 @@ fn fastrand_like(i: u64) -> u64 {
     i.wrapping_mul(6_364_136_223_846_793_005).rotate_left(17)
 }
 
-/// Resident set size in bytes, from `/proc/self/statm`.
-fn resident() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 4096
-}
-
 /// Whether this test should run here: a test that measures the process's memory runs alone, in
 /// a child process of this test binary (the other tests of this binary run in parallel threads
 /// and would be counted too). In the parent this runs the child, checks it passed, and says no.
@@ -426,7 +418,7 @@ async fn scenario_6_database_unreachable_answers_fast_and_flat() {
             .build()
             .unwrap(),
     );
-    let before = resident();
+    let before = resident_bytes();
     let slowest = Arc::new(Mutex::new(Duration::ZERO));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let tasks: Vec<_> = (0..64)
@@ -447,7 +439,7 @@ async fn scenario_6_database_unreachable_answers_fast_and_flat() {
     for task in tasks {
         task.await.unwrap();
     }
-    let grown = resident().saturating_sub(before);
+    let grown = resident_bytes().saturating_sub(before);
     let slowest = *slowest.lock().unwrap();
     let tally = tally.lock().unwrap();
     println!(

@@ -364,7 +364,7 @@ async fn run() -> Result<(), String> {
                 tower::ServiceBuilder::new()
                     .layer(ballast::shutdown::ShutdownLayer::new(shutdown.handle()))
                     .layer(ballast::error::ErrorResponseLayer::new())
-                    .layer(ballast::error::RequestTimeoutLayer::new(
+                    .layer(ballast::error::timeout::RequestTimeoutLayer::new(
                         Duration::from_secs(30),
                     ))
                     .layer(

@@ -42,7 +42,8 @@
 //! and everything works, the schema included. Ctrl-C (or SIGTERM) drains in-flight requests,
 //! stops the cache cleanup, clears the cache, closes the pool and exits 0.
 //!
-//! Stack, outermost first: shutdown → error → request timeout (30 s) → cache → retry → handlers.
+//! Stack: the layers of `ballast::Stack`, in its order (its docs say why), with a 30 s request
+//! timeout.
 //! The database code is in `db.rs`.
 
 use std::net::SocketAddr;
@@ -57,7 +58,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use ballast::cache::redis::{SharedInvalidation, SharedInvalidationBuilder};
 use ballast::cache::{CacheLayer, CacheRouteLayer, CleanupTask, ResponseCache};
-use ballast::error::{ErrorResponseLayer, Problem, RequestTimeoutLayer};
+use ballast::error::timeout::RequestTimeoutLayer;
+use ballast::error::ErrorResponseLayer;
 use ballast::idempotency::{Idempotency, IdempotencyKey, Outcome};
 use ballast::metrics::Figures;
 use ballast::pool::PoolConfig;
@@ -133,13 +135,7 @@ async fn healthz() -> Response {
 async fn readyz(State(app): State<App>) -> Response {
     if !app.shutdown.is_ready() {
         // Another instance can serve: retryable, with a Retry-After (the error layer adds it).
-        let problem = Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "SHUTTING_DOWN",
-            "The service is shutting down.",
-        )
-        .with_retryable(true);
-        return Error::from(problem).into_response();
+        return Error::from(ballast::shutdown::shutting_down()).into_response();
     }
     match app.db.readiness().await {
         Ok(()) => no_store("ready"),

@@ -19,18 +19,7 @@ pub fn server_binary() -> PathBuf {
 }
 
 pub fn example_binary(name: &str) -> PathBuf {
-    let mut path = std::env::current_exe().expect("the test binary's path");
-    path.pop(); // the test binary
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    let binary = path.join("examples").join(name);
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo test` builds it (or `cargo build --example {name}`)",
-        binary.display()
-    );
-    binary
+    ballast_testkit::process::example_binary("ballast", name, &[])
 }
 
 pub struct Server {

@@ -9,6 +9,7 @@
 //! 2. 1,000,000 requests over 100,000 keys drawn from a Zipf distribution (s = 1.0) against a
 //!    cache of 1,000 entries: the hit ratio of each eviction policy.
 
+use ballast_testkit::measure::resident_bytes;
 use std::convert::Infallible;
 
 use ballast_cache::{CacheLayer, Eviction, ResponseCache};
@@ -23,17 +24,6 @@ const MAX_BYTES: u64 = 64 * 1024 * 1024;
 const ZIPF_KEYS: usize = 100_000;
 const ZIPF_REQUESTS: usize = 1_000_000;
 const ZIPF_CACHE: u64 = 1_000;
-
-/// Resident set size in bytes, from `/proc/self/statm`.
-fn resident() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|pages| pages.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
 
 fn request(key: usize) -> Request<String> {
     Request::get(format!("http://example.com/items/{key}"))
@@ -55,12 +45,12 @@ async fn memory() {
             let body = Bytes::copy_from_slice(&body);
             async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
         }));
-    let before = resident();
+    let before = resident_bytes();
     for key in 0..KEYS {
         service.clone().oneshot(request(key)).await.unwrap();
     }
     let stats = cache.stats().await;
-    let grown = resident().saturating_sub(before);
+    let grown = resident_bytes().saturating_sub(before);
     let goal = MAX_BYTES * 5 / 4 + 16 * 1024 * 1024;
     println!(
         "memory: {KEYS} distinct keys of 1 KiB, cache {MAX_ENTRIES} entries / {} MiB: \

@@ -1,8 +1,8 @@
 //! A response cache layer bounded by entries **and** bytes, that never stores what is private.
 //!
-//! The seed's cache held at most 100 entries and 10 MB, evicted the least recently used, cleaned
-//! up every 60 s and reported stats. This crate does that as a Tower layer ([`CacheLayer`]) over
-//! a store ([`ResponseCache`], built on moka), and is safe to put in front of a multi-user app.
+//! A Tower layer ([`CacheLayer`]) over a store ([`ResponseCache`], built on moka) that holds at
+//! most 100 entries and 10 MB by default, evicts the least recently used, cleans up every 60 s
+//! and reports stats — and is safe to put in front of a multi-user app.
 //!
 //! # HTTP caching by the standard (RFC 9111, as a shared cache)
 //!
@@ -11,7 +11,7 @@
 //! [`RouteTtl`], and optionally the route's own statuses, [`RouteStatuses`]) or when it states its
 //! own freshness (`Cache-Control: s-maxage`, `max-age`, `no-cache`, or `Expires`). Anything else —
 //! a health check, a page nobody meant to cache — passes through (and its key is remembered as not
-//! storable). [`ResponseCacheBuilder::store_unmarked`] restores the seed's behaviour of storing
+//! storable). [`ResponseCacheBuilder::store_unmarked`] stores
 //! every storable `200` under the layer.
 //! - Statuses: the heuristically cacheable ones (RFC 9110 §15.1: 200, 203, 204, 300, 301, 308,
 //!   404, 405, 410, 414, 501), or the route's; never a `206`, never another 5xx, never a response
@@ -68,20 +68,9 @@
 //! serving stale responses the client allows with `max-stale` (the cache answers fresh or
 //! revalidates); `only-if-cached`.
 //!
-//! **Why not `http-cache-semantics`.** The kept crate (v3) that ports the npm module most Node
-//! caches use was evaluated first: it computes storability, lifetimes, revalidation requests and
-//! `304` merges from stored request and response headers. Measured on this machine
-//! (2026-11-27, release build): `CachePolicy::new_options` costs 1.2 µs and keeps a second copy of
-//! both header maps per entry (against the byte bound); `before_request` on a fresh hit costs
-//! 1.2 µs, more than this whole cache's hit (+0.38 µs over a bare service), and `time_to_live`
-//! alone 350 ns, because each call parses the dates and directives again. It parses `Expires` and
-//! `Date` only as IMF-fixdate, so the RFC 850 and asctime forms every recipient must accept (RFC
-//! 9110 §5.6.7) count as already expired; it follows RFC 7234 (heuristic freshness on by default,
-//! no corrected initial age from `Date`). The bounds, the private and credential rules,
-//! poisoning-resistant keys and stampede protection would stay ours anyway. So the rules are
-//! pure functions here (`rules.rs`), computed once when a response is stored, each tested by the
-//! section it implements (`tests/rfc9111.rs`); HTTP dates are parsed by `httpdate` (all three
-//! formats), already in the tree through hyper.
+//! The rules are pure functions (`rules/`), computed once when a response is stored, each tested
+//! by the section of RFC 9111 it implements (`tests/rfc9111.rs`); why not `http-cache-semantics`
+//! is in the workspace's `docs/architecture.md`.
 //!
 //! # Stale over nothing (RFC 5861)
 //!
@@ -100,7 +89,7 @@
 //! `max_entries` (100) and `max_bytes` (10 MiB, counting keys, headers, bodies and a fixed
 //! per-entry overhead) hold together: each entry weighs `max(size, max_bytes / max_entries)`
 //! against a moka capacity of `max_bytes`. Eviction is LRU by default — moka's TinyLFU may refuse
-//! new keys when full, which the seed's cache never did — with TinyLFU selectable
+//! new keys when full, which an LRU cache never does — with TinyLFU selectable
 //! ([`Eviction`]). moka evicts lazily; [`ResponseCache::stats`] runs the pending work first, so
 //! its figures are exact. [`ResponseCache::spawn_cleanup`] removes expired entries every 60 s and
 //! can be stopped ([`CleanupTask::stop`]); [`ResponseCache::clear`] empties the cache;
@@ -155,22 +144,28 @@
 //!
 //! `cargo bench -p ballast-cache --bench hit` compares a hit with a bare service returning the
 //! same bytes; `cargo bench -p ballast-cache --bench memory` reports resident memory after
-//! 1,000,000 distinct keys and the hit ratios of LRU and TinyLFU on a Zipf trace. On this
-//! project's 2-core machine (2026-11-27): a hit costs 276 ns over the bare service (goal 1 µs); a 64 MiB cache
-//! grew the process by 94 MiB after a million keys (goal 96 MiB); on a Zipf (s = 1) trace LRU hits
-//! 50.7 % and TinyLFU 52.1 %.
+//! 1,000,000 distinct keys and the hit ratios of LRU and TinyLFU on a Zipf trace. The goals: a hit
+//! within 1 µs of the bare service; a 64 MiB cache growing the process by at most 96 MiB. The
+//! figures are in the workspace's `docs/benchmarks.md`.
 
 mod body;
+mod builder;
+mod entry;
+mod key;
 mod layer;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod route;
 mod rules;
+mod stats;
 mod store;
 
 pub use ballast_core::ConfigError;
 pub use body::CacheBody;
+pub use builder::{Eviction, ResponseCacheBuilder};
+pub use key::CacheKey;
 pub use layer::{Cache, CacheLayer, ResponseFuture, X_CACHE};
 pub use route::{CacheRoute, CacheRouteLayer, RouteFuture, RouteStatuses, RouteTtl};
 pub use rules::DEFAULT_KEYED_HEADERS;
-pub use store::{CacheKey, CacheStats, CleanupTask, Eviction, ResponseCache, ResponseCacheBuilder};
+pub use stats::{CacheStats, CleanupTask};
+pub use store::ResponseCache;

@@ -50,7 +50,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::store::{Inner, Invalidation};
+use crate::store::{Inner, Invalidated};
 use crate::ResponseCache;
 
 /// The channel unless [`SharedInvalidationBuilder::channel`] names another.
@@ -128,7 +128,7 @@ impl SharedInvalidationBuilder {
             counters: Counters::default(),
         });
         let publish_state = Arc::clone(&state);
-        let fanout: crate::store::Fanout = Box::new(move |invalidation: &Invalidation| {
+        let fanout: crate::store::Fanout = Box::new(move |invalidation: &Invalidated| {
             if sender.try_send(invalidation.clone()).is_err() {
                 publish_state.counters.lost.fetch_add(1, Ordering::Relaxed);
             }
@@ -309,24 +309,24 @@ fn instance_id() -> u64 {
 }
 
 /// `instance` in hex, a newline, then `P` and the paths (one per line), `X` and a prefix, or `A`.
-fn encode(instance: u64, invalidation: &Invalidation) -> String {
+fn encode(instance: u64, invalidation: &Invalidated) -> String {
     match invalidation {
-        Invalidation::Paths(paths) => format!("{instance:016x}\nP{}", paths.join("\n")),
-        Invalidation::Prefix(prefix) => format!("{instance:016x}\nX{prefix}"),
-        Invalidation::All => format!("{instance:016x}\nA"),
+        Invalidated::Paths(paths) => format!("{instance:016x}\nP{}", paths.join("\n")),
+        Invalidated::Prefix(prefix) => format!("{instance:016x}\nX{prefix}"),
+        Invalidated::All => format!("{instance:016x}\nA"),
     }
 }
 
 /// The sender and the invalidation of a message; `None` for a malformed one.
-fn decode(message: &[u8]) -> Option<(u64, Invalidation)> {
+fn decode(message: &[u8]) -> Option<(u64, Invalidated)> {
     let text = std::str::from_utf8(message).ok()?;
     let (instance, rest) = text.split_once('\n')?;
     let instance = u64::from_str_radix(instance, 16).ok()?;
     let mut chars = rest.chars();
     let invalidation = match chars.next()? {
-        'P' => Invalidation::Paths(chars.as_str().split('\n').map(str::to_owned).collect()),
-        'X' => Invalidation::Prefix(chars.as_str().to_owned()),
-        'A' => Invalidation::All,
+        'P' => Invalidated::Paths(chars.as_str().split('\n').map(str::to_owned).collect()),
+        'X' => Invalidated::Prefix(chars.as_str().to_owned()),
+        'A' => Invalidated::All,
         _ => return None,
     };
     Some((instance, invalidation))
@@ -360,7 +360,7 @@ async fn run(
     state: Arc<State>,
     client: redis::Client,
     cache: Weak<Inner>,
-    mut outgoing: mpsc::Receiver<Invalidation>,
+    mut outgoing: mpsc::Receiver<Invalidated>,
     mut stop: watch::Receiver<bool>,
 ) {
     use futures_util::StreamExt;
@@ -399,12 +399,12 @@ async fn run(
         backoff = MIN_BACKOFF;
         // Whatever was published while this instance was not listening is lost: start afresh.
         match cache.upgrade() {
-            Some(inner) => ResponseCache { inner }.invalidate_now(Invalidation::All),
+            Some(inner) => ResponseCache { inner }.invalidate_now(Invalidated::All),
             None => return,
         }
         state.counters.cleared.fetch_add(1, Ordering::Relaxed);
         if lost_ours {
-            let message = encode(state.instance, &Invalidation::All);
+            let message = encode(state.instance, &Invalidated::All);
             if publish(&mut publisher, &state.channel, message)
                 .await
                 .is_ok()
@@ -476,9 +476,9 @@ mod tests {
     #[test]
     fn messages_survive_the_wire() {
         for invalidation in [
-            Invalidation::Paths(vec!["/items".into(), "/items/7".into()]),
-            Invalidation::Prefix("/items/".into()),
-            Invalidation::All,
+            Invalidated::Paths(vec!["/items".into(), "/items/7".into()]),
+            Invalidated::Prefix("/items/".into()),
+            Invalidated::All,
         ] {
             let text = encode(0xfeed, &invalidation);
             assert_eq!(decode(text.as_bytes()), Some((0xfeed, invalidation)));

@@ -90,6 +90,23 @@ pub struct CacheRoute<S> {
     statuses: Option<RouteStatuses>,
 }
 
+impl<S> CacheRoute<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, this one taken apart.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<S, Request, B> Service<Request> for CacheRoute<S>
 where
     S: Service<Request, Response = Response<B>>,

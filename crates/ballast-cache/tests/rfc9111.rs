@@ -297,10 +297,17 @@ async fn rfc9111_5_2_2_private_and_no_store_are_never_stored() {
 }
 
 /// §5.2.2.4 and §4.3: `no-cache` is stored but validated before every use; the origin's `304`
-/// keeps the stored body (§4.3.4 updates its headers).
+/// keeps the stored body (§4.3.4 updates its headers). A `max-age` beside it changes nothing: the
+/// response is still never used unchecked (it was served stale while revalidating).
 #[tokio::test]
 async fn rfc9111_5_2_2_4_no_cache_is_validated_before_every_use() {
-    let (upstream, seen) = origin(|request: &Request<String>, n| {
+    for cache_control in ["no-cache", "no-cache, max-age=3600"] {
+        no_cache_is_validated(cache_control).await;
+    }
+}
+
+async fn no_cache_is_validated(cache_control: &'static str) {
+    let (upstream, seen) = origin(move |request: &Request<String>, n| {
         if request
             .headers()
             .get("if-none-match")
@@ -315,7 +322,7 @@ async fn rfc9111_5_2_2_4_no_cache_is_validated_before_every_use() {
         response(
             200,
             &[
-                ("cache-control", "no-cache"),
+                ("cache-control", cache_control),
                 ("etag", "\"v1\""),
                 ("x-version", "1"),
             ],
@@ -333,13 +340,13 @@ async fn rfc9111_5_2_2_4_no_cache_is_validated_before_every_use() {
         (StatusCode::OK, "the body"),
         "served from the cache after a 304"
     );
-    assert_eq!(headers["x-cache"], "REVALIDATED");
+    assert_eq!(headers["x-cache"], "REVALIDATED", "{cache_control}");
     assert_eq!(
         headers["x-version"], "2",
         "the 304's fields update the stored response"
     );
     let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), 2, "validated once per use");
+    assert_eq!(seen.len(), 2, "validated once per use: {cache_control}");
     assert_eq!(seen[1].2["if-none-match"], "\"v1\"");
 }
 

@@ -104,6 +104,9 @@ impl Failure {
         self
     }
 
+    #[doc(hidden)]
+    /// Internal to the ballast crates: not part of the stable API, and may change in any release.
+    ///
     /// Says the failure was already known when the operation started: the pool answered without
     /// trying — from its closed connect gate, because connecting has been failing, or because
     /// too many checkouts already wait. An outage or an overload, not a blip: retrying within
@@ -115,6 +118,9 @@ impl Failure {
         self
     }
 
+    #[doc(hidden)]
+    /// Internal to the ballast crates: not part of the stable API, and may change in any release.
+    ///
     /// Overrides whether the failure is worth retrying.
     #[must_use]
     pub fn with_retryable(mut self, retryable: bool) -> Self {
@@ -122,6 +128,9 @@ impl Failure {
         self
     }
 
+    #[doc(hidden)]
+    /// Internal to the ballast crates: not part of the stable API, and may change in any release.
+    ///
     /// Overrides the client-facing code (and with it the status).
     #[must_use]
     pub fn with_code(mut self, code: Code) -> Self {
@@ -129,6 +138,9 @@ impl Failure {
         self
     }
 
+    #[doc(hidden)]
+    /// Internal to the ballast crates: not part of the stable API, and may change in any release.
+    ///
     /// Records the driver's code.
     #[must_use]
     pub fn with_driver_code(mut self, code: DriverCode) -> Self {

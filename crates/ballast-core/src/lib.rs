@@ -17,8 +17,8 @@
 //!
 //! # Classify by code, never by message
 //!
-//! PostgreSQL localises its messages (the incident that started ballast logged
-//! `lo siento, ya tenemos demasiados clientes`), so failures are classified by the driver's code:
+//! PostgreSQL localises its messages (a Spanish server says
+//! `lo siento, ya tenemos demasiados clientes` for `too many clients`), so failures are classified by the driver's code:
 //! SQLSTATE for PostgreSQL ([`sqlstate`]), error numbers for MySQL and MariaDB ([`mysql`]), result
 //! codes for SQLite ([`sqlite`]), and [`std::io::ErrorKind`] for the network ([`io`]). Each module
 //! documents its table and the reason for every entry. One source has no codes to read:
@@ -102,6 +102,7 @@ pub use check::{CheckFuture, ReadinessCheck};
 pub use config::ConfigError;
 #[cfg(feature = "diesel")]
 pub use diesel_impl::classify_diesel;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "http"))]
 pub(crate) use failure::find_in_chain;
 pub use failure::{BoxError, DriverCode, Failure};
 pub use redact::redact;

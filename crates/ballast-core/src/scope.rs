@@ -93,6 +93,9 @@ impl RequestScope {
         SCOPE.try_with(Arc::clone).ok()
     }
 
+    #[doc(hidden)]
+    /// Internal to the ballast crates: not part of the stable API, and may change in any release.
+    ///
     /// Calls `f` with the scope of the request this task is running, if it runs inside one
     /// (without taking a handle to it, for the hot paths).
     pub fn with_current<R>(f: impl FnOnce(&RequestScope) -> R) -> Option<R> {
@@ -114,6 +117,9 @@ impl RequestScope {
         self.deadline
     }
 
+    #[doc(hidden)]
+    /// Internal to the ballast crates: not part of the stable API, and may change in any release.
+    ///
     /// Asks the layers that make scopes to record each request's path in it from now on, for
     /// this process: a pool that warns about connections held too long (`leak_threshold`) names
     /// the request. Until something asks, no path is copied.
@@ -121,11 +127,17 @@ impl RequestScope {
         RECORD_PATHS.store(true, Ordering::Relaxed);
     }
 
+    #[doc(hidden)]
+    /// Internal to the ballast crates: not part of the stable API, and may change in any release.
+    ///
     /// Whether paths are to be recorded ([`record_paths`](Self::record_paths)).
     pub fn records_paths() -> bool {
         RECORD_PATHS.load(Ordering::Relaxed)
     }
 
+    #[doc(hidden)]
+    /// Internal to the ballast crates: not part of the stable API, and may change in any release.
+    ///
     /// Records the request's path (the first one recorded stays). Layers call it when
     /// [`records_paths`](Self::records_paths) says so; never a query string, which can carry
     /// tokens.
@@ -148,6 +160,9 @@ impl RequestScope {
         }
     }
 
+    #[doc(hidden)]
+    /// Internal to the ballast crates: not part of the stable API, and may change in any release.
+    ///
     /// For pools: marks a checkout waiting for a connection, until the mark is dropped.
     pub fn waiting(self: &Arc<Self>) -> Mark {
         self.waiting.fetch_add(1, Ordering::AcqRel);
@@ -157,6 +172,9 @@ impl RequestScope {
         }
     }
 
+    #[doc(hidden)]
+    /// Internal to the ballast crates: not part of the stable API, and may change in any release.
+    ///
     /// For pools: marks a connection checked out for the request, until the mark is dropped.
     pub fn holding(self: &Arc<Self>) -> Mark {
         self.holding.fetch_add(1, Ordering::AcqRel);
@@ -166,11 +184,17 @@ impl RequestScope {
         }
     }
 
+    #[doc(hidden)]
+    /// Internal to the ballast crates: not part of the stable API, and may change in any release.
+    ///
     /// For pools: notes that a statement was started for the request.
     pub fn sent(&self) {
         self.sent.store(true, Ordering::Release);
     }
 
+    #[doc(hidden)]
+    /// Internal to the ballast crates: not part of the stable API, and may change in any release.
+    ///
     /// Notes that an idempotency key guards the request's writes (`ballast-idempotency` does,
     /// for a request with a key): a failure anywhere in it may be repeated
     /// ([`Failure::with_idempotent`](crate::Failure::with_idempotent)).
@@ -185,6 +209,9 @@ enum Counter {
     Holding,
 }
 
+#[doc(hidden)]
+/// Internal to the ballast crates: not part of the stable API, and may change in any release.
+///
 /// A mark on a [`RequestScope`] that lasts until it is dropped (see
 /// [`RequestScope::waiting`], [`RequestScope::holding`]).
 #[derive(Debug)]

@@ -14,7 +14,8 @@ use ballast_core::http::{failure_response, RetryAfter};
 /// application defines itself (a 404, a 409).
 ///
 /// `?` converts the classified [`Failure`], diesel's errors, the drivers' errors (features
-/// `postgres`, `mysql`), pool errors (feature `pool`) and I/O errors. diesel's `NotFound` becomes
+/// `postgres`, `mysql`), a rejected setting ([`ConfigError`](ballast_core::ConfigError)) and I/O
+/// errors; a pool that cannot be built converts through `Failure::from`. diesel's `NotFound` becomes
 /// a 404 `NOT_FOUND` problem: a missing row is an answer, not a failure.
 ///
 /// With the `axum` feature it is `IntoResponse`: it renders a safe problem+json response on its
@@ -158,10 +159,7 @@ via_failure!(
     tokio_postgres::Error,
     #[cfg(feature = "mysql")]
     mysql_async::Error,
-    #[cfg(feature = "pool")]
-    ballast_pool::PoolError,
-    #[cfg(feature = "pool")]
-    ballast_pool::ConfigError,
+    ballast_core::ConfigError,
 );
 
 impl ballast_core::http::AsFailure for Error {

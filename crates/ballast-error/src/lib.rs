@@ -21,7 +21,7 @@
 //!   method is idempotent, or an idempotency key guards it
 //!   ([`Failure::may_retry`](ballast_core::Failure::may_retry)). `Retry-After` says when the
 //!   pool tries the database again, or when its queue will have room, where the failure knows.
-//! - [`RequestTimeoutLayer`] bounds each request and says what ran out: a request body that
+//! - [`timeout::RequestTimeoutLayer`] bounds each request and says what ran out: a request body that
 //!   stopped arriving is a 408, never a database error.
 //!
 //! - The body is `application/problem+json`: `type`, `title`, `status`, `detail`, `code`,
@@ -80,16 +80,16 @@
 //! # Performance
 //!
 //! `cargo bench -p ballast-error --bench layer` compares the success path through the layer with
-//! the bare service in one run: on this project's 2-core machine 131 ns bare, 200 ns through the
-//! layer (+69 ns median; goal 100 ns; 2026-11-27). Most of it is the request's context kept for a
-//! failure (method, path, request id) and the panic guard around the call and each poll.
+//! the bare service in one run (goal: within 100 ns). Most of the cost is the request's context
+//! kept for a failure (method, path, request id) and the panic guard around the call and each
+//! poll. The figures are in the workspace's `docs/benchmarks.md`.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod error;
 mod layer;
 mod map;
-mod timeout;
+pub mod timeout;
 
 pub use ballast_core::http::{Problem, RetryAfter, PROBLEM_JSON};
 pub use error::Error;
@@ -97,4 +97,3 @@ pub use layer::{
     BoxError, ErrorResponse, ErrorResponseLayer, PanicResponse, ResponseBody, ResponseFuture,
 };
 pub use map::{DefaultProblems, MapProblem};
-pub use timeout::{RequestTimeout, RequestTimeoutLayer, TimedBody, TimeoutBody, TimeoutFuture};

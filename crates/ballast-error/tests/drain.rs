@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::routing::post;
 use axum::Router;
-use ballast_error::RequestTimeoutLayer;
+use ballast_error::timeout::RequestTimeoutLayer;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body::{Frame, SizeHint};

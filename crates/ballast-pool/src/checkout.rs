@@ -2,12 +2,9 @@
 //! end with.
 
 use std::fmt;
-use std::future::Future;
 use std::panic::Location;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use ballast_core::scope::RequestScope;
@@ -15,9 +12,10 @@ use ballast_core::{Cause, Failure, Reach};
 
 use crate::admission::{Reason, Refusal};
 use crate::connect::Connect;
-use crate::manager::{Manager, Shared};
+use crate::manager::Manager;
 use crate::pool::SharedPool;
 use crate::pooled::PooledConnection;
+use crate::shared::Shared;
 
 impl<C: Connect> SharedPool<C> {
     pub(crate) async fn get_for(
@@ -27,9 +25,10 @@ impl<C: Connect> SharedPool<C> {
         let started = Instant::now();
         let shared = &self.inner.shared;
         let scope = RequestScope::current();
-        let Some(pool) = self.bb8_pool() else {
+        if shared.is_closed() {
             return Err(Failure::new(Cause::PoolClosed));
-        };
+        }
+        let pool = self.bb8_pool();
         // Connecting has been failing and the gate is closed: the database is known to be
         // down, and waiting cannot help. Answer at once (an outage costs the client nothing but
         // the answer), unless open connections may still serve.
@@ -58,7 +57,7 @@ impl<C: Connect> SharedPool<C> {
         let _waiting_mark = scope.as_ref().map(RequestScope::waiting);
         let result = match self.take_turn(started, deadline).await {
             Ok(turn) => self
-                .checkout(&pool, started, deadline)
+                .checkout(pool, started, deadline)
                 .await
                 .map(|conn| (turn, conn)),
             Err(failure) => Err(failure),
@@ -129,8 +128,7 @@ impl<C: Connect> SharedPool<C> {
                     let now = Instant::now();
                     if now >= deadline {
                         shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                        let pool = self.bb8_pool().ok_or_else(|| Failure::new(Cause::PoolClosed))?;
-                        return Err(self.timed_out(&pool, started));
+                        return Err(self.timed_out(self.bb8_pool(), started));
                     }
                     // A wait that turned out longer than admission allows: leave now, so the
                     // ones behind are served near the target.
@@ -356,31 +354,6 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.counters.waiting.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// [`SharedPool::get`]'s future: the checkout itself, or — with `statement_timeout=deadline`
-    /// — the checkout and the `SET` that bounds its statements, boxed.
-    #[project = CheckoutProjection]
-    pub(crate) enum Checkout<F, B> {
-        Plain { #[pin] future: F },
-        Bounded { future: Pin<Box<B>> },
-    }
-}
-
-impl<C: Connect, F, B> Future for Checkout<F, B>
-where
-    F: Future<Output = Result<PooledConnection<C>, Failure>>,
-    B: Future<Output = Result<PooledConnection<C>, Failure>>,
-{
-    type Output = Result<PooledConnection<C>, Failure>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            CheckoutProjection::Plain { future } => future.poll(cx),
-            CheckoutProjection::Bounded { future } => future.as_mut().poll(cx),
-        }
     }
 }
 

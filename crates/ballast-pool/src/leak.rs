@@ -16,10 +16,8 @@
 use std::collections::HashMap;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, Weak};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
-
-use crate::manager::Shared;
 
 /// The longest pause between two looks for connections held too long, whatever the threshold.
 const MOST_BETWEEN_LOOKS: Duration = Duration::from_secs(5);
@@ -80,7 +78,7 @@ impl Holders {
     }
 
     /// Warns once about each connection held past `threshold`.
-    fn look(&self, threshold: Duration) {
+    pub(crate) fn look(&self, threshold: Duration) {
         let now = Instant::now();
         let mut held = self.lock();
         for holder in held.values_mut() {
@@ -110,24 +108,10 @@ impl Holders {
     }
 }
 
-/// Starts the task that looks for connections held past `threshold`, for as long as the pool
-/// lives and is open.
-pub(crate) fn spawn_watch(shared: Weak<Shared>, threshold: Duration) {
-    let every = (threshold / 4).clamp(LEAST_BETWEEN_LOOKS, MOST_BETWEEN_LOOKS);
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            if shared.is_closed() {
-                return;
-            }
-            shared.holders.look(threshold);
-        }
-    });
+/// How often the watch looks for connections held past `threshold`: a quarter of it, within
+/// bounds.
+pub(crate) fn look_every(threshold: Duration) -> Duration {
+    (threshold / 4).clamp(LEAST_BETWEEN_LOOKS, MOST_BETWEEN_LOOKS)
 }
 
 fn millis(duration: Duration) -> u64 {

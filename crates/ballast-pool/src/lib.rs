@@ -1,7 +1,8 @@
 //! One shared, bounded, honest pool of diesel-async connections per process.
 //!
-//! The service ballast grew out of died of `FATAL: sorry, too many clients already`: every module
-//! built its own pool until PostgreSQL refused everyone. This crate is the fix's heart.
+//! A process that lets every module build its own pool ends with `FATAL: sorry, too many clients
+//! already`: together they open more connections than the server allows. This crate gives the
+//! process one pool, bounded, shared by everything that talks to the database.
 //!
 //! # Contract
 //!
@@ -74,9 +75,9 @@
 //! # Admission by time
 //!
 //! A count of waiters says nothing about how long they wait: 100 waiters are 0.2 s of work with
-//! 20 ms queries on a pool of 10 and 5 s with 500 ms ones. The count ballast used to default to
-//! (10 × `connection_limit`) refused 97% of a load the database served in 0.4 s. So the pool
-//! decides by time, with what it measures:
+//! 20 ms queries on a pool of 10 and 5 s with 500 ms ones, and a cap on their count refuses load
+//! the database could serve in well under a second. So the pool decides by time, with what it
+//! measures:
 //!
 //! - **The estimate.** Waiting checkouts are served in arrival order; with `ahead` before it, a
 //!   checkout can expect to wait `ahead × hold / connection_limit`, where `hold` is how long
@@ -99,7 +100,7 @@
 //!   queue behind it expected to drain within half the target.
 //!
 //! What that does under load, measured on the example server (`cargo run --release -p
-//! ballast-bench --bin admission-bench`; the README has the figures): 200 clients of 20 ms on a
+//! ballast-bench --bin admission-bench`; docs/benchmarks.md has the figures): 200 clients of 20 ms on a
 //! pool of 10 are all served; 500 clients of 100 ms (5 s of work) are served at 0.9 of
 //! capacity with a p99 of 1.5 s and the rest refused in milliseconds, where without admission
 //! every one waits 5 s; a database that slows from 5 ms to 200 ms per query keeps its
@@ -108,7 +109,7 @@
 //! Facebook's and Envoy's answer to a standing queue is to serve the newest waiter first and let
 //! the oldest time out (adaptive LIFO); here the same effect comes from the edges, earlier: the
 //! ones that would wait longest are refused before they join. A latency-driven concurrency limit below `connection_limit`
-//! (Gradient2, Vegas) was measured and not adopted: see the README.
+//! (Gradient2, Vegas) was measured and not adopted: see docs/architecture.md.
 //!
 //! `queue_target=0` turns it off (every checkout waits up to `pool_timeout`, as bb8 does);
 //! `queue_limit` adds an explicit cap on waiting checkouts, off by default.
@@ -118,10 +119,10 @@
 //! waits behind hundreds of HTTP tasks, and every connection is held that much longer. So
 //! PostgreSQL connections are driven — their sockets read and written — on a thread of the
 //! pool's own (`ballast-pg-io`, a single-threaded runtime per pool, stopped with it);
-//! handlers still run on the application's runtime. Standing 5× overload, 100 ms statements, on
-//! two cores: 85 served a second of a capacity of 100 with the sockets on the application's
-//! runtime, 91 on their own thread; an unloaded round trip is unchanged. MySQL and MariaDB
-//! connections do their I/O in the caller's task and are not moved.
+//! handlers still run on the application's runtime. Under a standing overload that serves more
+//! of the database's capacity, and an unloaded round trip costs the same (docs/benchmarks.md has
+//! the figures). MySQL and MariaDB connections do their I/O in the caller's task and are not
+//! moved.
 //!
 //! # TLS (feature `tls`)
 //!
@@ -155,7 +156,7 @@
 //!
 //! The cost: the server parses each statement every time it runs (no server-side plan cache);
 //! diesel's client-side statement cache stays on and still saves the separate `Describe` round
-//! trip. `cargo run --release -p ballast-bench --bin fleet-bench` measures it (the README has the
+//! trip. `cargo run --release -p ballast-bench --bin fleet-bench` measures it (docs/benchmarks.md has the
 //! figures). Session state lasts one transaction behind
 //! transaction pooling, so `schema` and `statement_timeout` are refused with `pgbouncer=true`
 //! (set them on the role, `ALTER ROLE app SET search_path = ...`, or in `pgbouncer.ini`), and
@@ -197,11 +198,12 @@
 //!
 //! `cargo bench -p ballast-pool --bench checkout` runs checkout plus one trivial query from 64
 //! concurrent tasks on a pool of 10, against stock bb8 + diesel-async with their defaults, in
-//! one run: on this project's 2-core machine ballast-pool served 23,100 requests per second
-//! against stock's 15,400 (1.50x; goal 1.15x).
+//! one run (goal: 1.15× stock's requests a second). The figures are in the workspace's
+//! `docs/benchmarks.md`.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod activity;
 mod admission;
 mod budget;
 mod checkout;
@@ -219,6 +221,7 @@ mod pgbouncer;
 mod pool;
 mod pooled;
 mod reclaim;
+mod shared;
 mod stats;
 #[cfg(feature = "tls")]
 mod tls;

@@ -2,262 +2,15 @@
 //! failure, checks only long-idle connections, and drops broken ones.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ballast_core::{Cause, Failure};
-use tokio::sync::{watch, Notify};
 
-use crate::admission::Admission;
-use crate::budget::ServerBudget;
-use crate::config::PoolConfig;
+use crate::activity::{Activity, Tracking};
 use crate::connect::Connect;
-use crate::leak::Holders;
-use crate::reclaim::{Activity, Tracking};
-use crate::stats::Counters;
-
-/// The first pause after a failed connect before the network is tried again. Short, so a pool
-/// recovers within a few hundred milliseconds of the database coming back.
-const CONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(50);
-/// The longest pause between connect attempts while connects keep failing: bounds both the
-/// connect rate during an outage (a couple per second, whatever the request rate) and the time
-/// to notice the database is back.
-const CONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
-
-/// State shared by the pool handle and its manager.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: PoolConfig,
-    pub(crate) closed: AtomicBool,
-    pub(crate) counters: Counters,
-    /// Admission by time: the hold-time estimate and the standing-queue state.
-    pub(crate) admission: Admission,
-    /// The connections checked out now, when `leak_threshold` is set.
-    pub(crate) holders: Holders,
-    /// Connect attempts on the network right now.
-    connecting: AtomicUsize,
-    /// The latest connect failure and when it happened; unlike the gate's, kept after a success,
-    /// so a checkout that timed out can say connecting failed while it waited.
-    latest_failure: Mutex<Option<(Instant, Failure)>>,
-    gate: Mutex<Gate>,
-    /// Bumped after every failed connect, so waiting checkouts can look at the failure.
-    failures: watch::Sender<u64>,
-    /// Abandoned connections being made idle again (see `reclaim`).
-    pub(crate) reclaiming: AtomicUsize,
-    /// Notified when the last reclaim ends.
-    pub(crate) reclaimed: Notify,
-    /// The server's connection budget, read on the first connection.
-    pub(crate) budget: Mutex<Option<ServerBudget>>,
-    /// Whether a connection has read (or is reading) the budget.
-    budget_read: AtomicBool,
-    /// The thread this pool's PostgreSQL connections are driven on (`io.rs`).
-    #[cfg(feature = "postgres")]
-    pub(crate) driver: Option<Arc<crate::io::Driver>>,
-}
-
-impl Shared {
-    pub(crate) fn new(config: PoolConfig) -> Self {
-        #[cfg(feature = "postgres")]
-        let config_backend = config.backend();
-        Shared {
-            admission: Admission::new(
-                config.queue_target(),
-                config.connection_limit(),
-                config.queue_limit(),
-            ),
-            holders: Holders::default(),
-            config,
-            closed: AtomicBool::new(false),
-            counters: Counters::default(),
-            connecting: AtomicUsize::new(0),
-            latest_failure: Mutex::new(None),
-            gate: Mutex::new(Gate::default()),
-            failures: watch::Sender::new(0),
-            reclaiming: AtomicUsize::new(0),
-            reclaimed: Notify::new(),
-            budget: Mutex::new(None),
-            budget_read: AtomicBool::new(false),
-            #[cfg(feature = "postgres")]
-            driver: (config_backend == crate::Backend::Postgres)
-                .then(crate::io::Driver::start)
-                .flatten()
-                .map(Arc::new),
-        }
-    }
-
-    /// Opens a connection as [`open_ready`](crate::connect::open_ready) does, on this pool's
-    /// driving thread where it has one.
-    pub(crate) async fn open<C: Connect>(&self) -> Result<C, Failure> {
-        #[cfg(feature = "postgres")]
-        {
-            crate::io::with_driver(
-                self.driver.clone(),
-                crate::connect::open_ready::<C>(&self.config),
-            )
-            .await
-        }
-        #[cfg(not(feature = "postgres"))]
-        {
-            crate::connect::open_ready::<C>(&self.config).await
-        }
-    }
-
-    /// Reads the server's budget on the first connection that gets here (again on a later one
-    /// when reading failed) and warns when `connection_limit` does not fit in it.
-    async fn read_budget<C: Connect>(&self, conn: &mut C) {
-        /// Lets a later connection read the budget unless this one did: also when the connect
-        /// is dropped part-way (the pool closing, a cancelled checkout).
-        struct Unread<'a>(&'a AtomicBool);
-        impl Drop for Unread<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
-            }
-        }
-        if self.budget_read.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let unread = Unread(&self.budget_read);
-        let read = tokio::time::timeout(
-            self.config.connect_timeout(),
-            conn.server_budget(&self.config),
-        )
-        .await;
-        match read {
-            Ok(Ok(budget)) => {
-                std::mem::forget(unread);
-                if let Some(budget) = &budget {
-                    budget.warn_if_short(&self.config);
-                }
-                *self.budget.lock().unwrap_or_else(PoisonError::into_inner) = budget;
-            }
-            Ok(Err(failure)) => {
-                tracing::debug!("the server's connection budget could not be read: {failure}");
-            }
-            Err(_) => {
-                tracing::debug!(
-                    "reading the server's connection budget took longer than connect_timeout"
-                );
-            }
-        }
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn subscribe_failures(&self) -> watch::Receiver<u64> {
-        self.failures.subscribe()
-    }
-
-    /// Whether a connect attempt is on the network right now: its outcome may still serve a
-    /// waiting checkout.
-    pub(crate) fn is_connecting(&self) -> bool {
-        self.connecting.load(Ordering::Acquire) > 0
-    }
-
-    /// The last connect failure, if connecting has failed since the last success.
-    pub(crate) fn last_connect_failure(&self) -> Option<Failure> {
-        self.lock_gate().failure.as_ref().map(Failure::detached)
-    }
-
-    /// The latest connect failure if it happened after `since`.
-    pub(crate) fn connect_failure_since(&self, since: Instant) -> Option<Failure> {
-        let latest = self
-            .latest_failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        latest
-            .as_ref()
-            .filter(|(at, _)| *at >= since)
-            .map(|(_, failure)| failure.detached())
-    }
-
-    /// The failure to answer at once when the database is known to be unreachable: connecting
-    /// failed, and until the background probe gets through, the gate answers every connect. It
-    /// says when the pool will try again and that it was known before the caller asked.
-    pub(crate) fn known_outage(&self) -> Option<Failure> {
-        let gate = self.lock_gate();
-        let failure = gate.failure.as_ref()?;
-        Some(
-            failure
-                .detached()
-                .with_retry_after(gate.retry_in(Instant::now()))
-                .with_known_outage(true),
-        )
-    }
-
-    /// When the pool tries to connect next, while connecting is failing.
-    pub(crate) fn retry_in(&self) -> Option<Duration> {
-        let gate = self.lock_gate();
-        gate.failure.as_ref()?;
-        Some(gate.retry_in(Instant::now()))
-    }
-
-    fn lock_gate(&self) -> std::sync::MutexGuard<'_, Gate> {
-        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records a failed connect: counted, logged, the gate closed for a growing pause, waiting
-    /// checkouts told. Returns whether a probe must be started (none runs yet).
-    fn connect_failed(&self, failure: &Failure) -> bool {
-        let key = failure
-            .driver_code()
-            .map_or_else(|| format!("{:?}", failure.cause()), |code| code.to_string());
-        self.counters.connect_failed(key);
-        tracing::warn!(
-            code = failure.code().as_str(),
-            cause = ?failure.cause(),
-            retryable = failure.retryable(),
-            "database connect failed: {}",
-            failure.report()
-        );
-        let start_probe = {
-            let mut gate = self.lock_gate();
-            gate.consecutive = gate.consecutive.saturating_add(1);
-            gate.retry_at = Some(Instant::now() + Gate::backoff(gate.consecutive));
-            gate.failure = Some(failure.detached());
-            !std::mem::replace(&mut gate.probe_running, true)
-        };
-        *self
-            .latest_failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), failure.detached()));
-        self.failures.send_modify(|count| *count += 1);
-        start_probe
-    }
-}
-
-/// A circuit in front of the network. After a failed connect, connects are answered with that
-/// failure without touching the network, and one background probe tries the database again
-/// after a growing pause (50 ms doubling to 500 ms) until it answers. No request ever waits for
-/// a probe: against a database that accepts connections and never answers, a probe takes
-/// `connect_timeout`, and clients are told at once instead.
-#[derive(Debug, Default)]
-struct Gate {
-    failure: Option<Failure>,
-    consecutive: u32,
-    /// When the probe tries next, while `failure` is set.
-    retry_at: Option<Instant>,
-    /// Whether the probe task runs.
-    probe_running: bool,
-}
-
-impl Gate {
-    /// How long until the next attempt: the rest of the pause, or — while the probe's attempt
-    /// is under way and may fail too — the pause that would follow it.
-    fn retry_in(&self, now: Instant) -> Duration {
-        match self.retry_at {
-            Some(at) if now < at => at - now,
-            _ => Self::backoff(self.consecutive.saturating_add(1)),
-        }
-    }
-
-    fn backoff(consecutive: u32) -> Duration {
-        let exponent = consecutive.saturating_sub(1).min(16);
-        (CONNECT_BACKOFF_FIRST * 2u32.pow(exponent)).min(CONNECT_BACKOFF_MAX)
-    }
-}
+use crate::shared::Shared;
 
 /// A pooled connection, what it is doing, and when it last went idle.
 #[derive(Debug)]
@@ -280,7 +33,8 @@ pub(crate) struct Manager<C> {
     pub(crate) shared: Arc<Shared>,
     /// The connection the probe opened when the database answered again, for the pool's next
     /// connect. At most one, and only while bb8 has room for it: the probe runs only while the
-    /// gate keeps bb8 from connecting.
+    /// gate keeps bb8 from connecting. (bb8's `Pool::add` would hand it over directly, but the
+    /// manager cannot reach the pool that owns it.)
     probed: Arc<Mutex<Option<C>>>,
 }
 
@@ -469,19 +223,5 @@ impl<C: Connect> bb8::ManageConnection for Manager<C> {
         }
         idle.idle_since = Instant::now();
         broken || self.shared.is_closed()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert_eq!(Gate::backoff(1), Duration::from_millis(50));
-        assert_eq!(Gate::backoff(2), Duration::from_millis(100));
-        assert_eq!(Gate::backoff(4), Duration::from_millis(400));
-        assert_eq!(Gate::backoff(5), CONNECT_BACKOFF_MAX);
-        assert_eq!(Gate::backoff(u32::MAX), CONNECT_BACKOFF_MAX);
     }
 }

@@ -5,18 +5,20 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::panic::Location;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use ballast_core::scope::RequestScope;
 use ballast_core::{Cause, ConfigError, Failure};
 
-use crate::checkout::Checkout;
 use crate::config::{Backend, PoolConfig};
 use crate::connect::Connect;
-use crate::manager::{Manager, Shared};
+use crate::manager::Manager;
 use crate::pooled::PooledConnection;
+use crate::shared::Shared;
 use crate::stats::{PoolStats, Refusals};
 
 /// What a component takes instead of building its own pool: a way to get a connection and to
@@ -42,14 +44,17 @@ pub trait PoolProvider: Clone + Send + Sync + 'static {
 /// usable as axum state or through [`AddPoolLayer`](crate::AddPoolLayer).
 ///
 /// See the [crate docs](crate) for the contract.
+// The `Connect` bound is bb8's: its `Pool<M>` requires `M: ManageConnection` on the struct itself,
+// so every type that holds the pool carries it (and a derived `Clone` would ask for `C: Clone`).
 pub struct SharedPool<C: Connect> {
     pub(crate) inner: Arc<Inner<C>>,
 }
 
 pub(crate) struct Inner<C: Connect> {
     pub(crate) shared: Arc<Shared>,
-    /// Taken out by `close`, so the pool and every idle connection really go away.
-    pool: RwLock<Option<bb8::Pool<Manager<C>>>>,
+    /// bb8's pool. `close` empties it of idle connections, and the manager refuses to open or
+    /// keep any once the pool is closed, so nothing stays open while the handle lives on.
+    pool: bb8::Pool<Manager<C>>,
 }
 
 /// Why a pool could not be built.
@@ -152,15 +157,12 @@ impl<C: Connect> SharedPool<C> {
             .retry_connection(false)
             .build_unchecked(Manager::new(Arc::clone(&shared)));
         if let Some(threshold) = shared.config.leak_threshold() {
-            crate::leak::spawn_watch(Arc::downgrade(&shared), threshold);
+            crate::shared::spawn_leak_watch(Arc::downgrade(&shared), threshold);
             // Request-timeout layers record each request's path for the warnings.
             RequestScope::record_paths();
         }
         Ok(SharedPool {
-            inner: Arc::new(Inner {
-                shared,
-                pool: RwLock::new(Some(pool)),
-            }),
+            inner: Arc::new(Inner { shared, pool }),
         })
     }
 
@@ -257,18 +259,11 @@ impl<C: Connect> SharedPool<C> {
             }
             reclaimed.await;
         }
-        let pool = self
-            .inner
-            .pool
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let Some(pool) = pool else {
-            return;
-        };
+        let pool = &self.inner.pool;
         let idle = pool.state().idle_connections;
-        // Each idle connection fails the check at checkout now (the pool is closed), and bb8
-        // drops it; one checkout attempt walks through all of them without waiting.
+        // bb8 has no call that drops its idle connections: each fails the check at checkout now
+        // (the pool is closed) and bb8 drops it, so one checkout attempt walks through all of
+        // them without waiting.
         for _ in 0..=idle {
             if pool.state().idle_connections == 0 {
                 break;
@@ -276,7 +271,6 @@ impl<C: Connect> SharedPool<C> {
             let _ = tokio::time::timeout(Duration::ZERO, pool.get()).await;
         }
         tracing::info!(closed_idle = idle, "database pool closed");
-        drop(pool);
     }
 
     /// Whether this instance can reach its database — what a readiness probe should answer.
@@ -297,9 +291,10 @@ impl<C: Connect> SharedPool<C> {
     /// The failure that keeps the database out of reach.
     pub async fn readiness(&self) -> Result<(), Failure> {
         let shared = &self.inner.shared;
-        let Some(pool) = self.bb8_pool() else {
+        if shared.is_closed() {
             return Err(Failure::new(Cause::PoolClosed));
-        };
+        }
+        let pool = self.bb8_pool();
         if pool.state().connections == 0 {
             if let Some(failure) = shared.known_outage() {
                 return Err(failure);
@@ -311,7 +306,7 @@ impl<C: Connect> SharedPool<C> {
         let limit = shared.config.connect_timeout();
         let check = async {
             let started = Instant::now();
-            let conn = self.checkout(&pool, started, started + limit).await?;
+            let conn = self.checkout(pool, started, started + limit).await?;
             let mut conn = self.hand_out(turn, conn, None, Location::caller());
             if shared.config.statement_deadline() {
                 conn.bound_statements(None).await?;
@@ -341,18 +336,9 @@ impl<C: Connect> SharedPool<C> {
     pub fn stats(&self) -> PoolStats {
         let shared = &self.inner.shared;
         let counters = &shared.counters;
-        let (open, idle, statistics) = match self.bb8_pool() {
-            Some(pool) => {
-                let state = pool.state();
-                (
-                    state.connections,
-                    state.idle_connections,
-                    Some(state.statistics),
-                )
-            }
-            None => (0, 0, None),
-        };
-        let statistics = statistics.unwrap_or_default();
+        let state = self.bb8_pool().state();
+        let (open, idle, statistics) =
+            (state.connections, state.idle_connections, state.statistics);
         let timeouts = counters.timeouts.load(Ordering::Relaxed) + statistics.get_timed_out;
         let failed_fast = counters.failed_fast.load(Ordering::Relaxed);
         let refusals = Refusals {
@@ -396,12 +382,8 @@ impl<C: Connect> SharedPool<C> {
         }
     }
 
-    pub(crate) fn bb8_pool(&self) -> Option<bb8::Pool<Manager<C>>> {
-        self.inner
-            .pool
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    pub(crate) fn bb8_pool(&self) -> &bb8::Pool<Manager<C>> {
+        &self.inner.pool
     }
 }
 
@@ -448,5 +430,30 @@ impl<C: Connect> PoolProvider for SharedPool<C> {
 impl<C: Connect> ballast_core::ReadinessCheck for SharedPool<C> {
     fn check(&self) -> ballast_core::CheckFuture<'_> {
         Box::pin(self.readiness())
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`SharedPool::get`]'s future: the checkout itself, or — with `statement_timeout=deadline`
+    /// — the checkout and the `SET` that bounds its statements, boxed.
+    #[project = CheckoutProjection]
+    pub(crate) enum Checkout<F, B> {
+        Plain { #[pin] future: F },
+        Bounded { future: Pin<Box<B>> },
+    }
+}
+
+impl<C: Connect, F, B> Future for Checkout<F, B>
+where
+    F: Future<Output = Result<PooledConnection<C>, Failure>>,
+    B: Future<Output = Result<PooledConnection<C>, Failure>>,
+{
+    type Output = Result<PooledConnection<C>, Failure>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CheckoutProjection::Plain { future } => future.poll(cx),
+            CheckoutProjection::Bounded { future } => future.as_mut().poll(cx),
+        }
     }
 }

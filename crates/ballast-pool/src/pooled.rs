@@ -10,8 +10,9 @@ use ballast_core::scope::{Mark, RequestScope};
 use ballast_core::{Cause, Failure, Reach};
 
 use crate::connect::Connect;
-use crate::manager::{Manager, Shared};
+use crate::manager::Manager;
 use crate::reclaim;
+use crate::shared::Shared;
 
 /// A connection checked out of a [`SharedPool`](crate::SharedPool); it goes back when dropped.
 ///

@@ -8,18 +8,12 @@ use ballast_testkit::db::{self, MysqlDatabase, MysqlUser};
 use ballast_testkit::fake::FakeServer;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
+mod support;
+
 type Pool = SharedPool<AsyncMysqlConnection>;
 
 fn pool(url: &str, params: &str) -> Pool {
     SharedPool::new(PoolConfig::from_url(&format!("{url}?{params}")).unwrap()).unwrap()
-}
-
-async fn sleep_query(pool: &Pool, seconds: f64) -> Result<(), Failure> {
-    let mut conn = pool.get().await?;
-    diesel::sql_query(format!("SELECT SLEEP({seconds})"))
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +28,7 @@ async fn mariadb_bound_holds_under_load() {
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let pool = pool.clone();
-            tokio::spawn(async move { sleep_query(&pool, 0.01).await })
+            tokio::spawn(async move { support::hold_mysql(&pool, 0.01).await })
         })
         .collect();
     let mut peak = 0;
@@ -60,7 +54,7 @@ async fn mariadb_user_limit_yields_classified_too_many_connections() {
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let pool = pool.clone();
-            tokio::spawn(async move { sleep_query(&pool, 1.5).await })
+            tokio::spawn(async move { support::hold_mysql(&pool, 1.5).await })
         })
         .collect();
     let (mut ok, mut failed) = (0, 0);

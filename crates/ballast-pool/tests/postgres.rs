@@ -12,6 +12,10 @@ use ballast_testkit::proxy::{FaultProxy, Mode};
 use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
+mod support;
+
+use support::backend_pid;
+
 type Pool = SharedPool<AsyncPgConnection>;
 
 /// A pool on `url` with pool parameters `params` (`connection_limit=10&...`).
@@ -19,14 +23,6 @@ fn pool(url: &str, params: &str) -> Pool {
     let separator = if url.contains('?') { '&' } else { '?' };
     let config = PoolConfig::from_url(&format!("{url}{separator}{params}")).unwrap();
     SharedPool::new(config).unwrap()
-}
-
-async fn sleep_query(pool: &Pool, seconds: f64) -> Result<(), Failure> {
-    let mut conn = pool.get().await?;
-    diesel::sql_query(format!("SELECT pg_sleep({seconds})"))
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }
 
 /// Samples the number of `which` backends every few milliseconds until `stop` is set; returns
@@ -72,7 +68,7 @@ async fn two_hundred_tasks_never_exceed_ten_backends() {
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let pool = pool.clone();
-            tokio::spawn(async move { sleep_query(&pool, 0.01).await })
+            tokio::spawn(async move { support::hold_postgres(&pool, 0.01).await })
         })
         .collect();
     for task in tasks {
@@ -109,7 +105,7 @@ async fn role_limit_three_with_pool_of_ten_yields_classified_53300() {
     let tasks: Vec<_> = (0..30)
         .map(|_| {
             let pool = pool.clone();
-            tokio::spawn(async move { sleep_query(&pool, 1.5).await })
+            tokio::spawn(async move { support::hold_postgres(&pool, 1.5).await })
         })
         .collect();
     let mut ok = 0;
@@ -563,21 +559,6 @@ fn creating_a_pool_outside_a_runtime_is_an_error_not_a_panic() {
     );
 }
 
-#[derive(diesel::QueryableByName)]
-struct Pid {
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    pid: i32,
-}
-
-async fn backend_pid(pool: &Pool) -> i32 {
-    let mut conn = pool.get().await.unwrap();
-    let row: Pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
-        .get_result(&mut *conn)
-        .await
-        .unwrap();
-    row.pid
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_dropped_mid_statement_is_cancelled_and_the_connection_kept() {
     let Some(url) = db::postgres_url("a_checkout_dropped_mid_statement") else {
@@ -590,7 +571,10 @@ async fn a_checkout_dropped_mid_statement_is_cancelled_and_the_connection_kept()
     );
     let pid = backend_pid(&pool).await;
     // The request gives up on a 20 s statement after 200 ms, as a client that hangs up does.
-    let abandoned = tokio::time::timeout(Duration::from_millis(200), sleep_query(&pool, 20.0));
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(200),
+        support::hold_postgres(&pool, 20.0),
+    );
     assert!(abandoned.await.is_err(), "the statement was still running");
     let dropped = Instant::now();
     // The pool's only connection: the next checkout gets it once the statement has stopped.
@@ -629,7 +613,10 @@ async fn a_checkout_dropped_mid_statement_is_cancelled_and_the_connection_kept()
     assert_eq!((pool.stats().cancelled, pool.stats().closed_broken), (2, 0));
 
     // Closing waits for an abandoned statement to wind down: nothing is left running.
-    let abandoned = tokio::time::timeout(Duration::from_millis(100), sleep_query(&pool, 20.0));
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(100),
+        support::hold_postgres(&pool, 20.0),
+    );
     assert!(abandoned.await.is_err());
     pool.close().await;
     wait_for_backends(&url, &which, 0).await;

@@ -9,6 +9,10 @@ use ballast_pool::{PoolConfig, SharedPool};
 use ballast_testkit::db;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+mod support;
+
+use support::backend_pid;
+
 const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
 
 #[derive(diesel::QueryableByName)]
@@ -161,20 +165,6 @@ async fn an_abandoned_statement_is_cancelled_over_tls() {
     assert_eq!(running, 0, "the statement was cancelled on the server");
     let stats = pool.stats();
     assert_eq!((stats.cancelled, stats.closed_broken), (1, 0), "{stats:?}");
-}
-
-async fn backend_pid(pool: &SharedPool<AsyncPgConnection>) -> i32 {
-    #[derive(diesel::QueryableByName)]
-    struct Pid {
-        #[diesel(sql_type = diesel::sql_types::Integer)]
-        pid: i32,
-    }
-    let mut conn = pool.get().await.unwrap();
-    diesel::sql_query("SELECT pg_backend_pid() AS pid")
-        .get_result::<Pid>(&mut *conn)
-        .await
-        .unwrap()
-        .pid
 }
 
 /// Certificates made for the test: a CA, a server certificate for `localhost`, a client

@@ -1,4 +1,4 @@
-//! The seed's function form: retry database work outside HTTP.
+//! The function form: retry database work outside HTTP.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -8,6 +8,7 @@ use ballast_core::{ConfigError, Failure};
 use tower::retry::Policy;
 use tower::ServiceExt;
 
+use crate::builder::{FunctionForm, RetryBuilder, RetryingBuilder};
 use crate::layer::RetryHandle;
 use crate::policy::{
     Attempts, Decision, Settings, Shared, DEFAULT_BASE_DELAY, DEFAULT_DEADLINE, DEFAULT_JITTER,
@@ -57,11 +58,12 @@ where
     Fut: Future<Output = Result<T, Failure>>,
 {
     // A base above the default cap lifts the cap with it: these settings are always valid.
+    // A base above the default cap lifts the cap with it, so these settings are always in
+    // range: nothing to check.
     let retrying = Retrying::builder()
         .max_retries(retries)
         .delays(base_delay, base_delay.max(DEFAULT_MAX_DELAY))
-        .build()
-        .unwrap_or_else(|_| unreachable!("the base never exceeds the cap, which is never zero"));
+        .into_runner();
     retrying.run(operation).await
 }
 
@@ -104,9 +106,8 @@ impl Retrying {
     /// The defaults: 3 retries, 1 s doubling to 5 s with jitter, a 15 s deadline, not
     /// idempotent, no budget (one caller cannot storm).
     pub fn new() -> Self {
-        Self::builder()
-            .build()
-            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
+        // The defaults are in range: nothing to check.
+        Self::builder().into_runner()
     }
 
     /// A builder starting from the defaults of [`Retrying::new`].
@@ -120,7 +121,7 @@ impl Retrying {
                 deadline: DEFAULT_DEADLINE,
                 budget: None,
             },
-            idempotent: false,
+            form: FunctionForm { idempotent: false },
         }
     }
 
@@ -154,47 +155,11 @@ impl Retrying {
     }
 }
 
-/// Collects a [`Retrying`]'s settings; [`build`](Self::build) checks them together. The
-/// setters never fail; they mean what the [`RetryLayerBuilder`](crate::RetryLayerBuilder)'s
-/// of the same name mean.
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct RetryingBuilder {
-    settings: Settings,
-    idempotent: bool,
-}
-
-impl RetryingBuilder {
-    /// Sets how many times the operation may be retried after its first attempt. Defaults to 3.
-    pub fn max_retries(mut self, retries: u32) -> Self {
-        self.settings.max_retries = retries;
-        self
-    }
-
-    /// Sets the first delay and the longest one (the first must not exceed the longest, which
-    /// must be above zero). Defaults to 1 s and 5 s.
-    pub fn delays(mut self, base: Duration, cap: Duration) -> Self {
-        self.settings.base_delay = base;
-        self.settings.max_delay = cap;
-        self
-    }
-
-    /// Sets the jitter factor, from 0 to 100. Defaults to 1.
-    pub fn jitter(mut self, jitter: f64) -> Self {
-        self.settings.jitter = jitter;
-        self
-    }
-
-    /// Sets the overall deadline from the first attempt. Defaults to 15 s.
-    pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.settings.deadline = deadline;
-        self
-    }
-
+impl RetryBuilder<FunctionForm> {
     /// Marks the operation as safe to run twice: failures whose statement may have reached the
     /// database are retried too. Defaults to `false`.
     pub fn idempotent(mut self, idempotent: bool) -> Self {
-        self.idempotent = idempotent;
+        self.form.idempotent = idempotent;
         self
     }
 
@@ -205,10 +170,15 @@ impl RetryingBuilder {
     /// A [`ConfigError`] naming the first setting out of range (`delays`, `jitter`).
     pub fn build(self) -> Result<Retrying, ConfigError> {
         self.settings.check()?;
-        Ok(Retrying {
-            idempotent: self.idempotent,
+        Ok(self.into_runner())
+    }
+
+    /// The runner from settings known to be in range.
+    fn into_runner(self) -> Retrying {
+        Retrying {
+            idempotent: self.form.idempotent,
             shared: Arc::new(self.settings.shared(false)),
-        })
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Retry database connection failures — and never run a write twice.
 //!
-//! The service ballast grew out of retried connection errors three times, a second apart. This
-//! crate does that safely, as a Tower layer ([`RetryLayer`]) that follows `tower::retry`'s
+//! A connection failure is often gone a moment later; repeating the request then turns a 503 into
+//! an answer. This crate does that safely, as a Tower layer ([`RetryLayer`]) that follows `tower::retry`'s
 //! protocol, and as a function ([`with_retry`], [`Retrying`]) for work outside HTTP.
 //!
 //! In a request, retries are for blips — a backend killed under a query, a connection refused
@@ -9,8 +9,8 @@
 //! 100 ms, adding at most about a second). An outage is answered at once: a failure the pool
 //! answered from its closed connect gate
 //! ([`Failure::is_known_outage`](ballast_core::Failure::is_known_outage)) is not retried, and the
-//! client is told when to come back. Background work has time: the function form keeps the
-//! seed's three retries from 1 s.
+//! client is told when to come back. Background work has time: the function form defaults to
+//! three retries from 1 s.
 //!
 //! # Contract
 //!
@@ -74,22 +74,15 @@
 //! # Performance
 //!
 //! `cargo bench -p ballast-retry --bench retry` measures the success path against the bare
-//! service, the cost of buffering 4 KiB and 64 KiB bodies, and prints the overhead of a bodiless
-//! `GET` and of one with three headers from alternating rounds. On this project's 2-core machine
-//! (2026-11-26) the layer adds about 270 ns to a bodiless `GET` and about 420 ns to one with
-//! three headers; the goal is 120 ns and it is **not met**. Profiled (`perf record --call-graph
-//! dwarf` on the bench), half of it is the copy of the request kept for a retry and its drop
-//! (about 130 ns; the headers' clone grows with the headers), a fifth the request's clock
-//! reading and budget deposit (about 50 ns). The copy cannot go: the inner service takes the
-//! request by value, and a retry needs it again. What was cut: the budget takes no lock
-//! (tower's `TpsBudget` took a mutex and read the clock per request, about 50 ns) and shares the
-//! deadline's clock reading, and the layer runs its own retry future instead of
-//! `tower::retry::Retry`, which clones the whole service and the policy into every request's
-//! future and keeps them inline (the layer added about 300 ns before, measured the same way).
-//! Buffering a 4 KiB or 64 KiB body adds about 125 ns more.
+//! service and prints the overhead of a bodiless `GET` and of one with three headers from
+//! alternating rounds (goal: 120 ns, not met: a replayable request is copied before its first
+//! attempt, since the inner service takes it by value and a retry needs it again). A body is
+//! recorded as the service reads it, never buffered before the call. The figures and the
+//! profile are in the workspace's `docs/benchmarks.md`.
 
 mod body;
 mod budget;
+mod builder;
 mod function;
 mod layer;
 mod policy;
@@ -97,6 +90,7 @@ mod policy;
 pub use ballast_core::http::AsFailure;
 pub use ballast_core::ConfigError;
 pub use body::RetryBody;
-pub use function::{with_retry, Retrying, RetryingBuilder};
-pub use layer::{ResponseFuture, Retry, RetryHandle, RetryLayer, RetryLayerBuilder};
+pub use builder::{FunctionForm, LayerForm, RetryBuilder, RetryLayerBuilder, RetryingBuilder};
+pub use function::{with_retry, Retrying};
+pub use layer::{ResponseFuture, Retry, RetryHandle, RetryLayer};
 pub use policy::RetryStats;

@@ -3,43 +3,26 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::{watch, Notify};
+
+use crate::handle::{Phase, Shared, ShutdownHandle};
+use crate::summary::{HookOutcome, HookResult, Summary};
 
 /// Default drain deadline: Kubernetes' default grace period is 30 s; 25 s of draining leaves
 /// time for the teardown hooks before the kubelet's SIGKILL.
 const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(25);
-/// Exit code after a second signal: 128 + SIGINT, what shells report for an interrupted
-/// program.
-const EXIT_SECOND_SIGNAL: i32 = 130;
-
-/// Where the process is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Phase {
-    /// Serving and ready.
-    Running,
-    /// Shutdown started: not ready (readiness probes fail) but still serving, for the
-    /// pre-drain delay while load balancers notice.
-    NotReady,
-    /// Draining: new requests are refused with 503, in-flight ones finish.
-    Draining,
-    /// Drained (or the deadline passed): teardown hooks run; nothing is served.
-    Stopped,
-}
 
 type HookFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 type HookFn = Box<dyn FnOnce() -> HookFuture + Send>;
 
 struct Hook {
-    name: String,
-    timeout: Duration,
-    run: HookFn,
+    pub(crate) name: String,
+    pub(crate) timeout: Duration,
+    pub(crate) run: HookFn,
 }
 
 impl fmt::Debug for Hook {
@@ -54,8 +37,8 @@ impl fmt::Debug for Hook {
 /// Builds a [`Shutdown`].
 #[derive(Debug)]
 pub struct ShutdownBuilder {
-    pre_drain_delay: Duration,
-    drain_deadline: Duration,
+    pub(crate) pre_drain_delay: Duration,
+    pub(crate) drain_deadline: Duration,
     hooks: Vec<Hook>,
 }
 
@@ -125,348 +108,8 @@ impl ShutdownBuilder {
 /// See the [crate docs](crate) for the sequence and an example.
 #[derive(Debug)]
 pub struct Shutdown {
-    handle: ShutdownHandle,
+    pub(crate) handle: ShutdownHandle,
     hooks: Vec<Hook>,
-}
-
-/// A cheap handle to the shutdown state, for layers, handlers and background tasks.
-#[derive(Debug, Clone)]
-pub struct ShutdownHandle {
-    pub(crate) shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Shared {
-    phase: watch::Sender<Phase>,
-    /// The phase again, for the per-request check: a load, where the watch takes a lock that
-    /// every request on every core would share.
-    phase_now: AtomicU8,
-    in_flight: AtomicUsize,
-    /// Notified whenever the in-flight count drops to zero.
-    idle: Notify,
-    rejected: AtomicU64,
-    started: Mutex<Option<Instant>>,
-    /// Set by [`ShutdownHandle::interrupt`].
-    interrupted: watch::Sender<bool>,
-    pre_drain_delay: Duration,
-    drain_deadline: Duration,
-    /// Background jobs started with [`ShutdownHandle::spawn`], by name.
-    tasks: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
-}
-
-/// A snapshot for `/stats` and metrics.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct ShutdownStats {
-    /// The current phase.
-    pub phase: Phase,
-    /// Requests in flight now (until their response body is finished).
-    pub in_flight: usize,
-    /// Requests refused while draining.
-    pub rejected: u64,
-}
-
-impl Shared {
-    pub(crate) fn current_phase(&self) -> Phase {
-        match self.phase_now.load(Ordering::Acquire) {
-            0 => Phase::Running,
-            1 => Phase::NotReady,
-            2 => Phase::Draining,
-            _ => Phase::Stopped,
-        }
-    }
-
-    /// Moves the phase forward to `next`, never back; whether it moved.
-    fn advance(&self, next: Phase) -> bool {
-        self.phase.send_if_modified(|current| {
-            if *current < next {
-                *current = next;
-                self.phase_now.store(next as u8, Ordering::Release);
-                true
-            } else {
-                false
-            }
-        })
-    }
-}
-
-impl ShutdownHandle {
-    /// The current phase.
-    pub fn phase(&self) -> Phase {
-        self.shared.current_phase()
-    }
-
-    /// Whether the service should look ready: only while [`Phase::Running`].
-    pub fn is_ready(&self) -> bool {
-        self.phase() == Phase::Running
-    }
-
-    /// Starts the shutdown sequence (as a signal does). Later calls do nothing.
-    pub fn trigger(&self) {
-        {
-            // The start time and the log line come first, so the sequence (which starts the
-            // moment the phase changes) never runs ahead of them.
-            let mut started = self
-                .shared
-                .started
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if started.is_some() {
-                return;
-            }
-            *started = Some(Instant::now());
-        }
-        tracing::info!("shutdown started: readiness is failing");
-        self.shared.advance(Phase::NotReady);
-    }
-
-    /// Cuts the shutdown sequence short, as a second signal does: [`Shutdown::run`] stops
-    /// draining or running hooks and returns at once, with exit code 130. Starts the sequence
-    /// first if it had not started.
-    pub fn interrupt(&self) {
-        self.trigger();
-        self.shared.interrupted.send_replace(true);
-    }
-
-    /// Resolves when [`interrupt`](Self::interrupt) is called.
-    async fn interrupted(&self) {
-        let mut watch = self.shared.interrupted.subscribe();
-        // The sender lives as long as `self`.
-        let _ = watch.wait_for(|interrupted| *interrupted).await;
-    }
-
-    /// When the sequence was triggered.
-    fn started(&self) -> Option<Instant> {
-        *self
-            .shared
-            .started
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Counts a request in flight until the returned guard is dropped.
-    pub(crate) fn request_started(&self) -> InFlight {
-        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(Arc::clone(&self.shared))
-    }
-
-    /// Counts a request refused while draining.
-    pub(crate) fn count_rejected(&self) {
-        self.shared.rejected.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Runs a background job (a scheduler, a queue consumer) as part of the service's life: the
-    /// drain waits for it, within the same deadline as the requests, before the hooks run, so a
-    /// "close pool" hook never runs while a job still holds a connection. A job that is still
-    /// running at the deadline is cancelled (its future dropped: a connection it held goes back
-    /// to the pool, its statement cancelled) and counted in [`Summary::tasks_cancelled`].
-    ///
-    /// A job sees the shutdown through [`draining`](Self::draining) (or
-    /// [`reached`](Self::reached)) and ends on its own:
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// use std::time::Duration;
-    /// use ballast_shutdown::Shutdown;
-    ///
-    /// let shutdown = Shutdown::builder().build();
-    /// let handle = shutdown.handle();
-    /// let stop = handle.draining();
-    /// handle.spawn("backup", async move {
-    ///     let mut every = tokio::time::interval(Duration::from_secs(3600));
-    ///     tokio::pin!(stop);
-    ///     loop {
-    ///         tokio::select! {
-    ///             _ = &mut stop => break, // finish the current tick first, then stop
-    ///             _ = every.tick() => { /* back up */ }
-    ///         }
-    ///     }
-    /// });
-    /// handle.trigger();
-    /// let summary = shutdown.run(std::future::ready(())).await;
-    /// assert_eq!(summary.tasks_cancelled, 0);
-    /// # }
-    /// ```
-    ///
-    /// # Panics
-    ///
-    /// Outside a Tokio runtime, like `tokio::spawn`.
-    pub fn spawn<F>(&self, name: impl Into<String>, job: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let name = name.into();
-        let task = tokio::spawn(job);
-        let mut tasks = self
-            .shared
-            .tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        tasks.retain(|(_, task)| !task.is_finished());
-        tasks.push((name, task));
-    }
-
-    /// Waits for the background jobs to end; returns how many had to be cancelled at
-    /// `deadline`.
-    async fn tasks_done(&self, deadline: tokio::time::Instant) -> usize {
-        let tasks = std::mem::take(
-            &mut *self
-                .shared
-                .tasks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        let mut cancelled = 0;
-        for (name, mut task) in tasks {
-            match tokio::time::timeout_at(deadline, &mut task).await {
-                Ok(Ok(())) => tracing::info!(job = %name, "background job finished"),
-                Ok(Err(error)) => tracing::warn!(job = %name, %error, "background job failed"),
-                Err(_) => {
-                    task.abort();
-                    let _ = task.await;
-                    cancelled += 1;
-                    tracing::warn!(job = %name, "drain deadline passed: background job cancelled");
-                }
-            }
-        }
-        cancelled
-    }
-
-    /// Requests in flight now.
-    pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Ordering::Acquire)
-    }
-
-    /// The figures for `/stats`.
-    pub fn stats(&self) -> ShutdownStats {
-        ShutdownStats {
-            phase: self.phase(),
-            in_flight: self.in_flight(),
-            rejected: self.shared.rejected.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Resolves when `phase` is reached.
-    pub async fn reached(&self, phase: Phase) {
-        let mut watch = self.shared.phase.subscribe();
-        // The sender lives as long as `self`.
-        let _ = watch.wait_for(|current| *current >= phase).await;
-    }
-
-    /// Resolves when draining starts: hand this to `axum::serve(..).with_graceful_shutdown`
-    /// (or hyper-util's graceful shutdown) so the server stops accepting connections and closes
-    /// idle keep-alive connections then.
-    pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
-        let handle = self.clone();
-        async move { handle.reached(Phase::Draining).await }
-    }
-
-    fn set_phase(&self, phase: Phase) {
-        self.shared.advance(phase);
-    }
-
-    /// Waits until no request is in flight.
-    async fn drained(&self) {
-        loop {
-            // Registered before the check, so a drop to zero in between is not missed.
-            let notified = self.shared.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.in_flight() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// One request in flight for as long as it lives; the last one out wakes the drain.
-#[derive(Debug)]
-pub(crate) struct InFlight(Arc<Shared>);
-
-impl InFlight {
-    /// The phase now.
-    pub(crate) fn phase(&self) -> Phase {
-        self.0.current_phase()
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-/// What the shutdown sequence did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct Summary {
-    /// Whether every in-flight request finished before the deadline.
-    pub drained: bool,
-    /// Requests still in flight when the deadline passed.
-    pub abandoned: usize,
-    /// Each hook: name, result and how long it took.
-    pub hooks: Vec<HookOutcome>,
-    /// From the trigger to the end of the last hook.
-    pub total: Duration,
-    /// Whether a second signal cut the sequence short (see [`Shutdown::listen_for_signals`]):
-    /// the rest of the drain and the hooks not yet run were skipped.
-    pub interrupted: bool,
-    /// Background jobs ([`ShutdownHandle::spawn`]) still running at the drain deadline, and so
-    /// cancelled.
-    pub tasks_cancelled: usize,
-}
-
-/// How one teardown hook went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct HookOutcome {
-    /// The hook's name.
-    pub name: String,
-    /// How it ended.
-    pub result: HookResult,
-    /// How long it ran.
-    pub took: Duration,
-}
-
-/// How a teardown hook ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum HookResult {
-    /// It finished and returned `Ok`.
-    Ok,
-    /// It returned an error, shown here.
-    Failed(String),
-    /// It did not finish within its timeout.
-    TimedOut,
-}
-
-impl fmt::Display for HookResult {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HookResult::Ok => f.write_str("ok"),
-            HookResult::Failed(error) => write!(f, "failed: {error}"),
-            HookResult::TimedOut => f.write_str("timed out"),
-        }
-    }
-}
-
-impl Summary {
-    /// The process exit code: 0 after a clean drain with every hook ok, 130 (128 + SIGINT, what
-    /// shells report for an interrupted program) when a second signal cut it short, 1
-    /// otherwise. Return it from `main` (`std::process::ExitCode::from(code as u8)`) or pass it
-    /// to `std::process::exit`: the library never exits the process itself.
-    pub fn exit_code(&self) -> i32 {
-        if self.interrupted {
-            return EXIT_SECOND_SIGNAL;
-        }
-        let hooks_ok = self.hooks.iter().all(|hook| hook.result == HookResult::Ok);
-        i32::from(!(self.drained && hooks_ok))
-    }
 }
 
 impl Shutdown {
@@ -560,7 +203,7 @@ impl Shutdown {
     }
 
     /// The sequence [`run`](Self::run) runs; each hook's outcome goes into `done` as it ends.
-    async fn sequence<F, T>(self, server: F, done: &Mutex<Vec<HookOutcome>>) -> Summary
+    pub(crate) async fn sequence<F, T>(self, server: F, done: &Mutex<Vec<HookOutcome>>) -> Summary
     where
         F: Future<Output = T> + Send,
     {
@@ -657,13 +300,13 @@ impl Shutdown {
 /// The signals that stop the process: SIGTERM and SIGINT on Unix.
 #[cfg(unix)]
 struct Signals {
-    terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
+    pub(crate) terminate: tokio::signal::unix::Signal,
+    pub(crate) interrupt: tokio::signal::unix::Signal,
 }
 
 #[cfg(unix)]
 impl Signals {
-    fn new() -> std::io::Result<Self> {
+    pub(crate) fn new() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals {
             terminate: signal(SignalKind::terminate())?,
@@ -672,7 +315,7 @@ impl Signals {
     }
 
     /// The next signal's name.
-    async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",
@@ -686,12 +329,12 @@ struct Signals;
 
 #[cfg(not(unix))]
 impl Signals {
-    fn new() -> std::io::Result<Self> {
+    pub(crate) fn new() -> std::io::Result<Self> {
         Ok(Signals)
     }
 
     /// The next Ctrl-C; never, if it cannot be listened for.
-    async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::warn!(%error, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;

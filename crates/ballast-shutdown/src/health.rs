@@ -12,11 +12,11 @@ use ballast_core::http::{Problem, RetryAfter};
 use ballast_core::{Cause, Failure, ReadinessCheck};
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response};
 use http_body_util::Full;
 use tower_service::Service;
 
-use crate::coordinator::ShutdownHandle;
+use crate::handle::ShutdownHandle;
 
 /// How long one readiness check may take before it counts as failed: a probe that hangs is a
 /// probe that fails, and the load balancer's own timeout is usually a second or a few.
@@ -99,12 +99,7 @@ impl Health {
     /// Whether the service is ready now, or the problem that says why not and when to ask again.
     async fn ready(&self) -> Result<(), (Problem, Option<Duration>)> {
         if !self.handle.is_ready() {
-            let problem = Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "SHUTTING_DOWN",
-                "The service is shutting down.",
-            );
-            return Err((problem.with_retryable(true), None));
+            return Err((crate::shutting_down(), None));
         }
         for (name, check) in self.checks.iter() {
             let failure = match tokio::time::timeout(CHECK_TIMEOUT, check.check()).await {

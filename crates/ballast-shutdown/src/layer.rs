@@ -7,17 +7,17 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use ballast_core::http::{Problem, RetryAfter};
+use ballast_core::http::RetryAfter;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::coordinator::{InFlight, Phase, ShutdownHandle};
+use crate::handle::{InFlight, Phase, ShutdownHandle};
 use crate::request::InRequest;
 
 /// The outermost layer: counts requests in flight (until their response body is finished) and,
@@ -92,6 +92,23 @@ pub struct ShutdownService<S> {
     layer: ShutdownLayer,
 }
 
+impl<S> ShutdownService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, this one taken apart.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ShutdownService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -116,12 +133,7 @@ where
         if draining && !exempt {
             handle.count_rejected();
             tracing::debug!(shutdown.phase = ?handle.phase(), "request refused while draining");
-            let problem = Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "SHUTTING_DOWN",
-                "The service is shutting down; try again.",
-            )
-            .with_retryable(true);
+            let problem = crate::shutting_down();
             let head = request.method() == http::Method::HEAD;
             let mut response = problem.to_response(head, Some(self.layer.retry_after.pick()));
             response

@@ -1,10 +1,11 @@
 //! Graceful shutdown for Tower services: readiness flips, in-flight requests drain within a
 //! deadline, then teardown runs in order.
 //!
-//! The seed's sequence on SIGTERM/SIGINT was: stop the cache cleanup, clear the cache, disconnect
-//! the database, exit. Kubernetes adds: stop looking ready first, keep serving briefly, finish
-//! in-flight work, exit before the grace period ends. This crate does all of it, and uses the
-//! cache and the pool only through hooks, so it depends on neither.
+//! On SIGTERM or SIGINT a service should stop looking ready, keep serving briefly while load
+//! balancers notice, finish its in-flight work within a deadline, then tear down in order (stop
+//! background jobs, clear the cache, close the pool) and exit before the platform's grace period
+//! ends. This crate does all of it, and reaches the cache and the pool only through hooks, so it
+//! depends on neither.
 //!
 //! # The sequence
 //!
@@ -62,17 +63,18 @@
 //! ```
 
 mod coordinator;
+mod handle;
 mod health;
 mod layer;
 mod request;
 #[cfg(feature = "serve")]
 mod serve;
+mod summary;
 
-pub use coordinator::{
-    HookOutcome, HookResult, Phase, Shutdown, ShutdownBuilder, ShutdownHandle, ShutdownStats,
-    Summary,
-};
+pub use coordinator::{Shutdown, ShutdownBuilder};
+pub use handle::{shutting_down, Phase, ShutdownHandle, ShutdownStats};
 pub use health::{Health, Liveness, Readiness};
 pub use layer::{ResponseFuture, ShutdownBody, ShutdownLayer, ShutdownService};
 #[cfg(feature = "serve")]
 pub use serve::ServeConfig;
+pub use summary::{HookOutcome, HookResult, Summary};

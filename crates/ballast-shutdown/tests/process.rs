@@ -19,7 +19,11 @@ struct Server {
 }
 
 async fn start(env: &[(&str, &str)]) -> Server {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_shutdown-demo"));
+    let mut command = Command::new(ballast_testkit::process::example_binary(
+        "ballast-shutdown",
+        "shutdown-demo",
+        &["serve"],
+    ));
     command
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "info")

@@ -18,6 +18,10 @@
 //! - [`redis::PrivateRedis`]: a private `redis-server` on a free port that a test can stop and
 //!   start again.
 //! - [`logs::Captured`]: an in-memory writer for a log subscriber, to check what is logged.
+//! - [`process::example_binary`]: an example program `cargo test` built, to run as a real
+//!   process (the servers the process tests send signals to).
+//! - [`measure`]: latency percentiles and the process's resident memory, for load tests and
+//!   benches.
 //! - [`http::Client`]: a keep-alive HTTP/1.1 client for load tests and benches: status, latency
 //!   and `Retry-After` of each answer.
 //!
@@ -52,7 +56,9 @@ pub mod http;
 pub mod logs;
 #[cfg(unix)]
 pub mod mariadb;
+pub mod measure;
 #[cfg(unix)]
 pub mod pgbouncer;
+pub mod process;
 pub mod proxy;
 pub mod redis;

@@ -31,12 +31,18 @@ mod retry_after;
 pub use problem::{Problem, OUTCOME_MEMBER, PROBLEM_JSON};
 pub use retry_after::RetryAfter;
 
+#[doc(hidden)]
+/// Internal to the ballast crates: not part of the stable API, and may change in any release.
+///
 /// Puts `failure` into a response's extensions, where the layers around the one that failed
 /// find it with [`attached`].
 pub fn attach(extensions: &mut http::Extensions, failure: Arc<Failure>) {
     extensions.insert(failure);
 }
 
+#[doc(hidden)]
+/// Internal to the ballast crates: not part of the stable API, and may change in any release.
+///
 /// The failure a response carries, if an inner layer [`attach`]ed one.
 pub fn attached(extensions: &http::Extensions) -> Option<&Arc<Failure>> {
     extensions.get::<Arc<Failure>>()

@@ -1,6 +1,5 @@
 //! The trace fields each layer writes, through the whole `Stack` on an in-memory SQLite pool.
 
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -9,29 +8,13 @@ use axum::Router;
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use tower::{Layer, ServiceExt};
 
-use crate::cache::CacheRouteLayer;
-use crate::pool::{Conn, PoolConfig, SharedPool};
-use crate::prelude::SimpleAsyncConnection;
-use crate::Stack;
+use ballast::cache::CacheRouteLayer;
+use ballast::pool::{Conn, PoolConfig, SharedPool};
+use ballast::prelude::SimpleAsyncConnection;
+use ballast::Stack;
+use ballast_testkit::logs::Captured;
 
 type Sqlite = SyncConnectionWrapper<diesel::SqliteConnection>;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "current_thread")]
 async fn each_layer_writes_its_stable_fields() {
@@ -46,13 +29,13 @@ async fn each_layer_writes_its_stable_fields() {
 
     let pool = SharedPool::<Sqlite>::new(PoolConfig::from_url("sqlite::memory:").unwrap()).unwrap();
     let stack = Stack::builder(pool).build();
-    async fn one(mut conn: Conn<Sqlite>) -> Result<&'static str, crate::Error> {
+    async fn one(mut conn: Conn<Sqlite>) -> Result<&'static str, ballast::Error> {
         conn.batch_execute("SELECT 1").await?;
         Ok("one")
     }
-    async fn refused() -> Result<&'static str, crate::Error> {
+    async fn refused() -> Result<&'static str, ballast::Error> {
         // Nothing ran: the retry layer may repeat it.
-        Err(crate::sqlstate::failure("53300").into())
+        Err(ballast::sqlstate::failure("53300").into())
     }
     let router = Router::new()
         .route(
@@ -68,7 +51,7 @@ async fn each_layer_writes_its_stable_fields() {
     }
     let request = http::Request::get("/refused").body(Body::empty()).unwrap();
     assert_eq!(app.clone().oneshot(request).await.unwrap().status(), 503);
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.take();
     for field in [
         "cache.event=\"miss\"",
         "cache.event=\"hit\"",

@@ -1,7 +1,7 @@
-//! A small server the process tests drive with real signals (feature `demo`).
+//! A small server the process tests drive with real signals (it needs the `serve` feature).
 //!
 //! ```text
-//! cargo run -p ballast-shutdown --features demo --bin shutdown-demo
+//! cargo run -p ballast-shutdown --features serve --example shutdown-demo
 //! ```
 //!
 //! Environment: `BIND` (default `127.0.0.1:0`), `DRAIN_MS` (drain deadline, default 25000),

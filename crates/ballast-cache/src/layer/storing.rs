@@ -1,0 +1,173 @@
+//! Whether a response may be stored, and storing it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ballast_core::BoxError;
+use bytes::{Bytes, BytesMut};
+use http::Response;
+use http_body::{Body, Frame};
+
+use super::hit::hit;
+use crate::body::CacheBody;
+use crate::entry::{Entry, Stored, StoredResponse};
+use crate::key::CacheKey;
+use crate::rules::{self, NotStored};
+use crate::store::{Event, ResponseCache};
+
+/// Decides whether `response` may be stored and stores it: the entry for `key` on success
+/// (a note of the `Vary` headers when the response varies, the response itself stored under
+/// its variant), or the response to send on unchanged.
+pub(super) async fn store<ResBody>(
+    cache: &ResponseCache,
+    key: &CacheKey,
+    request_headers: &http::HeaderMap,
+    response: Response<ResBody>,
+    exchange: rules::Exchange,
+) -> Result<StoreOutcome, (Response<CacheBody<ResBody>>, bool)>
+where
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let lifetime = match rules::response_freshness(
+        response.status(),
+        response.headers(),
+        response.extensions(),
+        &cache.inner.statuses,
+        cache.inner.default_ttl,
+        cache.inner.store_unmarked,
+        exchange,
+    ) {
+        Ok(lifetime) => lifetime,
+        Err(reason) => {
+            cache.count(Event::NotStorable);
+            // A failure is transient: the next request may well be storable. What the response
+            // says about itself (private, no-store, Set-Cookie, a status outside the set) holds
+            // for its key: remember it.
+            let remember = !matches!(reason, NotStored::Failure | NotStored::Status5xx);
+            return Err((response.map(CacheBody::inner), remember));
+        }
+    };
+    let vary = rules::vary_names(response.headers()).unwrap_or_default();
+    let stale = rules::stale_windows(response.headers(), cache.inner.stale_if_error);
+    let (parts, body) = response.into_parts();
+    let body = match read_up_to(body, cache.inner.max_entry_bytes).await {
+        Ok(body) => body,
+        Err((reason, body)) => {
+            cache.count(match reason {
+                NotStored::TooLarge => Event::TooLarge,
+                _ => Event::NotStorable,
+            });
+            return Err((Response::from_parts(parts, body), false));
+        }
+    };
+    let validator = parts.headers.contains_key(http::header::ETAG)
+        || parts.headers.contains_key(http::header::LAST_MODIFIED);
+    let stored = StoredResponse {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        stored_at: Instant::now(),
+        lifetime,
+        validator,
+        stale,
+        revalidating: tokio::sync::Mutex::new(()),
+        failed_at: std::sync::Mutex::new(None),
+    };
+    if vary.is_empty() {
+        return Ok(StoreOutcome {
+            entry: Entry::new(key, Stored::Response(stored)),
+            variant: None,
+        });
+    }
+    // The response varies: it belongs under its variant's key, and the primary key gets a note
+    // of the headers it varies on, so later requests look for their own variant.
+    let variant_key = key.with_variant(rules::variant(request_headers, &vary));
+    let response = Entry::new(&variant_key, Stored::Response(stored));
+    let note = Entry::new(key, Stored::Vary(vary));
+    if variant_key == *key {
+        // Looked up by its variant already (the note existed): refresh the note, and the
+        // response is this key's value.
+        cache.insert(key.with_variant(String::new()), note).await;
+        return Ok(StoreOutcome {
+            entry: response,
+            variant: None,
+        });
+    }
+    cache.insert(variant_key, Arc::clone(&response)).await;
+    Ok(StoreOutcome {
+        entry: note,
+        variant: Some(response),
+    })
+}
+
+/// What [`store`] stored: the entry for the key, and the response's own entry when it varies.
+pub(super) struct StoreOutcome {
+    pub(super) entry: Arc<Entry>,
+    variant: Option<Arc<Entry>>,
+}
+
+impl StoreOutcome {
+    /// The storing request's own response: the one stored (under its variant, when the response
+    /// varies).
+    pub(super) fn own_response<B>(&self) -> Option<Response<CacheBody<B>>> {
+        match &self.variant.as_ref().unwrap_or(&self.entry).stored {
+            Stored::Response(stored) => Some(hit(stored, None, false, false, "MISS")),
+            Stored::Vary(_) | Stored::Pass => None,
+        }
+    }
+}
+
+/// Reads `body` into memory, stopping as soon as it exceeds `limit`: then the frames read so far
+/// and the rest of the body come back as one body, untruncated.
+pub(super) async fn read_up_to<ResBody>(
+    body: ResBody,
+    limit: u64,
+) -> Result<Bytes, (NotStored, CacheBody<ResBody>)>
+where
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    if body.size_hint().lower() > limit {
+        return Err((NotStored::TooLarge, CacheBody::inner(body)));
+    }
+    // Boxed so that what is left of it can be handed on, whatever the body type.
+    let mut body = Box::pin(body);
+    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
+    let mut read: u64 = 0;
+    loop {
+        let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+        match frame {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    read += data.len() as u64;
+                }
+                let trailers = frame.is_trailers();
+                frames.push_back(frame);
+                if read > limit || trailers {
+                    let reason = if trailers {
+                        NotStored::BodyError
+                    } else {
+                        NotStored::TooLarge
+                    };
+                    return Err((reason, CacheBody::prefixed(frames, None, Some(body))));
+                }
+            }
+            Some(Err(error)) => {
+                return Err((
+                    NotStored::BodyError,
+                    CacheBody::prefixed(frames, Some(error.into()), None),
+                ));
+            }
+        }
+    }
+    let mut bytes = BytesMut::with_capacity(read as usize);
+    for frame in frames {
+        if let Ok(data) = frame.into_data() {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes.freeze())
+}

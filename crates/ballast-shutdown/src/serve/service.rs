@@ -1,0 +1,182 @@
+//! The application's service as a connection runs it: the `Host` check, and telling the
+//! connection's activity when a request starts and when its response has been sent.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use ballast_core::http::Problem;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tower_service::Service;
+
+use super::connection::Activity;
+
+/// The application's service, telling the connection's [`Activity`] when a request starts and
+/// when its response has been sent.
+#[derive(Clone)]
+pub(super) struct Tracked<S> {
+    pub(super) inner: S,
+    pub(super) activity: Arc<Activity>,
+}
+
+impl<S, B> Service<Request<Incoming>> for Tracked<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    type Response = Response<TrackedBody<Either<B, Full<Bytes>>>>;
+    type Error = Infallible;
+    type Future = TrackedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let guard = ResponseGuard {
+            activity: Arc::clone(&self.activity),
+        };
+        self.activity.request_started();
+        let kind = match host_problem(&request) {
+            None => Kind::Called {
+                future: self.inner.call(request),
+            },
+            Some(problem) => {
+                let head = request.method() == http::Method::HEAD;
+                let mut response = problem.to_response(head, None);
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                Kind::Refused {
+                    response: Some(response),
+                }
+            }
+        };
+        TrackedFuture {
+            kind,
+            guard: Some(guard),
+        }
+    }
+}
+
+/// Why a request's `Host` makes it malformed (RFC 9112 §3.2: a server must answer 400 to an
+/// HTTP/1.1 request without one, and to any request with more than one or an invalid one; an
+/// `http` URI's host may not be empty, RFC 9110 §4.2.1). `Host` names the resource — caches
+/// key on it — so a request that gets it wrong is refused before the application sees it.
+pub(super) fn host_problem<B>(request: &Request<B>) -> Option<Problem> {
+    let mut hosts = request.headers().get_all(http::header::HOST).iter();
+    let detail = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => "The request has more than one Host header.",
+        (None, _) if request.version() == http::Version::HTTP_11 => {
+            "An HTTP/1.1 request must have a Host header."
+        }
+        (Some(host), None) if !valid_host(host.as_bytes()) => {
+            "The request's Host header is empty or not a valid host."
+        }
+        _ => return None,
+    };
+    Some(Problem::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", detail))
+}
+
+/// A `Host` value: `uri-host [ ":" port ]`, the host not empty.
+pub(super) fn valid_host(host: &[u8]) -> bool {
+    !host.is_empty()
+        && std::str::from_utf8(host)
+            .ok()
+            .and_then(|host| host.parse::<http::uri::Authority>().ok())
+            .is_some_and(|authority| {
+                !authority.host().is_empty() && !authority.as_str().contains('@')
+            })
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Tracked`]: the guard moves into the response body.
+    pub(super) struct TrackedFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+        guard: Option<ResponseGuard>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The application's answer, or the server's own to a malformed request.
+    #[project = KindProj]
+    pub(super) enum Kind<F> {
+        Called { #[pin] future: F },
+        Refused { response: Option<Response<Full<Bytes>>> },
+    }
+}
+
+impl<F, B> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<TrackedBody<Either<B, Full<Bytes>>>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.kind.project() {
+            KindProj::Called { future } => ready!(future.poll(cx))?.map(Either::Left),
+            KindProj::Refused { response } => response
+                .take()
+                .unwrap_or_else(|| unreachable!("polled after completion"))
+                .map(Either::Right),
+        };
+        let guard = this
+            .guard
+            .take()
+            .unwrap_or_else(|| unreachable!("polled after completion"));
+        Poll::Ready(Ok(response.map(|body| TrackedBody {
+            inner: body,
+            _guard: guard,
+        })))
+    }
+}
+
+/// Ends a request's part in its connection's activity when dropped: with its response body (sent
+/// or abandoned), or with the request's future if it never answered.
+pub(super) struct ResponseGuard {
+    pub(super) activity: Arc<Activity>,
+}
+
+impl Drop for ResponseGuard {
+    fn drop(&mut self) {
+        self.activity.response_done();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that holds its request's [`ResponseGuard`] until it is dropped.
+    pub(super) struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        _guard: ResponseGuard,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
