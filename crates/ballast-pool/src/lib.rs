@@ -30,7 +30,10 @@
 //!   outage ([`Failure::is_known_outage`](ballast_core::Failure::is_known_outage)); every
 //!   connect failure says when the pool will try again
 //!   ([`Failure::retry_after`](ballast_core::Failure::retry_after)), which the error layer sends
-//!   as `Retry-After`.
+//!   as `Retry-After`. The log tells the outage, not each attempt: one `WARN` when connects start
+//!   failing (and when the failure changes), one every 10 s while it lasts with the attempts
+//!   since, one `INFO` when they succeed again with how long it lasted; every attempt is counted
+//!   ([`PoolStats::connect_failures`]).
 //! - **No round trip per checkout.** bb8 with diesel-async's defaults runs `SELECT 1` on every
 //!   checkout. Here only connections idle longer than `check_idle_after` (30 s) are tested; a
 //!   connection that comes back broken — closed by the server, or with a transaction left open
@@ -55,9 +58,9 @@
 //! - **Hold-time warnings** (`leak_threshold`, off by default): a connection checked out longer
 //!   is logged once with the caller's source location and the request's path, and counted
 //!   ([`PoolStats::held_too_long`]).
-//! - **A real close.** bb8 has no close. [`SharedPool::close`] takes the pool out and drops it:
-//!   idle connections close at once, later checkouts fail with `PoolClosed`, connections checked
-//!   out close when they come back.
+//! - **A real close.** bb8 has no close. [`SharedPool::close`] closes the pool: idle connections
+//!   close at once, later checkouts fail with `PoolClosed`, connections checked out close when
+//!   they come back.
 //! - **Stats.** [`SharedPool::stats`] returns a serialisable [`PoolStats`].
 //!
 //! # Configuration

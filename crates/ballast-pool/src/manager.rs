@@ -111,14 +111,8 @@ impl<C: Connect> Manager<C> {
                 match shared.open::<C>().await {
                     Ok(conn) => {
                         *probed.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
-                        {
-                            let mut gate = shared.lock_gate();
-                            gate.failure = None;
-                            gate.consecutive = 0;
-                            gate.retry_at = None;
-                            gate.probe_running = false;
-                        }
-                        tracing::info!("database connects succeed again");
+                        shared.lock_gate().probe_running = false;
+                        shared.connect_succeeded();
                         return;
                     }
                     Err(failure) => {
@@ -171,15 +165,7 @@ impl<C: Connect> bb8::ManageConnection for Manager<C> {
                 shared.read_budget(&mut conn).await;
                 // Another attempt may have failed while this one was under way: this one says
                 // the database answers.
-                let recovered = {
-                    let mut gate = shared.lock_gate();
-                    gate.consecutive = 0;
-                    gate.retry_at = None;
-                    gate.failure.take().is_some()
-                };
-                if recovered {
-                    tracing::info!("database connects succeed again");
-                }
+                shared.connect_succeeded();
                 Ok(self.adopt(conn))
             }
             Err(failure) => {

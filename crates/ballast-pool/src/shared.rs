@@ -198,33 +198,136 @@ impl Shared {
         self.gate.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records a failed connect: counted, logged, the gate closed for a growing pause, waiting
-    /// checkouts told. Returns whether a probe must be started (none runs yet).
+    /// Records a failed connect: counted, the gate closed for a growing pause, waiting checkouts
+    /// told. Returns whether a probe must be started (none runs yet).
+    ///
+    /// Logged as an outage, not per attempt: the first failure (and a failure of another kind
+    /// than the last) at `WARN`, then while it lasts one `WARN` every [`OUTAGE_LOG_EVERY`] with
+    /// the attempts since; [`connect_succeeded`](Self::connect_succeeded) logs its end.
     pub(crate) fn connect_failed(&self, failure: &Failure) -> bool {
         let key = failure
             .driver_code()
             .map_or_else(|| format!("{:?}", failure.cause()), |code| code.to_string());
         self.counters.connect_failed(key);
-        tracing::warn!(
-            code = failure.code().as_str(),
-            cause = ?failure.cause(),
-            retryable = failure.retryable(),
-            "database connect failed: {}",
-            failure.report()
-        );
-        let start_probe = {
+        let now = Instant::now();
+        let (start_probe, log) = {
             let mut gate = self.lock_gate();
             gate.consecutive = gate.consecutive.saturating_add(1);
-            gate.retry_at = Some(Instant::now() + Gate::backoff(gate.consecutive));
+            gate.retry_at = Some(now + Gate::backoff(gate.consecutive));
+            let gate = &mut *gate;
+            let log = gate.outage.failed(now, gate.failure.as_ref(), failure);
             gate.failure = Some(failure.detached());
-            !std::mem::replace(&mut gate.probe_running, true)
+            (!std::mem::replace(&mut gate.probe_running, true), log)
         };
+        match log {
+            OutageLog::Began => tracing::warn!(
+                code = failure.code().as_str(),
+                cause = ?failure.cause(),
+                retryable = failure.retryable(),
+                "database connect failed: {} (logged again while it lasts, every {}s)",
+                failure.report(),
+                OUTAGE_LOG_EVERY.as_secs()
+            ),
+            OutageLog::Still { attempts, down_for } => tracing::warn!(
+                code = failure.code().as_str(),
+                cause = ?failure.cause(),
+                retryable = failure.retryable(),
+                attempts,
+                down_for_ms = u64::try_from(down_for.as_millis()).unwrap_or(u64::MAX),
+                "database connects still failing: {}",
+                failure.report()
+            ),
+            OutageLog::Quiet => {}
+        }
         *self
             .latest_failure
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), failure.detached()));
+            .unwrap_or_else(PoisonError::into_inner) = Some((now, failure.detached()));
         self.failures.send_modify(|count| *count += 1);
         start_probe
+    }
+
+    /// Records a successful connect: the gate opens, and the end of an outage is logged once,
+    /// with how long it lasted and how many attempts failed. (A probe still waiting for its next
+    /// attempt sees the open gate and ends itself.)
+    pub(crate) fn connect_succeeded(&self) {
+        let ended = {
+            let mut gate = self.lock_gate();
+            gate.consecutive = 0;
+            gate.retry_at = None;
+            gate.failure = None;
+            gate.outage.ended(Instant::now())
+        };
+        if let Some((down_for, attempts)) = ended {
+            tracing::info!(
+                attempts,
+                down_for_ms = u64::try_from(down_for.as_millis()).unwrap_or(u64::MAX),
+                "database connects succeed again"
+            );
+        }
+    }
+}
+
+/// How often an outage that goes on is logged again.
+pub(crate) const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What a failed connect says in the log.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum OutageLog {
+    /// The first failure, or one of another kind than the last.
+    Began,
+    /// The outage goes on: `attempts` failed since it was last logged.
+    Still { attempts: u32, down_for: Duration },
+    /// Nothing: it was logged less than [`OUTAGE_LOG_EVERY`] ago.
+    Quiet,
+}
+
+/// An outage as the log tells it: since when, and the failures since it was last logged.
+#[derive(Debug, Default)]
+pub(crate) struct Outage {
+    since: Option<Instant>,
+    logged_at: Option<Instant>,
+    unlogged: u32,
+    attempts: u32,
+}
+
+impl Outage {
+    /// A connect failed with `failure`; `last` is the failure the gate held (none: connecting
+    /// worked until now).
+    fn failed(&mut self, now: Instant, last: Option<&Failure>, failure: &Failure) -> OutageLog {
+        self.attempts = self.attempts.saturating_add(1);
+        let changed = last.is_none_or(|last| {
+            last.cause() != failure.cause() || last.driver_code() != failure.driver_code()
+        });
+        let since = *self.since.get_or_insert(now);
+        let due = self
+            .logged_at
+            .is_none_or(|at| now.duration_since(at) >= OUTAGE_LOG_EVERY);
+        if changed {
+            self.logged_at = Some(now);
+            self.unlogged = 0;
+            return OutageLog::Began;
+        }
+        self.unlogged = self.unlogged.saturating_add(1);
+        if !due {
+            return OutageLog::Quiet;
+        }
+        self.logged_at = Some(now);
+        let attempts = std::mem::take(&mut self.unlogged);
+        OutageLog::Still {
+            attempts,
+            down_for: now.duration_since(since),
+        }
+    }
+
+    /// Connecting works again: how long it did not, and how many attempts failed; `None` when
+    /// there was no outage.
+    fn ended(&mut self, now: Instant) -> Option<(Duration, u32)> {
+        let since = self.since.take()?;
+        let attempts = std::mem::take(&mut self.attempts);
+        self.logged_at = None;
+        self.unlogged = 0;
+        Some((now.duration_since(since), attempts))
     }
 }
 
@@ -261,6 +364,8 @@ pub(crate) struct Gate {
     pub(crate) retry_at: Option<Instant>,
     /// Whether the probe task runs.
     pub(crate) probe_running: bool,
+    /// The outage, for the log.
+    pub(crate) outage: Outage,
 }
 
 impl Gate {
@@ -286,6 +391,42 @@ mod tests {
 
     fn shared() -> Shared {
         Shared::new(PoolConfig::from_url("sqlite::memory:").unwrap())
+    }
+
+    #[test]
+    fn an_outage_is_logged_when_it_begins_changes_goes_on_and_ends() {
+        let mut outage = Outage::default();
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let refused = Failure::new(Cause::Unreachable);
+        let auth = Failure::new(Cause::AuthFailed);
+        assert_eq!(outage.failed(at(0), None, &refused), OutageLog::Began);
+        for ms in [50, 150, 650, 9_999] {
+            assert_eq!(
+                outage.failed(at(ms), Some(&refused), &refused),
+                OutageLog::Quiet
+            );
+        }
+        assert_eq!(
+            outage.failed(at(10_000), Some(&refused), &refused),
+            OutageLog::Still {
+                attempts: 5,
+                down_for: Duration::from_secs(10)
+            }
+        );
+        assert_eq!(
+            outage.failed(at(10_500), Some(&refused), &refused),
+            OutageLog::Quiet
+        );
+        // Another kind of failure is news at once.
+        assert_eq!(
+            outage.failed(at(11_000), Some(&refused), &auth),
+            OutageLog::Began
+        );
+        assert_eq!(outage.ended(at(12_000)), Some((Duration::from_secs(12), 8)));
+        assert_eq!(outage.ended(at(13_000)), None, "one end per outage");
+        // The next outage starts its own count.
+        assert_eq!(outage.failed(at(20_000), None, &refused), OutageLog::Began);
     }
 
     #[test]
