@@ -253,3 +253,69 @@ mod tests {
         assert_eq!(scope.run(async { RequestScope::remaining() }).await, None);
     }
 }
+
+tokio::task_local! {
+    static DRAIN: DrainSignal;
+}
+
+/// Whether the service has begun to drain, for work that should stop early then: a background
+/// job's retries ([`ballast_retry::Retrying`] gives up waiting for the next attempt and returns
+/// the last failure).
+///
+/// `ballast-shutdown` runs every job of `ShutdownHandle::spawn` inside the signal of its
+/// shutdown; [`run`](Self::run) puts any future inside one, and [`current`](Self::current)
+/// finds it. Without one, nothing ever drains.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use ballast_core::scope::DrainSignal;
+///
+/// let (drain, signal) = tokio::sync::watch::channel(false);
+/// let signal = DrainSignal::new(signal);
+/// signal
+///     .clone()
+///     .run(async {
+///         let current = DrainSignal::current().expect("inside the signal");
+///         assert!(!current.is_draining());
+///         drain.send_replace(true);
+///         current.draining().await; // resolves: the drain began
+///     })
+///     .await;
+/// assert!(DrainSignal::current().is_none(), "outside it");
+/// # }
+/// ```
+///
+/// [`ballast_retry::Retrying`]: https://docs.rs/ballast-retry
+#[derive(Debug, Clone)]
+pub struct DrainSignal(tokio::sync::watch::Receiver<bool>);
+
+impl DrainSignal {
+    /// A signal that says the drain has begun once `draining` holds `true`.
+    pub fn new(draining: tokio::sync::watch::Receiver<bool>) -> Self {
+        DrainSignal(draining)
+    }
+
+    /// Runs `future` inside this signal: [`current`](Self::current) finds it there.
+    pub fn run<F: Future>(self, future: F) -> tokio::task::futures::TaskLocalFuture<Self, F> {
+        DRAIN.scope(self, future)
+    }
+
+    /// The signal the current task runs inside, if any.
+    pub fn current() -> Option<DrainSignal> {
+        DRAIN.try_with(DrainSignal::clone).ok()
+    }
+
+    /// Whether the drain has begun.
+    pub fn is_draining(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves when the drain begins (at once if it has); never if whoever could start it is
+    /// gone.
+    pub async fn draining(mut self) {
+        if self.0.wait_for(|draining| *draining).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,9 +1,11 @@
 //! The function form: retry database work outside HTTP.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use ballast_core::scope::DrainSignal;
 use ballast_core::{ConfigError, Failure};
 use tower::retry::Policy;
 use tower::ServiceExt;
@@ -132,6 +134,11 @@ impl Retrying {
 
     /// Runs `operation` under these settings.
     ///
+    /// Inside a drain signal — a job of `ShutdownHandle::spawn` (ballast-shutdown), or any future
+    /// run with [`DrainSignal::run`] — no retry starts once the service begins to drain: a
+    /// backoff in progress ends and the last failure is returned, so a job's retries never hold
+    /// the shutdown up.
+    ///
     /// # Errors
     ///
     /// The last attempt's failure, unchanged.
@@ -141,15 +148,35 @@ impl Retrying {
         Fut: Future<Output = Result<T, Failure>>,
     {
         self.shared.counters.attempt();
+        let drain = DrainSignal::current();
+        // The last failure, for the attempt the drain stops before it starts.
+        let last: Arc<Mutex<Option<Failure>>> = Arc::default();
         // tower's `Retry` clones its service; the operation is shared between the clones and
         // locked only to start each attempt.
         let operation = Arc::new(Mutex::new(operation));
-        let service = tower::service_fn(move |()| {
-            let mut operation = operation.lock().unwrap_or_else(PoisonError::into_inner);
-            operation()
-        });
+        let service = {
+            let (drain, last) = (drain.clone(), Arc::clone(&last));
+            tower::service_fn(move |()| {
+                let stopped = drain
+                    .as_ref()
+                    .filter(|drain| drain.is_draining())
+                    .and_then(|_| last.lock().unwrap_or_else(PoisonError::into_inner).take());
+                let attempt = match stopped {
+                    Some(failure) => Err(failure),
+                    None => Ok(operation.lock().unwrap_or_else(PoisonError::into_inner)()),
+                };
+                async move {
+                    match attempt {
+                        Ok(attempt) => attempt.await,
+                        Err(failure) => Err(failure),
+                    }
+                }
+            })
+        };
         let policy = FnPolicy {
             attempts: Attempts::start(Arc::clone(&self.shared), self.idempotent),
+            drain,
+            last,
         };
         tower::retry::Retry::new(policy, service).oneshot(()).await
     }
@@ -186,17 +213,39 @@ impl RetryBuilder<FunctionForm> {
 #[derive(Clone)]
 struct FnPolicy {
     attempts: Attempts,
+    /// The drain of the service the run belongs to, when it runs inside one
+    /// ([`DrainSignal::run`], `ShutdownHandle::spawn`): no retry starts once it begins.
+    drain: Option<DrainSignal>,
+    /// The last failure, kept while the backoff runs under a drain signal.
+    last: Arc<Mutex<Option<Failure>>>,
 }
 
 impl<T> Policy<(), T, Failure> for FnPolicy {
-    type Future = tokio::time::Sleep;
+    type Future = Pin<Box<dyn Future<Output = ()> + Send>>;
 
     fn retry(&mut self, _: &mut (), result: &mut Result<T, Failure>) -> Option<Self::Future> {
         let failure = result.as_ref().err();
-        match self.attempts.decide(failure) {
-            Decision::Retry(sleep) => Some(sleep),
-            Decision::Stop => None,
+        if let (Some(drain), Some(failure)) = (&self.drain, failure) {
+            if drain.is_draining() {
+                // The service is shutting down: the job ends with what it has.
+                return None;
+            }
+            *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(failure.detached());
         }
+        let Decision::Retry(sleep) = self.attempts.decide(failure) else {
+            return None;
+        };
+        Some(match self.drain.clone() {
+            None => Box::pin(sleep),
+            // The wait ends early when the drain begins; the attempt it leads to then stops at
+            // once with the last failure.
+            Some(drain) => Box::pin(async move {
+                tokio::select! {
+                    () = sleep => {}
+                    () = drain.draining() => {}
+                }
+            }),
+        })
     }
 
     fn clone_request(&mut self, _: &()) -> Option<()> {

@@ -10,7 +10,9 @@
 //! answered from its closed connect gate
 //! ([`Failure::is_known_outage`](ballast_core::Failure::is_known_outage)) is not retried, and the
 //! client is told when to come back. Background work has time: the function form defaults to
-//! three retries from 1 s.
+//! three retries from 1 s, and stops retrying when its service begins to drain (a job of
+//! `ShutdownHandle::spawn`, or a future run in a
+//! [`DrainSignal`](ballast_core::scope::DrainSignal)).
 //!
 //! # Contract
 //!

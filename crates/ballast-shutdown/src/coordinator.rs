@@ -87,6 +87,7 @@ impl ShutdownBuilder {
             handle: ShutdownHandle {
                 shared: Arc::new(Shared {
                     phase,
+                    draining: watch::Sender::new(false),
                     phase_now: AtomicU8::new(Phase::Running as u8),
                     in_flight: AtomicUsize::new(0),
                     idle: Notify::new(),

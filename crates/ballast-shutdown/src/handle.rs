@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use ballast_core::scope::DrainSignal;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
@@ -34,6 +35,8 @@ pub struct ShutdownHandle {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) phase: watch::Sender<Phase>,
+    /// Whether the drain has begun, for the jobs' [`DrainSignal`].
+    pub(crate) draining: watch::Sender<bool>,
     /// The phase again, for the per-request check: a load, where the watch takes a lock that
     /// every request on every core would share.
     pub(crate) phase_now: AtomicU8,
@@ -74,7 +77,7 @@ impl Shared {
 
     /// Moves the phase forward to `next`, never back; whether it moved.
     pub(crate) fn advance(&self, next: Phase) -> bool {
-        self.phase.send_if_modified(|current| {
+        let advanced = self.phase.send_if_modified(|current| {
             if *current < next {
                 *current = next;
                 self.phase_now.store(next as u8, Ordering::Release);
@@ -82,7 +85,11 @@ impl Shared {
             } else {
                 false
             }
-        })
+        });
+        if advanced && next >= Phase::Draining {
+            self.draining.send_replace(true);
+        }
+        advanced
     }
 }
 
@@ -193,7 +200,8 @@ impl ShutdownHandle {
         F: Future<Output = ()> + Send + 'static,
     {
         let name = name.into();
-        let task = tokio::spawn(job);
+        // Inside the drain signal: its retries (`ballast_retry::Retrying`) stop at the drain.
+        let task = tokio::spawn(self.drain_signal().run(job));
         let mut tasks = self
             .shared
             .tasks
@@ -201,6 +209,14 @@ impl ShutdownHandle {
             .unwrap_or_else(PoisonError::into_inner);
         tasks.retain(|(_, task)| !task.is_finished());
         tasks.push((name, task));
+    }
+
+    /// The signal that says this service has begun to drain, for work outside
+    /// [`spawn`](Self::spawn) that should stop then: `handle.drain_signal().run(job)` makes
+    /// [`Retrying`](https://docs.rs/ballast-retry) inside `job` give up at the drain, as it does
+    /// in a spawned job.
+    pub fn drain_signal(&self) -> DrainSignal {
+        DrainSignal::new(self.shared.draining.subscribe())
     }
 
     /// Waits for the background jobs to end; returns how many had to be cancelled at
