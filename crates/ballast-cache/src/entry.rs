@@ -25,6 +25,9 @@ pub(crate) enum Stored {
     /// "Hit-for-pass": requests for this key go straight to the service, without waiting on
     /// each other, until the note expires (the TTL) and the key is tried again.
     Pass,
+    /// The same for a key whose route never asked to be cached: passed by as silently as a
+    /// request the cache does not look at (no `x-cache`, counted as bypassed, not as a miss).
+    Bypass,
 }
 
 /// A response as stored.
@@ -132,7 +135,7 @@ impl Entry {
                 (headers + response.body.len()) as u64
             }
             Stored::Vary(names) => names.iter().map(|name| name.as_str().len() as u64).sum(),
-            Stored::Pass => 0,
+            Stored::Pass | Stored::Bypass => 0,
         };
         Arc::new(Entry {
             stored,
@@ -144,7 +147,7 @@ impl Entry {
     pub(crate) fn keep(&self, default: Duration) -> Duration {
         match &self.stored {
             Stored::Response(response) => response.keep(default),
-            Stored::Vary(_) | Stored::Pass => default,
+            Stored::Vary(_) | Stored::Pass | Stored::Bypass => default,
         }
     }
 }

@@ -111,6 +111,9 @@
 //! the set) is remembered for the TTL ("hit-for-pass"), so its later requests go straight to the
 //! service instead of queueing behind each other; a failure or 5xx is not remembered, since the
 //! next answer may well be storable.
+//! A route that never asked to be cached is remembered the same way, and passed by as if the
+//! cache were not there: no `x-cache` header, counted as bypassed rather than missed, so the
+//! hit ratio says how the cached routes do.
 //!
 //! # Example
 //!

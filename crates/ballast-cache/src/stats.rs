@@ -46,7 +46,9 @@ pub struct CacheStats {
     pub max_bytes: u64,
     /// Requests answered from the cache.
     pub hits: u64,
-    /// Cacheable requests that were not in the cache.
+    /// Requests of routes that cache (a `CacheRouteLayer`, or responses that state their
+    /// freshness) that were not in the cache. Routes that never asked to be cached are bypassed,
+    /// not missed, so `hit_ratio` is the cached routes' own.
     pub misses: u64,
     /// Responses stored.
     pub inserts: u64,
@@ -58,7 +60,8 @@ pub struct CacheStats {
     pub too_large: u64,
     /// Responses not stored for any other reason (status, `Set-Cookie`, `Cache-Control`, ...).
     pub not_storable: u64,
-    /// Requests that bypassed the cache (method, credentials, request `Cache-Control`).
+    /// Requests that bypassed the cache: their method, credentials or request `Cache-Control`,
+    /// or a route that never asked to be cached (they carry no `x-cache`).
     pub bypassed: u64,
     /// Requests sent straight to the service because their key recently answered with
     /// something that may not be stored ("hit-for-pass"; counted as misses too).

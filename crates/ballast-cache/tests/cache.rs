@@ -917,9 +917,21 @@ async fn caching_is_something_a_route_asks_for() {
         ("/explicit", true),
     ] {
         let before = calls.load(Ordering::SeqCst);
-        for _ in 0..3 {
-            let (status, _, _) = text(&app, request(Method::GET, path, &[])).await;
+        for n in 0..3 {
+            let (status, headers, _) = text(&app, request(Method::GET, path, &[])).await;
             assert_eq!(status, StatusCode::OK);
+            // Only a route that asked says where its answer came from; the others say nothing,
+            // as if the cache were not there.
+            let expected = match (cached, n) {
+                (false, _) => None,
+                (true, 0) => Some("MISS"),
+                (true, _) => Some("HIT"),
+            };
+            assert_eq!(
+                headers.get("x-cache").map(|value| value.to_str().unwrap()),
+                expected,
+                "{path}, request {n}"
+            );
         }
         let ran = calls.load(Ordering::SeqCst) - before;
         assert_eq!(
@@ -928,8 +940,16 @@ async fn caching_is_something_a_route_asks_for() {
             "{path}: the handler ran {ran} times"
         );
     }
+    // No route at all: a 404 nobody asked to cache says nothing either.
+    let (status, headers, _) = text(&app, request(Method::GET, "/nowhere", &[])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!headers.contains_key("x-cache"), "{headers:?}");
     let stats = cache.stats().await;
     assert_eq!(stats.hits, 4, "{stats:?}");
+    // The hit ratio is the cached routes' own: the others are bypassed, not missed.
+    assert_eq!(stats.misses, 2, "{stats:?}");
+    assert_eq!(stats.bypassed, 7, "{stats:?}");
+    assert_eq!(stats.not_storable, 0, "{stats:?}");
 }
 
 /// A route's policy names its statuses: a route that caches only its 200s never stores its 404s,

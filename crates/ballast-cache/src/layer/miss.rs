@@ -12,7 +12,7 @@ use tower_service::Service;
 use super::hit::{hit, mark};
 use super::revalidate::revalidate;
 use super::service::pass_through;
-use super::storing::store;
+use super::storing::{store, Remember};
 use super::{CacheLayer, X_CACHE};
 use crate::body::CacheBody;
 use crate::entry::{Entry, Freshness, Stored};
@@ -142,16 +142,22 @@ where
             }
         }
         Some(Stored::Pass) => true,
+        Some(Stored::Bypass) => {
+            // A route that never asked to be cached.
+            cache.count(Event::Bypassed);
+            return pass_through(inner, request).await;
+        }
         _ => false,
     };
-    cache.count(Event::Miss);
     if pass {
+        cache.count(Event::Miss);
         cache.count(Event::Pass);
         let mut response = pass_through(inner, request).await?;
         mark(&mut response, layer.x_cache, "MISS");
         return Ok(response);
     }
     if head {
+        cache.count(Event::Miss);
         // A HEAD response has no body to store; a later GET will fill the cache.
         let mut response = pass_through(inner, request).await?;
         mark(&mut response, layer.x_cache, "MISS");
@@ -180,10 +186,13 @@ where
     // The first one's future runs inside moka's `try_get_with`; the others wait for its entry.
     let mut request = Some(request);
     let mut own: Option<Result<Response<CacheBody<ResBody>>, S::Error>> = None;
+    // Whether the route turned out never to have asked to be cached.
+    let mut bypassed = false;
     let moka = cache.inner.moka.clone();
     let init = {
         let request = &mut request;
         let own = &mut own;
+        let bypassed = &mut bypassed;
         let key = key.clone();
         let mut inner = inner.clone();
         async move {
@@ -211,13 +220,15 @@ where
                 }
                 Err((response, remember)) => {
                     *own = Some(Ok(response));
-                    if remember {
+                    *bypassed = remember == Remember::Bypass;
+                    match remember.note() {
                         // Hit-for-pass: the next requests for this key skip the coalescing.
-                        let entry = Entry::new(&key, Stored::Pass);
-                        cache.account(&entry);
-                        Ok(entry)
-                    } else {
-                        Err(NotCached)
+                        Some(note) => {
+                            let entry = Entry::new(&key, note);
+                            cache.account(&entry);
+                            Ok(entry)
+                        }
+                        None => Err(NotCached),
                     }
                 }
             }
@@ -226,15 +237,27 @@ where
     let outcome = moka.try_get_with(key.clone(), init).await;
     if let Some(result) = own {
         let mut response = result?;
-        mark(&mut response, layer.x_cache, "MISS");
+        if !bypassed {
+            cache.count(Event::Miss);
+            mark(&mut response, layer.x_cache, "MISS");
+        }
         return Ok(response);
     }
     if let Ok(entry) = &outcome {
         match &entry.stored {
+            // A route that never asked to be cached: this request goes to the service, silently.
+            Stored::Bypass => {
+                cache.count(Event::Bypassed);
+                let Some(request) = request else {
+                    unreachable!("only the first request's own response was taken")
+                };
+                return pass_through(inner, request).await;
+            }
             // The first request's response may not be stored: this one goes to the service.
             Stored::Pass => {}
             // Another request's response, stored for this key.
             Stored::Response(stored) => {
+                cache.count(Event::Miss);
                 let mut response = hit(stored, Some(stored.age()), false, false, "MISS");
                 mark(&mut response, layer.x_cache, "MISS");
                 return Ok(response);
@@ -249,6 +272,7 @@ where
                 ));
                 if let Some(entry) = cache.inner.moka.get(&variant).await {
                     if let Stored::Response(stored) = &entry.stored {
+                        cache.count(Event::Miss);
                         let mut response = hit(stored, Some(stored.age()), false, false, "MISS");
                         mark(&mut response, layer.x_cache, "MISS");
                         return Ok(response);
@@ -262,6 +286,7 @@ where
     let Some(request) = request else {
         unreachable!("the first request's own response was returned above")
     };
+    cache.count(Event::Miss);
     let mut response = pass_through(inner, request).await?;
     mark(&mut response, layer.x_cache, "MISS");
     Ok(response)

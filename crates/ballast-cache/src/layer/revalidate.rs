@@ -10,7 +10,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::hit::{hit, mark};
-use super::storing::store;
+use super::storing::{store, Remember};
 use super::CacheLayer;
 use crate::body::CacheBody;
 use crate::entry::{Entry, Freshness, Stored, StoredResponse};
@@ -126,12 +126,12 @@ where
         }
         Err((response, remember)) => {
             // No longer storable: the stale entry goes, and the key is remembered as such.
-            if remember {
-                cache
-                    .insert(key.clone(), Entry::new(&key, Stored::Pass))
-                    .await;
-            } else {
-                cache.inner.moka.invalidate(&key).await;
+            match remember.note() {
+                Some(note) => cache.insert(key.clone(), Entry::new(&key, note)).await,
+                None => cache.inner.moka.invalidate(&key).await,
+            }
+            if remember == Remember::Bypass {
+                return Ok(response);
             }
             response
         }

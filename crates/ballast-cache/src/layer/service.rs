@@ -149,6 +149,11 @@ where
                 layer.cache.count(Event::Pass);
                 Some(layer.x_cache.then_some("MISS"))
             }
+            (Some(_), Some(Some(entry))) if matches!(entry.stored, Stored::Bypass) => {
+                // A route that never asked to be cached: passed by as if the cache were not there.
+                layer.cache.count(Event::Bypassed);
+                Some(None)
+            }
             _ => None,
         };
         if let Some(label) = pass {

@@ -25,7 +25,7 @@ pub(super) async fn store<ResBody>(
     request_headers: &http::HeaderMap,
     response: Response<ResBody>,
     exchange: rules::Exchange,
-) -> Result<StoreOutcome, (Response<CacheBody<ResBody>>, bool)>
+) -> Result<StoreOutcome, (Response<CacheBody<ResBody>>, Remember)>
 where
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
@@ -40,12 +40,21 @@ where
         exchange,
     ) {
         Ok(lifetime) => lifetime,
+        Err(NotStored::NotAsked) => {
+            // The route never asked to be cached: not a miss, and nothing to say about it.
+            cache.count(Event::Bypassed);
+            return Err((response.map(CacheBody::inner), Remember::Bypass));
+        }
         Err(reason) => {
             cache.count(Event::NotStorable);
             // A failure is transient: the next request may well be storable. What the response
             // says about itself (private, no-store, Set-Cookie, a status outside the set) holds
             // for its key: remember it.
-            let remember = !matches!(reason, NotStored::Failure | NotStored::Status5xx);
+            let remember = if matches!(reason, NotStored::Failure | NotStored::Status5xx) {
+                Remember::Nothing
+            } else {
+                Remember::Pass
+            };
             return Err((response.map(CacheBody::inner), remember));
         }
     };
@@ -59,7 +68,7 @@ where
                 NotStored::TooLarge => Event::TooLarge,
                 _ => Event::NotStorable,
             });
-            return Err((Response::from_parts(parts, body), false));
+            return Err((Response::from_parts(parts, body), Remember::Nothing));
         }
     };
     let validator = parts.headers.contains_key(http::header::ETAG)
@@ -102,6 +111,28 @@ where
     })
 }
 
+/// What a key whose response was not stored is remembered as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Remember {
+    /// Nothing: the next response may be storable (a failure, a 5xx, a body too large).
+    Nothing,
+    /// Hit-for-pass: the response says it may not be stored (`private`, `no-store`, ...).
+    Pass,
+    /// The route never asked to be cached: passed by silently from now on.
+    Bypass,
+}
+
+impl Remember {
+    /// The note to store for the key, if any.
+    pub(super) fn note(self) -> Option<Stored> {
+        match self {
+            Remember::Nothing => None,
+            Remember::Pass => Some(Stored::Pass),
+            Remember::Bypass => Some(Stored::Bypass),
+        }
+    }
+}
+
 /// What [`store`] stored: the entry for the key, and the response's own entry when it varies.
 pub(super) struct StoreOutcome {
     pub(super) entry: Arc<Entry>,
@@ -114,7 +145,7 @@ impl StoreOutcome {
     pub(super) fn own_response<B>(&self) -> Option<Response<CacheBody<B>>> {
         match &self.variant.as_ref().unwrap_or(&self.entry).stored {
             Stored::Response(stored) => Some(hit(stored, None, false, false, "MISS")),
-            Stored::Vary(_) | Stored::Pass => None,
+            Stored::Vary(_) | Stored::Pass | Stored::Bypass => None,
         }
     }
 }
