@@ -126,7 +126,35 @@ pub fn render(figures: &Figures<'_>) -> String {
             histogram(&mut text, name, help, timings);
         }
     }
-    text
+    in_name_order(&text)
+}
+
+/// `text` with its metric families sorted by name: the exporter keeps them in hash maps, so
+/// their order would change from one render to the next. Each family is its `# HELP` line and
+/// what follows it up to the next one.
+fn in_name_order(text: &str) -> String {
+    let mut families: Vec<(&str, Vec<&str>)> = Vec::new();
+    for line in text.lines().filter(|line| !line.is_empty()) {
+        match line.strip_prefix("# HELP ") {
+            Some(rest) => {
+                let name = rest.split(' ').next().unwrap_or(rest);
+                families.push((name, vec![line]));
+            }
+            None => match families.last_mut() {
+                Some((_, lines)) => lines.push(line),
+                None => families.push(("", vec![line])),
+            },
+        }
+    }
+    families.sort_by(|a, b| a.0.cmp(b.0));
+    let mut sorted = String::with_capacity(text.len() + 1);
+    for (_, lines) in families {
+        for line in lines {
+            sorted.push_str(line);
+            sorted.push('\n');
+        }
+    }
+    sorted
 }
 
 /// Appends `timings` as a Prometheus histogram.
@@ -371,6 +399,30 @@ fn record(figures: &Figures<'_>) {
             } else {
                 0.0
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_come_out_in_the_same_order_every_time() {
+        let stats = crate::retry::RetryLayer::new().handle().stats();
+        let first = render(&Figures::new().retry(&stats));
+        let names = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter_map(|line| line.strip_prefix("# HELP "))
+                .map(|rest| rest.split(' ').next().unwrap().to_owned())
+                .collect()
+        };
+        let mut sorted = names(&first);
+        sorted.sort();
+        assert_eq!(names(&first), sorted, "in name order:\n{first}");
+        assert!(sorted.len() > 3, "{first}");
+        for _ in 0..20 {
+            assert_eq!(render(&Figures::new().retry(&stats)), first);
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct StackBuilder<C: Connect> {
     x_cache: bool,
     shutdown: ShutdownBuilder,
     serve: ServeConfig,
+    #[cfg(feature = "metrics")]
+    metrics: Option<&'static str>,
 }
 
 impl<C: Connect> StackBuilder<C> {
@@ -109,6 +111,17 @@ impl<C: Connect> StackBuilder<C> {
         self
     }
 
+    /// Answers `path` (`"/metrics"`) under [`Stack::serve`] with the pool's, the cache's, the
+    /// retry layer's and the shutdown's figures in Prometheus's text format
+    /// ([`Stack::metrics`]), in front of the stack like the health routes. Off by default:
+    /// they are figures about the service that not every client should read.
+    #[cfg(feature = "metrics")]
+    #[must_use]
+    pub fn metrics_route(mut self, path: &'static str) -> Self {
+        self.metrics = Some(path);
+        self
+    }
+
     /// The HTTP server's timeouts and connection cap for [`Stack::serve`].
     #[must_use]
     pub fn serve_config(mut self, config: ServeConfig) -> Self {
@@ -160,6 +173,8 @@ impl<C: Connect> StackBuilder<C> {
             retry: retry.handle(),
             pool: self.pool,
             serve: self.serve,
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics,
         }
     }
 }
@@ -220,6 +235,8 @@ pub struct Stack<C: Connect> {
     retry: RetryHandle,
     pool: SharedPool<C>,
     serve: ServeConfig,
+    #[cfg(feature = "metrics")]
+    metrics: Option<&'static str>,
 }
 
 impl<C: Connect> Stack<C> {
@@ -233,6 +250,8 @@ impl<C: Connect> Stack<C> {
             x_cache: false,
             shutdown: Shutdown::builder(),
             serve: ServeConfig::default(),
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 
@@ -266,6 +285,20 @@ impl<C: Connect> Stack<C> {
         &self.pool
     }
 
+    /// The pool's, the cache's, the retry layer's and the shutdown's figures now, in
+    /// Prometheus's text format with the metric families in name order
+    /// ([`metrics::render`](crate::metrics::render)); [`StackBuilder::metrics_route`] serves
+    /// them.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(&self) -> impl Future<Output = String> + Send + 'static {
+        metrics_of(
+            self.pool.clone(),
+            self.cache.clone(),
+            self.retry.clone(),
+            self.shutdown.handle(),
+        )
+    }
+
     /// Serves `app` (an axum `Router`, or any Tower service) with the whole stack on `listener`
     /// until SIGTERM or SIGINT, shuts down in order, and returns the exit code for `main`. See
     /// [`Shutdown::serve_with`] for the server and the sequence.
@@ -280,9 +313,30 @@ impl<C: Connect> Stack<C> {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<ballast_core::BoxError>,
     {
+        #[cfg(feature = "metrics")]
+        let metrics = self.metrics.map(|path| {
+            let (pool, cache, retry, handle) = (
+                self.pool.clone(),
+                self.cache.clone(),
+                self.retry.clone(),
+                self.shutdown.handle(),
+            );
+            let render: Render = std::sync::Arc::new(move || {
+                Box::pin(metrics_of(
+                    pool.clone(),
+                    cache.clone(),
+                    retry.clone(),
+                    handle.clone(),
+                ))
+            });
+            (path, render)
+        });
+        #[cfg(not(feature = "metrics"))]
+        let metrics = None;
         let service = HealthRoutes {
             liveness: self.health.liveness(),
             readiness: self.health.readiness(),
+            metrics,
             inner: self.layer.layer(app),
         };
         self.shutdown
@@ -346,11 +400,39 @@ impl<S: Clone, C: Connect> Layer<S> for StackLayer<C> {
     }
 }
 
-/// `/healthz` and `/readyz` in front of the stack.
+/// The figures of one stack, rendered for a scrape.
+#[cfg(feature = "metrics")]
+async fn metrics_of<C: Connect>(
+    pool: SharedPool<C>,
+    cache: ResponseCache,
+    retry: RetryHandle,
+    shutdown: ShutdownHandle,
+) -> String {
+    let (pool, cache, retry, shutdown) = (
+        pool.stats(),
+        cache.stats().await,
+        retry.stats(),
+        shutdown.stats(),
+    );
+    crate::metrics::render(
+        &crate::metrics::Figures::new()
+            .pool(&pool)
+            .cache(&cache)
+            .retry(&retry)
+            .shutdown(&shutdown),
+    )
+}
+
+/// Renders the metrics route's text.
+type Render =
+    std::sync::Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
+
+/// `/healthz`, `/readyz` and the metrics route (when asked for) in front of the stack.
 #[derive(Clone)]
 struct HealthRoutes<S> {
     liveness: Liveness,
     readiness: Readiness,
+    metrics: Option<(&'static str, Render)>,
     inner: S,
 }
 
@@ -374,6 +456,24 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         fn boxed(response: Response<Full<Bytes>>) -> Response<HealthBody> {
             response.map(|body| body.map_err(|never| match never {}).boxed_unsync())
+        }
+        if let Some((path, render)) = &self.metrics {
+            if request.uri().path() == *path {
+                let text = render();
+                return Box::pin(async move {
+                    let mut response = Response::new(Full::new(Bytes::from(text.await)));
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    headers.insert(
+                        http::header::CACHE_CONTROL,
+                        http::HeaderValue::from_static("no-store"),
+                    );
+                    Ok(boxed(response))
+                });
+            }
         }
         match request.uri().path() {
             HEALTHZ => {
