@@ -28,11 +28,10 @@ impl<C: Connect> SharedPool<C> {
         if shared.is_closed() {
             return Err(Failure::new(Cause::PoolClosed));
         }
-        let pool = self.bb8_pool();
         // Connecting has been failing and the gate is closed: the database is known to be
         // down, and waiting cannot help. Answer at once (an outage costs the client nothing but
         // the answer), unless open connections may still serve.
-        if pool.state().connections == 0 {
+        if self.bb8_pool().state().connections == 0 {
             if let Some(failure) = shared.known_outage() {
                 shared.counters.failed_fast.fetch_add(1, Ordering::Relaxed);
                 return Err(self.honest(failure, scope.as_deref()));
@@ -57,7 +56,7 @@ impl<C: Connect> SharedPool<C> {
         let _waiting_mark = scope.as_ref().map(RequestScope::waiting);
         let result = match self.take_turn(started, deadline).await {
             Ok(turn) => self
-                .checkout(pool, started, deadline)
+                .checkout(started, deadline)
                 .await
                 .map(|conn| (turn, conn)),
             Err(failure) => Err(failure),
@@ -128,7 +127,7 @@ impl<C: Connect> SharedPool<C> {
                     let now = Instant::now();
                     if now >= deadline {
                         shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                        return Err(self.timed_out(self.bb8_pool(), started));
+                        return Err(self.timed_out(started));
                     }
                     // A wait that turned out longer than admission allows: leave now, so the
                     // ones behind are served near the target.
@@ -145,11 +144,10 @@ impl<C: Connect> SharedPool<C> {
     /// deadline, failing early when connecting fails and there is nothing to wait for.
     pub(crate) async fn checkout(
         &self,
-        pool: &bb8::Pool<Manager<C>>,
         started: Instant,
         deadline: Instant,
     ) -> Result<bb8::PooledConnection<'static, Manager<C>>, Failure> {
-        let shared = &self.inner.shared;
+        let (shared, pool) = (&self.inner.shared, self.bb8_pool());
         let mut failures = shared.subscribe_failures();
         failures.borrow_and_update();
         'checkout: loop {
@@ -168,13 +166,13 @@ impl<C: Connect> SharedPool<C> {
                     biased;
                     result = &mut checkout => return result.map_err(|error| match error {
                         bb8::RunError::User(failure) => failure,
-                        bb8::RunError::TimedOut => self.timed_out(pool, started),
+                        bb8::RunError::TimedOut => self.timed_out(started),
                     }),
                     changed = failures.changed() => {
                         if changed.is_err() {
                             continue;
                         }
-                        if let Some(failure) = self.fail_fast(pool) {
+                        if let Some(failure) = self.fail_fast() {
                             shared.counters.failed_fast.fetch_add(1, Ordering::Relaxed);
                             return Err(failure);
                         }
@@ -182,7 +180,7 @@ impl<C: Connect> SharedPool<C> {
                     () = &mut slice => {
                         if Instant::now() >= deadline {
                             shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                            return Err(self.timed_out(pool, started));
+                            return Err(self.timed_out(started));
                         }
                         // Only a pool that could still grow may have forgotten to connect.
                         if pool.state().connections < shared.config.connection_limit() {
@@ -308,17 +306,18 @@ impl<C: Connect> SharedPool<C> {
 
     /// The connect failure a waiting checkout should report now, if waiting is pointless: no
     /// connection is open and no connect attempt is under way.
-    fn fail_fast(&self, pool: &bb8::Pool<Manager<C>>) -> Option<Failure> {
+    fn fail_fast(&self) -> Option<Failure> {
         let shared = &self.inner.shared;
         let failure = shared.last_connect_failure()?;
-        let nothing_to_wait_for = pool.state().connections == 0 && !shared.is_connecting();
+        let nothing_to_wait_for =
+            self.bb8_pool().state().connections == 0 && !shared.is_connecting();
         (nothing_to_wait_for || !failure.retryable()).then_some(failure)
     }
 
     /// The failure for a checkout that waited the whole `pool_timeout`.
-    fn timed_out(&self, pool: &bb8::Pool<Manager<C>>, started: Instant) -> Failure {
+    fn timed_out(&self, started: Instant) -> Failure {
         let waited = started.elapsed();
-        let state = pool.state();
+        let state = self.bb8_pool().state();
         let max = self.inner.shared.config.connection_limit();
         let in_use = state.connections - state.idle_connections;
         // Connecting failed while this checkout waited: that, not a busy pool, is why it

@@ -294,8 +294,7 @@ impl<C: Connect> SharedPool<C> {
         if shared.is_closed() {
             return Err(Failure::new(Cause::PoolClosed));
         }
-        let pool = self.bb8_pool();
-        if pool.state().connections == 0 {
+        if self.bb8_pool().state().connections == 0 {
             if let Some(failure) = shared.known_outage() {
                 return Err(failure);
             }
@@ -306,7 +305,7 @@ impl<C: Connect> SharedPool<C> {
         let limit = shared.config.connect_timeout();
         let check = async {
             let started = Instant::now();
-            let conn = self.checkout(pool, started, started + limit).await?;
+            let conn = self.checkout(started, started + limit).await?;
             let mut conn = self.hand_out(turn, conn, None, Location::caller());
             if shared.config.statement_deadline() {
                 conn.bound_statements(None).await?;
