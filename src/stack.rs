@@ -322,12 +322,20 @@ impl<C: Connect> Stack<C> {
                 self.shutdown.handle(),
             );
             let render: Render = std::sync::Arc::new(move || {
-                Box::pin(metrics_of(
-                    pool.clone(),
-                    cache.clone(),
-                    retry.clone(),
-                    handle.clone(),
-                ))
+                let text = metrics_of(pool.clone(), cache.clone(), retry.clone(), handle.clone());
+                Box::pin(async move {
+                    let mut response = Response::new(Full::new(Bytes::from(text.await)));
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                    );
+                    headers.insert(
+                        http::header::CACHE_CONTROL,
+                        http::HeaderValue::from_static("no-store"),
+                    );
+                    response
+                })
             });
             (path, render)
         });
@@ -423,9 +431,10 @@ async fn metrics_of<C: Connect>(
     )
 }
 
-/// Renders the metrics route's text.
-type Render =
-    std::sync::Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
+/// Answers the metrics route.
+type Render = std::sync::Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>> + Send + Sync,
+>;
 
 /// `/healthz`, `/readyz` and the metrics route (when asked for) in front of the stack.
 #[derive(Clone)]
@@ -459,20 +468,8 @@ where
         }
         if let Some((path, render)) = &self.metrics {
             if request.uri().path() == *path {
-                let text = render();
-                return Box::pin(async move {
-                    let mut response = Response::new(Full::new(Bytes::from(text.await)));
-                    let headers = response.headers_mut();
-                    headers.insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                    );
-                    headers.insert(
-                        http::header::CACHE_CONTROL,
-                        http::HeaderValue::from_static("no-store"),
-                    );
-                    Ok(boxed(response))
-                });
+                let answer = render();
+                return Box::pin(async move { Ok(boxed(answer.await)) });
             }
         }
         match request.uri().path() {
