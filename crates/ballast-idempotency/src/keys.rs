@@ -125,31 +125,115 @@ impl Idempotency {
         // after an attempt of this work ran, say — may be repeated with the same key.
         RequestScope::with_current(RequestScope::guard);
         let fingerprint = fingerprint(request)?;
-        self.ensure_table(conn).await.map_err(guarded)?;
-        let now = unix_millis();
-        let cutoff = now.saturating_sub(i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX));
+        if let Opened::Recorded(outcome) = self.open(conn, key, &fingerprint).await? {
+            return Ok(outcome);
+        }
+        let done = match work(conn).await {
+            Ok((status, value)) => to_json(&value).map(|body| (status, body)),
+            Err(error) => Err(error.with_idempotent(true)),
+        };
+        match done {
+            Ok((status, body)) => {
+                let record = Record {
+                    key,
+                    fingerprint: &fingerprint,
+                    status: i16::try_from(status.as_u16()).unwrap_or(i16::MAX),
+                    body: &body,
+                    created_at: unix_millis(),
+                };
+                self.close(conn, key, Some(&record)).await?;
+                Ok(Outcome::new(status, body, false))
+            }
+            Err(error) => {
+                let _ = self.close(conn, key, None).await;
+                Err(error)
+            }
+        }
+    }
 
+    /// Opens a keyed request on `conn`: begins its transaction, takes the key's lock and looks
+    /// for the key. A key recorded already ends the transaction and answers its outcome (or
+    /// the 422 of a reused key); a new key leaves the transaction open, locked, for the work
+    /// and [`close`](Self::close).
+    pub(crate) async fn open<C: KeyStore>(
+        &self,
+        conn: &mut C,
+        key: &str,
+        fingerprint: &[u8],
+    ) -> Result<Opened, Error> {
+        self.ensure_table(conn).await.map_err(guarded)?;
+        let cutoff =
+            unix_millis().saturating_sub(i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX));
         C::TransactionManager::begin_transaction(conn)
             .await
             .map_err(guarded)?;
-        let mut locked = false;
-        let result = keyed(conn, key, &fingerprint, now, cutoff, &mut locked, work).await;
-        let result = match result {
-            Ok(outcome) => match C::TransactionManager::commit_transaction(conn).await {
-                Ok(()) => Ok(outcome),
-                Err(error) => Err(guarded(error)),
-            },
-            Err(error) => {
-                // The error says what went wrong; a failing ROLLBACK only repeats it (and a
-                // connection left in a transaction is rolled back by the pool).
+        let locked = match conn.try_lock(key).await.map_err(guarded) {
+            Ok(true) => true,
+            Ok(false) => {
                 let _ = C::TransactionManager::rollback_transaction(conn).await;
-                Err(error)
+                return Err(in_use());
+            }
+            Err(error) => {
+                let _ = C::TransactionManager::rollback_transaction(conn).await;
+                return Err(error);
             }
         };
+        let found = async {
+            // SQLite, which has no lock to take above, takes its write lock here, before
+            // anything is read (see `store`).
+            conn.delete_expired(key, cutoff).await?;
+            conn.find(key).await
+        }
+        .await
+        .map_err(guarded);
+        let opened = match found {
+            Ok(None) => return Ok(Opened::New),
+            Ok(Some(recorded)) if recorded.fingerprint != fingerprint => Err(reused()),
+            Ok(Some(recorded)) => {
+                let status = u16::try_from(recorded.status)
+                    .ok()
+                    .and_then(|status| StatusCode::from_u16(status).ok())
+                    .unwrap_or(StatusCode::OK);
+                Ok(Opened::Recorded(Outcome::recorded(status, recorded.body)))
+            }
+            Err(error) => Err(error),
+        };
+        // Nothing was written: the transaction only read (and dropped an expired key, which
+        // the next request drops again).
+        let _ = C::TransactionManager::rollback_transaction(conn).await;
         if locked {
-            // MySQL's lock outlives the transaction; a connection that failed takes it along.
             let _ = conn.unlock(key).await;
         }
+        opened
+    }
+
+    /// Closes a keyed request [`open`](Self::open) left open: records `record` with the work and
+    /// commits both, or (`None`, the work failed) rolls the work back and records nothing.
+    pub(crate) async fn close<C: KeyStore>(
+        &self,
+        conn: &mut C,
+        key: &str,
+        record: Option<&Record<'_>>,
+    ) -> Result<(), Error> {
+        let result = match record {
+            Some(record) => match conn.record(record).await {
+                Ok(()) => C::TransactionManager::commit_transaction(conn)
+                    .await
+                    .map_err(guarded),
+                Err(error) => {
+                    let _ = C::TransactionManager::rollback_transaction(conn).await;
+                    Err(guarded(error))
+                }
+            },
+            // The work's error says what went wrong; a failing ROLLBACK only repeats it (and a
+            // connection left in a transaction is rolled back by the pool).
+            None => {
+                let _ = C::TransactionManager::rollback_transaction(conn).await;
+                Ok(())
+            }
+        };
+        // MySQL's lock outlives the transaction; a connection that failed takes it along.
+        let _ = conn.unlock(key).await;
         result
     }
 
@@ -184,57 +268,16 @@ impl Idempotency {
     }
 }
 
-/// The transaction's body: the key's lock, its record, and the work.
-async fn keyed<C, T, F>(
-    conn: &mut C,
-    key: &str,
-    fingerprint: &[u8],
-    now: i64,
-    cutoff: i64,
-    locked: &mut bool,
-    work: F,
-) -> Result<Outcome, Error>
-where
-    C: KeyStore,
-    T: Serialize,
-    F: for<'c> FnOnce(&'c mut C) -> Work<'c, T>,
-{
-    if !conn.try_lock(key).await.map_err(guarded)? {
-        return Err(in_use());
-    }
-    *locked = true;
-    // SQLite, which has no lock to take above, takes its write lock here, before anything is
-    // read (see `store`).
-    conn.delete_expired(key, cutoff).await.map_err(guarded)?;
-    if let Some(recorded) = conn.find(key).await.map_err(guarded)? {
-        if recorded.fingerprint != fingerprint {
-            return Err(reused());
-        }
-        let status = u16::try_from(recorded.status)
-            .ok()
-            .and_then(|status| StatusCode::from_u16(status).ok())
-            .unwrap_or(StatusCode::OK);
-        return Ok(Outcome::new(status, Bytes::from(recorded.body), true));
-    }
-    let (status, value) = work(conn)
-        .await
-        .map_err(|error| error.with_idempotent(true))?;
-    let body = to_json(&value)?;
-    let status_code = i16::try_from(status.as_u16()).unwrap_or(i16::MAX);
-    conn.record(&Record {
-        key,
-        fingerprint,
-        status: status_code,
-        body: &body,
-        created_at: now,
-    })
-    .await
-    .map_err(guarded)?;
-    Ok(Outcome::new(status, body, false))
+/// What [`Idempotency::open`] found.
+pub(crate) enum Opened {
+    /// The key is new: its transaction is open and locked.
+    New,
+    /// The key was recorded for the same request: its outcome, replayed.
+    Recorded(Outcome),
 }
 
 /// A database failure inside a keyed request: safe to repeat with the same key.
-fn guarded(error: diesel::result::Error) -> Error {
+pub(crate) fn guarded(error: diesel::result::Error) -> Error {
     Error::from(error).with_idempotent(true)
 }
 
@@ -256,7 +299,7 @@ fn reused() -> Error {
     )
 }
 
-fn fingerprint(request: &impl Serialize) -> Result<Vec<u8>, Error> {
+pub(crate) fn fingerprint(request: &impl Serialize) -> Result<Vec<u8>, Error> {
     let json = serde_json::to_vec(request).map_err(internal)?;
     Ok(Sha256::digest(json).to_vec())
 }
@@ -265,14 +308,14 @@ fn to_json(value: &impl Serialize) -> Result<Bytes, Error> {
     serde_json::to_vec(value).map(Bytes::from).map_err(internal)
 }
 
-fn internal(error: serde_json::Error) -> Error {
+pub(crate) fn internal(error: serde_json::Error) -> Error {
     ballast_core::Failure::new(ballast_core::Cause::Internal)
         .with_detail("cannot serialise JSON")
         .with_source(error)
         .into()
 }
 
-fn unix_millis() -> i64 {
+pub(crate) fn unix_millis() -> i64 {
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

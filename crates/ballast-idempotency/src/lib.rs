@@ -10,12 +10,15 @@
 //!
 //! # Contract
 //!
-//! [`Idempotency::run`] runs a handler's write for a request:
+//! [`IdempotencyLayer`] makes a route exactly-once for keyed requests, around an ordinary handler
+//! that takes its connection as `Conn` and answers its own typed response (see its docs and the
+//! example below). [`Idempotency::run`] does the same for one piece of work, where there is no
+//! route to wrap (a queue consumer, a handler that chooses per request):
 //!
 //! | the request | what happens |
 //! |---|---|
 //! | has no key | the work runs as usual; nothing is recorded |
-//! | has a new key | the work runs in a transaction that also records the key, a fingerprint of the request and the outcome (status and JSON body) |
+//! | has a new key | the work runs in a transaction that also records the key, a fingerprint of the request and the outcome (status and body) |
 //! | repeats a recorded key, same request | the work does not run; the recorded outcome is answered again, with `Idempotent-Replayed: true` |
 //! | repeats a key whose first request still runs | 409 `IDEMPOTENCY_KEY_IN_USE`, `retryable: true` (SQLite: waits, then replays) |
 //! | reuses a key for another request | 422 `IDEMPOTENCY_KEY_REUSED` |
@@ -37,16 +40,17 @@
 //!
 //! # Example
 //!
+//! A keyed write is as short as an unkeyed one: the handler is the same, the route gets the
+//! layer.
+//!
 //! ```
-//! use axum::extract::State;
-//! use axum::http::StatusCode;
-//! use axum::Json;
-//! use ballast_idempotency::{Idempotency, IdempotencyKey, Outcome};
-//! use ballast_pool::SharedPool;
+//! use axum::{http::StatusCode, routing::post, Json, Router};
+//! use ballast_idempotency::IdempotencyLayer;
+//! use ballast_pool::{AddPoolLayer, Conn, PoolConfig, SharedPool};
 //! use diesel::sql_types::{BigInt, Text};
 //! use diesel_async::{AsyncPgConnection, RunQueryDsl};
 //!
-//! #[derive(serde::Deserialize, serde::Serialize)]
+//! #[derive(serde::Deserialize)]
 //! struct NewItem {
 //!     name: String,
 //! }
@@ -58,24 +62,25 @@
 //! }
 //!
 //! async fn create(
-//!     State((pool, keys)): State<(SharedPool<AsyncPgConnection>, Idempotency)>,
-//!     key: Option<IdempotencyKey>,
+//!     mut db: Conn<AsyncPgConnection>,
 //!     Json(new): Json<NewItem>,
-//! ) -> Result<Outcome, ballast_error::Error> {
-//!     let mut conn = pool.get().await?;
-//!     let name = new.name.clone();
-//!     keys.run(&mut *conn, key.as_ref(), &new, |conn| {
-//!         Box::pin(async move {
-//!             let item: Item = diesel::sql_query("INSERT INTO items (name) VALUES ($1) RETURNING id")
-//!                 .bind::<Text, _>(name)
-//!                 .get_result(conn)
-//!                 .await?;
-//!             Ok((StatusCode::CREATED, item))
-//!         })
-//!     })
-//!     .await
+//! ) -> Result<(StatusCode, Json<Item>), ballast_error::Error> {
+//!     let item = diesel::sql_query("INSERT INTO items (name) VALUES ($1) RETURNING id")
+//!         .bind::<Text, _>(new.name)
+//!         .get_result(&mut *db)
+//!         .await?;
+//!     Ok((StatusCode::CREATED, Json(item)))
 //! }
-//! # let _ = axum::routing::post(create);
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = SharedPool::<AsyncPgConnection>::new(PoolConfig::from_url("postgres://127.0.0.1/app")?)?;
+//! let app: Router = Router::new()
+//!     .route("/items", post(create).layer(IdempotencyLayer::<AsyncPgConnection>::new()))
+//!     .layer(AddPoolLayer::new(pool));
+//! # let _ = app;
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! `cargo run -p ballast-idempotency --example keys` shows a keyed write, its replay, a reused
@@ -85,10 +90,14 @@
 
 mod key;
 mod keys;
+#[cfg(feature = "axum")]
+mod layer;
 mod outcome;
 mod store;
 
 pub use key::{IdempotencyKey, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use keys::{Idempotency, Work};
+#[cfg(feature = "axum")]
+pub use layer::{IdempotencyLayer, IdempotencyService};
 pub use outcome::Outcome;
 pub use store::{KeyStore, MYSQL_SCHEMA, POSTGRES_SCHEMA, SQLITE_SCHEMA, TABLE};

@@ -220,6 +220,7 @@ impl<C: Connect> SharedPool<C> {
             holder,
             _holding: scope.as_ref().map(RequestScope::holding),
             scope,
+            lender: None,
         }
     }
 

@@ -11,13 +11,15 @@ use ballast_core::{Cause, Failure};
 use http::request::Parts;
 
 use crate::connect::Connect;
+use crate::lend::Lent;
 use crate::pool::SharedPool;
 use crate::pooled::PooledConnection;
 
 /// A connection of the request's pool, checked out before the handler runs.
 ///
 /// The pool comes from the request's extensions, where [`AddPoolLayer`](crate::AddPoolLayer)
-/// puts it. A checkout that fails (the pool is exhausted, the database is down) rejects the
+/// puts it; a connection a layer [lent](crate::Lent) to the request (an idempotency key's
+/// transaction) is taken instead. A checkout that fails (the pool is exhausted, the database is down) rejects the
 /// request with the classified failure as a problem+json response — a 503 with `Retry-After`,
 /// nothing run, so the client may repeat it — and the handler never runs. Without an
 /// `AddPoolLayer` in the stack the request gets a 500 and the log says what is missing.
@@ -77,6 +79,10 @@ where
             )
             .into_response()
         };
+        // A layer that holds the request's connection (a transaction of its own) lends it.
+        if let Some(conn) = parts.extensions.get::<Lent<C>>().and_then(Lent::borrow) {
+            return Ok(Conn(conn));
+        }
         let Some(pool) = parts.extensions.get::<SharedPool<C>>().cloned() else {
             return Err(reject(Failure::new(Cause::Internal).with_detail(format!(
                 "no SharedPool<{}> in the request's extensions: add AddPoolLayer to the stack",

@@ -218,6 +218,7 @@ mod extract;
 mod io;
 mod layer;
 mod leak;
+mod lend;
 mod manager;
 #[cfg(feature = "postgres")]
 mod pgbouncer;
@@ -235,6 +236,7 @@ pub use connect::Connect;
 #[cfg(feature = "axum")]
 pub use extract::Conn;
 pub use layer::{AddPool, AddPoolLayer};
+pub use lend::Lent;
 pub use pool::{PoolError, PoolProvider, SharedPool};
 pub use pooled::PooledConnection;
 pub use stats::{PoolStats, Refusals, Timings};

@@ -37,6 +37,8 @@ pub struct PooledConnection<C: Connect> {
     pub(crate) holder: Option<u64>,
     /// Marks the connection in use for the request's scope while it is checked out.
     pub(crate) _holding: Option<Mark>,
+    /// Where it goes back when dropped, when it was [lent](crate::Lent) to a request's `Conn`.
+    pub(crate) lender: Option<crate::lend::Slot<C>>,
 }
 
 impl<C: Connect> PooledConnection<C> {
@@ -55,6 +57,19 @@ impl<C: Connect> PooledConnection<C> {
 
 impl<C: Connect> Drop for PooledConnection<C> {
     fn drop(&mut self) {
+        if let Some(lender) = self.lender.take() {
+            // Back to the layer that lent it, still checked out, as it is (in its transaction).
+            lender.give_back(PooledConnection {
+                conn: self.conn.take(),
+                shared: Arc::clone(&self.shared),
+                scope: self.scope.take(),
+                checked_out: self.checked_out,
+                holder: self.holder.take(),
+                _holding: self._holding.take(),
+                lender: None,
+            });
+            return;
+        }
         let Some(mut conn) = self.conn.take() else {
             return;
         };
