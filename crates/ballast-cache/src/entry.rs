@@ -48,6 +48,9 @@ pub(crate) struct StoredResponse {
     pub(crate) revalidating: tokio::sync::Mutex<()>,
     /// When revalidating it last failed: requests that waited for that answer take it as theirs.
     pub(crate) failed_at: std::sync::Mutex<Option<Instant>>,
+    /// The tags its route gave it ([`RouteTags`](crate::RouteTags)), by which a write
+    /// invalidates it.
+    pub(crate) tags: Option<Arc<[String]>>,
 }
 
 /// Where a stored response stands at a moment.
@@ -174,6 +177,7 @@ mod tests {
             },
             revalidating: tokio::sync::Mutex::new(()),
             failed_at: std::sync::Mutex::new(None),
+            tags: None,
         }
     }
 

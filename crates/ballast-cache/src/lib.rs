@@ -59,8 +59,14 @@
 //! **Invalidation (§4.4).** A successful (2xx, 3xx) response to an unsafe method (`POST`, `PUT`,
 //! `PATCH`, `DELETE`, any other) invalidates what is stored for its target's path, and for the
 //! paths its `Location` and `Content-Location` name on the same host (every query and variant of
-//! those paths: more than the target URI, which the RFC allows). Handlers call
-//! [`ResponseCache::invalidate_path`] only for related resources.
+//! those paths: more than the target URI, which the RFC allows).
+//!
+//! **Declared invalidation.** What a write changes elsewhere — a `/popular` list after a new
+//! bookmark — is declared, not coded in handlers: the reads are tagged
+//! ([`CacheRouteLayer::tag`]), the writing routes name the tag ([`InvalidateLayer::tag`], or
+//! a prefix), and the write's success removes every response stored with it, on every instance
+//! with shared invalidation. A handler can add its own [`Invalidates`] to its response; a job
+//! with no request calls [`ResponseCache::invalidate_tag`].
 //!
 //! **Not implemented, on purpose.** Heuristic freshness from `Last-Modified` (§4.2.2: a route
 //! states its lifetime instead); assembling or storing partial content (`206`); storing the rest
@@ -99,7 +105,7 @@
 //! # Several instances (feature `redis`)
 //!
 //! Each instance's cache is its own. With the `redis` feature, `redis::SharedInvalidation`
-//! publishes every path and prefix invalidation (and the automatic ones after a write) on a Redis
+//! publishes every path, prefix and tag invalidation (and the automatic ones after a write) on a Redis
 //! channel and applies the other instances' as they arrive; Redis down never fails a request
 //! (entries then live at most a fallback TTL). See the module's docs.
 //!
@@ -154,6 +160,7 @@
 mod body;
 mod builder;
 mod entry;
+mod invalidate;
 mod key;
 mod layer;
 #[cfg(feature = "redis")]
@@ -166,9 +173,10 @@ mod store;
 pub use ballast_core::ConfigError;
 pub use body::CacheBody;
 pub use builder::{Eviction, ResponseCacheBuilder};
+pub use invalidate::{Invalidate, InvalidateFuture, InvalidateLayer, Invalidates};
 pub use key::CacheKey;
 pub use layer::{Cache, CacheLayer, ResponseFuture, X_CACHE};
-pub use route::{CacheRoute, CacheRouteLayer, RouteFuture, RouteStatuses, RouteTtl};
+pub use route::{CacheRoute, CacheRouteLayer, RouteFuture, RouteStatuses, RouteTags, RouteTtl};
 pub use rules::DEFAULT_KEYED_HEADERS;
 pub use stats::{CacheStats, CleanupTask};
 pub use store::ResponseCache;

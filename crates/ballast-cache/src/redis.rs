@@ -313,6 +313,7 @@ fn encode(instance: u64, invalidation: &Invalidated) -> String {
     match invalidation {
         Invalidated::Paths(paths) => format!("{instance:016x}\nP{}", paths.join("\n")),
         Invalidated::Prefix(prefix) => format!("{instance:016x}\nX{prefix}"),
+        Invalidated::Tags(tags) => format!("{instance:016x}\nT{}", tags.join("\n")),
         Invalidated::All => format!("{instance:016x}\nA"),
     }
 }
@@ -326,6 +327,7 @@ fn decode(message: &[u8]) -> Option<(u64, Invalidated)> {
     let invalidation = match chars.next()? {
         'P' => Invalidated::Paths(chars.as_str().split('\n').map(str::to_owned).collect()),
         'X' => Invalidated::Prefix(chars.as_str().to_owned()),
+        'T' => Invalidated::Tags(chars.as_str().split('\n').map(str::to_owned).collect()),
         'A' => Invalidated::All,
         _ => return None,
     };
@@ -478,6 +480,7 @@ mod tests {
         for invalidation in [
             Invalidated::Paths(vec!["/items".into(), "/items/7".into()]),
             Invalidated::Prefix("/items/".into()),
+            Invalidated::Tags(vec!["bookmarks".into(), "users".into()]),
             Invalidated::All,
         ] {
             let text = encode(0xfeed, &invalidation);

@@ -24,6 +24,13 @@ pub struct RouteTtl(pub Duration);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteStatuses(pub Arc<[StatusCode]>);
 
+/// The tags a route's stored responses carry, when its [`CacheRouteLayer`] names them (a
+/// response extension, like [`RouteTtl`]): a write whose route declares one of them
+/// ([`InvalidateLayer`](crate::InvalidateLayer)), or
+/// [`ResponseCache::invalidate_tag`](crate::ResponseCache::invalidate_tag), removes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTags(pub Arc<[String]>);
+
 /// Opts a route into the response cache: its responses carry a [`RouteTtl`], which the
 /// [`CacheLayer`](crate::CacheLayer) further out reads. Apply it to the routes to cache, with
 /// axum's per-route layers:
@@ -48,6 +55,7 @@ pub struct RouteStatuses(pub Arc<[StatusCode]>);
 pub struct CacheRouteLayer {
     ttl: Duration,
     statuses: Option<RouteStatuses>,
+    tags: Option<RouteTags>,
 }
 
 impl CacheRouteLayer {
@@ -56,7 +64,38 @@ impl CacheRouteLayer {
         CacheRouteLayer {
             ttl,
             statuses: None,
+            tags: None,
         }
+    }
+
+    /// Tags the route's stored responses with `tag` (call it again for more): the writes that
+    /// change what the route shows declare the tag with an
+    /// [`InvalidateLayer`](crate::InvalidateLayer), and their success removes every response
+    /// stored with it — every path, query and variant of the route, on every instance with
+    /// shared invalidation.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::{routing::{get, post}, Router};
+    /// use ballast_cache::{CacheLayer, CacheRouteLayer, InvalidateLayer, ResponseCache};
+    ///
+    /// let app: Router = Router::new()
+    ///     .route("/popular", get(|| async { "[]" })
+    ///         .layer(CacheRouteLayer::ttl(Duration::from_secs(60)).tag("bookmarks")))
+    ///     .route("/bookmarks", post(|| async { "made" }).layer(InvalidateLayer::tag("bookmarks")))
+    ///     .layer(CacheLayer::new(ResponseCache::new()));
+    /// # let _ = app;
+    /// ```
+    #[must_use]
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        let mut tags: Vec<String> = self
+            .tags
+            .take()
+            .map(|tags| tags.0.to_vec())
+            .unwrap_or_default();
+        tags.push(tag.into());
+        self.tags = Some(RouteTags(tags.into()));
+        self
     }
 
     /// The statuses this route's responses may be stored with (say, `200` and `404` for a
@@ -78,6 +117,7 @@ impl<S> Layer<S> for CacheRouteLayer {
             inner,
             ttl: self.ttl,
             statuses: self.statuses.clone(),
+            tags: self.tags.clone(),
         }
     }
 }
@@ -88,6 +128,7 @@ pub struct CacheRoute<S> {
     inner: S,
     ttl: Duration,
     statuses: Option<RouteStatuses>,
+    tags: Option<RouteTags>,
 }
 
 impl<S> CacheRoute<S> {
@@ -124,6 +165,7 @@ where
             inner: self.inner.call(request),
             ttl: self.ttl,
             statuses: self.statuses.clone(),
+            tags: self.tags.clone(),
         }
     }
 }
@@ -136,6 +178,7 @@ pin_project_lite::pin_project! {
         inner: F,
         ttl: Duration,
         statuses: Option<RouteStatuses>,
+        tags: Option<RouteTags>,
     }
 }
 
@@ -151,6 +194,9 @@ where
         response.extensions_mut().insert(RouteTtl(*this.ttl));
         if let Some(statuses) = this.statuses.take() {
             response.extensions_mut().insert(statuses);
+        }
+        if let Some(tags) = this.tags.take() {
+            response.extensions_mut().insert(tags);
         }
         Poll::Ready(Ok(response))
     }

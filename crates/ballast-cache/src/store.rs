@@ -60,6 +60,8 @@ pub(crate) enum Invalidated {
     Paths(Vec<String>),
     /// The entries whose path starts with this.
     Prefix(String),
+    /// The entries stored with any of these tags.
+    Tags(Vec<String>),
     /// Every entry.
     All,
 }
@@ -321,6 +323,10 @@ impl ResponseCache {
             Invalidated::Prefix(prefix) => {
                 moka.invalidate_entries_if(move |key, _| key.path().starts_with(&prefix))
             }
+            Invalidated::Tags(tags) => moka.invalidate_entries_if(move |_, entry| {
+                matches!(&entry.stored, Stored::Response(response)
+                    if response.tags.as_ref().is_some_and(|own| own.iter().any(|tag| tags.contains(tag))))
+            }),
             Invalidated::All => {
                 moka.invalidate_all();
                 Ok(String::new())
@@ -342,6 +348,26 @@ impl ResponseCache {
         let prefix = prefix.to_owned();
         self.invalidate_if(move |key| key.path().starts_with(&prefix))
             .await;
+    }
+
+    /// Removes the entries stored with `tag` (a [`CacheRouteLayer::tag`](crate::CacheRouteLayer::tag)),
+    /// on every instance with shared invalidation: what a background job calls after it changed
+    /// what those routes show. A write route declares the same with an
+    /// [`InvalidateLayer`](crate::InvalidateLayer) instead.
+    pub async fn invalidate_tag(&self, tag: &str) {
+        let invalidation = Invalidated::Tags(vec![tag.to_owned()]);
+        self.publish(&invalidation);
+        self.invalidate_now(invalidation);
+        self.inner.moka.run_pending_tasks().await;
+    }
+
+    /// Applies what a write's response declared ([`Invalidates`](crate::Invalidates)) here and
+    /// on the other instances, at once.
+    pub(crate) fn invalidate_declared(&self, declared: &crate::Invalidates) {
+        for invalidation in declared.invalidations() {
+            self.publish(&invalidation);
+            self.invalidate_now(invalidation);
+        }
     }
 
     /// Removes the entries whose key matches `predicate` (this instance's only: a predicate

@@ -63,6 +63,9 @@ where
                 let status = response.status();
                 if status.is_success() || status.is_redirection() {
                     if let Some((cache, target)) = invalidation.take() {
+                        if let Some(declared) = response.extensions().get::<crate::Invalidates>() {
+                            cache.invalidate_declared(declared);
+                        }
                         target.apply(&cache, response.headers());
                     }
                 }

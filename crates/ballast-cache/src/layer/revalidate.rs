@@ -191,6 +191,7 @@ pub(super) async fn freshen<ResBody>(
         stale: stale_windows,
         revalidating: tokio::sync::Mutex::new(()),
         failed_at: std::sync::Mutex::new(None),
+        tags: stale.tags.clone(),
     };
     cache.count(Event::Revalidated);
     let response = hit(

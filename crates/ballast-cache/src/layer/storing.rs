@@ -83,6 +83,10 @@ where
         stale,
         revalidating: tokio::sync::Mutex::new(()),
         failed_at: std::sync::Mutex::new(None),
+        tags: parts
+            .extensions
+            .get::<crate::RouteTags>()
+            .map(|tags| Arc::clone(&tags.0)),
     };
     if vary.is_empty() {
         return Ok(StoreOutcome {
