@@ -8,9 +8,9 @@
 //! ```
 //!
 //! `BIND` (default `127.0.0.1:3000`) sets the address, `BACKUP_EVERY` (60) the background job's
-//! period in seconds. The ballast-specific code is 20 lines: the 14 marked `// ballast`, and
-//! the six signatures that take a `Db` connection, return `ballast::Error` or take the pool and
-//! the shutdown handle.
+//! period in seconds. The ballast-specific code is 20 lines: the 13 marked `// ballast`, and
+//! the seven signatures that take a `Db` connection, return `ballast::Error` or take the pool
+//! (and the shutdown handle).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -105,6 +105,12 @@ async fn remove(mut db: Db, Path(id): Path<i64>) -> Result<StatusCode, Error> {
     }
 }
 
+/// The schema, created once the service listens (`/readyz` says 503 until then), retried while
+/// the database is not there yet: an orchestrator may start the service first.
+async fn schema(pool: SharedPool<AsyncPgConnection>) -> Result<(), Failure> {
+    Ok(pool.get().await?.batch_execute(SCHEMA).await?) // ballast
+}
+
 /// The background job: counts the users every `every` until the service drains. A read may be
 /// repeated, so a connection killed while idle costs one retry, not a failed tick.
 async fn backup(pool: SharedPool<AsyncPgConnection>, handle: ShutdownHandle, every: Duration) {
@@ -145,19 +151,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // The schema, before serving; retried while the database is starting.
-    let schema = || async { Ok::<_, Failure>(pool.get().await?.batch_execute(SCHEMA).await?) }; // ballast
-    let schema = Retrying::new().run(schema).await; // ballast
-    if let Err(failure) = schema {
-        eprintln!("error: creating the schema: {failure}");
-        return ExitCode::from(1);
-    }
     let every = std::env::var("BACKUP_EVERY")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60.0);
 
-    let stack = Stack::builder(pool.clone()).build(); // ballast
+    let stack = Stack::builder(pool.clone())
+        .startup("schema", schema)
+        .build(); // ballast
     let job = backup(pool, stack.handle(), Duration::from_secs_f64(every)); // ballast
     stack.handle().spawn("backup", job); // ballast
 

@@ -156,6 +156,14 @@ mod stack;
     feature = "cache",
     feature = "shutdown"
 ))]
+mod startup;
+#[cfg(all(
+    feature = "pool",
+    feature = "error",
+    feature = "retry",
+    feature = "cache",
+    feature = "shutdown"
+))]
 pub use stack::{AppBody, Stack, StackBuilder, StackLayer, StackService};
 
 /// The README's Rust code, compiled as doctests.

@@ -19,6 +19,8 @@ use ballast_shutdown::{
 };
 use bytes::Bytes;
 use http::{Request, Response};
+
+use crate::startup::{Startup, State as StartupState};
 use http_body_util::{BodyExt, Full};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -47,6 +49,7 @@ pub struct StackBuilder<C: Connect> {
     x_cache: bool,
     shutdown: ShutdownBuilder,
     serve: ServeConfig,
+    startup: Startup,
     #[cfg(feature = "metrics")]
     metrics: Option<&'static str>,
 }
@@ -129,6 +132,54 @@ impl<C: Connect> StackBuilder<C> {
         self
     }
 
+    /// Adds a startup step — creating the schema, running migrations — that
+    /// [`Stack::serve`] runs once it is listening, so a service started before its database
+    /// (an orchestrator that starts both at once, a database restarting) waits for it instead of
+    /// exiting and being restarted in a loop:
+    ///
+    /// - the steps run in the order added, each until it succeeds; a failure that retrying may
+    ///   fix (the database unreachable, starting up, too many connections) is retried after
+    ///   0.2 s, doubling up to 5 s, with jitter, for as long as it takes, and logged when it
+    ///   starts failing and every 30 s after, not at each attempt;
+    /// - until every step succeeded, `/healthz` answers `200` (the process is alive: do not
+    ///   restart it), `/readyz` answers `503` naming the step, and every other request a
+    ///   retryable `503` `DB_CONNECTION_ERROR` with `Retry-After` — no handler runs against a
+    ///   database without its schema;
+    /// - a failure retrying cannot fix (a wrong password, a statement the database refuses) is
+    ///   logged with its cause and shuts the service down: `serve` returns exit code 1;
+    /// - SIGTERM during startup stops it at once and shuts down as usual (exit code 0).
+    ///
+    /// A step may run more than once (an attempt can fail after its statement ran), so it must
+    /// be safe to repeat: `CREATE TABLE IF NOT EXISTS`, a migration runner that records what it
+    /// applied.
+    ///
+    /// The step is given the stack's pool.
+    ///
+    /// ```no_run
+    /// use ballast::prelude::*;
+    ///
+    /// const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS notes (id BIGSERIAL PRIMARY KEY)";
+    ///
+    /// # fn stack(pool: SharedPool<AsyncPgConnection>) -> Stack<AsyncPgConnection> {
+    /// Stack::builder(pool)
+    ///     .startup("schema", |pool| async move {
+    ///         Ok::<_, Failure>(pool.get().await?.batch_execute(SCHEMA).await?)
+    ///     })
+    ///     .build()
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn startup<F, Fut, E>(mut self, name: impl Into<String>, mut step: F) -> Self
+    where
+        F: FnMut(SharedPool<C>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<ballast_core::Failure>,
+    {
+        let pool = self.pool.clone();
+        self.startup.push(name.into(), move || step(pool.clone()));
+        self
+    }
+
     /// Builds the stack and starts the cache's cleanup task.
     ///
     /// # Panics
@@ -155,7 +206,16 @@ impl<C: Connect> StackBuilder<C> {
             })
             .build();
         let handle = shutdown.handle();
-        let health = Health::new(handle.clone()).check("database", self.pool.clone());
+        let starting = (!self.startup.is_empty()).then(|| self.startup.state());
+        let mut health = Health::new(handle.clone());
+        if let Some(state) = &starting {
+            let state = std::sync::Arc::clone(state);
+            health = health.check("startup", move || {
+                let ready = state.check();
+                async move { ready }
+            });
+        }
+        let health = health.check("database", self.pool.clone());
         Stack {
             layer: StackLayer {
                 shutdown: ShutdownLayer::new(handle.clone()),
@@ -173,6 +233,8 @@ impl<C: Connect> StackBuilder<C> {
             retry: retry.handle(),
             pool: self.pool,
             serve: self.serve,
+            startup: self.startup,
+            starting,
             #[cfg(feature = "metrics")]
             metrics: self.metrics,
         }
@@ -235,6 +297,9 @@ pub struct Stack<C: Connect> {
     retry: RetryHandle,
     pool: SharedPool<C>,
     serve: ServeConfig,
+    startup: Startup,
+    /// Where startup stands, when there are steps.
+    starting: Option<std::sync::Arc<StartupState>>,
     #[cfg(feature = "metrics")]
     metrics: Option<&'static str>,
 }
@@ -248,6 +313,7 @@ impl<C: Connect> Stack<C> {
             retry: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             x_cache: false,
+            startup: Startup::new(),
             shutdown: Shutdown::builder(),
             serve: ServeConfig::default(),
             #[cfg(feature = "metrics")]
@@ -345,11 +411,21 @@ impl<C: Connect> Stack<C> {
             liveness: self.health.liveness(),
             readiness: self.health.readiness(),
             metrics,
+            starting: self.starting.clone(),
             inner: self.layer.layer(app),
         };
-        self.shutdown
+        if !self.startup.is_empty() {
+            let handle = self.shutdown.handle();
+            handle.spawn("startup", self.startup.run(handle.clone()));
+        }
+        let code = self
+            .shutdown
             .serve_with(listener, service, self.serve)
-            .await
+            .await;
+        match &self.starting {
+            Some(state) if state.has_failed() => ExitCode::FAILURE,
+            _ => code,
+        }
     }
 }
 
@@ -442,6 +518,8 @@ struct HealthRoutes<S> {
     liveness: Liveness,
     readiness: Readiness,
     metrics: Option<(&'static str, Render)>,
+    /// Where startup stands: requests wait for it with a 503.
+    starting: Option<std::sync::Arc<StartupState>>,
     inner: S,
 }
 
@@ -482,6 +560,17 @@ where
                 Box::pin(async move { Ok(boxed(answer.await?)) })
             }
             _ => {
+                if let Some(Err(failure)) = self.starting.as_ref().map(|state| state.check()) {
+                    let idempotent = request.method().is_idempotent();
+                    let head = request.method() == http::Method::HEAD;
+                    let response = ballast_core::http::failure_response(
+                        std::sync::Arc::new(failure),
+                        idempotent,
+                        head,
+                        Some(&ballast_core::http::RetryAfter::default()),
+                    );
+                    return Box::pin(async move { Ok(boxed(response)) });
+                }
                 let answer = self.inner.call(request);
                 Box::pin(async move {
                     let response = answer.await?;

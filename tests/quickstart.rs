@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ballast_testkit::db::{self, Backends, PgDatabase};
-use support::{command_for, example_binary, get, send, start_command};
+use support::{command_for, example_binary, get, send, start_command, wait_ready};
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"))
@@ -34,6 +34,8 @@ async fn the_quickstart_serves_users_and_stops_cleanly() {
     ))
     .await;
     let addr = server.addr;
+    // Ready once its startup step has created the schema.
+    wait_ready(addr, Duration::from_secs(10)).await;
     let post = |body: &'static str| send(addr, "POST", "/users", Some(("application/json", body)));
 
     let created = post(r#"{"name":"Ada","email":"ada@example.com"}"#).await;

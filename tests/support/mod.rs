@@ -213,6 +213,21 @@ pub async fn get(addr: SocketAddr, path: &str) -> Answer {
     send(addr, "GET", path, None).await
 }
 
+/// Waits until `/readyz` answers 200 (a service with startup steps serves before it is ready),
+/// as a load balancer does before sending it traffic; panics after `within`.
+#[allow(dead_code)] // not every test binary has a service with startup steps
+pub async fn wait_ready(addr: SocketAddr, within: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let ready = get(addr, "/readyz").await;
+        if ready.status == 200 {
+            return;
+        }
+        assert!(started.elapsed() < within, "not ready: {}", ready.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Repeats a keyed POST while its answer says `"retryable": true` (409 while the first is still
 /// running, 503 while the outcome is unknown); the final answer and how many repeats it took.
 pub async fn post_until_settled(addr: SocketAddr, key: &str, name: &str) -> (Answer, usize) {
