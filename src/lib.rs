@@ -182,9 +182,11 @@ pub mod prelude {
     pub use diesel_async::AsyncPgConnection;
 
     #[cfg(feature = "cache")]
-    pub use crate::cache::{CacheRouteLayer, ResponseCache};
+    pub use crate::cache::{CacheRouteLayer, InvalidateLayer, ResponseCache};
     #[cfg(feature = "error")]
     pub use crate::error::{Error, ErrorResponseLayer};
+    #[cfg(feature = "idempotency")]
+    pub use crate::idempotency::IdempotencyLayer;
     #[cfg(feature = "pool")]
     pub use crate::pool::{AddPoolLayer, Conn, PoolConfig, PoolError, SharedPool};
     #[cfg(feature = "retry")]
