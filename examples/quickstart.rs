@@ -8,7 +8,7 @@
 //! ```
 //!
 //! `BIND` (default `127.0.0.1:3000`) sets the address, `BACKUP_EVERY` (60) the background job's
-//! period in seconds. The ballast-specific code is 20 lines: the 13 marked `// ballast`, and
+//! period in seconds. The ballast-specific code is 21 lines: the 14 marked `// ballast`, and
 //! the seven signatures that take a `Db` connection, return `ballast::Error` or take the pool
 //! (and the shutdown handle).
 
@@ -156,9 +156,8 @@ async fn main() -> ExitCode {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60.0);
 
-    let stack = Stack::builder(pool.clone())
-        .startup("schema", schema)
-        .build(); // ballast
+    let stack = Stack::builder(pool.clone()).startup("schema", schema); // ballast
+    let stack = stack.build(); // ballast
     let job = backup(pool, stack.handle(), Duration::from_secs_f64(every)); // ballast
     stack.handle().spawn("backup", job); // ballast
 

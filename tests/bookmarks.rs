@@ -5,10 +5,12 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ballast_testkit::db::{self, PgDatabase};
-use support::{command_for, example_binary, get, send, start_command, wait_ready, Answer};
+use support::{
+    command_for, example_binary, get, send, start_command, terminate, wait_ready, Answer,
+};
 
 fn json(answer: &Answer) -> serde_json::Value {
     serde_json::from_str(&answer.body).unwrap_or_else(|_| panic!("not JSON: {}", answer.body))
@@ -154,22 +156,8 @@ async fn the_bookmarks_service_does_what_its_user_needs() {
     );
 
     // The job ticked; SIGTERM stops it, drains, closes the pool, exits 0.
-    let pid = server.child.id().unwrap().to_string();
-    let signalled = Instant::now();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
-        .await
-        .expect("exited")
-        .unwrap();
-    println!(
-        "bookmarks: exit {:?} {:?} after SIGTERM",
-        status.code(),
-        signalled.elapsed()
-    );
+    let (status, took) = terminate(&mut server, Duration::from_secs(10)).await;
+    println!("bookmarks: exit {:?} {took:?} after SIGTERM", status.code());
     assert_eq!(status.code(), Some(0), "{}", server.log());
     let log = server.log();
     assert!(log.contains("recount tick"), "{log}");

@@ -10,27 +10,16 @@ use std::time::{Duration, Instant};
 use ballast::prelude::*;
 use ballast_testkit::db::{self, PgDatabase};
 use ballast_testkit::proxy::{FaultProxy, Mode};
-use support::{command_for, example_binary, get, send, start_command, wait_ready};
+use support::{command_for, example_binary, get, send, start_command, terminate, wait_ready};
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"))
 }
 
-fn sigterm(child: &tokio::process::Child) {
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_quickstart_starts_before_its_database() {
-    let Some(url) = db::postgres_url("the_quickstart_starts_before_its_database") else {
-        return;
-    };
-    let database = PgDatabase::create(&url).await;
+/// The quickstart, started while its database (behind a proxy that refuses connections) is
+/// down.
+async fn quickstart_with_database_down(url: &str) -> (PgDatabase, FaultProxy, support::Server) {
+    let database = PgDatabase::create(url).await;
     let proxy = FaultProxy::start(db::socket_addr(database.url()))
         .await
         .unwrap();
@@ -40,11 +29,20 @@ async fn the_quickstart_starts_before_its_database() {
         "{}?connection_limit=4&connect_timeout=1&pool_timeout=1",
         proxy.url(database.url())
     );
-    let mut server = start_command(command_for(
+    let server = start_command(command_for(
         example_binary("quickstart"),
         &[("DATABASE_URL", &database_url), ("RUST_LOG", "info")],
     ))
     .await;
+    (database, proxy, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quickstart_starts_before_its_database() {
+    let Some(url) = db::postgres_url("the_quickstart_starts_before_its_database") else {
+        return;
+    };
+    let (_database, proxy, mut server) = quickstart_with_database_down(&url).await;
     let addr = server.addr;
 
     // The database is not there: the process stays up (it used to exit 1 after about 7 s),
@@ -103,11 +101,7 @@ async fn the_quickstart_starts_before_its_database() {
     assert_eq!(created.status, 201, "{}", created.body);
     assert!(server.log().contains("startup done"), "{}", server.log());
 
-    sigterm(&server.child);
-    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
-        .await
-        .expect("exited")
-        .unwrap();
+    let (status, _) = terminate(&mut server, Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", server.log());
 }
 
@@ -116,39 +110,15 @@ async fn sigterm_during_startup_exits_at_once() {
     let Some(url) = db::postgres_url("sigterm_during_startup_exits_at_once") else {
         return;
     };
-    let database = PgDatabase::create(&url).await;
-    let proxy = FaultProxy::start(db::socket_addr(database.url()))
-        .await
-        .unwrap();
-    proxy.set_mode(Mode::Refuse);
-    proxy.wait_for_mode().await;
-    let database_url = format!(
-        "{}?connect_timeout=1&pool_timeout=1",
-        proxy.url(database.url())
-    );
-    let mut server = start_command(command_for(
-        example_binary("quickstart"),
-        &[("DATABASE_URL", &database_url), ("RUST_LOG", "info")],
-    ))
-    .await;
+    let (_database, _proxy, mut server) = quickstart_with_database_down(&url).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let signalled = Instant::now();
-    sigterm(&server.child);
-    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
-        .await
-        .expect("exited")
-        .unwrap();
+    let (status, took) = terminate(&mut server, Duration::from_secs(10)).await;
     println!(
-        "quickstart: exit {:?} {:?} after SIGTERM during startup",
-        status.code(),
-        signalled.elapsed()
+        "quickstart: exit {:?} {took:?} after SIGTERM during startup",
+        status.code()
     );
     assert_eq!(status.code(), Some(0), "{}", server.log());
-    assert!(
-        signalled.elapsed() < Duration::from_secs(3),
-        "{}",
-        server.log()
-    );
+    assert!(took < Duration::from_secs(3), "{}", server.log());
 }
 
 /// A step that cannot succeed — a statement the database refuses — ends the service: exit

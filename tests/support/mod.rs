@@ -213,6 +213,29 @@ pub async fn get(addr: SocketAddr, path: &str) -> Answer {
     send(addr, "GET", path, None).await
 }
 
+/// Sends SIGTERM to the server and waits for it to exit: its status and how long it took.
+///
+/// # Panics
+///
+/// When it does not exit `within`.
+pub async fn terminate(
+    server: &mut Server,
+    within: Duration,
+) -> (std::process::ExitStatus, Duration) {
+    let pid = server.child.id().expect("still running").to_string();
+    let signalled = std::time::Instant::now();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -TERM {pid}");
+    let status = tokio::time::timeout(within, server.child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("no exit within {within:?}: {}", server.log()))
+        .expect("waited");
+    (status, signalled.elapsed())
+}
+
 /// Waits until `/readyz` answers 200 (a service with startup steps serves before it is ready),
 /// as a load balancer does before sending it traffic; panics after `within`.
 #[allow(dead_code)] // not every test binary has a service with startup steps
