@@ -266,7 +266,7 @@ async fn bad_settings_exit_at_once_with_one_line_and_no_password() {
             format!("postgres://app:{CANARY}@db/shop?pool_timeout=soon"),
             "pool_timeout",
         ),
-        (format!("postgres://app:{CANARY}@db:notaport/shop"), "url"),
+        (format!("postgres://app:{CANARY}@db:notaport/shop"), "port"),
         (format!("redis://app:{CANARY}@db/0"), "url"),
         // Not URLs: once taken for SQLite file names (one named with the password).
         ("garbage".to_owned(), "url"),

@@ -139,10 +139,9 @@ async fn readyz(State(app): State<App>) -> Response {
     }
     match app.db.readiness().await {
         Ok(()) => no_store("ready"),
-        Err(failure) => no_store((
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {failure}"),
-        )),
+        // The classified failure: `DB_CONNECTION_ERROR`, retryable, saying what is missing (the
+        // database unreachable, no writable primary among the URL's hosts).
+        Err(failure) => Error::from(failure).into_response(),
     }
 }
 

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `DatabaseError(ClosedConnection \| UnableToSendCommand, _)` | `ConnectionLost` | `MaybeSent` |
 //! | `DatabaseError(SerializationFailure, _)` | `Conflict` | `MaybeSent` |
-//! | `DatabaseError(ReadOnlyTransaction, _)` | `ReadOnly` | `MaybeSent` |
+//! | `DatabaseError(ReadOnlyTransaction, _)` | `ReadOnly` | `NotSent`: a read-only server refused the write |
 //! | `DatabaseError(UniqueViolation \| ExclusionViolation, _)` | `UniqueViolation` (409) | `MaybeSent` |
 //! | `DatabaseError(ForeignKeyViolation \| RestrictViolation, _)` | `ForeignKeyViolation` (409) | `MaybeSent` |
 //! | `DatabaseError(NotNullViolation \| CheckViolation, _)` | `InvalidData` (422) | `MaybeSent` |
@@ -73,7 +73,9 @@ fn classify(error: &Error) -> Failure {
                 Failure::new(Cause::ConnectionLost)
             }
             DatabaseErrorKind::SerializationFailure => Failure::new(Cause::Conflict),
-            DatabaseErrorKind::ReadOnlyTransaction => Failure::new(Cause::ReadOnly),
+            DatabaseErrorKind::ReadOnlyTransaction => {
+                Failure::new(Cause::ReadOnly).with_reach(Reach::NotSent)
+            }
             DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::ExclusionViolation => {
                 Failure::new(Cause::UniqueViolation)
             }
@@ -194,7 +196,13 @@ mod tests {
             let text = format!("{error:?}");
             let failure = Failure::from(error);
             assert_eq!(failure.cause(), cause, "{text}");
-            assert_eq!(failure.reach(), Reach::MaybeSent, "{text}");
+            // A read-only server refused the write before doing anything.
+            let reach = if cause == Cause::ReadOnly {
+                Reach::NotSent
+            } else {
+                Reach::MaybeSent
+            };
+            assert_eq!(failure.reach(), reach, "{text}");
         }
     }
 

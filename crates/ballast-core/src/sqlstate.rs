@@ -34,9 +34,11 @@
 //! | anything else (syntax `42601`, undefined table `42P01`, ...) | | `Query` | `CRITICAL_ERROR` | no | the statement itself is wrong |
 //!
 //! Reach: `08001`, `08004`, `53300`, `57P03`, `28P01`, `28000` and `3D000` are only ever sent while
-//! a connection starts up, so they are [`Reach::NotSent`]. The rest arrive
-//! in answer to a statement, so they are [`Reach::MaybeSent`] — even a
-//! rolled-back transaction may follow others in the same request that committed.
+//! a connection starts up, so they are [`Reach::NotSent`]; so is `25006`: a server that only
+//! accepts reads refused the write before doing anything, and none of the connection's earlier
+//! statements can have written either. The rest arrive in answer to a statement, so they are
+//! [`Reach::MaybeSent`] — even a rolled-back transaction may follow others in the same request
+//! that committed.
 
 /// `From<tokio_postgres::Error> for Failure`, by this table.
 #[cfg(feature = "postgres")]
@@ -89,7 +91,7 @@ pub fn is_startup_only(sqlstate: &str) -> bool {
 /// A [`Failure`] for this SQLSTATE: its cause, the code recorded as the driver code, and its reach
 /// (see the module docs).
 pub fn failure(sqlstate: &str) -> Failure {
-    let reach = if is_startup_only(sqlstate) {
+    let reach = if is_startup_only(sqlstate) || sqlstate == "25006" {
         Reach::NotSent
     } else {
         Reach::MaybeSent
@@ -346,7 +348,7 @@ mod tests {
             Cause::ReadOnly,
             Code::DbConnection,
             true,
-            Reach::MaybeSent,
+            Reach::NotSent,
         ),
         (
             "42601",

@@ -17,8 +17,10 @@ pub(crate) struct Activity {
     /// Whether a statement was started since the connection was last checked out.
     sent: AtomicBool,
     /// Whether a statement failed because the connection itself is gone (a backend terminated,
-    /// a reset): the connection is closed when it comes back, even before the driver has
-    /// noticed the socket closing, and whatever the handler did with the error.
+    /// a reset), or is on a server that only accepts reads (`25006`: an old primary back as a
+    /// standby after a failover): the connection is closed when it comes back, even before the
+    /// driver has noticed the socket closing, and whatever the handler did with the error; the
+    /// next connect chooses its host again.
     lost: AtomicBool,
 }
 
@@ -78,8 +80,10 @@ impl Instrumentation for Tracking {
             }
             InstrumentationEvent::FinishQuery { error, .. } => {
                 if error.is_some_and(|error| {
-                    ballast_core::classify_diesel(error).cause()
-                        == ballast_core::Cause::ConnectionLost
+                    matches!(
+                        ballast_core::classify_diesel(error).cause(),
+                        ballast_core::Cause::ConnectionLost | ballast_core::Cause::ReadOnly
+                    )
                 }) {
                     self.activity.lost.store(true, Ordering::Release);
                 }

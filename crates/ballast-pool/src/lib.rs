@@ -75,6 +75,15 @@
 //! | MySQL, MariaDB | `mysql` | `mysql://`, `mariadb://` | `diesel_async::AsyncMysqlConnection` |
 //! | SQLite (bundled) | `sqlite` | `sqlite:path`, `sqlite::memory:`, a `file:` URI | `SyncConnectionWrapper<SqliteConnection>` |
 //!
+//! A PostgreSQL URL is read as libpq reads it: Unix sockets (`postgres:///db`, `?host=/dir`),
+//! several hosts (`postgres://h1,h2:5433/db`), `hostaddr`, `port`, `dbname`, `user` and
+//! `password` as parameters, strict percent-decoding. With several hosts each new connection
+//! tries them in order (`load_balance_hosts=random`: shuffled) and keeps the first whose server
+//! is what `target_session_attrs` asks for (`any`, `read-write`, `read-only`, `primary`,
+//! `standby`, `prefer-standby`); a cancel request goes to the host the connection is on. A write
+//! refused by a read-only server (`25006`) is a retryable failure that ran nothing, and its
+//! connection is closed so the next connect chooses again: a failover is a short outage.
+//!
 //! # Admission by time
 //!
 //! A count of waiters says nothing about how long they wait: 100 waiters are 0.2 s of work with
@@ -231,7 +240,7 @@ mod stats;
 mod tls;
 
 pub use budget::ServerBudget;
-pub use config::{Backend, ConfigError, PoolConfig};
+pub use config::{Backend, ConfigError, PoolConfig, SessionAttrs};
 pub use connect::Connect;
 #[cfg(feature = "axum")]
 pub use extract::Conn;

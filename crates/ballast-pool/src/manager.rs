@@ -26,6 +26,8 @@ pub(crate) struct Idle<C> {
     /// (`statement_timeout=deadline`), to keep for a checkout with about as much time left, or
     /// to put back for a checkout without one.
     pub(crate) bound: Option<Duration>,
+    /// The URL's host it is on (PostgreSQL with several hosts): where a cancel request goes.
+    pub(crate) host: Option<usize>,
 }
 
 /// bb8's view of the pool's connections.
@@ -35,7 +37,7 @@ pub(crate) struct Manager<C> {
     /// connect. At most one, and only while bb8 has room for it: the probe runs only while the
     /// gate keeps bb8 from connecting. (bb8's `Pool::add` would hand it over directly, but the
     /// manager cannot reach the pool that owns it.)
-    probed: Arc<Mutex<Option<C>>>,
+    probed: Arc<Mutex<Option<crate::connect::Opened<C>>>>,
 }
 
 impl<C> Manager<C> {
@@ -57,7 +59,7 @@ impl<C> fmt::Debug for Manager<C> {
 
 impl<C: Connect> Manager<C> {
     /// A freshly opened connection, instrumented, as the pool keeps it.
-    fn adopt(&self, mut conn: C) -> Idle<C> {
+    fn adopt(&self, (mut conn, host): crate::connect::Opened<C>) -> Idle<C> {
         self.shared
             .counters
             .connects
@@ -73,6 +75,7 @@ impl<C: Connect> Manager<C> {
             activity,
             discard: false,
             bound: None,
+            host,
         }
     }
 
@@ -162,7 +165,7 @@ impl<C: Connect> bb8::ManageConnection for Manager<C> {
         shared.connecting.fetch_sub(1, Ordering::AcqRel);
         match opened {
             Ok(mut conn) => {
-                shared.read_budget(&mut conn).await;
+                shared.read_budget(&mut conn.0).await;
                 // Another attempt may have failed while this one was under way: this one says
                 // the database answers.
                 shared.connect_succeeded();

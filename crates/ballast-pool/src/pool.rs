@@ -310,7 +310,9 @@ impl<C: Connect> SharedPool<C> {
             if shared.config.statement_deadline() {
                 conn.bound_statements(None).await?;
             }
-            conn.batch_execute("SELECT 1").await?;
+            // A URL that asks for the primary is ready only while its connection is on one.
+            conn.batch_execute(ready_statement(shared.config.target_session_attrs()))
+                .await?;
             Ok::<_, Failure>(())
         };
         match tokio::time::timeout(limit, check).await {
@@ -426,6 +428,25 @@ impl<C: Connect> PoolProvider for SharedPool<C> {
 }
 
 /// Readiness probes ask the pool ([`SharedPool::readiness`]): busy is ready.
+/// The statement the readiness check runs: `SELECT 1`, or — where the URL asks for a primary —
+/// one that fails with `25006` (a read-only server) when the connection is not on one, which
+/// also has the connection closed so the next connect chooses its host again.
+fn ready_statement(attrs: crate::SessionAttrs) -> &'static str {
+    match attrs {
+        crate::SessionAttrs::ReadWrite => {
+            "DO $$BEGIN IF current_setting('transaction_read_only') = 'on' THEN \
+             RAISE EXCEPTION USING ERRCODE = '25006', \
+             MESSAGE = 'no writable primary: this server only accepts reads'; END IF; END$$"
+        }
+        crate::SessionAttrs::Primary => {
+            "DO $$BEGIN IF pg_is_in_recovery() THEN \
+             RAISE EXCEPTION USING ERRCODE = '25006', \
+             MESSAGE = 'no primary: this server is a standby'; END IF; END$$"
+        }
+        _ => "SELECT 1",
+    }
+}
+
 impl<C: Connect> ballast_core::ReadinessCheck for SharedPool<C> {
     fn check(&self) -> ballast_core::CheckFuture<'_> {
         Box::pin(self.readiness())

@@ -56,7 +56,7 @@ pub(crate) fn spawn<C: Connect>(mut conn: Abandoned<C>, shared: Arc<Shared>) {
         let in_flight = idle.activity.in_flight();
         let outcome = tokio::time::timeout(
             RECLAIM_DEADLINE,
-            C::cancel_abandoned(&mut idle.conn, &shared.config, in_flight),
+            C::cancel_abandoned(&mut idle.conn, &shared.config, idle.host, in_flight),
         )
         .await;
         let reusable = match outcome {

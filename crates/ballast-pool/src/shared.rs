@@ -88,7 +88,7 @@ impl Shared {
 
     /// Opens a connection as [`open_ready`](crate::connect::open_ready) does, on this pool's
     /// driving thread where it has one.
-    pub(crate) async fn open<C: Connect>(&self) -> Result<C, Failure> {
+    pub(crate) async fn open<C: Connect>(&self) -> Result<(C, Option<usize>), Failure> {
         #[cfg(feature = "postgres")]
         {
             crate::io::with_driver(

@@ -47,6 +47,67 @@ impl PrivateCluster {
         Ok(cluster)
     }
 
+    /// Creates and starts a streaming replica of `primary` (`pg_basebackup -R`, which writes the
+    /// `standby.signal` and `primary_conninfo` that make it follow), on its own port. The
+    /// primary's defaults (`wal_level = replica`, trust for replication from 127.0.0.1) allow
+    /// it. `settings` are appended to its `postgresql.conf` before it starts (the copy of the
+    /// primary's): say, no synchronous standby of its own once it is promoted.
+    pub fn replica_of(primary: &PrivateCluster, settings: &[&str]) -> Result<Self, String> {
+        let port = crate::db::free_port()?;
+        let dir = std::env::temp_dir().join(crate::db::unique_name("ballast_replica"));
+        std::fs::create_dir_all(&dir).map_err(|error| error.to_string())?;
+        chown_postgres(&dir)?;
+        let mut replica = PrivateCluster {
+            bin: primary.bin.clone(),
+            dir,
+            port,
+            started: false,
+        };
+        let primary_port = primary.port.to_string();
+        replica.as_postgres(&[
+            "pg_basebackup",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary_port,
+            "-U",
+            "postgres",
+            "-D",
+            "DATA",
+            "-R",
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+        ])?;
+        replica.configure(settings)?;
+        replica.run()?;
+        Ok(replica)
+    }
+
+    /// Stops the server (fast shutdown): its clients are disconnected, new ones refused.
+    pub fn stop(&mut self) -> Result<(), String> {
+        self.pg_ctl("stop")?;
+        self.started = false;
+        Ok(())
+    }
+
+    /// Promotes a replica to a primary (`pg_ctl promote`, waiting until it accepts writes).
+    pub fn promote(&self) -> Result<(), String> {
+        self.pg_ctl("promote")
+    }
+
+    /// Turns a stopped server into a standby of `primary` and starts it: what Patroni does with
+    /// an old primary after a failover (without `pg_rewind`, which a clean fast shutdown before
+    /// the promotion makes unnecessary).
+    pub fn rejoin_as_standby_of(&mut self, primary: &PrivateCluster) -> Result<(), String> {
+        self.write_file("standby.signal", b"", 0o600)?;
+        self.configure(&[&format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres'",
+            primary.port
+        )])?;
+        self.run()
+    }
+
     /// Writes a file into the cluster's data directory, owned by `postgres` with `mode` (the
     /// server refuses a key file others can read); returns its path.
     pub fn write_file(&self, name: &str, contents: &[u8], mode: u32) -> Result<PathBuf, String> {

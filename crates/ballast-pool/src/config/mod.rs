@@ -4,8 +4,12 @@
 //! (the pool's parameters, the driver's URL); `tls.rs` the TLS parameters and their files.
 
 mod check;
+mod libpq;
 mod tls;
 mod url;
+
+pub use libpq::SessionAttrs;
+pub(crate) use libpq::Target;
 
 #[cfg_attr(not(feature = "tls"), allow(unused_imports))]
 pub(crate) use tls::{SslMode, TlsSettings};
@@ -146,6 +150,8 @@ pub struct PoolConfig {
     tls: Option<TlsSettings>,
     /// Prisma's `pgbouncer=true`: the URL points at PgBouncer in transaction mode.
     pgbouncer: bool,
+    /// PostgreSQL: the URI as libpq reads it (its hosts, how to choose among them).
+    target: Option<std::sync::Arc<Target>>,
 }
 
 impl PoolConfig {
@@ -169,6 +175,7 @@ impl PoolConfig {
             after_connect: Vec::new(),
             tls: None,
             pgbouncer: false,
+            target: None,
         }
     }
 
@@ -421,6 +428,21 @@ impl PoolConfig {
     /// How long a connection may idle before it is tested at checkout.
     pub fn check_idle_after(&self) -> Duration {
         self.check_idle_after
+    }
+
+    /// What a PostgreSQL server must be for a connection to it to be kept (libpq's
+    /// `target_session_attrs`): with several hosts, the pool connects to the first, in order (or
+    /// in random order with `load_balance_hosts=random`), that is. [`SessionAttrs::Any`] for
+    /// other backends.
+    pub fn target_session_attrs(&self) -> SessionAttrs {
+        self.target
+            .as_ref()
+            .map_or(SessionAttrs::Any, |target| target.session_attrs)
+    }
+
+    /// PostgreSQL: the URI as libpq reads it.
+    pub(crate) fn target(&self) -> Option<&Target> {
+        self.target.as_deref()
     }
 
     /// The URL the driver receives: the pool's parameters removed. It contains the password:

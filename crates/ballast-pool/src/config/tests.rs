@@ -145,8 +145,6 @@ fn bad_settings_name_the_setting_and_never_the_password() {
     }
     for url in [
         format!("redis://app:{CANARY}@db/0"),
-        format!("postgres://app:{CANARY}@/shop"),
-        format!("postgres://app:{CANARY}@db:notaport/shop"),
         format!("postgres://app:{CANARY}@db/shop?no_such_option=1"),
         format!("mysql://app:{CANARY}@db/shop?pool_min=x"),
         String::new(),
@@ -229,13 +227,13 @@ fn prisma_parameters_have_their_meaning_or_a_named_error() {
             "SET TIME ZONE 'UTC'"
         ]
     );
-    // A Unix socket directory replaces the URL's host, as in Prisma.
+    // A Unix socket directory replaces the URL's host, as in Prisma (and libpq).
     let config =
         PoolConfig::from_url("postgresql://u:p@localhost:5433/db?host=/var/run/postgresql")
             .unwrap();
     assert_eq!(
         config.driver_url(),
-        "postgresql://u:p@:5433/db?host=/var/run/postgresql"
+        "postgresql://u:p@%2Fvar%2Frun%2Fpostgresql:5433/db"
     );
     let config = PoolConfig::from_url("postgres://u@h:6432/db?pgbouncer=true").unwrap();
     assert!(config.pgbouncer());
@@ -334,4 +332,170 @@ fn tls_parameters_need_the_tls_feature_and_readable_files() {
 fn debug_never_shows_the_password() {
     let config = PoolConfig::from_url(&format!("mysql://root:{CANARY}@h/db")).unwrap();
     assert!(!format!("{config:?}").contains(CANARY));
+}
+
+/// One accepted form of the table below: what the driver is given, as tokio-postgres reads it.
+#[cfg(feature = "postgres")]
+struct Reads {
+    hosts: &'static [&'static str],
+    ports: &'static [u16],
+    user: Option<&'static str>,
+    password: Option<&'static str>,
+    dbname: Option<&'static str>,
+}
+
+/// libpq's URI forms (PostgreSQL 15 documentation, §34.1.1.2), each with the hosts, ports,
+/// credentials and database the driver is given; and the forms libpq refuses, each refused with
+/// the setting named and never the password.
+#[cfg(feature = "postgres")]
+#[test]
+fn libpq_uri_forms_have_libpq_meaning() {
+    use tokio_postgres::config::Host;
+    let socket = libpq::default_socket_directory();
+    let none: Option<&str> = None;
+    let accepted: Vec<(&str, Reads)> = vec![
+        ("postgresql://", Reads { hosts: &["<socket>"], ports: &[5432], user: none, password: none, dbname: none }),
+        ("postgresql://localhost", Reads { hosts: &["localhost"], ports: &[5432], user: none, password: none, dbname: none }),
+        ("postgresql://localhost:5433", Reads { hosts: &["localhost"], ports: &[5433], user: none, password: none, dbname: none }),
+        ("postgresql://localhost/mydb", Reads { hosts: &["localhost"], ports: &[5432], user: none, password: none, dbname: Some("mydb") }),
+        ("postgresql://user@localhost", Reads { hosts: &["localhost"], ports: &[5432], user: Some("user"), password: none, dbname: none }),
+        ("postgresql://user:secret@localhost", Reads { hosts: &["localhost"], ports: &[5432], user: Some("user"), password: Some("secret"), dbname: none }),
+        ("postgresql://other@localhost/otherdb?application_name=myapp", Reads { hosts: &["localhost"], ports: &[5432], user: Some("other"), password: none, dbname: Some("otherdb") }),
+        ("postgresql://host1:123,host2:456/somedb?target_session_attrs=any&application_name=myapp", Reads { hosts: &["host1", "host2"], ports: &[123, 456], user: none, password: none, dbname: Some("somedb") }),
+        ("postgresql://h1,h2:5433/db", Reads { hosts: &["h1", "h2"], ports: &[5432, 5433], user: none, password: none, dbname: Some("db") }),
+        ("postgresql://h1,h2/db?port=5433", Reads { hosts: &["h1", "h2"], ports: &[5433, 5433], user: none, password: none, dbname: Some("db") }),
+        ("postgresql://[::1]:5433/db", Reads { hosts: &["::1"], ports: &[5433], user: none, password: none, dbname: Some("db") }),
+        // `port` as a parameter replaces the URI's: one port, not two.
+        ("postgresql://localhost/db?port=12345", Reads { hosts: &["localhost"], ports: &[12345], user: none, password: none, dbname: Some("db") }),
+        ("postgresql:///mydb?host=localhost&port=5433", Reads { hosts: &["localhost"], ports: &[5433], user: none, password: none, dbname: Some("mydb") }),
+        // Unix sockets: an empty host is the default socket directory; a host that starts with
+        // `/` (percent-encoded in the URI) is a socket directory.
+        ("postgresql://%2Fvar%2Flib%2Fpostgresql/dbname", Reads { hosts: &["/var/lib/postgresql"], ports: &[5432], user: none, password: none, dbname: Some("dbname") }),
+        ("postgres:///db", Reads { hosts: &["<socket>"], ports: &[5432], user: none, password: none, dbname: Some("db") }),
+        ("postgres://user@/db", Reads { hosts: &["<socket>"], ports: &[5432], user: Some("user"), password: none, dbname: Some("db") }),
+        ("postgres://user@/db?host=/var/run/postgresql", Reads { hosts: &["/var/run/postgresql"], ports: &[5432], user: Some("user"), password: none, dbname: Some("db") }),
+        ("postgres://:5433/db?host=/run/postgresql", Reads { hosts: &["/run/postgresql"], ports: &[5433], user: none, password: none, dbname: Some("db") }),
+        ("postgresql://?hostaddr=127.0.0.1", Reads { hosts: &["127.0.0.1"], ports: &[5432], user: none, password: none, dbname: none }),
+        // An empty user name is none: the driver's default applies.
+        ("postgres://@host", Reads { hosts: &["host"], ports: &[5432], user: none, password: none, dbname: none }),
+        // The URI's parts as parameters replace the URI's own.
+        ("postgresql://u@h/db?dbname=other&user=u2&password=p%262", Reads { hosts: &["h"], ports: &[5432], user: Some("u2"), password: Some("p&2"), dbname: Some("other") }),
+        ("postgresql://localhost/my%20db", Reads { hosts: &["localhost"], ports: &[5432], user: none, password: none, dbname: Some("my db") }),
+        ("postgresql://a%40b:p%3Aw%2Fd@localhost/db", Reads { hosts: &["localhost"], ports: &[5432], user: Some("a@b"), password: Some("p:w/d"), dbname: Some("db") }),
+        ("postgresql://:pw@localhost/db", Reads { hosts: &["localhost"], ports: &[5432], user: none, password: Some("pw"), dbname: Some("db") }),
+    ];
+    for (url, reads) in accepted {
+        let config = PoolConfig::from_url(url).unwrap_or_else(|error| panic!("{url}: {error}"));
+        let driver: tokio_postgres::Config = config.driver_url().parse().unwrap();
+        let hosts: Vec<String> = driver
+            .get_hosts()
+            .iter()
+            .map(|host| match host {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        let expected: Vec<&str> = reads
+            .hosts
+            .iter()
+            .map(|host| if *host == "<socket>" { socket } else { host })
+            .collect();
+        assert_eq!(hosts, expected, "{url}: hosts ({})", config.driver_url());
+        assert_eq!(
+            driver.get_ports(),
+            reads.ports,
+            "{url}: ports ({})",
+            config.driver_url()
+        );
+        assert_eq!(driver.get_user(), reads.user, "{url}: user");
+        let password = driver
+            .get_password()
+            .map(|p| std::str::from_utf8(p).unwrap());
+        assert_eq!(password, reads.password, "{url}: password");
+        assert_eq!(driver.get_dbname(), reads.dbname, "{url}: dbname");
+    }
+    let config = PoolConfig::from_url("postgresql://?hostaddr=127.0.0.1").unwrap();
+    let driver: tokio_postgres::Config = config.driver_url().parse().unwrap();
+    assert_eq!(
+        driver.get_hostaddrs(),
+        ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    let config = PoolConfig::from_url(
+        "postgresql://h1,h2/db?target_session_attrs=read-write&load_balance_hosts=random",
+    )
+    .unwrap();
+    assert_eq!(config.target_session_attrs(), SessionAttrs::ReadWrite);
+    assert!(config.target().unwrap().load_balance);
+    assert!(
+        !config.driver_url().contains("target_session_attrs"),
+        "the pool's to apply"
+    );
+
+    let refused = [
+        ("postgres://h/%zz", "dbname"),
+        ("postgres://h/db?application_name=%1", "application_name"),
+        ("postgres://h/db?application_name=%", "application_name"),
+        ("postgres://h/db?dbname=%XXfoo", "dbname"),
+        ("postgres://h%00x/db", "host"),
+        ("postgres://h/db?options=%00", "options"),
+        ("postgres://h/db?some%zzkey=1", "url"),
+        ("postgres://h:notaport/db", "port"),
+        ("postgres://h:0/db", "port"),
+        ("postgres://h:70000/db", "port"),
+        ("postgres://h1,h2/db?port=1,2,3", "port"),
+        ("postgres://h1,h2/db?hostaddr=127.0.0.1", "hostaddr"),
+        ("postgres://h/db?hostaddr=nope", "hostaddr"),
+        ("postgres://[::1/db", "host"),
+        (
+            "postgres://h/db?target_session_attrs=master",
+            "target_session_attrs",
+        ),
+        (
+            "postgres://h/db?load_balance_hosts=yes",
+            "load_balance_hosts",
+        ),
+        // Unknown parameters: libpq warns and ignores them; ballast refuses them by name, so a
+        // typo (`conection_limit`) is not silently a default.
+        ("postgres://h/db?no_such_option=1", "url"),
+    ];
+    for (url, setting) in refused {
+        let error = PoolConfig::from_url(url).unwrap_err();
+        assert_eq!(error.setting, setting, "{url}: {error}");
+    }
+    // A malformed password is refused without showing it.
+    let error = PoolConfig::from_url(&format!("postgres://u:{CANARY}%zz@h/db")).unwrap_err();
+    assert_eq!(error.setting, "password");
+    assert!(!error.to_string().contains(CANARY), "{error}");
+    let error =
+        PoolConfig::from_url(&format!("postgres://u@h/db?password={CANARY}%g1")).unwrap_err();
+    assert_eq!(error.setting, "password");
+    assert!(!error.to_string().contains(CANARY), "{error}");
+}
+
+/// MySQL and MariaDB URLs: a Unix socket by `socket=` with no host, ports and percent-encoding
+/// checked.
+#[cfg(feature = "mysql")]
+#[test]
+fn mysql_url_forms() {
+    let config = PoolConfig::from_url("mysql://u@/db?socket=/run/mysqld/mysqld.sock").unwrap();
+    assert_eq!(
+        config.driver_url(),
+        "mysql://u@localhost/db?socket=/run/mysqld/mysqld.sock"
+    );
+    let opts = mysql_async::Opts::from_url(config.driver_url()).unwrap();
+    assert_eq!(opts.socket(), Some("/run/mysqld/mysqld.sock"));
+    let config = PoolConfig::from_url("mariadb://u:p%40ss@h:3307/db").unwrap();
+    let opts = mysql_async::Opts::from_url(config.driver_url()).unwrap();
+    assert_eq!((opts.ip_or_hostname(), opts.tcp_port()), ("h", 3307));
+    assert_eq!(opts.pass(), Some("p@ss"));
+    for (url, setting) in [
+        ("mysql://u@/db", "url"),
+        ("mysql://u:%zz@h/db", "password"),
+        ("mysql://u@h/%zz", "dbname"),
+        ("mysql://u@h:70000/db", "url"),
+        ("mysql://u@h/db?socket=%zz", "socket"),
+    ] {
+        let error = PoolConfig::from_url(url).unwrap_err();
+        assert_eq!(error.setting, setting, "{url}: {error}");
+    }
 }

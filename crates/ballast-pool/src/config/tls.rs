@@ -3,7 +3,6 @@
 
 use std::fmt;
 
-use super::url::percent_decode;
 use super::{Backend, ConfigError};
 
 /// libpq's `sslmode`s that use TLS.
@@ -183,8 +182,7 @@ impl TlsParameters {
 /// Reads a PEM file a TLS parameter names; a file that cannot be read, or holds no PEM, fails
 /// at startup with the parameter's name.
 fn read_pem(setting: &'static str, path: &str) -> Result<Vec<u8>, ConfigError> {
-    let path = percent_decode(path);
-    let bytes = std::fs::read(&path)
+    let bytes = std::fs::read(path)
         .map_err(|error| ConfigError::new(setting, format!("cannot read {path}: {error}")))?;
     if !bytes.windows(11).any(|window| window == b"-----BEGIN ") {
         return Err(ConfigError::new(

@@ -4,6 +4,7 @@
 use ballast_core::redact;
 
 use super::check::{limit_error, optional_seconds, positive_seconds, queue_limit_error, seconds};
+use super::libpq::{self, TargetBuilder};
 use super::tls::TlsParameters;
 use super::{Backend, ConfigError, PoolConfig};
 
@@ -50,19 +51,30 @@ impl PoolConfig {
         };
         let backend = backend_of(base)?;
         let mut kept = Vec::new();
-        let mut seen: Vec<&str> = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
         let mut tls = TlsParameters::default();
         let mut config = Self::defaults(backend, String::new());
+        // PostgreSQL's URI is read as libpq reads it; MySQL's and SQLite's go to their drivers.
+        let mut target = match backend {
+            Backend::Postgres => Some(TargetBuilder::from_base(base)?),
+            _ => None,
+        };
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if seen.contains(&key) {
+            let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+            // Keys and values are percent-decoded, strictly: a malformed escape is refused by
+            // name, as libpq refuses it, rather than passed on literally.
+            let key = libpq::decode("url", raw_key)?;
+            let key = key.as_str();
+            let value = libpq::decode_param(key, raw_value)?;
+            let value = value.as_str();
+            if seen.iter().any(|seen| seen == key) {
                 // The name only: a value may be a password.
                 return Err(ConfigError::new(
                     "url",
                     format!("parameter `{}` is given twice", redact(key)),
                 ));
             }
-            seen.push(key);
+            seen.push(key.to_owned());
             match key {
                 "connection_limit" => {
                     config.connection_limit = value
@@ -106,7 +118,7 @@ impl PoolConfig {
                             "is PostgreSQL's search_path; MySQL and SQLite name the database in the URL",
                         ));
                     }
-                    let schema = percent_decode(value);
+                    let schema = value.to_owned();
                     if schema.is_empty() {
                         return Err(ConfigError::new("schema", "is empty"));
                     }
@@ -149,12 +161,30 @@ impl PoolConfig {
                     };
                 }
                 _ if tls.read(key, value, backend)? => {}
-                _ => kept.push(pair),
+                _ => match target.as_mut() {
+                    Some(target) => target.param(key, value.to_owned())?,
+                    None => kept.push(pair),
+                },
             }
         }
         debug_assert!(POOL_PARAMETERS.iter().all(|name| !kept.contains(name)));
         let (settings, driver_sslmode) = tls.settings(backend)?;
         config.tls = settings;
+        if let Some(target) = target {
+            let mut target = target.build()?;
+            if let Some((key, value)) = driver_sslmode.and_then(|mode| mode.split_once('=')) {
+                target.push_param(key, value);
+            }
+            let url = target.url(None);
+            check_driver_url(backend, &url)?;
+            for i in 0..target.hosts.len() {
+                check_driver_url(backend, &target.url(Some(i)))?;
+            }
+            config.driver_url = url;
+            config.target = Some(std::sync::Arc::new(target));
+            config.check()?;
+            return Ok(config);
+        }
         if let Some(mode) = driver_sslmode {
             kept.push(mode);
         }
@@ -197,24 +227,29 @@ fn driver_url(backend: Backend, base: &str, query: &str) -> Result<String, Confi
     };
     match backend {
         Backend::Postgres | Backend::Mysql => {
-            let candidate = with_query(base);
+            let socket = query.split('&').any(|pair| pair.starts_with("socket="));
+            // `mysql://user@/db?socket=...`: the socket is the server; the driver wants a host
+            // name beside it (and the URL parser refuses credentials without a host).
+            let base = match empty_host(base) {
+                Some(at) if socket => format!("{}localhost{}", &base[..at], &base[at..]),
+                Some(_) => return Err(ConfigError::new(
+                    "url",
+                    "has no host: name one, or a Unix socket with `socket=/path/to/mysqld.sock`",
+                )),
+                None => base.to_owned(),
+            };
+            let candidate = with_query(&base);
             // Check the URL's shape here so a typo fails at startup with a clear message, and
             // so the message cannot echo the password (the parser's error never includes it).
             let parsed = url::Url::parse(&candidate)
                 .map_err(|error| ConfigError::new("url", format!("is not a valid URL: {error}")))?;
-            let host_parameter = backend == Backend::Postgres
-                && query.split('&').any(|pair| pair.starts_with("host="));
-            if parsed.host_str().is_none_or(str::is_empty) && !host_parameter {
-                return Err(ConfigError::new("url", "has no host"));
+            // Its parts are percent-decoded by the driver: a malformed escape is refused here.
+            libpq::decode("user", parsed.username())?;
+            if let Some(password) = parsed.password() {
+                libpq::decode("password", password)?;
             }
-            // Prisma: a `host` parameter (a Unix socket directory) replaces the URL's host;
-            // tokio-postgres would try both.
-            let candidate = if host_parameter && parsed.host_str().is_some_and(|h| !h.is_empty()) {
-                without_host(&parsed, query)
-            } else {
-                candidate
-            };
-            let candidate = if backend == Backend::Mysql && parsed.scheme() == "mariadb" {
+            libpq::decode("dbname", parsed.path())?;
+            let candidate = if parsed.scheme() == "mariadb" {
                 candidate.replacen("mariadb://", "mysql://", 1)
             } else {
                 candidate
@@ -271,35 +306,18 @@ fn check_sqlite_directory(path: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// `url` without its host (its user, password, port, path and `query` kept).
-fn without_host(url: &url::Url, query: &str) -> String {
-    let mut text = format!("{}://", url.scheme());
-    if !url.username().is_empty() {
-        text.push_str(url.username());
-        if let Some(password) = url.password() {
-            text.push(':');
-            text.push_str(password);
-        }
-        text.push('@');
-    }
-    if let Some(port) = url.port() {
-        text.push(':');
-        text.push_str(&port.to_string());
-    }
-    text.push_str(url.path());
-    if !query.is_empty() {
-        text.push('?');
-        text.push_str(query);
-    }
-    text
-}
-
-/// A query parameter's value, percent-decoded.
-pub(super) fn percent_decode(value: &str) -> String {
-    url::form_urlencoded::parse(format!("v={value}").as_bytes())
-        .next()
-        .map(|(_, value)| value.into_owned())
-        .unwrap_or_default()
+/// Where the host of `base` (`scheme://[userinfo@]host[:port][/path]`) would be, when it is
+/// empty.
+fn empty_host(base: &str) -> Option<usize> {
+    let start = base.find("://")? + 3;
+    let authority_end = base[start..]
+        .find('/')
+        .map_or(base.len(), |end| start + end);
+    let host_start = base[start..authority_end]
+        .rfind('@')
+        .map_or(start, |at| start + at + 1);
+    let host = &base[host_start..authority_end];
+    (host.is_empty() || host.starts_with(':')).then_some(host_start)
 }
 
 /// Lets the driver parse the URL now, so a bad option fails at startup rather than at the first

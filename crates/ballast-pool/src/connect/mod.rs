@@ -18,6 +18,10 @@ use diesel_async::AsyncConnection;
 use crate::budget::ServerBudget;
 use crate::config::{Backend, PoolConfig};
 
+/// A connection just opened, with the index of the URL's host it is on (where the URL names
+/// hosts).
+pub(crate) type Opened<C> = (C, Option<usize>);
+
 /// A diesel-async connection type the pool can open.
 ///
 /// Implemented for `AsyncPgConnection` (feature `postgres`), `AsyncMysqlConnection` (feature
@@ -36,13 +40,16 @@ pub trait Connect: sealed::Sealed + AsyncConnection + PoolableConnection + Send 
     const BACKEND: Backend;
 
     #[doc(hidden)]
-    /// Opens one connection, taking at most `config.connect_timeout()` for all of it: TCP,
-    /// startup, authentication and session setup.
+    /// Opens one connection, taking at most `config.connect_timeout()` for all of it (for each
+    /// host, where the URL names several): TCP, startup, authentication and session setup.
+    /// Returns it with the index of the URL's host it is on, where the URL names hosts.
     ///
     /// # Errors
     ///
     /// The classified failure, always [`Reach::NotSent`](ballast_core::Reach::NotSent).
-    fn open(config: &PoolConfig) -> impl Future<Output = Result<Self, Failure>> + Send;
+    fn open(
+        config: &PoolConfig,
+    ) -> impl Future<Output = Result<(Self, Option<usize>), Failure>> + Send;
 
     #[doc(hidden)]
     /// Makes a connection whose checkout was abandoned idle again: stops the statement it may
@@ -55,9 +62,13 @@ pub trait Connect: sealed::Sealed + AsyncConnection + PoolableConnection + Send 
     /// # Errors
     ///
     /// The failure that kept the connection from becoming idle; it is then closed.
+    ///
+    /// `host` is the URL's host the connection is on, as [`open`](Self::open) said: a cancel
+    /// request goes there.
     fn cancel_abandoned(
         &mut self,
         config: &PoolConfig,
+        host: Option<usize>,
         in_flight: bool,
     ) -> impl Future<Output = Result<bool, Failure>> + Send;
 
@@ -124,12 +135,14 @@ pub trait Connect: sealed::Sealed + AsyncConnection + PoolableConnection + Send 
 
 /// Opens a connection and runs the configuration's after-connect statements on it (`schema`,
 /// `statement_timeout`, [`PoolConfig::with_after_connect`]), all within `connect_timeout`.
-pub(crate) async fn open_ready<C: Connect>(config: &PoolConfig) -> Result<C, Failure> {
+pub(crate) async fn open_ready<C: Connect>(
+    config: &PoolConfig,
+) -> Result<(C, Option<usize>), Failure> {
     let started = std::time::Instant::now();
-    let mut conn = C::open(config).await?;
+    let (mut conn, host) = C::open(config).await?;
     let statements = config.after_connect_statements();
     if statements.is_empty() {
-        return Ok(conn);
+        return Ok((conn, host));
     }
     let left = config.connect_timeout().saturating_sub(started.elapsed());
     let setup = async {
@@ -139,7 +152,7 @@ pub(crate) async fn open_ready<C: Connect>(config: &PoolConfig) -> Result<C, Fai
         Ok::<_, Failure>(conn.check_session(config).await)
     };
     match tokio::time::timeout(left, setup).await {
-        Ok(Ok(Ok(()))) => Ok(conn),
+        Ok(Ok(Ok(()))) => Ok((conn, host)),
         // A setting the server took but that cannot work (a schema that does not exist).
         Ok(Ok(Err(failure))) => Err(failure.with_reach(ballast_core::Reach::NotSent)),
         // The connection broke meanwhile: a connect failure like any other.

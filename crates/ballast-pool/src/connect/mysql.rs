@@ -71,7 +71,7 @@ impl Connect for diesel_async::AsyncMysqlConnection {
         })
     }
 
-    async fn open(config: &PoolConfig) -> Result<Self, Failure> {
+    async fn open(config: &PoolConfig) -> Result<(Self, Option<usize>), Failure> {
         let opts =
             mysql_async::Opts::from_url(config.driver_url()).map_err(mysql_async::Error::Url)?;
         // What diesel-async's own `establish` sets: it keeps its own statement cache, and
@@ -103,7 +103,7 @@ impl Connect for diesel_async::AsyncMysqlConnection {
                 }
                 Err(error) => return Err(error.into()),
             };
-            Ok(Self::try_from(conn).await?)
+            Ok((Self::try_from(conn).await?, None))
         })
         .await
     }
@@ -121,6 +121,7 @@ impl Connect for diesel_async::AsyncMysqlConnection {
     async fn cancel_abandoned(
         &mut self,
         config: &PoolConfig,
+        _host: Option<usize>,
         in_flight: bool,
     ) -> Result<bool, Failure> {
         static ONE_KILL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -11,7 +11,7 @@ impl Connect
 {
     const BACKEND: Backend = Backend::Sqlite;
 
-    async fn open(config: &PoolConfig) -> Result<Self, Failure> {
+    async fn open(config: &PoolConfig) -> Result<(Self, Option<usize>), Failure> {
         use diesel_async::SimpleAsyncConnection;
         // Pooled SQLite connections contend for one file: a writer waits for the lock as long
         // as a checkout may wait for a connection, instead of failing at once with BUSY.
@@ -22,7 +22,7 @@ impl Connect
         bounded(config, async move {
             let mut conn = Self::establish(config.driver_url()).await?;
             conn.batch_execute(&setup).await?;
-            Ok(conn)
+            Ok((conn, None))
         })
         .await
     }
@@ -33,6 +33,7 @@ impl Connect
     async fn cancel_abandoned(
         &mut self,
         _config: &PoolConfig,
+        _host: Option<usize>,
         _in_flight: bool,
     ) -> Result<bool, Failure> {
         use diesel_async::pooled_connection::PoolableConnection;
