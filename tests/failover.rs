@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ballast_testkit::cluster::PrivateCluster;
 use ballast_testkit::db;
-use support::{get, request, start, wait_ready, Answer};
+use support::{get, keyed_post, start, wait_ready, Answer};
 
 /// Every answer the load got: when, to what, with what.
 #[derive(Default)]
@@ -24,16 +24,9 @@ struct Log {
     acknowledged: HashMap<String, i64>,
 }
 
+/// A keyed write of an item named after its key.
 async fn write(addr: SocketAddr, key: &str) -> Answer {
-    let body = format!(r#"{{"name":"{key}"}}"#);
-    request(
-        addr,
-        "POST",
-        "/items",
-        &[("Idempotency-Key", key)],
-        Some(("application/json", &body)),
-    )
-    .await
+    keyed_post(addr, key, key).await
 }
 
 /// Blocking cluster work (`pg_ctl`), off the runtime's threads.

@@ -251,19 +251,24 @@ pub async fn wait_ready(addr: SocketAddr, within: Duration) {
     }
 }
 
+/// `POST /items` of an item named `name`, with `key` as its `Idempotency-Key`.
+pub async fn keyed_post(addr: SocketAddr, key: &str, name: &str) -> Answer {
+    let body = format!(r#"{{"name":"{name}"}}"#);
+    request(
+        addr,
+        "POST",
+        "/items",
+        &[("Idempotency-Key", key)],
+        Some(("application/json", &body)),
+    )
+    .await
+}
+
 /// Repeats a keyed POST while its answer says `"retryable": true` (409 while the first is still
 /// running, 503 while the outcome is unknown); the final answer and how many repeats it took.
 pub async fn post_until_settled(addr: SocketAddr, key: &str, name: &str) -> (Answer, usize) {
-    let body = format!(r#"{{"name":"{name}"}}"#);
     for repeats in 0..200 {
-        let answer = request(
-            addr,
-            "POST",
-            "/items",
-            &[("Idempotency-Key", key)],
-            Some(("application/json", &body)),
-        )
-        .await;
+        let answer = keyed_post(addr, key, name).await;
         if !answer.body.contains(r#""retryable":true"#) {
             return (answer, repeats);
         }

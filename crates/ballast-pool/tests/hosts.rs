@@ -41,6 +41,23 @@ async fn server(pool: &Pool) -> (bool, u16) {
     (server.standby, u16::try_from(server.port).unwrap())
 }
 
+/// Makes the server `admin` is connected to accept only reads (as a demoted primary does), or
+/// writes again.
+async fn read_only(admin: &tokio_postgres::Client, on: bool) {
+    let setting = if on {
+        "ALTER SYSTEM SET default_transaction_read_only = on"
+    } else {
+        "ALTER SYSTEM RESET default_transaction_read_only"
+    };
+    // ALTER SYSTEM runs outside a transaction: one statement per call.
+    admin.batch_execute(setting).await.unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
 #[tokio::test]
 async fn unix_sockets_the_libpq_way() {
     let Some(url) = db::postgres_url("unix_sockets_the_libpq_way") else {
@@ -156,15 +173,7 @@ async fn target_session_attrs_choose_between_primary_and_replica() {
     let writer = pool(&url("read-write"));
     assert_eq!(server(&writer).await, (false, p));
     writer.readiness().await.unwrap();
-    admin
-        .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
-        .await
-        .unwrap();
-    admin
-        .batch_execute("SELECT pg_reload_conf()")
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    read_only(&admin, true).await;
     let closed_before = writer.stats().closed_broken;
     let mut conn = writer.get().await.unwrap();
     let failure = ballast_core::Failure::from(
@@ -195,14 +204,7 @@ async fn target_session_attrs_choose_between_primary_and_replica() {
         not_ready.report()
     );
     println!("readiness with no writable primary: {}", not_ready.report());
-    admin
-        .batch_execute("ALTER SYSTEM RESET default_transaction_read_only")
-        .await
-        .unwrap();
-    admin
-        .batch_execute("SELECT pg_reload_conf()")
-        .await
-        .unwrap();
+    read_only(&admin, false).await;
 
     // With no standby left, `prefer-standby` takes the primary; `standby` finds none.
     replica.stop().unwrap();
