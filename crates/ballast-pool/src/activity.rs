@@ -55,13 +55,17 @@ impl Activity {
 /// and passes every event on to the application's default instrumentation, if it set one.
 pub(crate) struct Tracking {
     activity: Arc<Activity>,
+    /// The pool's count of connections lost under a statement, raised the moment the statement
+    /// fails (before its caller sees the error).
+    lost: Arc<std::sync::atomic::AtomicU64>,
     next: Option<Box<dyn Instrumentation>>,
 }
 
 impl Tracking {
-    pub(crate) fn new(activity: Arc<Activity>) -> Self {
+    pub(crate) fn new(activity: Arc<Activity>, lost: Arc<std::sync::atomic::AtomicU64>) -> Self {
         Tracking {
             activity,
+            lost,
             next: diesel::connection::get_default_instrumentation(),
         }
     }
@@ -84,8 +88,9 @@ impl Instrumentation for Tracking {
                         ballast_core::classify_diesel(error).cause(),
                         ballast_core::Cause::ConnectionLost | ballast_core::Cause::ReadOnly
                     )
-                }) {
-                    self.activity.lost.store(true, Ordering::Release);
+                }) && !self.activity.lost.swap(true, Ordering::AcqRel)
+                {
+                    self.lost.fetch_add(1, Ordering::AcqRel);
                 }
                 // Saturating: an event from before the last reclaim must not wrap the count.
                 let _ = self.activity.in_flight.fetch_update(

@@ -115,3 +115,80 @@ impl<C: Connect> fmt::Debug for Conn<C> {
         f.debug_tuple("Conn").field(&self.0).finish()
     }
 }
+
+/// A connection for a read: a fresh replica's where the request's [`ReplicaSet`](crate::ReplicaSet)
+/// has one, else the primary's, checked out before the handler runs.
+///
+/// The set comes from the request's extensions (`AddExtensionLayer::new(replicas)`, or
+/// `Extension(replicas)` with axum); without one, it is the primary's connection of
+/// [`AddPoolLayer`](crate::AddPoolLayer)'s pool, as [`Conn`] would take. Use it in handlers that
+/// only read and may see data a little behind the primary (at most `max_replica_lag`); writes go
+/// through [`Conn`]. A checkout that fails rejects the request as `Conn`'s does.
+///
+/// ```
+/// use axum::{extract::Path, routing::get, Router};
+/// use ballast_pool::ReadConn;
+/// use diesel_async::{AsyncPgConnection, RunQueryDsl};
+///
+/// async fn count(mut db: ReadConn<AsyncPgConnection>) -> Result<String, ballast_error::Error> {
+///     #[derive(diesel::QueryableByName)]
+///     struct Count {
+///         #[diesel(sql_type = diesel::sql_types::BigInt)]
+///         n: i64,
+///     }
+///     let count: Count = diesel::sql_query("SELECT COUNT(*) AS n FROM items")
+///         .get_result(&mut *db)
+///         .await?;
+///     Ok(count.n.to_string())
+/// }
+/// # let _: Router = Router::new().route("/items/count", get(count));
+/// ```
+pub struct ReadConn<C: Connect>(pub PooledConnection<C>);
+
+impl<S, C> FromRequestParts<S> for ReadConn<C>
+where
+    S: Send + Sync,
+    C: Connect,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Some(replicas) = parts.extensions.get::<crate::ReplicaSet<C>>().cloned() else {
+            return Conn::<C>::from_request_parts(parts, state)
+                .await
+                .map(|conn| ReadConn(conn.0));
+        };
+        let idempotent = parts.method.is_idempotent();
+        let head = parts.method == http::Method::HEAD;
+        match replicas.get_read().await {
+            Ok(conn) => Ok(ReadConn(conn)),
+            Err(failure) => Err(failure_response(
+                Arc::new(failure),
+                idempotent,
+                head,
+                Some(&RetryAfter::default()),
+            )
+            .into_response()),
+        }
+    }
+}
+
+impl<C: Connect> Deref for ReadConn<C> {
+    type Target = C;
+
+    fn deref(&self) -> &C {
+        &self.0
+    }
+}
+
+impl<C: Connect> DerefMut for ReadConn<C> {
+    fn deref_mut(&mut self) -> &mut C {
+        &mut self.0
+    }
+}
+
+impl<C: Connect> fmt::Debug for ReadConn<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ReadConn").field(&self.0).finish()
+    }
+}

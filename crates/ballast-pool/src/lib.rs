@@ -234,6 +234,7 @@ mod pgbouncer;
 mod pool;
 mod pooled;
 mod reclaim;
+mod replicas;
 mod shared;
 mod stats;
 #[cfg(feature = "tls")]
@@ -243,9 +244,10 @@ pub use budget::ServerBudget;
 pub use config::{Backend, ConfigError, PoolConfig, SessionAttrs};
 pub use connect::Connect;
 #[cfg(feature = "axum")]
-pub use extract::Conn;
+pub use extract::{Conn, ReadConn};
 pub use layer::{AddPool, AddPoolLayer};
 pub use lend::Lent;
 pub use pool::{PoolError, PoolProvider, SharedPool};
 pub use pooled::PooledConnection;
+pub use replicas::{ReplicaSet, ReplicaSetBuilder, ReplicaState, ReplicaStats};
 pub use stats::{PoolStats, Refusals, Timings};

@@ -65,7 +65,10 @@ impl<C: Connect> Manager<C> {
             .connects
             .fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity::default());
-        conn.set_instrumentation(Tracking::new(Arc::clone(&activity)));
+        conn.set_instrumentation(Tracking::new(
+            Arc::clone(&activity),
+            Arc::clone(&self.shared.counters.lost),
+        ));
         if !self.shared.config.statement_cache() {
             conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
         }

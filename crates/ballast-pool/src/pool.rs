@@ -323,6 +323,11 @@ impl<C: Connect> SharedPool<C> {
         }
     }
 
+    /// How many of the pool's connections have been lost under a statement so far.
+    pub(crate) fn connections_lost(&self) -> u64 {
+        self.inner.shared.counters.lost.load(Ordering::Acquire)
+    }
+
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
         self.inner.shared.is_closed()

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -96,6 +96,10 @@ pub(crate) struct Counters {
     pub(crate) connect_failures: AtomicU64,
     pub(crate) connects_skipped: AtomicU64,
     pub(crate) closed_broken: AtomicU64,
+    /// Connections whose statement failed with the connection gone (or on a read-only server),
+    /// counted as it fails: [`ReplicaSet`](crate::ReplicaSet) stops reading from a replica
+    /// whose count moved until its next check.
+    pub(crate) lost: Arc<AtomicU64>,
     pub(crate) cancelled: AtomicU64,
     pub(crate) refused_expected_wait: AtomicU64,
     pub(crate) refused_standing_queue: AtomicU64,

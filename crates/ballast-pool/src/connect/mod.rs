@@ -118,6 +118,30 @@ pub trait Connect: sealed::Sealed + AsyncConnection + PoolableConnection + Send 
     }
 
     #[doc(hidden)]
+    /// The server's current WAL position, read on a primary for [`ReplicaSet`](crate::ReplicaSet)'s
+    /// lag checks. `Ok(None)` where there is none to read (the default: MySQL, SQLite).
+    ///
+    /// # Errors
+    ///
+    /// The failure of the statement that reads it.
+    fn wal_position(&mut self) -> impl Future<Output = Result<Option<u64>, Failure>> + Send {
+        async { Ok(None) }
+    }
+
+    #[doc(hidden)]
+    /// Where a replica's replay stands, for [`ReplicaSet`](crate::ReplicaSet)'s lag checks.
+    /// `Ok(None)` where it cannot be read (the default: such replicas never take reads).
+    ///
+    /// # Errors
+    ///
+    /// The failure of the statement that reads it.
+    fn replay_status(
+        &mut self,
+    ) -> impl Future<Output = Result<Option<crate::replicas::Replay>, Failure>> + Send {
+        async { Ok(None) }
+    }
+
+    #[doc(hidden)]
     /// Sends [`statement_bound`](Self::statement_bound)'s statement. The default runs it and
     /// waits for its answer; PostgreSQL pipelines it instead: it is on its way when this returns,
     /// and the checkout's first statement follows it without waiting a round trip.

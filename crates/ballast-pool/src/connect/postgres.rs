@@ -100,6 +100,48 @@ impl Connect for diesel_async::AsyncPgConnection {
         })
     }
 
+    async fn wal_position(&mut self) -> Result<Option<u64>, Failure> {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Position {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            lsn: String,
+        }
+        let position: Position = diesel::sql_query("SELECT pg_current_wal_lsn()::text AS lsn")
+            .get_result(self)
+            .await?;
+        Ok(parse_lsn(&position.lsn))
+    }
+
+    async fn replay_status(&mut self) -> Result<Option<crate::replicas::Replay>, Failure> {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Status {
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            lsn: Option<String>,
+            #[diesel(sql_type = diesel::sql_types::Double)]
+            behind: f64,
+        }
+        // Not in recovery (promoted, or pointed at a primary): its own position, nothing behind.
+        let status: Status = diesel::sql_query(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                    ELSE pg_current_wal_lsn() END::text AS lsn, \
+                    CASE WHEN pg_is_in_recovery() THEN COALESCE(EXTRACT(EPOCH FROM \
+                    (now() - pg_last_xact_replay_timestamp())), 0) ELSE 0 END::float8 AS behind",
+        )
+        .get_result(self)
+        .await?;
+        Ok(status
+            .lsn
+            .as_deref()
+            .and_then(parse_lsn)
+            .map(|position| crate::replicas::Replay {
+                position,
+                behind: Duration::try_from_secs_f64(status.behind.max(0.0))
+                    .unwrap_or(Duration::MAX),
+            }))
+    }
+
     async fn check_session(&mut self, config: &PoolConfig) -> Result<(), Failure> {
         use diesel_async::RunQueryDsl;
         #[derive(diesel::QueryableByName)]
@@ -540,4 +582,12 @@ fn shuffle(order: &mut [usize]) {
         let j = (hasher.finish() % (i as u64 + 1)) as usize;
         order.swap(i, j);
     }
+}
+
+/// A WAL position as PostgreSQL writes it (`16/B374D848`), as one number.
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.split_once('/')?;
+    let high = u64::from_str_radix(high, 16).ok()?;
+    let low = u64::from_str_radix(low, 16).ok()?;
+    Some((high << 32) | low)
 }
