@@ -114,6 +114,29 @@ pub(crate) struct Item {
     pub(crate) created_at: String,
 }
 
+/// All items, read on a fresh replica (or the primary).
+pub(crate) async fn replica_items(
+    reads: &ballast::pool::ReplicaSet<AsyncPgConnection>,
+) -> Result<Vec<Item>, Error> {
+    let mut conn = reads.get_read().await?;
+    Ok(
+        Statement::<Text, _>::new((POSTGRES.list, ""), None::<String>)
+            .load::<Item>(&mut *conn)
+            .await?,
+    )
+}
+
+/// One item, read on a fresh replica (or the primary); a missing one is a 404.
+pub(crate) async fn replica_item(
+    reads: &ballast::pool::ReplicaSet<AsyncPgConnection>,
+    id: i64,
+) -> Result<Item, Error> {
+    let mut conn = reads.get_read().await?;
+    Ok(Statement::<BigInt, _>::new(POSTGRES.one, Some(id))
+        .get_result::<Item>(&mut *conn)
+        .await?)
+}
+
 impl Db {
     /// The process's shared pool for `config`'s backend.
     pub(crate) fn open(config: PoolConfig) -> Result<Db, PoolError> {

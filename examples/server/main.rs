@@ -21,7 +21,10 @@
 //! invalidations with every instance on the channel `CACHE_CHANNEL` (`ballast:cache:invalidate`),
 //! so a write on one drops the others' cached copies within milliseconds; while Redis is away,
 //! cached entries live at most `CACHE_FALLBACK_TTL` (5) seconds. Behind PgBouncer in transaction
-//! mode, add `pgbouncer=true` to `DATABASE_URL`. Then try:
+//! mode, add `pgbouncer=true` to `DATABASE_URL`. PostgreSQL read replicas:
+//! `DATABASE_REPLICA_URLS` (URLs separated by spaces, each with the primary's pool parameters)
+//! serves `GET /items` and `GET /items/{id}` from a fresh replica, or the primary (see
+//! `ballast::pool::ReplicaSet`). Then try:
 //!
 //! ```text
 //! curl -i localhost:3000/healthz                  # 200 while the process lives
@@ -62,10 +65,11 @@ use ballast::error::timeout::RequestTimeoutLayer;
 use ballast::error::ErrorResponseLayer;
 use ballast::idempotency::{Idempotency, IdempotencyKey, Outcome};
 use ballast::metrics::Figures;
-use ballast::pool::PoolConfig;
+use ballast::pool::{Backend, PoolConfig, ReplicaSet, SharedPool};
 use ballast::retry::{RetryHandle, RetryLayer};
 use ballast::shutdown::{Phase, Shutdown, ShutdownHandle, ShutdownLayer};
 use ballast::Error;
+use diesel_async::AsyncPgConnection;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 use tower::ServiceBuilder;
@@ -101,6 +105,8 @@ struct App {
     keys: Idempotency,
     /// The cache's invalidations shared through Redis, when `REDIS_URL` is set.
     shared: Option<Arc<SharedInvalidation>>,
+    /// Read replicas, when `DATABASE_REPLICA_URLS` names some (PostgreSQL).
+    reads: Option<ReplicaSet<AsyncPgConnection>>,
 }
 
 impl App {
@@ -147,12 +153,18 @@ async fn readyz(State(app): State<App>) -> Response {
 
 async fn list_items(State(app): State<App>) -> Result<Json<Vec<Item>>, Error> {
     app.ensure_schema().await?;
-    Ok(Json(app.db.items().await?))
+    match &app.reads {
+        Some(reads) => Ok(Json(db::replica_items(reads).await?)),
+        None => Ok(Json(app.db.items().await?)),
+    }
 }
 
 async fn get_item(State(app): State<App>, Path(id): Path<i64>) -> Result<Json<Item>, Error> {
     app.ensure_schema().await?;
-    Ok(Json(app.db.item(id).await?))
+    match &app.reads {
+        Some(reads) => Ok(Json(db::replica_item(reads, id).await?)),
+        None => Ok(Json(app.db.item(id).await?)),
+    }
 }
 
 /// `POST /items`. With an `Idempotency-Key` header the insert is recorded with its key in one
@@ -215,6 +227,7 @@ async fn stats(State(app): State<App>) -> Response {
         "retry": app.retry.stats(),
         "shutdown": app.shutdown.stats(),
         "shared_invalidation": app.shared.as_ref().map(|shared| shared.stats()),
+        "replicas": app.reads.as_ref().map(ReplicaSet::stats),
     })))
 }
 
@@ -229,11 +242,29 @@ struct Settings {
     pre_drain_delay: Duration,
     /// `REDIS_URL`: the cache's invalidations shared with every instance on the channel.
     shared_invalidation: Option<SharedInvalidationBuilder>,
+    /// `DATABASE_REPLICA_URLS`: PostgreSQL read replicas.
+    replicas: Vec<PoolConfig>,
 }
 
 fn settings() -> Result<Settings, String> {
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
     let pool = PoolConfig::from_url(&url).map_err(|error| format!("DATABASE_URL: {error}"))?;
+    let replicas = std::env::var("DATABASE_REPLICA_URLS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|url| {
+            let replica = PoolConfig::from_url(url)
+                .map_err(|error| format!("DATABASE_REPLICA_URLS: {error}"))?;
+            if replica.backend() != Backend::Postgres || pool.backend() != Backend::Postgres {
+                return Err(
+                    "DATABASE_REPLICA_URLS: read replicas are PostgreSQL's, beside a \
+                            PostgreSQL DATABASE_URL"
+                        .to_owned(),
+                );
+            }
+            Ok(replica)
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let bind = std::env::var("BIND").unwrap_or_else(|_| DEFAULT_BIND.to_owned());
     let addr = bind
         .parse()
@@ -275,6 +306,7 @@ fn settings() -> Result<Settings, String> {
         request_timeout,
         pre_drain_delay,
         shared_invalidation,
+        replicas,
     })
 }
 
@@ -319,6 +351,7 @@ async fn main() -> ExitCode {
         request_timeout,
         pre_drain_delay,
         shared_invalidation,
+        replicas,
     } = match settings() {
         Ok(settings) => settings,
         Err(message) => {
@@ -333,6 +366,23 @@ async fn main() -> ExitCode {
             eprintln!("error: DATABASE_URL: {error}");
             return ExitCode::from(2);
         }
+    };
+    // Read replicas beside a PostgreSQL primary.
+    let reads = match (&db, replicas.is_empty()) {
+        (Db::Postgres(primary), false) => {
+            let mut set = ReplicaSet::builder(primary.clone());
+            for replica in replicas {
+                match SharedPool::new(replica) {
+                    Ok(pool) => set = set.replica(pool),
+                    Err(error) => {
+                        eprintln!("error: DATABASE_REPLICA_URLS: {error}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            Some(set.build())
+        }
+        _ => None,
     };
     // Several instances: a write on one drops the others' cached copies too.
     let shared = match shared_invalidation.map(|shared| shared.start(&cache)) {
@@ -387,6 +437,7 @@ async fn main() -> ExitCode {
         shutdown: handle.clone(),
         keys: Idempotency::new(),
         shared,
+        reads,
     };
     let app = Router::new()
         .route("/healthz", get(healthz))
