@@ -114,7 +114,8 @@ impl Startup {
                     );
                     last_logged = Some(Instant::now());
                 }
-                let pause = wait + wait.mul_f64(jitter() / 4.0);
+                // Jitter: instances waiting for the same database do not all come back at once.
+                let pause = wait + wait.mul_f64(fastrand::f64() / 4.0);
                 tokio::select! {
                     () = &mut draining => return,
                     () = tokio::time::sleep(pause) => {}
@@ -126,16 +127,6 @@ impl Startup {
         state.done.store(true, Ordering::Release);
         tracing::info!(took = ?started.elapsed(), "startup done: ready");
     }
-}
-
-/// A number in `[0, 1)`, different in each process and call: instances that wait for the same
-/// database do not all come back at once.
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 impl State {

@@ -3,9 +3,7 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::process::ExitCode;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ballast_cache::{Cache, CacheLayer, CleanupTask, ResponseCache};
@@ -14,14 +12,15 @@ use ballast_error::{ErrorResponse, ErrorResponseLayer};
 use ballast_pool::{AddPool, AddPoolLayer, Connect, SharedPool};
 use ballast_retry::{Retry, RetryHandle, RetryLayer};
 use ballast_shutdown::{
-    Health, Liveness, Readiness, ServeConfig, Shutdown, ShutdownBuilder, ShutdownHandle,
-    ShutdownLayer, ShutdownService,
+    Health, ServeConfig, Shutdown, ShutdownBuilder, ShutdownHandle, ShutdownLayer, ShutdownService,
 };
 use bytes::Bytes;
 use http::{Request, Response};
 
 use crate::startup::{Startup, State as StartupState};
-use http_body_util::{BodyExt, Full};
+use routes::HealthRoutes;
+
+mod routes;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -35,10 +34,6 @@ const HOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// body.
 pub type AppBody =
     ballast_retry::RetryBody<ballast_error::timeout::TimedBody<hyper::body::Incoming>>;
-
-/// The paths health answers on.
-const HEALTHZ: &str = "/healthz";
-const READYZ: &str = "/readyz";
 
 /// Builds a [`Stack`]; every setting has a default.
 pub struct StackBuilder<C: Connect> {
@@ -357,7 +352,7 @@ impl<C: Connect> Stack<C> {
     /// them.
     #[cfg(feature = "metrics")]
     pub fn metrics(&self) -> impl Future<Output = String> + Send + 'static {
-        metrics_of(
+        routes::metrics_of(
             self.pool.clone(),
             self.cache.clone(),
             self.retry.clone(),
@@ -381,28 +376,12 @@ impl<C: Connect> Stack<C> {
     {
         #[cfg(feature = "metrics")]
         let metrics = self.metrics.map(|path| {
-            let (pool, cache, retry, handle) = (
+            let render = routes::metrics_answer(
                 self.pool.clone(),
                 self.cache.clone(),
                 self.retry.clone(),
                 self.shutdown.handle(),
             );
-            let render: Render = std::sync::Arc::new(move || {
-                let text = metrics_of(pool.clone(), cache.clone(), retry.clone(), handle.clone());
-                Box::pin(async move {
-                    let mut response = Response::new(Full::new(Bytes::from(text.await)));
-                    let headers = response.headers_mut();
-                    headers.insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-                    );
-                    headers.insert(
-                        http::header::CACHE_CONTROL,
-                        http::HeaderValue::from_static("no-store"),
-                    );
-                    response
-                })
-            });
             (path, render)
         });
         #[cfg(not(feature = "metrics"))]
@@ -481,102 +460,5 @@ impl<S: Clone, C: Connect> Layer<S> for StackLayer<C> {
         let inner = self.timeout.layer(inner);
         let inner = self.error.layer(inner);
         self.shutdown.layer(inner)
-    }
-}
-
-/// The figures of one stack, rendered for a scrape.
-#[cfg(feature = "metrics")]
-async fn metrics_of<C: Connect>(
-    pool: SharedPool<C>,
-    cache: ResponseCache,
-    retry: RetryHandle,
-    shutdown: ShutdownHandle,
-) -> String {
-    let (pool, cache, retry, shutdown) = (
-        pool.stats(),
-        cache.stats().await,
-        retry.stats(),
-        shutdown.stats(),
-    );
-    crate::metrics::render(
-        &crate::metrics::Figures::new()
-            .pool(&pool)
-            .cache(&cache)
-            .retry(&retry)
-            .shutdown(&shutdown),
-    )
-}
-
-/// Answers the metrics route.
-type Render = std::sync::Arc<
-    dyn Fn() -> Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>> + Send + Sync,
->;
-
-/// `/healthz`, `/readyz` and the metrics route (when asked for) in front of the stack.
-#[derive(Clone)]
-struct HealthRoutes<S> {
-    liveness: Liveness,
-    readiness: Readiness,
-    metrics: Option<(&'static str, Render)>,
-    /// Where startup stands: requests wait for it with a 503.
-    starting: Option<std::sync::Arc<StartupState>>,
-    inner: S,
-}
-
-type HealthBody = http_body_util::combinators::UnsyncBoxBody<Bytes, ballast_core::BoxError>;
-
-impl<S, B, ReqBody> Service<Request<ReqBody>> for HealthRoutes<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<B>, Error = Infallible>,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<ballast_core::BoxError>,
-{
-    type Response = Response<HealthBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<HealthBody>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        fn boxed(response: Response<Full<Bytes>>) -> Response<HealthBody> {
-            response.map(|body| body.map_err(|never| match never {}).boxed_unsync())
-        }
-        if let Some((path, render)) = &self.metrics {
-            if request.uri().path() == *path {
-                let answer = render();
-                return Box::pin(async move { Ok(boxed(answer.await)) });
-            }
-        }
-        match request.uri().path() {
-            HEALTHZ => {
-                let answer = self.liveness.call(request);
-                Box::pin(async move { Ok(boxed(answer.await?)) })
-            }
-            READYZ => {
-                let answer = self.readiness.call(request);
-                Box::pin(async move { Ok(boxed(answer.await?)) })
-            }
-            _ => {
-                if let Some(Err(failure)) = self.starting.as_ref().map(|state| state.check()) {
-                    let idempotent = request.method().is_idempotent();
-                    let head = request.method() == http::Method::HEAD;
-                    let response = ballast_core::http::failure_response(
-                        std::sync::Arc::new(failure),
-                        idempotent,
-                        head,
-                        Some(&ballast_core::http::RetryAfter::default()),
-                    );
-                    return Box::pin(async move { Ok(boxed(response)) });
-                }
-                let answer = self.inner.call(request);
-                Box::pin(async move {
-                    let response = answer.await?;
-                    Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
-                })
-            }
-        }
     }
 }
