@@ -5,6 +5,7 @@
 
 mod check;
 mod libpq;
+mod percent;
 mod tls;
 mod url;
 
@@ -441,6 +442,7 @@ impl PoolConfig {
     }
 
     /// PostgreSQL: the URI as libpq reads it.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn target(&self) -> Option<&Target> {
         self.target.as_deref()
     }

@@ -4,7 +4,8 @@
 use ballast_core::redact;
 
 use super::check::{limit_error, optional_seconds, positive_seconds, queue_limit_error, seconds};
-use super::libpq::{self, TargetBuilder};
+use super::libpq::TargetBuilder;
+use super::percent;
 use super::tls::TlsParameters;
 use super::{Backend, ConfigError, PoolConfig};
 
@@ -63,9 +64,9 @@ impl PoolConfig {
             let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
             // Keys and values are percent-decoded, strictly: a malformed escape is refused by
             // name, as libpq refuses it, rather than passed on literally.
-            let key = libpq::decode("url", raw_key)?;
+            let key = percent::decode("url", raw_key)?;
             let key = key.as_str();
-            let value = libpq::decode_param(key, raw_value)?;
+            let value = percent::decode_param(key, raw_value)?;
             let value = value.as_str();
             if seen.iter().any(|seen| seen == key) {
                 // The name only: a value may be a password.
@@ -244,11 +245,11 @@ fn driver_url(backend: Backend, base: &str, query: &str) -> Result<String, Confi
             let parsed = url::Url::parse(&candidate)
                 .map_err(|error| ConfigError::new("url", format!("is not a valid URL: {error}")))?;
             // Its parts are percent-decoded by the driver: a malformed escape is refused here.
-            libpq::decode("user", parsed.username())?;
+            percent::decode("user", parsed.username())?;
             if let Some(password) = parsed.password() {
-                libpq::decode("password", password)?;
+                percent::decode("password", password)?;
             }
-            libpq::decode("dbname", parsed.path())?;
+            percent::decode("dbname", parsed.path())?;
             let candidate = if parsed.scheme() == "mariadb" {
                 candidate.replacen("mariadb://", "mysql://", 1)
             } else {
