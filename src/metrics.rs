@@ -13,6 +13,8 @@
 //! | `ballast_pool_server_connections_limit`, `ballast_pool_server_connections_in_use`, `ballast_pool_login_connections_limit`, `ballast_pool_budget_available` | gauge | `PoolStats::budget`: the server's connection budget read on the first connection (the login's limit only when it has one) — each instance's `db_client_connection_max` against `ballast_pool_budget_available` |
 //! | `ballast_pool_checkouts_total`, `ballast_pool_connects_total`, `ballast_pool_connect_failures_total`, `ballast_pool_cancelled_total`, `ballast_pool_shed_total`, `ballast_pool_closed_broken_total`, `ballast_pool_held_too_long_total` | counter | `PoolStats` |
 //! | `ballast_pool_refusals_total{reason="expected_wait"\|"standing_queue"\|"overdue"\|"queue_limit"\|"timed_out"\|"outage"}` | counter | `PoolStats::refusals`: checkouts that got no connection, by reason (admission by time's two rules, the opt-in `queue_limit`, a wait that ran out, a known outage) |
+//! | `ballast_replica_fresh`, `ballast_replica_lag_seconds` | gauge | `ReplicaStats`: whether each replica takes reads, how far behind the primary it was at its last check |
+//! | `ballast_replica_reads_total{reason="replica"\|"replica_after_wait"\|"primary_no_replica"\|"primary_behind_token"}` | counter | `ReplicaStats::routes`: where reads went, and why |
 //! | `ballast_cache_hits_total`, `ballast_cache_misses_total`, `ballast_cache_stale_total`, `ballast_cache_revalidated_total`, `ballast_cache_evictions_total` | counter | `CacheStats` |
 //! | `ballast_cache_entries`, `ballast_cache_size_bytes` | gauge | |
 //! | `ballast_retry_attempts_total`, `ballast_retry_retries_total`, `ballast_retry_budget_exhausted_total`, `ballast_retry_outages_total`, `ballast_retry_unsafe_to_repeat_total` | counter | `RetryStats` |
@@ -21,7 +23,8 @@
 //! | `ballast_shutdown_phase{phase="running"\|"not_ready"\|"draining"\|"stopped"}` | gauge (1 for the current phase) | |
 //!
 //! Every pool metric carries `db_client_connection_pool_name` (OTel's
-//! `db.client.connection.pool.name`). The text is the classic exposition format
+//! `db.client.connection.pool.name`): `ballast` for the primary's pool, `ballast-replica-1`,
+//! `ballast-replica-2`, ... for the read replicas' ([`Figures::replicas`]). The text is the classic exposition format
 //! (`text/plain; version=0.0.4`), which `promtool check metrics` and every Prometheus read: CI
 //! checks the example server's `/metrics` with promtool.
 //!
@@ -41,7 +44,7 @@ use metrics::{counter, describe_counter, describe_gauge, gauge, with_local_recor
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::cache::CacheStats;
-use crate::pool::PoolStats;
+use crate::pool::{PoolStats, ReplicaStats};
 use crate::retry::RetryStats;
 use crate::shutdown::{Phase, ShutdownStats};
 
@@ -55,6 +58,7 @@ const POOL_NAME: &str = "ballast";
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Figures<'a> {
     pool: Option<&'a PoolStats>,
+    replicas: Option<&'a ReplicaStats>,
     cache: Option<&'a CacheStats>,
     retry: Option<&'a RetryStats>,
     shutdown: Option<&'a ShutdownStats>,
@@ -70,6 +74,14 @@ impl<'a> Figures<'a> {
     #[must_use]
     pub fn pool(mut self, stats: &'a PoolStats) -> Self {
         self.pool = Some(stats);
+        self
+    }
+
+    /// The read replicas' figures: each replica's pool (named `ballast-replica-<n>`), its lag,
+    /// and where reads went.
+    #[must_use]
+    pub fn replicas(mut self, stats: &'a ReplicaStats) -> Self {
+        self.replicas = Some(stats);
         self
     }
 
@@ -104,26 +116,27 @@ pub fn render(figures: &Figures<'_>) -> String {
         record(figures);
     });
     let mut text = handle.render();
-    if let Some(pool) = figures.pool {
+    let pools = figures.pools();
+    if !pools.is_empty() {
         // The pool keeps its own buckets: written here as Prometheus histograms.
         for (name, help, timings) in [
             (
                 "db_client_connection_wait_time_seconds",
                 "Time checkouts waited for a connection",
-                &pool.wait_time,
+                (|pool: &PoolStats| &pool.wait_time) as fn(&PoolStats) -> &crate::pool::Timings,
             ),
             (
                 "db_client_connection_use_time_seconds",
                 "Time connections stayed checked out",
-                &pool.use_time,
+                |pool: &PoolStats| &pool.use_time,
             ),
             (
                 "db_client_connection_create_time_seconds",
                 "Time opening a connection took",
-                &pool.create_time,
+                |pool: &PoolStats| &pool.create_time,
             ),
         ] {
-            histogram(&mut text, name, help, timings);
+            histogram(&mut text, name, help, &pools, timings);
         }
     }
     in_name_order(&text)
@@ -157,22 +170,53 @@ fn in_name_order(text: &str) -> String {
     sorted
 }
 
-/// Appends `timings` as a Prometheus histogram.
-fn histogram(text: &mut String, name: &str, help: &str, timings: &crate::pool::Timings) {
+/// Appends one histogram family: each pool's `timings`.
+fn histogram(
+    text: &mut String,
+    name: &str,
+    help: &str,
+    pools: &[(String, &PoolStats)],
+    timings: fn(&PoolStats) -> &crate::pool::Timings,
+) {
     use std::fmt::Write;
-    let labels = format!("db_client_connection_pool_name=\"{POOL_NAME}\"");
     // Writing into a String cannot fail.
     let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} histogram");
-    for (bound, count) in &timings.buckets {
-        let _ = writeln!(text, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+    for (pool, stats) in pools {
+        let timings = timings(stats);
+        let labels = format!("db_client_connection_pool_name=\"{pool}\"");
+        for (bound, count) in &timings.buckets {
+            let _ = writeln!(text, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(
+            text,
+            "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+            timings.count
+        );
+        let _ = writeln!(text, "{name}_sum{{{labels}}} {}", timings.sum_seconds);
+        let _ = writeln!(text, "{name}_count{{{labels}}} {}", timings.count);
     }
-    let _ = writeln!(
-        text,
-        "{name}_bucket{{{labels},le=\"+Inf\"}} {}",
-        timings.count
-    );
-    let _ = writeln!(text, "{name}_sum{{{labels}}} {}", timings.sum_seconds);
-    let _ = writeln!(text, "{name}_count{{{labels}}} {}\n", timings.count);
+    text.push('\n');
+}
+
+impl Figures<'_> {
+    /// Every pool with its name: the primary's, then each replica's.
+    fn pools(&self) -> Vec<(String, &PoolStats)> {
+        let mut pools = Vec::new();
+        if let Some(pool) = self.pool {
+            pools.push((POOL_NAME.to_owned(), pool));
+        }
+        if let Some(replicas) = self.replicas {
+            for (index, replica) in replicas.replicas.iter().enumerate() {
+                pools.push((replica_name(index), &replica.pool));
+            }
+        }
+        pools
+    }
+}
+
+/// The `index`th replica's pool name.
+fn replica_name(index: usize) -> String {
+    format!("{POOL_NAME}-replica-{}", index + 1)
 }
 
 /// The help text of every metric (`# HELP`, which promtool asks for).
@@ -213,6 +257,14 @@ fn describe() {
         (
             "ballast_pool_budget_available",
             "Connections that were left for this pool when the budget was read",
+        ),
+        (
+            "ballast_replica_fresh",
+            "1 while the read replica takes reads (it answered and was within max_replica_lag)",
+        ),
+        (
+            "ballast_replica_lag_seconds",
+            "How far the read replica was behind the primary at its last check",
         ),
         ("ballast_cache_entries", "Responses cached"),
         (
@@ -257,6 +309,10 @@ fn describe() {
         (
             "ballast_pool_closed_broken_total",
             "Connections closed because they came back broken",
+        ),
+        (
+            "ballast_replica_reads_total",
+            "Reads routed by the replica set, by where they went and why",
         ),
         (
             "ballast_cache_hits_total",
@@ -310,19 +366,22 @@ fn value(count: impl TryInto<u32> + Copy) -> f64 {
 }
 
 fn record(figures: &Figures<'_>) {
-    if let Some(pool) = figures.pool {
-        let name = ("db_client_connection_pool_name", POOL_NAME);
+    for (pool_name, pool) in figures.pools() {
+        let name = ("db_client_connection_pool_name", pool_name);
         for (state, count) in [("idle", pool.idle), ("used", pool.in_use)] {
-            gauge!("db_client_connections_usage", name.0 => name.1, "db_client_connection_state" => state)
+            gauge!("db_client_connections_usage", name.0 => name.1.clone(), "db_client_connection_state" => state)
                 .set(f64::from(count));
         }
-        gauge!("db_client_connection_max", name.0 => name.1).set(f64::from(pool.max_size));
+        gauge!("db_client_connection_max", name.0 => name.1.clone()).set(f64::from(pool.max_size));
         // Every connection may stay idle; none is kept open on purpose (connections open on
         // demand).
-        gauge!("db_client_connection_idle_max", name.0 => name.1).set(f64::from(pool.max_size));
-        gauge!("db_client_connection_idle_min", name.0 => name.1).set(0.0);
-        gauge!("db_client_connection_pending_requests", name.0 => name.1).set(value(pool.waiting));
-        counter!("db_client_connection_timeouts_total", name.0 => name.1).absolute(pool.timeouts);
+        gauge!("db_client_connection_idle_max", name.0 => name.1.clone())
+            .set(f64::from(pool.max_size));
+        gauge!("db_client_connection_idle_min", name.0 => name.1.clone()).set(0.0);
+        gauge!("db_client_connection_pending_requests", name.0 => name.1.clone())
+            .set(value(pool.waiting));
+        counter!("db_client_connection_timeouts_total", name.0 => name.1.clone())
+            .absolute(pool.timeouts);
         if let Some(budget) = &pool.budget {
             for (metric, count) in [
                 ("ballast_pool_server_connections_limit", budget.server_limit),
@@ -332,10 +391,10 @@ fn record(figures: &Figures<'_>) {
                 ),
                 ("ballast_pool_budget_available", budget.available),
             ] {
-                gauge!(metric, name.0 => name.1).set(f64::from(count));
+                gauge!(metric, name.0 => name.1.clone()).set(f64::from(count));
             }
             if let Some(limit) = budget.login_limit {
-                gauge!("ballast_pool_login_connections_limit", name.0 => name.1)
+                gauge!("ballast_pool_login_connections_limit", name.0 => name.1.clone())
                     .set(f64::from(limit));
             }
         }
@@ -348,11 +407,27 @@ fn record(figures: &Figures<'_>) {
             ("ballast_pool_closed_broken_total", pool.closed_broken),
             ("ballast_pool_held_too_long_total", pool.held_too_long),
         ] {
-            counter!(metric, name.0 => name.1).absolute(count);
+            counter!(metric, name.0 => name.1.clone()).absolute(count);
         }
         for (reason, count) in pool.refusals.by_reason() {
-            counter!("ballast_pool_refusals_total", name.0 => name.1, "reason" => reason)
+            counter!("ballast_pool_refusals_total", name.0 => name.1.clone(), "reason" => reason)
                 .absolute(count);
+        }
+    }
+    if let Some(replicas) = figures.replicas {
+        for (index, replica) in replicas.replicas.iter().enumerate() {
+            let name = ("db_client_connection_pool_name", replica_name(index));
+            gauge!("ballast_replica_fresh", name.0 => name.1.clone()).set(if replica.fresh {
+                1.0
+            } else {
+                0.0
+            });
+            if let Some(lag) = replica.lag_seconds {
+                gauge!("ballast_replica_lag_seconds", name.0 => name.1).set(lag);
+            }
+        }
+        for (reason, count) in replicas.routes.by_reason() {
+            counter!("ballast_replica_reads_total", "reason" => reason).absolute(count);
         }
     }
     if let Some(cache) = figures.cache {

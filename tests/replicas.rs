@@ -1,5 +1,7 @@
 //! The example server with `DATABASE_REPLICA_URLS`: `GET /items` is served by the replica while
-//! it is fresh, and by the primary when it is stopped, with no failed read.
+//! it is fresh, and by the primary when it is stopped, with no failed read; a client that sends
+//! back its write's token reads its own write from a replica that applies it 2 s late; `/metrics`
+//! names each pool.
 
 mod support;
 
@@ -7,15 +9,16 @@ use std::time::{Duration, Instant};
 
 use ballast_testkit::cluster::PrivateCluster;
 use ballast_testkit::db;
-use support::{get, keyed_post, start, wait_ready};
+use support::{get, keyed_post, promtool_accepts, request, start, wait_ready};
 
 /// Reads the server's `/stats` figure of reads routed to the replicas and to the primary.
 async fn routed(addr: std::net::SocketAddr) -> (u64, u64) {
     let stats = get(addr, "/stats").await.json();
-    let replicas = &stats["replicas"];
+    let routes = &stats["replicas"]["routes"];
+    let count = |reason: &str| routes[reason].as_u64().unwrap();
     (
-        replicas["reads_to_replicas"].as_u64().unwrap(),
-        replicas["reads_to_primary"].as_u64().unwrap(),
+        count("replica") + count("replica_after_wait"),
+        count("primary_no_replica") + count("primary_behind_token"),
     )
 }
 
@@ -46,8 +49,9 @@ async fn get_items_is_served_by_a_fresh_replica() {
     let started = Instant::now();
     while routed(addr).await.0 == 0 {
         assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "no read reached the replica"
+            started.elapsed() < Duration::from_secs(10),
+            "no read reached the replica: {}",
+            get(addr, "/stats").await.json()["replicas"]
         );
         assert_eq!(get(addr, "/items").await.status, 200);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -79,5 +83,62 @@ async fn get_items_is_served_by_a_fresh_replica() {
         assert_eq!(items.status, 200, "{}", items.body);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    drop(replica);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reads_its_own_write_through_the_example_server() {
+    if db::postgres_url("a_client_reads_its_own_write_through_the_example_server").is_none() {
+        return;
+    }
+    let primary = tokio::task::spawn_blocking(PrivateCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let replica =
+        PrivateCluster::replica_of(&primary, &["recovery_min_apply_delay = '2s'"]).unwrap();
+    let server = start(&[
+        ("DATABASE_URL", &primary.url()),
+        ("DATABASE_REPLICA_URLS", &replica.url()),
+    ])
+    .await;
+    let addr = server.addr;
+    wait_ready(addr, Duration::from_secs(10)).await;
+    // The schema reaches the replica 2 s after the first request makes it.
+    assert_eq!(keyed_post(addr, "first", "first").await.status, 201);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+
+    for round in 0..50 {
+        let name = format!("item-{round}");
+        let created = keyed_post(addr, &name, &name).await;
+        assert_eq!(created.status, 201, "{}", created.body);
+        let id = created.json()["id"].as_i64().unwrap();
+        let token = created.header("ballast-read-after").unwrap().to_owned();
+        let cookie = created.header("set-cookie").unwrap().to_owned();
+        assert!(
+            cookie.starts_with("ballast-read-after=") && cookie.contains("httponly"),
+            "{cookie}"
+        );
+        // A browser sends the cookie back; an API client the header.
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let carried = if round % 2 == 0 {
+            ("ballast-read-after", token.as_str())
+        } else {
+            ("cookie", cookie.as_str())
+        };
+        let item = request(addr, "GET", &format!("/items/{id}"), &[carried], None).await;
+        assert_eq!(item.status, 200, "round {round}: {}", item.body);
+        assert_eq!(item.json()["name"], name.as_str());
+    }
+
+    let metrics = get(addr, "/metrics").await.body;
+    for line in [
+        "db_client_connection_max{db_client_connection_pool_name=\"ballast-replica-1\"}",
+        "ballast_replica_fresh{db_client_connection_pool_name=\"ballast-replica-1\"}",
+        "ballast_replica_reads_total{reason=\"primary_behind_token\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+    promtool_accepts(&metrics);
     drop(replica);
 }

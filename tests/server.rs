@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use ballast_testkit::db::{self, Backends, PgDatabase};
 use ballast_testkit::proxy::{FaultProxy, Mode};
-use support::{command, command_for, example_binary, get, send, start, start_command, Server};
+use support::{
+    command, command_for, example_binary, get, promtool_accepts, send, start, start_command, Server,
+};
 
 /// Walks every endpoint; returns the id of the item it created.
 async fn walk(addr: SocketAddr) -> i64 {
@@ -104,42 +106,6 @@ async fn walk(addr: SocketAddr) -> i64 {
     );
     promtool_accepts(&metrics.body);
     id
-}
-
-/// `promtool check metrics` — what Prometheus users lint scrapes with — accepts `text`. Skipped
-/// with a reason when promtool is missing, unless `BALLAST_REQUIRE_PROMTOOL=1` (CI installs it).
-fn promtool_accepts(text: &str) {
-    use std::io::Write;
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(error) => {
-            assert!(
-                std::env::var("BALLAST_REQUIRE_PROMTOOL").as_deref() != Ok("1"),
-                "promtool is required: {error}"
-            );
-            println!("skipping the promtool check: {error}");
-            return;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// `POST /items` with a NUL in the name: PostgreSQL refuses the byte (22021), which is the

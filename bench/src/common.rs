@@ -83,15 +83,24 @@ pub(crate) struct Run {
 }
 
 /// One `wrk -t1 -c<connections> -d<seconds>s --latency` run against `url`.
+#[allow(dead_code)] // Not every bench binary loads plain GETs.
 pub(crate) async fn wrk(url: &str, connections: u32, seconds: u64) -> Result<Run, String> {
+    wrk_with(url, connections, seconds, &[]).await
+}
+
+/// [`wrk`] with more of its arguments (`-H`, `-s`), before the URL.
+pub(crate) async fn wrk_with(
+    url: &str,
+    connections: u32,
+    seconds: u64,
+    extra: &[&str],
+) -> Result<Run, String> {
+    let (connections, seconds) = (format!("-c{connections}"), format!("-d{seconds}s"));
+    let mut args = vec!["-t1", &connections, &seconds, "--latency"];
+    args.extend_from_slice(extra);
+    args.push(url);
     let output = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            url,
-        ])
+        .args(&args)
         .output()
         .await
         .map_err(|error| format!("wrk: {error} (apt-get install wrk)"))?;

@@ -24,7 +24,9 @@
 //! mode, add `pgbouncer=true` to `DATABASE_URL`. PostgreSQL read replicas:
 //! `DATABASE_REPLICA_URLS` (URLs separated by spaces, each with the primary's pool parameters)
 //! serves `GET /items` and `GET /items/{id}` from a fresh replica, or the primary (see
-//! `ballast::pool::ReplicaSet`). Then try:
+//! `ballast::pool::ReplicaSet`); a write's answer carries a read-your-writes token (the header
+//! and cookie `ballast-read-after`), and a read that sends it back sees the write
+//! (`ballast::pool::ReadYourWritesLayer`). Then try:
 //!
 //! ```text
 //! curl -i localhost:3000/healthz                  # 200 while the process lives
@@ -65,7 +67,7 @@ use ballast::error::timeout::RequestTimeoutLayer;
 use ballast::error::ErrorResponseLayer;
 use ballast::idempotency::{Idempotency, IdempotencyKey, Outcome};
 use ballast::metrics::Figures;
-use ballast::pool::{Backend, PoolConfig, ReplicaSet, SharedPool};
+use ballast::pool::{Backend, PoolConfig, ReadYourWritesLayer, ReplicaSet, SharedPool};
 use ballast::retry::{RetryHandle, RetryLayer};
 use ballast::shutdown::{Phase, Shutdown, ShutdownHandle, ShutdownLayer};
 use ballast::Error;
@@ -211,11 +213,15 @@ async fn sleep(State(app): State<App>, Query(query): Query<SleepQuery>) -> Resul
 async fn metrics(State(app): State<App>) -> Response {
     let (pool, cache) = (app.db.stats(), app.cache.stats().await);
     let (retry, shutdown) = (app.retry.stats(), app.shutdown.stats());
-    let figures = Figures::new()
+    let replicas = app.reads.as_ref().map(ReplicaSet::stats);
+    let mut figures = Figures::new()
         .pool(&pool)
         .cache(&cache)
         .retry(&retry)
         .shutdown(&shutdown);
+    if let Some(replicas) = &replicas {
+        figures = figures.replicas(replicas);
+    }
     let content_type = [(header::CONTENT_TYPE, ballast::metrics::CONTENT_TYPE)];
     no_store((content_type, ballast::metrics::render(&figures)))
 }
@@ -397,6 +403,7 @@ async fn main() -> ExitCode {
     let retry = RetryLayer::new();
 
     let (clearing, closing, unsharing) = (cache.clone(), db.clone(), shared.clone());
+    let closing_replicas = reads.clone();
     let shutdown = Shutdown::builder()
         .pre_drain_delay(pre_drain_delay)
         .hook(
@@ -422,6 +429,11 @@ async fn main() -> ExitCode {
             Ok::<_, String>(())
         })
         .hook("close pool", Duration::from_secs(5), move || async move {
+            if let Some(reads) = closing_replicas {
+                for replica in reads.replicas() {
+                    replica.close().await;
+                }
+            }
             closing.close().await;
             Ok::<_, String>(())
         })
@@ -437,7 +449,7 @@ async fn main() -> ExitCode {
         shutdown: handle.clone(),
         keys: Idempotency::new(),
         shared,
-        reads,
+        reads: reads.clone(),
     };
     let app = Router::new()
         .route("/healthz", get(healthz))
@@ -456,23 +468,27 @@ async fn main() -> ExitCode {
         .route("/sleep", get(sleep))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
-        .with_state(app_state)
-        .layer(
-            ServiceBuilder::new()
-                .layer(
-                    ShutdownLayer::new(handle.clone())
-                        .serve_while_draining(["/healthz", "/readyz"]),
-                )
-                .layer(ErrorResponseLayer::new())
-                .layer({
-                    // A request body that stalled is answered 408 when the drain begins.
-                    let handle = handle.clone();
-                    RequestTimeoutLayer::new(request_timeout)
-                        .draining(move || handle.phase() >= Phase::Draining)
-                })
-                .layer(CacheLayer::new(cache).x_cache_header(true))
-                .layer(retry),
-        );
+        .with_state(app_state);
+    // Read-your-writes with replicas: a write's answer carries a token (header and cookie), and
+    // a read that sends it back sees the write. Innermost, so the cache and the retry layer see
+    // what it did.
+    let app = match reads {
+        Some(reads) => app.layer(ReadYourWritesLayer::new(reads)),
+        None => app,
+    };
+    let app = app.layer(
+        ServiceBuilder::new()
+            .layer(ShutdownLayer::new(handle.clone()).serve_while_draining(["/healthz", "/readyz"]))
+            .layer(ErrorResponseLayer::new())
+            .layer({
+                // A request body that stalled is answered 408 when the drain begins.
+                let handle = handle.clone();
+                RequestTimeoutLayer::new(request_timeout)
+                    .draining(move || handle.phase() >= Phase::Draining)
+            })
+            .layer(CacheLayer::new(cache).x_cache_header(true))
+            .layer(retry),
+    );
 
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => listener,

@@ -276,3 +276,39 @@ pub async fn post_until_settled(addr: SocketAddr, key: &str, name: &str) -> (Ans
     }
     panic!("{key} never settled");
 }
+
+/// `promtool check metrics` — what Prometheus users lint scrapes with — accepts `text`. Skipped
+/// with a reason when promtool is missing, unless `BALLAST_REQUIRE_PROMTOOL=1` (CI installs it).
+pub fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(error) => {
+            assert!(
+                std::env::var("BALLAST_REQUIRE_PROMTOOL").as_deref() != Ok("1"),
+                "promtool is required: {error}"
+            );
+            println!("skipping the promtool check: {error}");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -147,6 +147,14 @@ impl Entry {
     }
 
     /// How long moka keeps the entry: a response as long as it may be served, stale included.
+    /// The tags the stored response was stored with, if it is a response that has some.
+    pub(crate) fn tags(&self) -> Option<&[String]> {
+        match &self.stored {
+            Stored::Response(response) => response.tags.as_deref(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn keep(&self, default: Duration) -> Duration {
         match &self.stored {
             Stored::Response(response) => response.keep(default),

@@ -160,6 +160,7 @@
 mod body;
 mod builder;
 mod entry;
+mod fence;
 mod invalidate;
 mod key;
 mod layer;

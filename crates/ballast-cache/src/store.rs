@@ -47,6 +47,8 @@ pub(crate) struct Inner {
     pub(crate) degraded: Arc<Degraded>,
     /// Where this cache's invalidations go to reach other instances (feature `redis`).
     pub(crate) fanout: std::sync::OnceLock<Fanout>,
+    /// The recent invalidations: a fill that predates one of its key's is not stored.
+    pub(crate) fence: crate::fence::Fence,
 }
 
 /// Hands an invalidation to the other instances (feature `redis`); never waits.
@@ -64,6 +66,20 @@ pub(crate) enum Invalidated {
     Tags(Vec<String>),
     /// Every entry.
     All,
+}
+
+impl Invalidated {
+    /// Whether this removes the entry stored for `key` with `tags`.
+    pub(crate) fn matches(&self, key: &CacheKey, tags: Option<&[String]>) -> bool {
+        match self {
+            Invalidated::Paths(paths) => paths.iter().any(|path| key.path() == path),
+            Invalidated::Prefix(prefix) => key.path().starts_with(prefix.as_str()),
+            Invalidated::Tags(removed) => {
+                tags.is_some_and(|own| own.iter().any(|tag| removed.contains(tag)))
+            }
+            Invalidated::All => true,
+        }
+    }
 }
 
 /// While on, no entry outlives `ttl` from now: stored ones are cut short when read, new ones
@@ -268,6 +284,7 @@ impl ResponseCache {
                 counters,
                 degraded,
                 fanout: std::sync::OnceLock::new(),
+                fence: crate::fence::Fence::default(),
             }),
         }
     }
@@ -316,21 +333,15 @@ impl ResponseCache {
 
     /// Applies an invalidation here, at once, without telling anyone.
     pub(crate) fn invalidate_now(&self, invalidation: Invalidated) {
+        self.inner.fence.invalidated(&invalidation);
         let moka = &self.inner.moka;
         let _ = match invalidation {
-            Invalidated::Paths(paths) => moka
-                .invalidate_entries_if(move |key, _| paths.iter().any(|path| key.path() == path)),
-            Invalidated::Prefix(prefix) => {
-                moka.invalidate_entries_if(move |key, _| key.path().starts_with(&prefix))
-            }
-            Invalidated::Tags(tags) => moka.invalidate_entries_if(move |_, entry| {
-                matches!(&entry.stored, Stored::Response(response)
-                    if response.tags.as_ref().is_some_and(|own| own.iter().any(|tag| tags.contains(tag))))
-            }),
             Invalidated::All => {
                 moka.invalidate_all();
                 Ok(String::new())
             }
+            invalidation => moka
+                .invalidate_entries_if(move |key, entry| invalidation.matches(key, entry.tags())),
         };
     }
 
@@ -376,6 +387,8 @@ impl ResponseCache {
         &self,
         predicate: impl Fn(&CacheKey) -> bool + Send + Sync + 'static,
     ) {
+        let predicate: Arc<dyn Fn(&CacheKey) -> bool + Send + Sync> = Arc::new(predicate);
+        self.inner.fence.invalidated_if(Arc::clone(&predicate));
         // Only fails when the builder did not enable invalidation closures, which it does.
         let _ = self
             .inner

@@ -319,3 +319,66 @@ impl DrainSignal {
         }
     }
 }
+
+tokio::task_local! {
+    static AS_OF: Arc<DataAsOf>;
+}
+
+/// How current the data a response is built from is: the earliest moment some piece of it is
+/// known to be current as of, when that is before the request began.
+///
+/// A read on a streaming replica sees the primary as it was a little while ago: a response built
+/// from it may predate a write another request already answered. Whoever is about to keep a
+/// response for later — a cache filling an entry — runs the service inside
+/// [`observe`](Self::observe); whoever reads data that may be behind — a replica read in
+/// `ballast-pool` — [`record`](Self::record)s how current it is. The cache then refuses to store
+/// a response that predates an invalidation of its key: no write is hidden by a copy built from
+/// data older than it. Outside an `observe`, `record` does nothing.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::{Duration, Instant};
+/// use ballast_core::scope::DataAsOf;
+///
+/// let behind = Instant::now() - Duration::from_millis(300);
+/// let ((), as_of) = DataAsOf::observe(async move {
+///     // Deep inside a handler: a replica read, 300 ms behind the primary.
+///     DataAsOf::record(behind);
+/// })
+/// .await;
+/// assert_eq!(as_of, Some(behind));
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct DataAsOf {
+    earliest: std::sync::Mutex<Option<Instant>>,
+}
+
+impl DataAsOf {
+    /// Runs `future`, and returns its output with the earliest moment recorded inside it (`None`:
+    /// nothing was recorded, the data is as current as the moment it was read).
+    pub async fn observe<F: Future>(future: F) -> (F::Output, Option<Instant>) {
+        let slot = Arc::new(DataAsOf::default());
+        let output = AS_OF.scope(Arc::clone(&slot), future).await;
+        let earliest = *slot
+            .earliest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (output, earliest)
+    }
+
+    /// Records that data read now is current only as of `as_of`, for the enclosing
+    /// [`observe`](Self::observe), if any; the earliest of several records counts.
+    pub fn record(as_of: Instant) {
+        let _ = AS_OF.try_with(|slot| {
+            let mut earliest = slot
+                .earliest
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if earliest.is_none_or(|earliest| as_of < earliest) {
+                *earliest = Some(as_of);
+            }
+        });
+    }
+}

@@ -58,14 +58,22 @@ pub(crate) struct Tracking {
     /// The pool's count of connections lost under a statement, raised the moment the statement
     /// fails (before its caller sees the error).
     lost: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether the pool is a read replica's: a refused write is then the handler's bug, and the
+    /// connection stays.
+    reads_only: Arc<AtomicBool>,
     next: Option<Box<dyn Instrumentation>>,
 }
 
 impl Tracking {
-    pub(crate) fn new(activity: Arc<Activity>, lost: Arc<std::sync::atomic::AtomicU64>) -> Self {
+    pub(crate) fn new(
+        activity: Arc<Activity>,
+        lost: Arc<std::sync::atomic::AtomicU64>,
+        reads_only: Arc<AtomicBool>,
+    ) -> Self {
         Tracking {
             activity,
             lost,
+            reads_only,
             next: diesel::connection::get_default_instrumentation(),
         }
     }
@@ -81,14 +89,21 @@ impl Instrumentation for Tracking {
                 // backend but SQLite, whose statements run on a blocking thread); the checkout
                 // tells it again when it ends.
                 RequestScope::with_current(RequestScope::sent);
+                // For read-your-writes: the request may have written.
+                if !self.reads_only.load(Ordering::Relaxed) {
+                    crate::replicas::scope::statement_on_primary();
+                }
             }
             InstrumentationEvent::FinishQuery { error, .. } => {
-                if error.is_some_and(|error| {
-                    matches!(
-                        ballast_core::classify_diesel(error).cause(),
-                        ballast_core::Cause::ConnectionLost | ballast_core::Cause::ReadOnly
-                    )
-                }) && !self.activity.lost.swap(true, Ordering::AcqRel)
+                let cause = error.map(|error| ballast_core::classify_diesel(error).cause());
+                let refused_write = cause == Some(ballast_core::Cause::ReadOnly)
+                    && self.reads_only.load(Ordering::Acquire);
+                if refused_write {
+                    crate::replicas::scope::refused_write();
+                } else if matches!(
+                    cause,
+                    Some(ballast_core::Cause::ConnectionLost | ballast_core::Cause::ReadOnly)
+                ) && !self.activity.lost.swap(true, Ordering::AcqRel)
                 {
                     self.lost.fetch_add(1, Ordering::AcqRel);
                 }

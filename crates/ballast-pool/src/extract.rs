@@ -119,11 +119,14 @@ impl<C: Connect> fmt::Debug for Conn<C> {
 /// A connection for a read: a fresh replica's where the request's [`ReplicaSet`](crate::ReplicaSet)
 /// has one, else the primary's, checked out before the handler runs.
 ///
-/// The set comes from the request's extensions (`AddExtensionLayer::new(replicas)`, or
-/// `Extension(replicas)` with axum); without one, it is the primary's connection of
+/// The set comes from the request's extensions, where
+/// [`ReadYourWritesLayer`](crate::ReadYourWritesLayer) puts it (with read-your-writes: a request
+/// that carries its client's last write token reads from a replica only once the replica has
+/// replayed it); without one, it is the primary's connection of
 /// [`AddPoolLayer`](crate::AddPoolLayer)'s pool, as [`Conn`] would take. Use it in handlers that
-/// only read and may see data a little behind the primary (at most `max_replica_lag`); writes go
-/// through [`Conn`]. A checkout that fails rejects the request as `Conn`'s does.
+/// only read and may see data a little behind the primary (at most `max_replica_lag`, unless the
+/// client's own write); writes go through [`Conn`] — a replica refuses them, and under the layer
+/// the request is answered `500`. A checkout that fails rejects the request as `Conn`'s does.
 ///
 /// ```
 /// use axum::{extract::Path, routing::get, Router};

@@ -179,6 +179,19 @@
 //! PgBouncer, which forwards them to the server running the statement; `sslmode` works as it does
 //! without PgBouncer (its `client_tls_*` settings), cancel requests included.
 //!
+//! # Read replicas and read-your-writes
+//!
+//! [`ReplicaSet`] puts PostgreSQL streaming replicas beside the primary, each a pool of its own;
+//! a task reads each replica's lag every second and a replica more than `max_replica_lag` behind,
+//! down or refusing connections takes no reads. [`ReadConn`] (feature `axum`) takes a fresh
+//! replica's connection, or the primary's, with no 503 and no wait when a replica is away.
+//! [`ReadYourWritesLayer`] (feature `axum`) gives every client read-your-writes over HTTP: a
+//! write's answer carries the primary's WAL position after it ([`WalPosition`], the header and
+//! cookie [`READ_AFTER`]), and a read that sends it back is served by a replica only once it has
+//! replayed that far (after waiting at most `max_token_wait`), else by the primary. A write
+//! through a read connection is a `500`: a bug, not an outage. MySQL and MariaDB replicas are
+//! never fresh: reads use the primary there.
+//!
 //! # Example
 //!
 //! ```
@@ -249,5 +262,10 @@ pub use layer::{AddPool, AddPoolLayer};
 pub use lend::Lent;
 pub use pool::{PoolError, PoolProvider, SharedPool};
 pub use pooled::PooledConnection;
-pub use replicas::{ReplicaSet, ReplicaSetBuilder, ReplicaState, ReplicaStats};
+pub use replicas::{
+    InvalidWalPosition, ReadRoutes, ReplicaSet, ReplicaSetBuilder, ReplicaState, ReplicaStats,
+    WalPosition,
+};
+#[cfg(feature = "axum")]
+pub use replicas::{ReadYourWrites, ReadYourWritesFuture, ReadYourWritesLayer, READ_AFTER};
 pub use stats::{PoolStats, Refusals, Timings};

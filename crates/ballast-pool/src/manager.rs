@@ -68,6 +68,7 @@ impl<C: Connect> Manager<C> {
         conn.set_instrumentation(Tracking::new(
             Arc::clone(&activity),
             Arc::clone(&self.shared.counters.lost),
+            Arc::clone(&self.shared.reads_only),
         ));
         if !self.shared.config.statement_cache() {
             conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);

@@ -328,6 +328,11 @@ impl<C: Connect> SharedPool<C> {
         self.inner.shared.counters.lost.load(Ordering::Acquire)
     }
 
+    /// Marks the pool as a read replica's (see `Shared::reads_only`).
+    pub(crate) fn serve_reads_only(&self) {
+        self.inner.shared.reads_only.store(true, Ordering::Release);
+    }
+
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
         self.inner.shared.is_closed()

@@ -2,7 +2,6 @@
 //! and the gate that answers connects while the database is failing them.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-#[cfg(feature = "postgres")]
 use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -30,6 +29,9 @@ const CONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 pub(crate) struct Shared {
     pub(crate) config: PoolConfig,
     pub(crate) closed: AtomicBool,
+    /// Whether the pool is a read replica's ([`ReplicaSet`](crate::ReplicaSet)): a write it
+    /// refuses (`25006`) is a handler's bug, not a demoted primary.
+    pub(crate) reads_only: Arc<AtomicBool>,
     pub(crate) counters: Counters,
     /// Admission by time: the hold-time estimate and the standing-queue state.
     pub(crate) admission: Admission,
@@ -67,6 +69,7 @@ impl Shared {
                 config.queue_limit(),
             ),
             holders: Holders::default(),
+            reads_only: Arc::default(),
             config,
             closed: AtomicBool::new(false),
             counters: Counters::default(),

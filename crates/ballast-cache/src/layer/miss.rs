@@ -1,8 +1,9 @@
 //! A request the cache may answer or fill: lookup, conditions, and one fill per key.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
+use ballast_core::scope::DataAsOf;
 use ballast_core::BoxError;
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -188,11 +189,15 @@ where
     let mut own: Option<Result<Response<CacheBody<ResBody>>, S::Error>> = None;
     // Whether the route turned out never to have asked to be cached.
     let mut bypassed = false;
+    let mut as_of = Instant::now();
+    let mut stored = None;
     let moka = cache.inner.moka.clone();
     let init = {
         let request = &mut request;
         let own = &mut own;
         let bypassed = &mut bypassed;
+        let as_of = &mut as_of;
+        let stored = &mut stored;
         let key = key.clone();
         let mut inner = inner.clone();
         async move {
@@ -201,7 +206,11 @@ where
             };
             let request_headers = request.headers().clone();
             let request_time = SystemTime::now();
-            let response = match inner.call(request).await {
+            let started = Instant::now();
+            // How current the data is: a replica read says so inside (`DataAsOf`).
+            let (response, observed) = DataAsOf::observe(inner.call(request)).await;
+            *as_of = observed.map_or(started, |observed| observed.min(started));
+            let response = match response {
                 Ok(response) => response,
                 Err(error) => {
                     *own = Some(Err(error));
@@ -212,11 +221,13 @@ where
                 request_time,
                 response_time: SystemTime::now(),
             };
-            match store(cache, &key, &request_headers, response, exchange).await {
+            match store(cache, &key, &request_headers, response, exchange, *as_of).await {
                 Ok(outcome) => {
                     *own = outcome.own_response().map(Ok);
                     cache.account(&outcome.entry);
-                    Ok(outcome.entry)
+                    let entry = Arc::clone(&outcome.entry);
+                    *stored = Some(outcome);
+                    Ok(entry)
                 }
                 Err((response, remember)) => {
                     *own = Some(Ok(response));
@@ -235,6 +246,9 @@ where
         }
     };
     let outcome = moka.try_get_with(key.clone(), init).await;
+    if let Some(outcome) = stored {
+        outcome.unless_superseded(cache, &key, as_of).await;
+    }
     if let Some(result) = own {
         let mut response = result?;
         if !bypassed {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use ballast_core::scope::DataAsOf;
 use ballast_core::BoxError;
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -10,7 +11,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::hit::{hit, mark};
-use super::storing::{store, Remember};
+use super::storing::{insert_fenced, store, Remember};
 use super::CacheLayer;
 use crate::body::CacheBody;
 use crate::entry::{Entry, Freshness, Stored, StoredResponse};
@@ -86,7 +87,9 @@ where
     }
     let request_headers = request.headers().clone();
     let request_time = SystemTime::now();
-    let answer = inner.call(request).await;
+    let started = Instant::now();
+    let (answer, observed) = DataAsOf::observe(inner.call(request)).await;
+    let as_of = observed.map_or(started, |observed| observed.min(started));
     let exchange = rules::Exchange {
         request_time,
         response_time: SystemTime::now(),
@@ -94,7 +97,7 @@ where
     if validating {
         if let Ok(response) = &answer {
             if response.status() == http::StatusCode::NOT_MODIFIED {
-                return Ok(freshen(&layer, key, stale, response.headers(), exchange).await);
+                return Ok(freshen(&layer, key, stale, response.headers(), exchange, as_of).await);
             }
         }
     }
@@ -118,10 +121,10 @@ where
         mark(&mut response, layer.x_cache, "MISS");
         return Ok(response);
     }
-    let mut response = match store(cache, &key, &request_headers, response, exchange).await {
+    let mut response = match store(cache, &key, &request_headers, response, exchange, as_of).await {
         Ok(outcome) => {
             let own = outcome.own_response();
-            cache.insert(key, outcome.entry).await;
+            insert_fenced(cache, key, outcome.entry, as_of).await;
             own.unwrap_or_else(|| unreachable!("a stored outcome holds its response"))
         }
         Err((response, remember)) => {
@@ -149,6 +152,7 @@ pub(super) async fn freshen<ResBody>(
     stale: &StoredResponse,
     not_modified: &http::HeaderMap,
     exchange: rules::Exchange,
+    as_of: Instant,
 ) -> Response<CacheBody<ResBody>> {
     let cache = &layer.cache;
     let mut headers = stale.headers.clone();
@@ -202,9 +206,8 @@ pub(super) async fn freshen<ResBody>(
         "REVALIDATED",
     );
     if lifetime.is_ok() {
-        cache
-            .insert(key.clone(), Entry::new(&key, Stored::Response(fresh)))
-            .await;
+        let entry = Entry::new(&key, Stored::Response(fresh));
+        insert_fenced(cache, key, entry, as_of).await;
     }
     response
 }

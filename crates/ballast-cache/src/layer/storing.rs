@@ -25,6 +25,7 @@ pub(super) async fn store<ResBody>(
     request_headers: &http::HeaderMap,
     response: Response<ResBody>,
     exchange: rules::Exchange,
+    as_of: Instant,
 ) -> Result<StoreOutcome, (Response<CacheBody<ResBody>>, Remember)>
 where
     ResBody: Body<Data = Bytes>,
@@ -88,10 +89,20 @@ where
             .get::<crate::RouteTags>()
             .map(|tags| Arc::clone(&tags.0)),
     };
+    if cache
+        .inner
+        .fence
+        .predates(key, stored.tags.as_deref(), as_of)
+    {
+        // Built from data older than an invalidation of its key: it would hide that write.
+        cache.count(Event::NotStorable);
+        return Err((hit(&stored, None, false, false, "MISS"), Remember::Nothing));
+    }
     if vary.is_empty() {
         return Ok(StoreOutcome {
             entry: Entry::new(key, Stored::Response(stored)),
             variant: None,
+            variant_key: None,
         });
     }
     // The response varies: it belongs under its variant's key, and the primary key gets a note
@@ -106,12 +117,16 @@ where
         return Ok(StoreOutcome {
             entry: response,
             variant: None,
+            variant_key: None,
         });
     }
-    cache.insert(variant_key, Arc::clone(&response)).await;
+    cache
+        .insert(variant_key.clone(), Arc::clone(&response))
+        .await;
     Ok(StoreOutcome {
         entry: note,
         variant: Some(response),
+        variant_key: Some(variant_key),
     })
 }
 
@@ -141,16 +156,58 @@ impl Remember {
 pub(super) struct StoreOutcome {
     pub(super) entry: Arc<Entry>,
     variant: Option<Arc<Entry>>,
+    /// Where the response itself went, when it varies.
+    variant_key: Option<CacheKey>,
 }
 
 impl StoreOutcome {
     /// The storing request's own response: the one stored (under its variant, when the response
     /// varies).
+    /// Takes what was stored out again when an invalidation of `key` came after `as_of` while
+    /// it was being stored (the check in [`store`] and moka's insert are not one step).
+    pub(super) async fn unless_superseded(
+        &self,
+        cache: &ResponseCache,
+        key: &CacheKey,
+        as_of: Instant,
+    ) {
+        if cache.inner.fence.predates(
+            key,
+            self.entry
+                .tags()
+                .or(self.variant.as_ref().and_then(|v| v.tags())),
+            as_of,
+        ) {
+            cache.inner.moka.invalidate(key).await;
+            if let Some(variant) = &self.variant_key {
+                cache.inner.moka.invalidate(variant).await;
+            }
+        }
+    }
+
     pub(super) fn own_response<B>(&self) -> Option<Response<CacheBody<B>>> {
         match &self.variant.as_ref().unwrap_or(&self.entry).stored {
             Stored::Response(stored) => Some(hit(stored, None, false, false, "MISS")),
             Stored::Vary(_) | Stored::Pass | Stored::Bypass => None,
         }
+    }
+}
+
+/// Inserts `entry` (a stored response refreshed by a revalidation) under `key`, unless an
+/// invalidation of `key` came after `as_of`: then the key is emptied instead.
+pub(super) async fn insert_fenced(
+    cache: &ResponseCache,
+    key: CacheKey,
+    entry: Arc<Entry>,
+    as_of: Instant,
+) {
+    if cache.inner.fence.predates(&key, entry.tags(), as_of) {
+        cache.inner.moka.invalidate(&key).await;
+        return;
+    }
+    cache.insert(key.clone(), Arc::clone(&entry)).await;
+    if cache.inner.fence.predates(&key, entry.tags(), as_of) {
+        cache.inner.moka.invalidate(&key).await;
     }
 }
 

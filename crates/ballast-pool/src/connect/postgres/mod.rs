@@ -237,8 +237,5 @@ struct PostgresBudget {
 
 /// A WAL position as PostgreSQL writes it (`16/B374D848`), as one number.
 fn parse_lsn(text: &str) -> Option<u64> {
-    let (high, low) = text.split_once('/')?;
-    let high = u64::from_str_radix(high, 16).ok()?;
-    let low = u64::from_str_radix(low, 16).ok()?;
-    Some((high << 32) | low)
+    text.parse::<crate::WalPosition>().ok().map(u64::from)
 }
