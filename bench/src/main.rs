@@ -494,6 +494,36 @@ async fn run() -> Result<(), String> {
             errors(subject.errors)
         );
     }
+    // The cached read over HTTP/2 with prior knowledge, by h2load: 16 connections, 8 streams
+    // each, the same two servers (bare axum with its `http2` feature).
+    let mut h2 = [Vec::new(), Vec::new()];
+    if only.is_empty() {
+        for _ in 1..=rounds {
+            for (index, subject) in cached.iter().enumerate() {
+                match h2load(&subject.url, seconds).await {
+                    Ok(rate) => h2[index].push(rate),
+                    Err(error) => eprintln!("h2load: {error}"),
+                }
+            }
+        }
+    }
+    if h2.iter().all(|rates| !rates.is_empty()) {
+        let median = |rates: &Vec<f64>| {
+            let mut rates = rates.clone();
+            rates.sort_by(f64::total_cmp);
+            rates[rates.len() / 2]
+        };
+        let bare = median(&h2[1]);
+        println!("  cached read over HTTP/2 (h2load -c16 -m8 -D{seconds})");
+        for (subject, rates) in cached.iter().zip(&h2) {
+            let rate = median(rates);
+            println!(
+                "    {:<30} {rate:>9.0}   {:>5.2} × bare axum",
+                subject.name,
+                rate / bare
+            );
+        }
+    }
     if !only.is_empty() {
         return Ok(());
     }
@@ -512,6 +542,26 @@ async fn run() -> Result<(), String> {
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
+}
+
+/// Requests a second of one `h2load` run (HTTP/2 with prior knowledge) against `url`.
+async fn h2load(url: &str, seconds: u64) -> Result<f64, String> {
+    let output = Command::new("h2load")
+        .args(["-c16", "-m8", &format!("-D{seconds}"), url])
+        .output()
+        .await
+        .map_err(|error| format!("{error} (apt-get install nghttp2-client)"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix("finished in ")?;
+            rest.split(", ")
+                .nth(1)?
+                .strip_suffix(" req/s")?
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| format!("h2load printed no rate: {text}"))
 }
 
 fn errors(count: u64) -> String {

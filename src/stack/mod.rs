@@ -362,9 +362,12 @@ impl<C: Connect> Stack<C> {
 
     /// Serves `app` (an axum `Router`, or any Tower service) with the whole stack on `listener`
     /// until SIGTERM or SIGINT, shuts down in order, and returns the exit code for `main`. See
-    /// [`Shutdown::serve_with`] for the server and the sequence.
-    pub async fn serve<S, B>(self, listener: tokio::net::TcpListener, app: S) -> ExitCode
+    /// [`Shutdown::serve_with`] for the server and the sequence: HTTP/1.1 with upgrades
+    /// (WebSocket), HTTP/2 with prior knowledge (feature `http2`, on by default), on any
+    /// [`Listener`](ballast_shutdown::Listener) — a `TcpListener` or a `UnixListener`.
+    pub async fn serve<L, S, B>(self, listener: L, app: S) -> ExitCode
     where
+        L: ballast_shutdown::Listener,
         S: Service<Request<AppBody>, Response = Response<B>, Error = Infallible>
             + Clone
             + Send

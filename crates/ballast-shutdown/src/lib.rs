@@ -76,5 +76,5 @@ pub use handle::{shutting_down, Phase, ShutdownHandle, ShutdownStats};
 pub use health::{Health, Liveness, Readiness};
 pub use layer::{ResponseFuture, ShutdownBody, ShutdownLayer, ShutdownService};
 #[cfg(feature = "serve")]
-pub use serve::ServeConfig;
+pub use serve::{Listener, ServeConfig};
 pub use summary::{HookOutcome, HookResult, Summary};

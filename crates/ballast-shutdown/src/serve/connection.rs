@@ -3,14 +3,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::LOG_EVERY;
@@ -36,6 +33,20 @@ pub(super) const BUSY: u8 = 2;
 pub(super) const FRESH: u8 = 3;
 /// Chosen to be closed for the cap.
 pub(super) const CLOSING: u8 = 4;
+/// Upgraded (a WebSocket): the application's now; closed only at the drain.
+pub(super) const UPGRADED: u8 = 5;
+
+/// [`Activity::upgrade`]: not upgraded.
+pub(super) const NOT_UPGRADED: u8 = 0;
+/// [`Activity::upgrade`]: answered `101` to an upgrade to another protocol than WebSocket.
+pub(super) const UPGRADE_PENDING: u8 = 1;
+/// [`Activity::upgrade`]: answered `101` to an upgrade to WebSocket.
+pub(super) const WEBSOCKET: u8 = 2;
+
+/// [`Activity::drain`]: an upgraded connection is to say goodbye (a WebSocket close frame).
+pub(super) const GOODBYE: u8 = 1;
+/// [`Activity::drain`]: an upgraded connection is cut: reads end, writes fail.
+pub(super) const KILLED: u8 = 2;
 
 /// One connection's activity: shared by its I/O (which sees the first byte of a request), its
 /// service (which sees a request start and its response end), its watchdog and the cap.
@@ -47,6 +58,18 @@ pub(super) struct Activity {
     pub(super) in_flight: AtomicUsize,
     /// Told when the connection is chosen to be closed for the cap.
     pub(super) close: Notify,
+    /// HTTP/2: streams come and go on it; bytes between them (pings, window updates) are not
+    /// a request's header.
+    pub(super) multiplexed: AtomicBool,
+    /// Whether (and to what) the connection was upgraded: [`NOT_UPGRADED`], [`UPGRADE_PENDING`],
+    /// [`WEBSOCKET`].
+    pub(super) upgrade: AtomicU8,
+    /// What the drain asks of an upgraded connection: nothing, [`GOODBYE`], [`KILLED`].
+    pub(super) drain: AtomicU8,
+    /// The task using an upgraded connection's socket, woken when the drain asks something.
+    waker: Mutex<Option<Waker>>,
+    /// Told when the socket is dropped (an upgraded connection's end).
+    pub(super) io_closed: Notify,
 }
 
 impl Activity {
@@ -57,6 +80,35 @@ impl Activity {
             since: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             close: Notify::new(),
+            multiplexed: AtomicBool::new(false),
+            upgrade: AtomicU8::new(NOT_UPGRADED),
+            drain: AtomicU8::new(0),
+            waker: Mutex::new(None),
+            io_closed: Notify::new(),
+        }
+    }
+
+    /// Remembers the task using an upgraded connection's socket.
+    pub(super) fn register(&self, cx: &Context<'_>) {
+        let mut waker = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
+        if !waker
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            *waker = Some(cx.waker().clone());
+        }
+    }
+
+    /// Asks an upgraded connection to say goodbye ([`GOODBYE`]) or to end ([`KILLED`]).
+    pub(super) fn ask(&self, what: u8) {
+        self.drain.fetch_max(what, Ordering::AcqRel);
+        if let Some(waker) = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            waker.wake();
         }
     }
 
@@ -82,10 +134,17 @@ impl Activity {
         changed
     }
 
-    /// Bytes arrived: on an idle or new connection they start a request's header.
+    /// Bytes arrived: on an idle or new connection they start a request's header (on an
+    /// HTTP/2 connection, only on a new one).
     pub(super) fn read(&self) {
-        if let state @ (IDLE | FRESH) = self.state.load(Ordering::Acquire) {
-            self.change(state, READING_HEAD);
+        match self.state.load(Ordering::Acquire) {
+            FRESH => {
+                self.change(FRESH, READING_HEAD);
+            }
+            IDLE if !self.multiplexed.load(Ordering::Relaxed) => {
+                self.change(IDLE, READING_HEAD);
+            }
+            _ => {}
         }
     }
 
@@ -201,7 +260,9 @@ impl Registry {
             let state = activity.state.load(Ordering::Acquire);
             let since = Duration::from_millis(activity.since.load(Ordering::Acquire));
             let waiting = match state {
-                FRESH | IDLE => true,
+                FRESH => true,
+                // An HTTP/2 connection between streams was sent GOAWAY: it closes itself.
+                IDLE => !activity.multiplexed.load(Ordering::Acquire),
                 READING_HEAD => activity.opened.elapsed().saturating_sub(since) >= grace,
                 _ => false,
             };
@@ -269,60 +330,5 @@ impl fmt::Debug for Activity {
             .field("state", &self.state.load(Ordering::Relaxed))
             .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
             .finish_non_exhaustive()
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A connection's socket that tells its [`Activity`] when bytes arrive.
-    pub(super) struct Watched {
-        #[pin]
-        pub(super) inner: TcpStream,
-        pub(super) activity: Arc<Activity>,
-    }
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let result = ready!(this.inner.poll_read(cx, buf));
-        if buf.filled().len() > before {
-            this.activity.read();
-        }
-        Poll::Ready(result)
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }

@@ -1,13 +1,19 @@
-//! The whole lifecycle in one call: serve HTTP/1.1 with protective timeouts and a connection
-//! cap, and shut down in order on a signal (feature `serve`).
+//! The whole lifecycle in one call: serve HTTP/1.1, HTTP/2 (feature `http2`) and upgrades
+//! with protective timeouts and a connection cap, on any listener, and shut down in order on a
+//! signal (feature `serve`).
 //!
-//! `mod.rs` holds the settings and the accept loop; `connection.rs` what each connection is
-//! doing (its state, its watchdog, the registry the connection cap chooses from); `service.rs`
-//! the application's service as each connection runs it (the `Host` check, the request's
-//! start and its response's end).
+//! `mod.rs` holds the settings and the accept loop; `listener.rs` the listeners; `connection.rs`
+//! what each connection is doing (its state, its watchdog, the registry the connection cap
+//! chooses from); `io.rs` its socket (the first byte of a request, a WebSocket's goodbye);
+//! `service.rs` the application's service as each connection runs it (the `Host` check, the
+//! request's start and its response's end).
 
 mod connection;
+mod io;
+mod listener;
 mod service;
+
+pub use listener::Listener;
 
 use std::convert::Infallible;
 use std::process::ExitCode;
@@ -19,8 +25,6 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_service::Service;
 
@@ -37,13 +41,23 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 const DEFAULT_MAX_CONNECTIONS: usize = 512;
 /// How often a repeated condition (the cap reached, accept failing) is logged at most.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Default [`ServeConfig::http2_max_concurrent_streams`] (nginx's `http2_max_concurrent_streams`).
+#[cfg(feature = "http2")]
+const DEFAULT_H2_STREAMS: u32 = 128;
+/// Default [`ServeConfig::http2_keep_alive_interval`], and how long a ping's answer may take.
+#[cfg(feature = "http2")]
+const DEFAULT_H2_PING: Duration = Duration::from_secs(20);
+/// How long an upgraded connection (a WebSocket) has, once told the server is going away, to
+/// close before its socket is cut.
+const UPGRADED_GRACE: Duration = Duration::from_secs(5);
 
 use crate::serve::connection::Activity;
 use crate::serve::connection::CapLog;
 use crate::serve::connection::Registry;
-use crate::serve::connection::Watched;
 use crate::serve::connection::CAP_RETRY;
 use crate::serve::connection::DRAIN_HEADER_GRACE;
+use crate::serve::connection::{GOODBYE, KILLED, NOT_UPGRADED, UPGRADED};
+use crate::serve::io::Watched;
 use crate::serve::service::Tracked;
 use ballast_core::BoxError;
 
@@ -58,6 +72,10 @@ pub struct ServeConfig {
     header_read_timeout: Duration,
     idle_timeout: Duration,
     max_connections: usize,
+    #[cfg(feature = "http2")]
+    h2_streams: u32,
+    #[cfg(feature = "http2")]
+    h2_ping: Option<Duration>,
 }
 
 impl Default for ServeConfig {
@@ -66,6 +84,10 @@ impl Default for ServeConfig {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            #[cfg(feature = "http2")]
+            h2_streams: DEFAULT_H2_STREAMS,
+            #[cfg(feature = "http2")]
+            h2_ping: Some(DEFAULT_H2_PING),
         }
     }
 }
@@ -104,13 +126,34 @@ impl ServeConfig {
         self.max_connections = max.max(1);
         self
     }
+
+    /// HTTP/2: the most streams a client may have open at once on one connection (128 by
+    /// default; at least 1). A client that opens more gets them refused (`REFUSED_STREAM`), and
+    /// hyper's protection against rapid resets (CVE-2023-44487) stays on.
+    #[cfg(feature = "http2")]
+    #[must_use]
+    pub fn http2_max_concurrent_streams(mut self, max: u32) -> Self {
+        self.h2_streams = max.max(1);
+        self
+    }
+
+    /// HTTP/2: how often an idle connection is pinged (20 s by default); one whose ping is not
+    /// answered within as long again is closed, so dead peers do not hold connections. `None`
+    /// sends no pings (the idle timeout still applies).
+    #[cfg(feature = "http2")]
+    #[must_use]
+    pub fn http2_keep_alive_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.h2_ping = interval.into();
+        self
+    }
 }
 
 impl Shutdown {
     /// Serves `service` on `listener` for the process's whole life, with the default
     /// [`ServeConfig`]; see [`serve_with`](Self::serve_with).
-    pub async fn serve<S, B>(self, listener: TcpListener, service: S) -> ExitCode
+    pub async fn serve<L, S, B>(self, listener: L, service: S) -> ExitCode
     where
+        L: Listener,
         S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
             + Clone
             + Send
@@ -123,9 +166,16 @@ impl Shutdown {
             .await
     }
 
-    /// Serves `service` (an axum `Router`, or any Tower service of HTTP requests) over HTTP/1.1
-    /// on `listener` until shutdown, and returns the process's exit code. (HTTP/1.1 only, without
-    /// protocol upgrades such as WebSocket: the shape of a service behind a load balancer.)
+    /// Serves `service` (an axum `Router`, or any Tower service of HTTP requests) on `listener`
+    /// (TCP, a Unix domain socket, any [`Listener`]) until shutdown, and returns the process's
+    /// exit code.
+    ///
+    /// What it serves is what `axum::serve` serves: HTTP/1.1 with protocol upgrades (axum's
+    /// WebSocket), and with the `http2` feature HTTP/2 over cleartext with prior knowledge,
+    /// chosen per connection by its first bytes. HTTP/2 gets its own protections: at most
+    /// [`http2_max_concurrent_streams`](ServeConfig::http2_max_concurrent_streams) (128) streams
+    /// per connection, keep-alive pings that close dead connections, hyper's rapid-reset
+    /// protection, and the header-read timeout for a connection that opens no stream.
     ///
     /// 1. listens for SIGTERM and SIGINT (Ctrl-C where Unix signals do not exist);
     /// 2. serves, with `config`'s header-read and idle timeouts and connection cap, `TCP_NODELAY`
@@ -133,20 +183,19 @@ impl Shutdown {
     /// 3. on the first signal (or [`ShutdownHandle::trigger`]) runs the sequence of
     ///    [`run`](Self::run): readiness fails, the pre-drain delay passes while requests are
     ///    still served, the listener closes, idle connections close and busy ones finish their
-    ///    request (until the drain deadline), the hooks run in order;
+    ///    request (until the drain deadline); an HTTP/2 connection gets a GOAWAY (new streams
+    ///    refused, open ones finish); an upgraded WebSocket gets a close frame, 1001 "going
+    ///    away", written between its own frames, and its socket is cut 5 s later if it is still
+    ///    open (another upgraded protocol is cut then without a word); the hooks run in order;
     /// 4. returns [`Summary::exit_code`](crate::Summary::exit_code) as an `ExitCode` — return it
     ///    from `main`. It is 2 when the signal handlers could not be installed.
     ///
     /// The service should carry a [`ShutdownLayer`](crate::ShutdownLayer) on this same
     /// coordinator, which counts the requests in flight for the drain and refuses new ones while
     /// draining.
-    pub async fn serve_with<S, B>(
-        self,
-        listener: TcpListener,
-        service: S,
-        config: ServeConfig,
-    ) -> ExitCode
+    pub async fn serve_with<L, S, B>(self, listener: L, service: S, config: ServeConfig) -> ExitCode
     where
+        L: Listener,
         S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
             + Clone
             + Send
@@ -167,12 +216,13 @@ impl Shutdown {
 
 /// Accepts connections until draining starts, then closes the listener and waits for the open
 /// connections to finish (each after its request in progress).
-async fn accept_loop<S, B>(
-    listener: TcpListener,
+async fn accept_loop<L, S, B>(
+    mut listener: L,
     service: S,
     config: ServeConfig,
     handle: ShutdownHandle,
 ) where
+    L: Listener,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -181,13 +231,14 @@ async fn accept_loop<S, B>(
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let open = Arc::new(Registry::default());
     let draining = handle.draining();
     tokio::pin!(draining);
     let mut cap_log = CapLog::default();
     let mut last_accept_warning: Option<Instant> = None;
+    #[cfg(feature = "http2")]
+    let builder = Arc::new(builder(&config));
     'serve: loop {
         let (stream, _peer) = tokio::select! {
             biased;
@@ -230,51 +281,124 @@ async fn accept_loop<S, B>(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
         let entry = open.insert(Arc::clone(&activity));
-        let io = TokioIo::new(Watched {
-            inner: stream,
-            activity: Arc::clone(&activity),
-        });
-        let service = Tracked {
+        let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
+        let service = hyper_util::service::TowerToHyperService::new(Tracked {
             inner: service.clone(),
             activity: Arc::clone(&activity),
-        };
-        let connection = hyper::server::conn::http1::Builder::new()
-            .serve_connection(io, hyper_util::service::TowerToHyperService::new(service));
-        let connection = graceful.watch(connection);
+        });
         let config = config.clone();
+        let draining = handle.draining();
+        #[cfg(feature = "http2")]
+        let builder = Arc::clone(&builder);
         tokio::spawn(async move {
             let _slot = slot;
             let _entry = entry;
-            tokio::select! {
-                result = connection => {
-                    if let Err(error) = result {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                }
-                limit = activity.expired(&config) => {
-                    // Dropping the connection closes the socket.
-                    tracing::debug!(limit, "closing a connection");
-                }
-                () = activity.close.notified() => {
-                    tracing::debug!("closing an idle connection to admit a new one");
-                }
-            }
+            #[cfg(feature = "http2")]
+            let connection = builder.serve_connection_with_upgrades(io, service);
+            #[cfg(not(feature = "http2"))]
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            drive(
+                connection,
+                |connection| connection.graceful_shutdown(),
+                &activity,
+                &config,
+                draining,
+            )
+            .await;
         });
     }
     // Stop accepting: the socket closes, new connections are refused by the OS.
     drop(listener);
-    // hyper closes connections between requests; those that have sent nothing, or part of a
-    // header for a while, would hold the drain until their header timeout: close them too.
-    let drained = graceful.shutdown();
-    tokio::pin!(drained);
+    // Each connection was told (hyper closes connections between requests, HTTP/2 ones get a
+    // GOAWAY); those that have sent nothing, or part of a header for a while, would hold the
+    // drain until their header timeout: close them too.
     loop {
         open.close_waiting(DRAIN_HEADER_GRACE);
+        if open.lock().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// hyper-util's builder for HTTP/1.1 and HTTP/2, told apart by a connection's first bytes.
+#[cfg(feature = "http2")]
+fn builder(
+    config: &ServeConfig,
+) -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(config.h2_streams)
+        .keep_alive_interval(config.h2_ping)
+        .keep_alive_timeout(config.h2_ping.unwrap_or(DEFAULT_H2_PING));
+    builder
+}
+
+/// Runs one connection: until it ends, its watchdog or the cap closes it, with a graceful
+/// shutdown when the drain begins; then, if it was upgraded, until the application drops its
+/// socket — a WebSocket told it is going away at the drain, and cut [`UPGRADED_GRACE`] later.
+async fn drive<C, E>(
+    mut connection: std::pin::Pin<&mut C>,
+    mut graceful_shutdown: impl FnMut(std::pin::Pin<&mut C>),
+    activity: &Activity,
+    config: &ServeConfig,
+    draining: impl std::future::Future<Output = ()>,
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(draining);
+    let mut told = false;
+    loop {
         tokio::select! {
-            () = &mut drained => break,
-            () = tokio::time::sleep(DRAIN_HEADER_GRACE / 4) => {}
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                break;
+            }
+            () = &mut draining, if !told => {
+                told = true;
+                graceful_shutdown(connection.as_mut());
+            }
+            limit = activity.expired(config) => {
+                // Dropping the connection closes the socket.
+                tracing::debug!(limit, "closing a connection");
+                return;
+            }
+            () = activity.close.notified() => {
+                tracing::debug!("closing an idle connection to admit a new one");
+                return;
+            }
+        }
+    }
+    if activity.upgrade.load(std::sync::atomic::Ordering::Acquire) == NOT_UPGRADED {
+        return;
+    }
+    // The application's now (axum's WebSocket): never closed by a timeout or for the cap.
+    activity.set(UPGRADED);
+    let closed = activity.io_closed.notified();
+    tokio::pin!(closed);
+    if !told {
+        tokio::select! {
+            () = &mut closed => return,
+            () = &mut draining => {}
+        }
+    }
+    activity.ask(GOODBYE);
+    tokio::select! {
+        () = &mut closed => {}
+        () = tokio::time::sleep(UPGRADED_GRACE) => {
+            tracing::debug!("cutting an upgraded connection still open after the drain began");
+            activity.ask(KILLED);
         }
     }
 }

@@ -44,6 +44,15 @@ where
             activity: Arc::clone(&self.activity),
         };
         self.activity.request_started();
+        if request.version() == http::Version::HTTP_2 {
+            self.activity
+                .multiplexed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let websocket = request
+            .headers()
+            .get(http::header::UPGRADE)
+            .is_some_and(|upgrade| upgrade.as_bytes().eq_ignore_ascii_case(b"websocket"));
         let kind = match host_problem(&request) {
             None => Kind::Called {
                 future: self.inner.call(request),
@@ -62,6 +71,7 @@ where
         TrackedFuture {
             kind,
             guard: Some(guard),
+            websocket,
         }
     }
 }
@@ -102,6 +112,7 @@ pin_project_lite::pin_project! {
         #[pin]
         kind: Kind<F>,
         guard: Option<ResponseGuard>,
+        websocket: bool,
     }
 }
 
@@ -133,6 +144,18 @@ where
             .guard
             .take()
             .unwrap_or_else(|| unreachable!("polled after completion"));
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection becomes the application's once this head is out (the socket
+            // follows the WebSocket's frames from the head's end).
+            guard.activity.upgrade.store(
+                if *this.websocket {
+                    super::connection::WEBSOCKET
+                } else {
+                    super::connection::UPGRADE_PENDING
+                },
+                std::sync::atomic::Ordering::Release,
+            );
+        }
         Poll::Ready(Ok(response.map(|body| TrackedBody {
             inner: body,
             _guard: guard,
