@@ -284,10 +284,10 @@ async fn accept_loop<L, S, B>(
         let activity = Arc::new(Activity::new());
         let entry = open.insert(Arc::clone(&activity));
         let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
-        let service = hyper_util::service::TowerToHyperService::new(Tracked {
-            inner: service.clone(),
+        let service = Tracked {
+            inner: std::sync::Mutex::new(service.clone()),
             activity: Arc::clone(&activity),
-        });
+        };
         let config = config.clone();
         let draining = handle.draining();
         #[cfg(feature = "http2")]

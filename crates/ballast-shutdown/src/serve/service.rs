@@ -4,8 +4,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll, Waker};
 
 use ballast_core::http::Problem;
 use bytes::Bytes;
@@ -19,27 +19,87 @@ use super::connection::Activity;
 
 /// The application's service, telling the connection's [`Activity`] when a request starts and
 /// when its response has been sent.
-#[derive(Clone)]
+///
+/// One per connection, serving each of its requests with the connection's own copy of the
+/// application's service: a request does not clone the whole stack (hyper-util's
+/// `TowerToHyperService` and `axum::serve` do, bumping every layer's shared counters on every
+/// core). The lock is the connection's own, uncontended: HTTP/1.1 calls one request at a time,
+/// and HTTP/2 calls from its connection's task.
 pub(super) struct Tracked<S> {
-    pub(super) inner: S,
+    pub(super) inner: Mutex<S>,
     pub(super) activity: Arc<Activity>,
 }
 
-impl<S, B> Service<Request<Incoming>> for Tracked<S>
+impl<S> Tracked<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S: Service<Request<Incoming>, Error = Infallible> + Clone,
+{
+    /// Calls the connection's service when it is ready now (an axum `Router` always is), else a
+    /// copy of it once ready.
+    fn start(&self, request: Request<Incoming>) -> Call<S> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cx = Context::from_waker(Waker::noop());
+        match inner.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Call::Called {
+                future: inner.call(request),
+            },
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => Call::Waiting {
+                service: Some(inner.clone()),
+                request: Some(request),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The service's answer to one request: its future, or a copy of the service waiting to be
+    /// ready first.
+    #[project = CallProj]
+    pub(super) enum Call<S: Service<Request<Incoming>>> {
+        Called { #[pin] future: S::Future },
+        Waiting { service: Option<S>, request: Option<Request<Incoming>> },
+    }
+}
+
+impl<S> Future for Call<S>
+where
+    S: Service<Request<Incoming>>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let future = match self.as_mut().project() {
+                CallProj::Called { future } => return future.poll(cx),
+                CallProj::Waiting { service, request } => {
+                    let service = service
+                        .as_mut()
+                        .unwrap_or_else(|| unreachable!("called once"));
+                    ready!(service.poll_ready(cx))?;
+                    service.call(
+                        request
+                            .take()
+                            .unwrap_or_else(|| unreachable!("called once")),
+                    )
+                }
+            };
+            self.set(Call::Called { future });
+        }
+    }
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone,
     S::Future: Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
 {
     type Response = Response<TrackedBody<Either<B, Full<Bytes>>>>;
     type Error = Infallible;
-    type Future = TrackedFuture<S::Future>;
+    type Future = TrackedFuture<Call<S>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
         let guard = ResponseGuard {
             activity: Arc::clone(&self.activity),
         };
@@ -55,7 +115,7 @@ where
             .is_some_and(|upgrade| upgrade.as_bytes().eq_ignore_ascii_case(b"websocket"));
         let kind = match host_problem(&request) {
             None => Kind::Called {
-                future: self.inner.call(request),
+                future: self.start(request),
             },
             Some(problem) => {
                 let head = request.method() == http::Method::HEAD;
