@@ -476,19 +476,21 @@ async fn main() -> ExitCode {
         Some(reads) => app.layer(ReadYourWritesLayer::new(reads)),
         None => app,
     };
-    let app = app.layer(
-        ServiceBuilder::new()
-            .layer(ShutdownLayer::new(handle.clone()).serve_while_draining(["/healthz", "/readyz"]))
-            .layer(ErrorResponseLayer::new())
-            .layer({
-                // A request body that stalled is answered 408 when the drain begins.
-                let handle = handle.clone();
-                RequestTimeoutLayer::new(request_timeout)
-                    .draining(move || handle.phase() >= Phase::Draining)
-            })
-            .layer(CacheLayer::new(cache).x_cache_header(true))
-            .layer(retry),
-    );
+    // Around the router, not inside it (`Router::layer` would put the stack on every route, and
+    // axum clones a route's whole service for each request): the server keeps one stack per
+    // connection, and the router is reached only by what the cache does not answer.
+    let app = ServiceBuilder::new()
+        .layer(ShutdownLayer::new(handle.clone()).serve_while_draining(["/healthz", "/readyz"]))
+        .layer(ErrorResponseLayer::new())
+        .layer({
+            // A request body that stalled is answered 408 when the drain begins.
+            let handle = handle.clone();
+            RequestTimeoutLayer::new(request_timeout)
+                .draining(move || handle.phase() >= Phase::Draining)
+        })
+        .layer(CacheLayer::new(cache).x_cache_header(true))
+        .layer(retry)
+        .service(app);
 
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => listener,
