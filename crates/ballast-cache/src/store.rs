@@ -55,7 +55,7 @@ pub(crate) struct Inner {
 pub(crate) type Fanout = Box<dyn Fn(&Invalidated) + Send + Sync>;
 
 /// An invalidation as it travels between instances.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Invalidated {
     /// The entries of exactly these paths.

@@ -68,17 +68,8 @@ where
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let idempotent = parts.method.is_idempotent();
-        let head = parts.method == http::Method::HEAD;
-        let reject = |failure: Failure| {
-            failure_response(
-                Arc::new(failure),
-                idempotent,
-                head,
-                Some(&RetryAfter::default()),
-            )
-            .into_response()
-        };
+        let method = parts.method.clone();
+        let reject = |failure: Failure| rejection(&method, failure);
         // A layer that holds the request's connection (a transaction of its own) lends it.
         if let Some(conn) = parts.extensions.get::<Lent<C>>().and_then(Lent::borrow) {
             return Ok(Conn(conn));
@@ -161,19 +152,23 @@ where
                 .await
                 .map(|conn| ReadConn(conn.0));
         };
-        let idempotent = parts.method.is_idempotent();
-        let head = parts.method == http::Method::HEAD;
         match replicas.get_read().await {
             Ok(conn) => Ok(ReadConn(conn)),
-            Err(failure) => Err(failure_response(
-                Arc::new(failure),
-                idempotent,
-                head,
-                Some(&RetryAfter::default()),
-            )
-            .into_response()),
+            Err(failure) => Err(rejection(&parts.method, failure)),
         }
     }
+}
+
+/// A checkout's failure as the request's answer: the classified problem, with the promise its
+/// method allows and a `Retry-After`; nothing ran, so the client may repeat it.
+fn rejection(method: &http::Method, failure: Failure) -> Response {
+    failure_response(
+        Arc::new(failure),
+        method.is_idempotent(),
+        method == http::Method::HEAD,
+        Some(&RetryAfter::default()),
+    )
+    .into_response()
 }
 
 impl<C: Connect> Deref for ReadConn<C> {

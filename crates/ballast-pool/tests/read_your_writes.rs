@@ -140,24 +140,37 @@ async fn wait_fresh(set: &ReplicaSet<AsyncPgConnection>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_reads_its_own_writes_from_a_replica_2s_behind() {
-    if db::postgres_url("a_client_reads_its_own_writes").is_none() {
-        return;
-    }
+/// A private primary with the `notes` table and its replica (with `settings`), their set (lag
+/// read every 200 ms) and [`app`] on it.
+async fn cluster(
+    settings: &[&str],
+) -> (
+    PrivateCluster,
+    PrivateCluster,
+    ReplicaSet<AsyncPgConnection>,
+    Router,
+) {
     let primary = blocking(PrivateCluster::start).await.unwrap();
     let admin = db::pg_connect(&primary.url()).await;
     admin
         .batch_execute("CREATE TABLE notes (id bigserial PRIMARY KEY)")
         .await
         .unwrap();
-    let replica =
-        PrivateCluster::replica_of(&primary, &["recovery_min_apply_delay = '2s'"]).unwrap();
+    let replica = PrivateCluster::replica_of(&primary, settings).unwrap();
     let set = ReplicaSet::builder(pool(&primary.url()))
         .replica(pool(&replica.url()))
         .lag_check_interval(Duration::from_millis(200))
         .build();
     let app = app(&set);
+    (primary, replica, set, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reads_its_own_writes_from_a_replica_2s_behind() {
+    if db::postgres_url("a_client_reads_its_own_writes").is_none() {
+        return;
+    }
+    let (_primary, replica, set, app) = cluster(&["recovery_min_apply_delay = '2s'"]).await;
     wait_fresh(&set).await;
     // The table reached the replica (2 s after it was made).
     let (old, _) = write(&app).await;
@@ -260,18 +273,7 @@ async fn a_token_waits_briefly_for_a_close_replica_and_a_made_up_one_is_capped()
     if db::postgres_url("a_token_waits_briefly").is_none() {
         return;
     }
-    let primary = blocking(PrivateCluster::start).await.unwrap();
-    let admin = db::pg_connect(&primary.url()).await;
-    admin
-        .batch_execute("CREATE TABLE notes (id bigserial PRIMARY KEY)")
-        .await
-        .unwrap();
-    let replica = PrivateCluster::replica_of(&primary, &[]).unwrap();
-    let set = ReplicaSet::builder(pool(&primary.url()))
-        .replica(pool(&replica.url()))
-        .lag_check_interval(Duration::from_millis(200))
-        .build();
-    let app = app(&set);
+    let (_primary, replica, set, app) = cluster(&[]).await;
     wait_fresh(&set).await;
 
     // A replica that keeps up: reads with a token are served by it, after a short wait at
