@@ -1,5 +1,5 @@
 //! A connection's socket as the server sees it: it tells the connection's activity when bytes
-//! arrive, and once the connection was upgraded to a WebSocket it can say goodbye on drain — a
+//! arrive and when a write waits for the client to take bytes, and once the connection was upgraded to a WebSocket it can say goodbye on drain — a
 //! close frame with 1001 "going away" written between the application's own frames — and be
 //! cut at the end of the drain.
 
@@ -178,7 +178,10 @@ impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         if !self.upgraded() {
-            return self.project().inner.poll_write(cx, buf);
+            let this = self.project();
+            let written = this.inner.poll_write(cx, buf);
+            this.activity.wrote(written.is_pending());
+            return written;
         }
         self.activity.register(cx);
         if self.activity.drain.load(Ordering::Acquire) == KILLED {
@@ -220,7 +223,10 @@ impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
                 .map_or(&[][..], |buf| &buf[..]);
             return self.poll_write(cx, first);
         }
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let written = this.inner.poll_write_vectored(cx, bufs);
+        this.activity.wrote(written.is_pending());
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -4,14 +4,16 @@
 //!
 //! `mod.rs` holds the settings and the accept loop; `listener.rs` the listeners; `connection.rs`
 //! what each connection is doing (its state, its watchdog, the registry the connection cap
-//! chooses from); `io.rs` its socket (the first byte of a request, a WebSocket's goodbye);
-//! `service.rs` the application's service as each connection runs it (the `Host` check, the
-//! request's start and its response's end).
+//! chooses from); `io.rs` its socket (the first byte of a request, writes the client does not
+//! take, a WebSocket's goodbye); `service.rs` the application's service as each connection runs
+//! it (the `Host` check, the request's start and its response's end); `stream.rs` an HTTP/2
+//! stream's response (its unsent bytes, the task that resets it once stalled).
 
 mod connection;
 mod io;
 mod listener;
 mod service;
+mod stream;
 
 pub use listener::Listener;
 
@@ -39,6 +41,13 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Default [`ServeConfig::max_connections`], nginx's `worker_connections` default: far below the
 /// usual 1024 open files, so the pool, the log and the listener always get theirs.
 const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Default [`ServeConfig::send_timeout`]: half of nginx's 60 s `send_timeout`, as long as a
+/// client may stall before a platform's 30 s grace period would cut it anyway.
+const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`ServeConfig::http2_max_unsent_bytes`]: Envoy's default
+/// `per_connection_buffer_limit_bytes`.
+#[cfg(feature = "http2")]
+const DEFAULT_H2_MAX_UNSENT: usize = 1 << 20;
 /// How often a repeated condition (the cap reached, accept failing) is logged at most.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Default [`ServeConfig::http2_max_concurrent_streams`] (nginx's `http2_max_concurrent_streams`).
@@ -72,10 +81,13 @@ pub struct ServeConfig {
     header_read_timeout: Duration,
     idle_timeout: Duration,
     max_connections: usize,
+    send_timeout: Duration,
     #[cfg(feature = "http2")]
     h2_streams: u32,
     #[cfg(feature = "http2")]
     h2_ping: Option<Duration>,
+    #[cfg(feature = "http2")]
+    h2_max_unsent: usize,
 }
 
 impl Default for ServeConfig {
@@ -84,15 +96,27 @@ impl Default for ServeConfig {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             #[cfg(feature = "http2")]
             h2_streams: DEFAULT_H2_STREAMS,
             #[cfg(feature = "http2")]
             h2_ping: Some(DEFAULT_H2_PING),
+            #[cfg(feature = "http2")]
+            h2_max_unsent: DEFAULT_H2_MAX_UNSENT,
         }
     }
 }
 
 impl ServeConfig {
+    /// [`http2_max_unsent_bytes`](Self::http2_max_unsent_bytes); without HTTP/2, no bound (a
+    /// connection serves one request at a time).
+    fn max_unsent(&self) -> usize {
+        #[cfg(feature = "http2")]
+        return self.h2_max_unsent;
+        #[cfg(not(feature = "http2"))]
+        return usize::MAX;
+    }
+
     /// How long a client may take to send a request's header (10 s by default): from its first
     /// byte, and on a new connection from the moment it is accepted, so a connection that never
     /// sends anything is closed after this long too. A connection that takes longer is closed:
@@ -115,15 +139,41 @@ impl ServeConfig {
     }
 
     /// The most connections served at once (512 by default; at least 1). At the cap, a new
-    /// connection is admitted by closing the connection that has been idle longest — one that
-    /// never sent a request, or a keep-alive connection between requests (nginx reuses its
-    /// "reusable" connections the same way); a connection reading a request or being answered
-    /// is never closed for it. Only when every connection is busy does a new one wait, in the
-    /// listen backlog, for one to close. A warning says how many were closed and why, or that
-    /// connections wait (at most every 10 s).
+    /// connection is admitted by closing the connection making the least progress: first the
+    /// one that has done nothing for longest — never sent a request, still in its first header,
+    /// or a keep-alive connection between requests (nginx reuses its "reusable" connections the
+    /// same way) — then one whose every request has waited on its client for longest (stalled
+    /// for a second or more; see [`send_timeout`](Self::send_timeout)). A request being handled,
+    /// or whose response the client is taking, is never cut for it. Only when every connection
+    /// is making progress does a new one wait, in the listen backlog, for one to close. A
+    /// warning says how many were closed and why, or that connections wait (at most every
+    /// 10 s).
+    ///
+    /// There is no limit per client address: behind a load balancer every connection comes
+    /// from the balancer's few addresses, so such a limit would refuse ordinary traffic.
     #[must_use]
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max.max(1);
+        self
+    }
+
+    /// How long a response may wait on its client (30 s by default), as nginx's `send_timeout`:
+    /// a response whose next bytes the client has not taken for this long is abandoned. Over
+    /// HTTP/1.1 (or when an HTTP/2 client's socket takes nothing) the connection is closed; an
+    /// HTTP/2 stream whose flow-control window stays shut is reset (`RST_STREAM` with
+    /// `CANCEL`) and the connection's other streams go on. The handler's own time does not
+    /// count: a slow query, or a streamed body whose next part is not ready, is the
+    /// application's to bound (a request timeout). A download that goes on, however slowly, is
+    /// never cut by it. `Duration::ZERO` turns the limit off.
+    ///
+    /// Besides the limit, a response the client has taken nothing of for a second counts as
+    /// stalled: a connection whose every request is stalled may be closed to admit a new one at
+    /// the cap (see [`max_connections`](Self::max_connections)), and once the drain has begun
+    /// an HTTP/2 stream stalled on its window is reset, so a client that stopped reading does
+    /// not hold the shutdown to its deadline.
+    #[must_use]
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.send_timeout = timeout;
         self
     }
 
@@ -134,6 +184,34 @@ impl ServeConfig {
     #[must_use]
     pub fn http2_max_concurrent_streams(mut self, max: u32) -> Self {
         self.h2_streams = max.max(1);
+        self
+    }
+
+    /// HTTP/2: the most response bytes a connection may hold unsent before a new stream's
+    /// handler waits (1 MiB by default, Envoy's per-connection buffer limit; at least 1).
+    ///
+    /// A handler builds its response in memory; a client that opens streams and never accepts
+    /// their bodies would otherwise make the server hold every one (128 streams × a 1 MB body
+    /// per connection). Past this figure, a new stream's handler starts only once the
+    /// connection's unsent bytes fall back — a client reading its responses sees no more than
+    /// a short wait — and a stream that has been stalled on the client's window for a second
+    /// is reset rather than kept until the [`send_timeout`](Self::send_timeout). A starting
+    /// handler counts as much as the largest body the connection has produced, so a client
+    /// that has been sent large bodies cannot start many more at once; a connection always has
+    /// at least one handler going, whatever the size of its response.
+    ///
+    /// The bytes counted are those of response bodies the application has built and the
+    /// connection has not yet taken, which hands them on in pieces of 16 KiB; hyper and the
+    /// kernel buffer at most a few such pieces per stream beyond them. So a connection holds
+    /// about this figure plus one response, and a server at its connection cap about
+    /// [`max_connections`](Self::max_connections) times that (512 × (1 MiB + the largest
+    /// response) by default). A first burst of streams on a connection, before it has produced
+    /// anything, is bounded by [`http2_max_concurrent_streams`](Self::http2_max_concurrent_streams)
+    /// instead, for as long as a second: stalled past the bound, its streams are reset.
+    #[cfg(feature = "http2")]
+    #[must_use]
+    pub fn http2_max_unsent_bytes(mut self, max: usize) -> Self {
+        self.h2_max_unsent = max.max(1);
         self
     }
 
@@ -263,7 +341,7 @@ async fn accept_loop<L, S, B>(
             // (this one connection past the cap held, the rest in the backlog) until one closes
             // or becomes idle.
             Err(_) => loop {
-                let closed = open.close_longest_idle();
+                let closed = open.close_for_cap();
                 cap_log.note(closed, config.max_connections);
                 let wait = if closed.is_some() {
                     Duration::from_secs(1)
@@ -281,7 +359,7 @@ async fn accept_loop<L, S, B>(
                 }
             },
         };
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(&config));
         let entry = open.insert(Arc::clone(&activity));
         let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
         let service = Tracked {
@@ -326,13 +404,13 @@ async fn accept_loop<L, S, B>(
     }
 }
 
-/// hyper-util's builder for HTTP/1.1 and HTTP/2, told apart by a connection's first bytes.
+/// hyper-util's builder for HTTP/1.1 and HTTP/2, told apart by a connection's first bytes; each
+/// HTTP/2 stream runs as a task watched for stalls ([`stream::StreamExecutor`]).
 #[cfg(feature = "http2")]
 fn builder(
     config: &ServeConfig,
-) -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
-    let mut builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+) -> hyper_util::server::conn::auto::Builder<stream::StreamExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(stream::StreamExecutor);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -367,6 +445,8 @@ async fn drive<C, E>(
             }
             () = &mut draining, if !told => {
                 told = true;
+                activity.draining.store(true, std::sync::atomic::Ordering::Release);
+                activity.wake_stalled.notify_waiters();
                 graceful_shutdown(connection.as_mut());
             }
             limit = activity.expired(config) => {
