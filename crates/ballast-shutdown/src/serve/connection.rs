@@ -95,8 +95,6 @@ pub(super) struct Activity {
     /// HTTP/2: the most unsent bytes before a new stream's handler waits
     /// ([`ServeConfig::http2_max_unsent_bytes`]).
     pub(super) max_unsent: usize,
-    /// HTTP/2: the largest response body this connection has produced.
-    pub(super) largest: AtomicUsize,
     /// HTTP/2: streams whose handler waits for the unsent bytes to fall.
     pub(super) starting: AtomicUsize,
     /// HTTP/2: told when the unsent bytes fall while streams wait to start.
@@ -128,7 +126,6 @@ impl Activity {
             unsent: AtomicUsize::new(0),
             send_timeout: config.send_timeout,
             max_unsent: config.max_unsent(),
-            largest: AtomicUsize::new(0),
             starting: AtomicUsize::new(0),
             room: Arc::new(Notify::new()),
             stalled: AtomicUsize::new(0),

@@ -192,22 +192,26 @@ impl ServeConfig {
     ///
     /// A handler builds its response in memory; a client that opens streams and never accepts
     /// their bodies would otherwise make the server hold every one (128 streams × a 1 MB body
-    /// per connection). Past this figure, a new stream's handler starts only once the
-    /// connection's unsent bytes fall back — a client reading its responses sees no more than
-    /// a short wait — and a stream that has been stalled on the client's window for a second
-    /// is reset rather than kept until the [`send_timeout`](Self::send_timeout). A starting
-    /// handler counts as much as the largest body the connection has produced, so a client
-    /// that has been sent large bodies cannot start many more at once; a connection always has
-    /// at least one handler going, whatever the size of its response.
+    /// per connection, and as many connections as the cap allows). Past this figure, a new
+    /// stream's handler starts only once the connection's unsent bytes fall back within it — a
+    /// client taking its responses sees no more than a short wait — and a stream that has been
+    /// stalled on the client's window for a second is reset rather than kept until the
+    /// [`send_timeout`](Self::send_timeout). Within it, nothing is held back: handlers run side
+    /// by side as the client asks.
     ///
-    /// The bytes counted are those of response bodies the application has built and the
-    /// connection has not yet taken, which hands them on in pieces of 16 KiB; hyper and the
-    /// kernel buffer at most a few such pieces per stream beyond them. So a connection holds
+    /// The bytes counted are those a response body's size hint promises and the connection has
+    /// not yet taken; bodies are handed on in pieces of 16 KiB, and hyper and the kernel buffer
+    /// at most a few pieces per stream beyond them. So a connection that stops reading holds
     /// about this figure plus one response, and a server at its connection cap about
     /// [`max_connections`](Self::max_connections) times that (512 × (1 MiB + the largest
-    /// response) by default). A first burst of streams on a connection, before it has produced
-    /// anything, is bounded by [`http2_max_concurrent_streams`](Self::http2_max_concurrent_streams)
-    /// instead, for as long as a second: stalled past the bound, its streams are reset.
+    /// response) by default). A burst of streams that arrives at once, before any of them has
+    /// answered, is bounded by [`http2_max_concurrent_streams`](Self::http2_max_concurrent_streams)
+    /// instead, for about a second: stalled past the bound, its streams are reset.
+    ///
+    /// Behind a proxy that multiplexes many clients on one HTTP/2 connection, one slow client
+    /// can hold its stream's bytes on the shared connection: raise the figure there so that a
+    /// slow download does not hold the other clients' requests back (a streamed body of unknown
+    /// length counts nothing).
     #[cfg(feature = "http2")]
     #[must_use]
     pub fn http2_max_unsent_bytes(mut self, max: usize) -> Self {

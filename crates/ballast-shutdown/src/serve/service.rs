@@ -40,7 +40,7 @@ where
     /// of it once both are so.
     fn start(&self, request: Request<Incoming>, stream: Option<&Arc<Stream>>) -> Call<S> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(stream) = stream.filter(|stream| !stream.try_start()) {
+        if let Some(stream) = stream.filter(|stream| !stream.may_start()) {
             return Call::Waiting {
                 service: Some(inner.clone()),
                 request: Some(request),

@@ -41,9 +41,8 @@ thread_local! {
 /// and the stream's task (which resets it when it stops moving).
 pub(super) struct Stream {
     pub(super) activity: Arc<Activity>,
-    /// The bytes this stream counts in its connection's unsent bytes: a reservation while its
-    /// handler runs, then what its body has not handed on. Only the one future or body that
-    /// owns the response at a time changes it.
+    /// The bytes this stream counts in its connection's unsent bytes: what its body has not
+    /// handed on. Only the body changes it (and the drop of the last handle).
     counted: AtomicUsize,
     /// Bumped each time the body is asked for a frame.
     polls: AtomicU32,
@@ -65,45 +64,27 @@ impl Stream {
         stream
     }
 
-    /// Reserves room for the handler's response in the connection's unsent bytes — as much as
-    /// the largest body the connection has produced so far, so that a client sent large bodies
-    /// cannot start many more at once — if they allow it: within the bound with it, or nothing
-    /// unsent at all (a connection always has one handler going). `false`: the handler waits
-    /// ([`Room`]).
-    pub(super) fn try_start(&self) -> bool {
+    /// Whether the handler may start: its connection's unsent bytes are within the bound. A
+    /// handler's response is counted once it answers ([`answered`](Self::answered)); nothing is
+    /// reserved for it before, so a connection's handlers run side by side as long as it takes
+    /// its responses. `false`: the handler waits ([`Room`]).
+    pub(super) fn may_start(&self) -> bool {
         let activity = &self.activity;
-        let reserve = activity.largest.load(Ordering::Relaxed);
-        let reserved = activity
-            .unsent
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |unsent| {
-                (unsent == 0 || unsent.saturating_add(reserve) <= activity.max_unsent)
-                    .then(|| unsent.saturating_add(reserve))
-            })
-            .is_ok();
-        if reserved {
-            self.counted.store(reserve, Ordering::Relaxed);
-        }
-        reserved
+        activity.unsent.load(Ordering::Acquire) <= activity.max_unsent
     }
 
-    /// The handler answered with a body of `size` bytes (what its size hint is sure of): the
-    /// reservation becomes the body's size, and the response waits for the connection to ask
+    /// The handler answered with a body of `size` bytes (what its size hint is sure of): they
+    /// count in the connection's unsent bytes, and the response waits for the connection to ask
     /// for its body.
     pub(super) fn answered(&self, size: usize) {
         let activity = &self.activity;
-        let reserved = self.counted.swap(size, Ordering::Relaxed);
-        if size > reserved {
-            let before = activity.unsent.fetch_add(size - reserved, Ordering::AcqRel);
-            let after = before.saturating_add(size - reserved);
-            if before <= activity.max_unsent && after > activity.max_unsent {
+        if size > 0 {
+            self.counted.store(size, Ordering::Relaxed);
+            let before = activity.unsent.fetch_add(size, Ordering::AcqRel);
+            if before <= activity.max_unsent && before.saturating_add(size) > activity.max_unsent {
                 // Past the bound: streams already stalled are reset without waiting longer.
                 activity.wake_stalled.notify_waiters();
             }
-            if size > activity.largest.load(Ordering::Relaxed) {
-                activity.largest.fetch_max(size, Ordering::Relaxed);
-            }
-        } else {
-            self.uncount(reserved - size);
         }
         self.waiting.store(true, Ordering::Release);
     }
@@ -167,7 +148,7 @@ impl Room {
         }
     }
 
-    /// Ready once the handler may start (its room reserved).
+    /// Ready once the handler may start.
     pub(super) fn poll_start(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             // Listening before the look: a fall between the look and the wait wakes it.
@@ -175,7 +156,7 @@ impl Room {
             let notified = self
                 .notified
                 .get_or_insert_with(|| Box::pin(room.notified_owned()));
-            if self.stream.try_start() {
+            if self.stream.may_start() {
                 self.notified = None;
                 return Poll::Ready(());
             }
