@@ -53,7 +53,8 @@ async fn get_items_is_served_by_a_fresh_replica() {
             "no read reached the replica: {}",
             get(addr, "/stats").await.json()["replicas"]
         );
-        assert_eq!(get(addr, "/items").await.status, 200);
+        let items = get(addr, "/items").await;
+        assert_eq!(items.status, 200, "{}\n{}", items.body, server.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let before = routed(addr).await;

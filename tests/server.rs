@@ -408,3 +408,52 @@ async fn sigterm_fails_readiness_first_and_serves_through_the_pre_drain_delay() 
         "the listener is closed"
     );
 }
+
+/// Routes that never asked to be cached (`/healthz`, `/readyz`, `/sleep`, `/stats`) pass the
+/// cache by as if it were not there, whatever their responses say (`Cache-Control: no-store`):
+/// no `x-cache`, counted as bypassed and never as misses, and once the cache knows a key's route
+/// did not ask, its requests do not wait on each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_that_never_asked_to_be_cached_are_passed_by() {
+    let Some(url) = db::postgres_url("routes_that_never_asked_to_be_cached_are_passed_by") else {
+        return;
+    };
+    let database = PgDatabase::create(&url).await;
+    let server = start(&[("DATABASE_URL", database.url())]).await;
+    let addr = server.addr;
+    support::wait_ready(addr, Duration::from_secs(30)).await;
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/sleep?ms=0",
+        "/stats",
+        "/healthz",
+        "/sleep?ms=0",
+        "/sleep?ms=1000",
+    ] {
+        let answer = get(addr, path).await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+        assert!(!answer.head.contains("x-cache"), "{path}: {}", answer.head);
+    }
+    // The same slow URL five times at once: each its own query, side by side.
+    let started = Instant::now();
+    let slow: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(async move { get(addr, "/sleep?ms=1000").await }))
+        .collect();
+    for answer in slow {
+        let answer = answer.await.unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(!answer.head.contains("x-cache"), "{}", answer.head);
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1800),
+        "they waited on each other: {took:?}"
+    );
+    let stats: serde_json::Value = serde_json::from_str(&get(addr, "/stats").await.body).unwrap();
+    assert_eq!(stats["cache"]["misses"], 0, "{stats}");
+    assert!(
+        stats["cache"]["bypassed"].as_u64().unwrap() >= 12,
+        "{stats}"
+    );
+}

@@ -13,8 +13,7 @@ use crate::rules::{Lifetime, StaleWindows};
 /// bookkeeping (moka's node, the `Arc`, the header map's table).
 const ENTRY_OVERHEAD: u64 = 256;
 
-/// A stored response, the note that responses for this key vary on some request headers, or
-/// the note that this key answered with something that may not be stored.
+/// A stored response, or the note that responses for this key vary on some request headers.
 #[derive(Debug)]
 // Every value lives behind the entry's `Arc`: a note is as big as a response, which the fixed
 // per-entry overhead in the byte count already covers, and a hit is spared a second pointer.
@@ -22,6 +21,13 @@ const ENTRY_OVERHEAD: u64 = 256;
 pub(crate) enum Stored {
     Response(StoredResponse),
     Vary(Vec<HeaderName>),
+}
+
+/// What the cache remembers of a key whose response was not stored: kept apart from the stored
+/// responses, in a bound of its own ([`NOTES`](crate::store::NOTES)), so that a flood of URLs
+/// nobody caches pushes out other notes, never a stored response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Note {
     /// "Hit-for-pass": requests for this key go straight to the service, without waiting on
     /// each other, until the note expires (the TTL) and the key is tried again.
     Pass,
@@ -138,7 +144,6 @@ impl Entry {
                 (headers + response.body.len()) as u64
             }
             Stored::Vary(names) => names.iter().map(|name| name.as_str().len() as u64).sum(),
-            Stored::Pass | Stored::Bypass => 0,
         };
         Arc::new(Entry {
             stored,
@@ -146,19 +151,19 @@ impl Entry {
         })
     }
 
-    /// How long moka keeps the entry: a response as long as it may be served, stale included.
     /// The tags the stored response was stored with, if it is a response that has some.
     pub(crate) fn tags(&self) -> Option<&[String]> {
         match &self.stored {
             Stored::Response(response) => response.tags.as_deref(),
-            _ => None,
+            Stored::Vary(_) => None,
         }
     }
 
+    /// How long moka keeps the entry: a response as long as it may be served, stale included.
     pub(crate) fn keep(&self, default: Duration) -> Duration {
         match &self.stored {
             Stored::Response(response) => response.keep(default),
-            Stored::Vary(_) | Stored::Pass | Stored::Bypass => default,
+            Stored::Vary(_) => default,
         }
     }
 }

@@ -96,7 +96,12 @@
 //! per-entry overhead) hold together: each entry weighs `max(size, max_bytes / max_entries)`
 //! against a moka capacity of `max_bytes`. Eviction is LRU by default — moka's TinyLFU may refuse
 //! new keys when full, which an LRU cache never does — with TinyLFU selectable
-//! ([`Eviction`]). moka evicts lazily; [`ResponseCache::stats`] runs the pending work first, so
+//! ([`Eviction`]). Only responses take these places: what the cache remembers of a key whose
+//! response was not stored — hit-for-pass (`private`, `no-store`, a status outside the set) or a
+//! route that never asked — is kept apart, in a bound of its own (10,000 keys, LRU, for the
+//! TTL), so a flood of URLs nobody caches (404s for ids that do not exist, a crawler's random
+//! queries) turns over those notes and evicts no stored response; a stored response leaves only
+//! for other stored responses, least recently used first. moka evicts lazily; [`ResponseCache::stats`] runs the pending work first, so
 //! its figures are exact. [`ResponseCache::spawn_cleanup`] removes expired entries every 60 s and
 //! can be stopped ([`CleanupTask::stop`]); [`ResponseCache::clear`] empties the cache;
 //! [`ResponseCache::invalidate_path`], [`invalidate_prefix`](ResponseCache::invalidate_prefix) and
@@ -119,7 +124,11 @@
 //! next answer may well be storable.
 //! A route that never asked to be cached is remembered the same way, and passed by as if the
 //! cache were not there: no `x-cache` header, counted as bypassed rather than missed, so the
-//! hit ratio says how the cached routes do.
+//! hit ratio says how the cached routes do. The route's choice is read first: a response that
+//! neither its route nor its own freshness (`max-age`, `s-maxage`, `Expires`, `no-cache`) asked
+//! to cache is passed by whatever else it says (`no-store`, a 404). Until the first answer for a
+//! key has told the cache which kind of key it is, concurrent requests for it wait for that
+//! answer (the cost RFC 9111 §4 notes for collapsed requests); after it, never.
 //!
 //! # Example
 //!

@@ -13,7 +13,7 @@ use moka::policy::{EvictionPolicy, Expiry};
 use tokio::sync::watch;
 
 use crate::builder::{Eviction, ResponseCacheBuilder};
-use crate::entry::{Entry, Stored};
+use crate::entry::{Entry, Note, Stored};
 use crate::key::CacheKey;
 use crate::stats::{CacheStats, CleanupTask};
 
@@ -29,8 +29,15 @@ pub struct ResponseCache {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// The most keys remembered as not storable ([`Note`]s), apart from the stored responses: a
+/// note is a key and a byte (a few hundred bytes with moka's bookkeeping), so 10,000 of them
+/// take a few megabytes, and a flood of URLs nobody caches turns over only these.
+pub(crate) const NOTES: u64 = 10_000;
+
 pub(crate) struct Inner {
     pub(crate) moka: Moka<CacheKey, Arc<Entry>, foldhash::fast::RandomState>,
+    /// What the cache remembers of keys whose response was not stored, in a bound of its own.
+    pub(crate) notes: Moka<CacheKey, Note, foldhash::fast::RandomState>,
     pub(crate) max_entries: u64,
     pub(crate) max_bytes: u64,
     pub(crate) max_entry_bytes: u64,
@@ -269,9 +276,15 @@ impl ResponseCache {
             })
             // A keyed hash (the keys are the clients' URLs) a tenth of SipHash's cost.
             .build_with_hasher(foldhash::fast::RandomState::default());
+        let notes = Moka::builder()
+            .max_capacity(NOTES)
+            .time_to_live(builder.ttl)
+            .support_invalidation_closures()
+            .build_with_hasher(foldhash::fast::RandomState::default());
         ResponseCache {
             inner: Arc::new(Inner {
                 moka,
+                notes,
                 max_entries: builder.max_entries,
                 max_bytes: builder.max_bytes,
                 max_entry_bytes: builder.max_entry_bytes,
@@ -294,6 +307,18 @@ impl ResponseCache {
         self.inner.moka.insert(key, entry).await;
     }
 
+    /// Remembers that `key`'s response was not stored, and why: no stored response is pushed
+    /// out for it. A stored response of the key, if any, goes.
+    pub(crate) async fn note(&self, key: CacheKey, note: Note) {
+        self.inner.moka.invalidate(&key).await;
+        self.inner.notes.insert(key, note).await;
+    }
+
+    /// What the cache remembers of `key` as not storable, if anything.
+    pub(crate) async fn noted(&self, key: &CacheKey) -> Option<Note> {
+        self.inner.notes.get(key).await
+    }
+
     /// Counts an entry about to enter moka (by `insert`, or as the value of `try_get_with`);
     /// the eviction listener takes its bytes off again when it leaves.
     pub(crate) fn account(&self, entry: &Entry) {
@@ -308,6 +333,7 @@ impl ResponseCache {
     /// cache without emptying the others').
     pub async fn clear(&self) {
         self.inner.moka.invalidate_all();
+        self.inner.notes.invalidate_all();
         self.inner.moka.run_pending_tasks().await;
     }
 
@@ -338,10 +364,20 @@ impl ResponseCache {
         let _ = match invalidation {
             Invalidated::All => {
                 moka.invalidate_all();
+                self.inner.notes.invalidate_all();
                 Ok(String::new())
             }
-            invalidation => moka
-                .invalidate_entries_if(move |key, entry| invalidation.matches(key, entry.tags())),
+            invalidation => {
+                // A write may make a key storable that was not (a 404 that now exists).
+                let notes = invalidation.clone();
+                let _ = self
+                    .inner
+                    .notes
+                    .invalidate_entries_if(move |key, _| notes.matches(key, None));
+                moka.invalidate_entries_if(move |key, entry| {
+                    invalidation.matches(key, entry.tags())
+                })
+            }
         };
     }
 
@@ -390,6 +426,11 @@ impl ResponseCache {
         let predicate: Arc<dyn Fn(&CacheKey) -> bool + Send + Sync> = Arc::new(predicate);
         self.inner.fence.invalidated_if(Arc::clone(&predicate));
         // Only fails when the builder did not enable invalidation closures, which it does.
+        let notes = Arc::clone(&predicate);
+        let _ = self
+            .inner
+            .notes
+            .invalidate_entries_if(move |key, _| notes(key));
         let _ = self
             .inner
             .moka

@@ -382,6 +382,71 @@ async fn recently_used_keys_survive_a_scan() {
     );
 }
 
+/// 100 stored responses, read, then 100,000 distinct keys whose responses may not be stored (a
+/// route that asked, answering a `no-store` 404) or whose route never asked: the notes the cache keeps of
+/// those keys live in a bound of their own, and the 100 responses are all still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unstorable_keys_evicts_no_stored_response() {
+    let cache = ResponseCache::builder()
+        .max_entries(100)
+        .max_bytes(100 * 4096)
+        .max_entry_bytes(4096)
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let app: Router = Router::new()
+        .route(
+            "/items/{id}",
+            get(move |Path(id): Path<u32>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if id < 100 {
+                        Ok(format!("item {id}"))
+                    } else {
+                        // As ballast's problems say: never stored.
+                        Err((
+                            StatusCode::NOT_FOUND,
+                            [(http::header::CACHE_CONTROL, "no-store")],
+                        ))
+                    }
+                }
+            })
+            .layer(ballast_cache::CacheRouteLayer::ttl(Duration::from_secs(60))),
+        )
+        .route("/other/{id}", get(|| async { "never asked" }))
+        .layer(CacheLayer::new(cache.clone()));
+    let fetch = |path: String| text(&app, request(Method::GET, &path, &[]));
+    for id in 0..100 {
+        assert_eq!(fetch(format!("/items/{id}")).await.0, StatusCode::OK);
+        assert_eq!(fetch(format!("/items/{id}")).await.0, StatusCode::OK);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 100, "read once, then hits");
+    for n in 0..100_000 {
+        let path = if n % 2 == 0 {
+            format!("/items/{}", 100 + n)
+        } else {
+            format!("/other/{n}")
+        };
+        fetch(path).await;
+    }
+    let stats = cache.stats().await;
+    let before = calls.load(Ordering::SeqCst);
+    for id in 0..100 {
+        let (status, headers, body) = fetch(format!("/items/{id}")).await;
+        assert_eq!((status, body), (StatusCode::OK, format!("item {id}")));
+        assert!(headers.get("age").is_some(), "served from the cache");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before,
+        "all 100 were still stored ({} entries, {} evictions)",
+        stats.entries,
+        stats.evictions
+    );
+    assert_eq!(stats.entries, 100);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_misses_run_the_handler_once() {
     let cache = cache(100, 1 << 20);

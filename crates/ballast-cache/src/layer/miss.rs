@@ -13,10 +13,10 @@ use tower_service::Service;
 use super::hit::{hit, mark};
 use super::revalidate::revalidate;
 use super::service::pass_through;
-use super::storing::{store, Remember};
+use super::storing::store;
 use super::{CacheLayer, X_CACHE};
 use crate::body::CacheBody;
-use crate::entry::{Entry, Freshness, Stored};
+use crate::entry::{Entry, Freshness, Note, Stored};
 use crate::key::CacheKey;
 use crate::rules::{self};
 use crate::store::Event;
@@ -142,13 +142,16 @@ where
                 Freshness::Expired => false,
             }
         }
-        Some(Stored::Pass) => true,
-        Some(Stored::Bypass) => {
-            // A route that never asked to be cached.
-            cache.count(Event::Bypassed);
-            return pass_through(inner, request).await;
-        }
-        _ => false,
+        Some(Stored::Vary(_)) => false,
+        None => match cache.noted(&key).await {
+            Some(Note::Pass) => true,
+            Some(Note::Bypass) => {
+                // A route that never asked to be cached.
+                cache.count(Event::Bypassed);
+                return pass_through(inner, request).await;
+            }
+            None => false,
+        },
     };
     if pass {
         cache.count(Event::Miss);
@@ -231,16 +234,14 @@ where
                 }
                 Err((response, remember)) => {
                     *own = Some(Ok(response));
-                    *bypassed = remember == Remember::Bypass;
-                    match remember.note() {
-                        // Hit-for-pass: the next requests for this key skip the coalescing.
-                        Some(note) => {
-                            let entry = Entry::new(&key, note);
-                            cache.account(&entry);
-                            Ok(entry)
-                        }
-                        None => Err(NotCached),
+                    *bypassed = remember.silent();
+                    // Hit-for-pass: the next requests for this key skip the coalescing. The
+                    // note is kept apart from the stored responses; the requests waiting for
+                    // this one read it as they go to the service.
+                    if let Some(note) = remember.note() {
+                        cache.inner.notes.insert(key.clone(), note).await;
                     }
+                    Err(NotCached)
                 }
             }
         }
@@ -257,18 +258,16 @@ where
         }
         return Ok(response);
     }
+    if outcome.is_err() && cache.noted(&key).await == Some(Note::Bypass) {
+        // A route that never asked to be cached: this request goes to the service, silently.
+        cache.count(Event::Bypassed);
+        let Some(request) = request else {
+            unreachable!("only the first request's own response was taken")
+        };
+        return pass_through(inner, request).await;
+    }
     if let Ok(entry) = &outcome {
         match &entry.stored {
-            // A route that never asked to be cached: this request goes to the service, silently.
-            Stored::Bypass => {
-                cache.count(Event::Bypassed);
-                let Some(request) = request else {
-                    unreachable!("only the first request's own response was taken")
-                };
-                return pass_through(inner, request).await;
-            }
-            // The first request's response may not be stored: this one goes to the service.
-            Stored::Pass => {}
             // Another request's response, stored for this key.
             Stored::Response(stored) => {
                 cache.count(Event::Miss);

@@ -11,7 +11,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::hit::{hit, mark};
-use super::storing::{insert_fenced, store, Remember};
+use super::storing::{insert_fenced, store};
 use super::CacheLayer;
 use crate::body::CacheBody;
 use crate::entry::{Entry, Freshness, Stored, StoredResponse};
@@ -130,10 +130,10 @@ where
         Err((response, remember)) => {
             // No longer storable: the stale entry goes, and the key is remembered as such.
             match remember.note() {
-                Some(note) => cache.insert(key.clone(), Entry::new(&key, note)).await,
+                Some(note) => cache.note(key.clone(), note).await,
                 None => cache.inner.moka.invalidate(&key).await,
             }
-            if remember == Remember::Bypass {
+            if remember.silent() {
                 return Ok(response);
             }
             response

@@ -15,7 +15,7 @@ use super::miss::{answer_conditions, lookup};
 use super::write::WriteInvalidation;
 use super::CacheLayer;
 use crate::body::CacheBody;
-use crate::entry::{Freshness, Stored};
+use crate::entry::{Freshness, Note, Stored};
 use crate::key::{key_buffer, CacheKey};
 use crate::rules::{self};
 use crate::store::Event;
@@ -140,21 +140,26 @@ where
                 }
             }
         }
-        // Passed by: the inner service's own future, no clone of it, nothing boxed.
-        let pass = match (&key, &found) {
+        // Passed by: the inner service's own future, no clone of it, nothing boxed. A key with
+        // no stored response may be one the cache remembers as not storable.
+        let note = match (&key, &found) {
+            (Some(key), Some(None)) => now_or_never(layer.cache.inner.notes.get(key)).flatten(),
+            _ => None,
+        };
+        let pass = match (&key, note) {
             (None, _) => Some(None),
-            (Some(_), Some(Some(entry))) if matches!(entry.stored, Stored::Pass) => {
+            (Some(_), Some(Note::Pass)) => {
                 // Hit-for-pass: this key answered with something that may not be stored.
                 layer.cache.count(Event::Miss);
                 layer.cache.count(Event::Pass);
                 Some(layer.x_cache.then_some("MISS"))
             }
-            (Some(_), Some(Some(entry))) if matches!(entry.stored, Stored::Bypass) => {
+            (Some(_), Some(Note::Bypass)) => {
                 // A route that never asked to be cached: passed by as if the cache were not there.
                 layer.cache.count(Event::Bypassed);
                 Some(None)
             }
-            _ => None,
+            (Some(_), None) => None,
         };
         if let Some(label) = pass {
             if key.is_none() {

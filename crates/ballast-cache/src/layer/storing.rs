@@ -11,7 +11,7 @@ use http_body::{Body, Frame};
 
 use super::hit::hit;
 use crate::body::CacheBody;
-use crate::entry::{Entry, Stored, StoredResponse};
+use crate::entry::{Entry, Note, Stored, StoredResponse};
 use crate::key::CacheKey;
 use crate::rules::{self, NotStored};
 use crate::store::{Event, ResponseCache};
@@ -41,10 +41,15 @@ where
         exchange,
     ) {
         Ok(lifetime) => lifetime,
-        Err(NotStored::NotAsked) => {
+        Err(reason @ (NotStored::NotAsked | NotStored::NotAskedFailure)) => {
             // The route never asked to be cached: not a miss, and nothing to say about it.
             cache.count(Event::Bypassed);
-            return Err((response.map(CacheBody::inner), Remember::Bypass));
+            let remember = if reason == NotStored::NotAsked {
+                Remember::Bypass
+            } else {
+                Remember::Silently
+            };
+            return Err((response.map(CacheBody::inner), remember));
         }
         Err(reason) => {
             cache.count(Event::NotStorable);
@@ -139,15 +144,24 @@ pub(super) enum Remember {
     Pass,
     /// The route never asked to be cached: passed by silently from now on.
     Bypass,
+    /// The route never asked, and this was a failure: passed by silently, nothing remembered.
+    Silently,
 }
 
 impl Remember {
-    /// The note to store for the key, if any.
-    pub(super) fn note(self) -> Option<Stored> {
+    /// Whether the response goes out as if the cache were not there (no `x-cache`, no miss).
+    pub(super) fn silent(self) -> bool {
+        matches!(self, Remember::Bypass | Remember::Silently)
+    }
+}
+
+impl Remember {
+    /// The note to keep for the key, if any.
+    pub(super) fn note(self) -> Option<Note> {
         match self {
-            Remember::Nothing => None,
-            Remember::Pass => Some(Stored::Pass),
-            Remember::Bypass => Some(Stored::Bypass),
+            Remember::Nothing | Remember::Silently => None,
+            Remember::Pass => Some(Note::Pass),
+            Remember::Bypass => Some(Note::Bypass),
         }
     }
 }
@@ -188,7 +202,7 @@ impl StoreOutcome {
     pub(super) fn own_response<B>(&self) -> Option<Response<CacheBody<B>>> {
         match &self.variant.as_ref().unwrap_or(&self.entry).stored {
             Stored::Response(stored) => Some(hit(stored, None, false, false, "MISS")),
-            Stored::Vary(_) | Stored::Pass | Stored::Bypass => None,
+            Stored::Vary(_) => None,
         }
     }
 }

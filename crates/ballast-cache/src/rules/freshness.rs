@@ -65,6 +65,24 @@ pub(crate) fn response_freshness(
     store_unmarked: bool,
     exchange: Exchange,
 ) -> Result<Lifetime, NotStored> {
+    let directives = directives(headers);
+    // `no-cache` states its freshness too: none, validate every use.
+    let explicit = explicit_lifetime(&directives, headers, exchange.response_time)
+        .or(directives.no_cache.then_some(Duration::ZERO));
+    let route = extensions.get::<crate::RouteTtl>().map(|route| route.0);
+    let unmarked = store_unmarked && status == StatusCode::OK;
+    let failed = (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED)
+        || attached(extensions).is_some();
+    // The route's choice comes first: a response neither its route nor itself asked to cache
+    // is none of the cache's business, whatever else it says (`no-store`, a status outside the
+    // set) — not a miss.
+    if route.is_none() && explicit.is_none() && !unmarked {
+        return Err(if failed {
+            NotStored::NotAskedFailure
+        } else {
+            NotStored::NotAsked
+        });
+    }
     if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
         return Err(NotStored::Status5xx);
     }
@@ -74,7 +92,7 @@ pub(crate) fn response_freshness(
     if !statuses.contains(&status) || status == StatusCode::PARTIAL_CONTENT {
         return Err(NotStored::Status);
     }
-    if attached(extensions).is_some() {
+    if failed {
         return Err(NotStored::Failure);
     }
     if headers.contains_key(SET_COOKIE) {
@@ -83,22 +101,17 @@ pub(crate) fn response_freshness(
     if vary_names(headers).is_none() {
         return Err(NotStored::VaryStar);
     }
-    let directives = directives(headers);
     // `private` with or without field names: a shared cache stores none of it (§5.2.2.7 allows
     // storing the rest; not doing so is the safe reading).
     if directives.no_store || directives.private {
         return Err(NotStored::CacheControl);
     }
     let validator = headers.contains_key(ETAG) || headers.contains_key(LAST_MODIFIED);
-    // `no-cache` states its freshness too: none, validate every use.
-    let explicit = explicit_lifetime(&directives, headers, exchange.response_time)
-        .or(directives.no_cache.then_some(Duration::ZERO));
-    let route = extensions.get::<crate::RouteTtl>().map(|route| route.0);
     let fresh_for = match (route, explicit) {
         (Some(route), Some(explicit)) => route.min(explicit),
         (Some(lifetime), None) | (None, Some(lifetime)) => lifetime,
-        (None, None) if store_unmarked && status == StatusCode::OK => default_ttl,
-        (None, None) => return Err(NotStored::NotAsked),
+        // Unmarked, checked above.
+        (None, None) => default_ttl,
     }
     .min(default_ttl);
     let initial_age = initial_age(headers, exchange);

@@ -50,6 +50,9 @@ pub(crate) enum NotStored {
     CacheControl,
     /// Neither the route nor the response asked for it to be cached.
     NotAsked,
+    /// The same, for a failure (a 5xx, an error the service attached): nothing to remember of
+    /// the key, as a failure's response may lack what its route adds to a success.
+    NotAskedFailure,
     VaryStar,
     TooLarge,
     BodyError,
