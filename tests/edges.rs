@@ -728,6 +728,80 @@ async fn scenario_27_a_cached_get_is_served_stale_while_the_database_is_down() {
     assert!(stats["cache"]["stale"].as_u64().unwrap() >= 1, "{stats}");
 }
 
+/// Scenario 27, for a database that hangs rather than refuses: `REQUEST_TIMEOUT=2`, a cached
+/// `GET /items/{id}` past its freshness within `stale-if-error`, then its table locked, the pool
+/// held by slow queries, and the database blackholed in turn: each time the stale copy answers
+/// before the deadline (it was a 503 at 2 s: the deadline fired outside the cache).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_27_a_stale_copy_stands_in_for_a_database_that_hangs() {
+    let Some(url) = db::postgres_url("scenario_27_stale_over_a_hang") else {
+        return;
+    };
+    let database = PgDatabase::create(&url).await;
+    let proxy = FaultProxy::start(db::socket_addr(&url)).await.unwrap();
+    let database_url = format!("{}?connection_limit=2", proxy.url(database.url()));
+    let server = start(&[
+        ("DATABASE_URL", &database_url),
+        ("REQUEST_TIMEOUT", "2"),
+        ("CACHE_TTL", "1"),
+        ("CACHE_STALE_IF_ERROR", "60"),
+    ])
+    .await;
+    let addr = server.addr;
+    let id = create(addr, "lamp").await;
+    let path = format!("/items/{id}");
+    let cached = get(addr, &path).await;
+    assert_eq!(cached.status, 200, "{}", cached.body);
+    // Past its freshness (1 s), the answer comes within the deadline: the stale copy, or (where
+    // the database frees up in time) a fresh one.
+    let stale = |case: &'static str, labels: &'static [&'static str]| {
+        let path = path.clone();
+        let body = cached.body.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let started = Instant::now();
+            let answer = get(addr, &path).await;
+            let took = started.elapsed();
+            let label = answer.header("x-cache").unwrap_or_default().to_owned();
+            println!(
+                "stale over a hang ({case}): {} {label} in {took:?}",
+                answer.status
+            );
+            assert_eq!(answer.status, 200, "{case}: {}", answer.body);
+            assert!(labels.contains(&label.as_str()), "{case}: {label}");
+            assert_eq!(answer.body, body);
+            assert!(took < Duration::from_secs(2), "{case}: {took:?}");
+        }
+    };
+
+    // The table locked by another session.
+    let locker = db::pg_connect(database.url()).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    stale("table locked", &["stale"]).await;
+    locker.batch_execute("COMMIT").await.unwrap();
+
+    // Both pool connections held by slow queries, cut at their own deadline (distinct URLs: the
+    // first two requests for one URL would wait on each other until the cache has seen that
+    // their route never asked to be cached). The pool frees up within this request's deadline:
+    // the stale copy or the fresh answer, within it either way.
+    let slow: Vec<_> = (0..2)
+        .map(|n| tokio::spawn(async move { get(addr, &format!("/sleep?ms={}", 4000 + n)).await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stale("pool held by slow queries", &["stale", "miss"]).await;
+    for query in slow {
+        query.await.unwrap();
+    }
+
+    // The database blackholed: connections accepted, never answered.
+    proxy.set_mode(Mode::Stall);
+    proxy.wait_for_mode().await;
+    stale("database blackholed", &["stale"]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_28_a_busy_pool_is_still_ready() {
     let Some(url) = db::postgres_url("scenario_28_busy_is_ready") else {

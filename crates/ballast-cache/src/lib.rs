@@ -42,7 +42,12 @@
 //! the `Age` it arrived with or its `Date`'s apparent age, plus the time the service took) plus
 //! the time stored: a response with `Age: 7200` and `max-age=3600` is stale on arrival. A hit
 //! sends that age as `Age`; the request that stored a response forwards the service's `Age`
-//! untouched.
+//! untouched. A response stored without a `Date` gets the time it arrived (RFC 9110 §6.6.1), so
+//! a hit's `Date` and `Age` agree instead of the server stamping a `Date` of now on an old
+//! response; one stored without a validator gets a strong `ETag` of its body (its length and a
+//! fixed-seed hash, the same on every instance), so a browser's or a CDN's `If-None-Match` is
+//! answered `304` from the cache. That tag is the cache's own: it is never sent to the service
+//! to revalidate with.
 //!
 //! **Validation (§4.3).** A stale response with a validator (`ETag`, `Last-Modified`) is kept
 //! and revalidated rather than fetched again: the service gets `If-None-Match` /
@@ -84,7 +89,12 @@
 //! default, or the response's own `stale-if-error=N`), within the same bounds. A `GET` for it asks
 //! the service again; when the service fails — a 5xx, a classified failure such as the database
 //! being down, an error — the stale response is served instead, with its `Age`
-//! (`x-cache: STALE`). Concurrent requests for a stale entry wait for one answer of the service
+//! (`x-cache: STALE`). So is a service that hangs: when the request has a deadline (ballast's
+//! `RequestTimeoutLayer` further out sets one for it, through `ballast_core::scope`) and the
+//! service has not answered 100 ms before it — a locked table, a database that accepts
+//! connections and never answers — the cache stops waiting, drops the request to the service
+//! (its query is cancelled, as any abandoned request's is) and answers with the stale copy,
+//! where the deadline layer would have answered 503 without the cache ever seeing a failure. Concurrent requests for a stale entry wait for one answer of the service
 //! rather than each asking a failing one. A response that says `stale-while-revalidate=N` is
 //! served stale at once within that window while one background request refreshes it.
 //! `must-revalidate`, `proxy-revalidate` and `s-maxage` (which implies `proxy-revalidate`) forbid

@@ -1075,3 +1075,87 @@ async fn a_requests_no_cache_always_reaches_the_service() {
         assert_eq!(cache.stats().await.hits, 0, "{header:?}");
     }
 }
+
+/// A stale copy stands in for a service that hangs, not only for one that fails: past its
+/// freshness, with `stale-if-error`, a request whose service does not answer gets the stale
+/// copy shortly before its deadline (the request timeout further out), instead of that
+/// layer's 503. Concurrent requests waiting behind it get it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_copy_answers_before_the_deadline_when_the_service_hangs() {
+    use ballast_error::timeout::RequestTimeoutLayer;
+    let cache = cache(100, 1 << 20);
+    let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = {
+        let (hang, calls) = (Arc::clone(&hang), Arc::clone(&calls));
+        service_fn(
+            move |_request: Request<ballast_error::timeout::TimedBody<String>>| {
+                let (hang, calls) = (Arc::clone(&hang), Arc::clone(&calls));
+                async move {
+                    let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    if hang.load(Ordering::SeqCst) {
+                        // A locked table: the query never returns.
+                        std::future::pending::<()>().await;
+                    }
+                    let mut response = Response::new(format!("{{\"n\":{call}}}"));
+                    response.headers_mut().insert(
+                        "cache-control",
+                        "max-age=1, stale-if-error=60".parse().unwrap(),
+                    );
+                    Ok::<_, Infallible>(response)
+                }
+            },
+        )
+    };
+    let service = tower::ServiceBuilder::new()
+        .layer(RequestTimeoutLayer::new(Duration::from_millis(600)))
+        .layer(CacheLayer::new(cache.clone()).x_cache_header(true))
+        .service(origin);
+    assert_eq!(fetch(service.clone()).await.2, r#"{"n":1}"#);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    hang.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let waiting: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(fetch(service.clone())))
+        .collect();
+    let mut answers = Vec::new();
+    for answer in waiting {
+        answers.push(answer.await.unwrap());
+    }
+    let took = started.elapsed();
+    for (status, headers, body) in &answers {
+        assert_eq!((*status, body.as_str()), (StatusCode::OK, r#"{"n":1}"#));
+        assert_eq!(headers["x-cache"], "STALE");
+    }
+    assert!(
+        took < Duration::from_millis(600),
+        "within the deadline: {took:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(400),
+        "the service had its chance: {took:?}"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one request asked the hanging service"
+    );
+}
+
+/// `GET /items` through `service`: the status, the headers and the body.
+async fn fetch<S, B>(service: S) -> (StatusCode, HeaderMap, String)
+where
+    S: tower::Service<Request<String>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let response = service.oneshot(get_request("/items")).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}

@@ -625,3 +625,64 @@ async fn rfc9111_4_3_4_a_validated_response_keeps_its_routes_lifetime() {
     );
     assert_eq!(seen.lock().unwrap().len(), 2);
 }
+
+/// RFC 9110 §6.6.1 and §8.8.3: a hit tells the truth downstream. A response stored without a
+/// `Date` gets the time it arrived, so a hit's `Date` plus its `Age` is now (the server would
+/// otherwise add a `Date` of now beside an `Age` of seconds); one without a validator gets a
+/// strong `ETag` of its body, the same on every hit and for the same body stored again, and a
+/// client's `If-None-Match` with it is answered `304` by the cache. The tag is the cache's own:
+/// the service is never asked to validate it.
+#[tokio::test]
+async fn rfc9110_8_8_3_a_hit_keeps_its_date_and_carries_a_strong_etag() {
+    let (upstream, seen) = origin(|_, _| response(200, &[("cache-control", "max-age=2")], "body"));
+    let service = CacheLayer::new(cache())
+        .x_cache_header(true)
+        .layer(upstream);
+    let (_, stored, _) = get(&service, "/dated").await;
+    let date = stored["date"].to_str().unwrap().to_owned();
+    let etag = stored["etag"].to_str().unwrap().to_owned();
+    assert!(
+        etag.starts_with('"') && !etag.starts_with("W/"),
+        "strong: {etag}"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, hit, body) = get(&service, "/dated").await;
+    assert_eq!(
+        (hit["x-cache"].to_str().unwrap(), body.as_str()),
+        ("HIT", "body")
+    );
+    assert_eq!(
+        hit["date"].to_str().unwrap(),
+        date,
+        "the stored Date, not a new one"
+    );
+    assert_eq!(hit["etag"].to_str().unwrap(), etag);
+    let age: u64 = hit["age"].to_str().unwrap().parse().unwrap();
+    let dated = httpdate::parse_http_date(&date).unwrap();
+    let now = SystemTime::now();
+    let said = dated + Duration::from_secs(age);
+    let off = now.duration_since(said).unwrap_or_else(|e| e.duration());
+    assert!(
+        off <= Duration::from_secs(1),
+        "Date + Age is now: {date} + {age} s"
+    );
+
+    let (status, not_modified, body) = send(
+        &service,
+        request(Method::GET, "/dated", &[("if-none-match", &etag)]),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (StatusCode::NOT_MODIFIED, ""));
+    assert_eq!(not_modified["etag"].to_str().unwrap(), etag);
+    // Stale past its max-age: fetched again, without the cache's tag as a condition.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, again, _) = get(&service, "/dated").await;
+    assert_eq!(
+        again["etag"].to_str().unwrap(),
+        etag,
+        "the same body, the same tag"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert!(!seen[1].2.contains_key("if-none-match"), "{:?}", seen[1].2);
+}

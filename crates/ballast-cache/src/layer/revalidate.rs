@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ballast_core::scope::DataAsOf;
+use ballast_core::scope::{DataAsOf, RequestScope};
 use ballast_core::BoxError;
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -21,7 +21,8 @@ use crate::store::Event;
 
 /// Asks the service again for a stored response that is no longer fresh, one request at a time
 /// per entry: a storable answer replaces it; a failure (a 5xx, a classified failure, an error) is
-/// answered with the stale response while it is within `stale-if-error`.
+/// answered with the stale response while it is within `stale-if-error`, and so is a service
+/// that has not answered [`STALE_MARGIN`] before the request's deadline.
 pub(super) async fn revalidate<S, ReqBody, ResBody>(
     mut inner: S,
     layer: CacheLayer,
@@ -40,7 +41,19 @@ where
     };
     let head = request.method() == Method::HEAD;
     let asked_at = Instant::now();
-    let _revalidating = stale.revalidating.lock().await;
+    // A service that hangs (a locked table, a database that takes the connection and never
+    // answers) must not take the request to its deadline while a stale copy may stand in: the
+    // deadline layer further out would answer 503, and the cache would never see a failure.
+    let give_up = stale_deadline(stale);
+    let revalidating = stale.revalidating.lock();
+    let _revalidating = match give_up {
+        Some(at) => match tokio::time::timeout_at(at, revalidating).await {
+            Ok(guard) => guard,
+            // The request ahead is still waiting on the service.
+            Err(_) => return Ok(serve_stale(&layer, stale, head)),
+        },
+        None => revalidating.await,
+    };
     // The request ahead found the service failing while this one waited: that is this one's
     // answer too, rather than another request to a failing service.
     let failed_meanwhile = stale
@@ -49,8 +62,7 @@ where
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .is_some_and(|at| at >= asked_at);
     if failed_meanwhile && stale.usable_if_error() {
-        cache.count(Event::Stale);
-        return Ok(hit(stale, Some(stale.age()), head, layer.x_cache, "STALE"));
+        return Ok(serve_stale(&layer, stale, head));
     }
     // Another request may have brought it up to date while this one waited.
     if let Some(current) = cache.inner.moka.get(&key).await {
@@ -88,7 +100,21 @@ where
     let request_headers = request.headers().clone();
     let request_time = SystemTime::now();
     let started = Instant::now();
-    let (answer, observed) = DataAsOf::observe(inner.call(request)).await;
+    let call = DataAsOf::observe(inner.call(request));
+    let (answer, observed) = match give_up {
+        Some(at) => match tokio::time::timeout_at(at, call).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                // Dropped: the query is cancelled, as any abandoned request's is.
+                *stale
+                    .failed_at
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+                return Ok(serve_stale(&layer, stale, head));
+            }
+        },
+        None => call.await,
+    };
     let as_of = observed.map_or(started, |observed| observed.min(started));
     let exchange = rules::Exchange {
         request_time,
@@ -112,8 +138,7 @@ where
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
     }
     if failed && stale.usable_if_error() {
-        cache.count(Event::Stale);
-        return Ok(hit(stale, Some(stale.age()), head, layer.x_cache, "STALE"));
+        return Ok(serve_stale(&layer, stale, head));
     }
     let response = answer?;
     if head || failed {
@@ -143,6 +168,32 @@ where
     Ok(response)
 }
 
+/// How long before a request's deadline the cache stops waiting for the service and answers
+/// with a stale copy it may use: time for that answer to leave before the deadline layer
+/// further out gives up on the request.
+const STALE_MARGIN: Duration = Duration::from_millis(100);
+
+/// When to stop waiting for the service and serve `stale` instead: shortly before the current
+/// request's deadline ([`RequestScope`]), if the request has one and `stale` may stand in for
+/// a failure (`stale-if-error`).
+fn stale_deadline(stale: &StoredResponse) -> Option<tokio::time::Instant> {
+    if !stale.usable_if_error() {
+        return None;
+    }
+    let remaining = RequestScope::remaining()?;
+    Some(tokio::time::Instant::now() + remaining.saturating_sub(STALE_MARGIN))
+}
+
+/// The stale copy, as the answer to a request whose service failed or did not answer in time.
+fn serve_stale<ResBody>(
+    layer: &CacheLayer,
+    stale: &StoredResponse,
+    head: bool,
+) -> Response<CacheBody<ResBody>> {
+    layer.cache.count(Event::Stale);
+    hit(stale, Some(stale.age()), head, layer.x_cache, "STALE")
+}
+
 /// A stored response the service says is unchanged (a `304` to the cache's conditional request):
 /// its headers updated from the `304` (RFC 9111 §3.2, §4.3.4), its freshness computed anew, stored
 /// again, and served.
@@ -163,6 +214,11 @@ pub(super) async fn freshen<ResBody>(
                 headers.append(name.clone(), value.clone());
             }
         }
+    }
+    // A 304 without a `Date` (an origin must send one): the validation is this response's
+    // date now, as the `Age` starting again says.
+    if !not_modified.contains_key(http::header::DATE) {
+        super::storing::record_date(&mut headers, exchange.response_time);
     }
     // Its age starts again from the 304: the validation made it as good as new. Without
     // explicit freshness in the merged fields, it keeps the lifetime it was stored with (its

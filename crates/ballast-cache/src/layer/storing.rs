@@ -77,11 +77,13 @@ where
             return Err((Response::from_parts(parts, body), Remember::Nothing));
         }
     };
-    let validator = parts.headers.contains_key(http::header::ETAG)
-        || parts.headers.contains_key(http::header::LAST_MODIFIED);
+    let mut headers = parts.headers;
+    let validator = headers.contains_key(http::header::ETAG)
+        || headers.contains_key(http::header::LAST_MODIFIED);
+    describe(&mut headers, &body, exchange.response_time, validator);
     let stored = StoredResponse {
         status: parts.status,
-        headers: parts.headers,
+        headers,
         body,
         stored_at: Instant::now(),
         lifetime,
@@ -134,6 +136,47 @@ where
         variant_key: Some(variant_key),
     })
 }
+
+/// Completes what a stored response says about itself, so that a hit tells the caches and
+/// clients downstream the truth:
+///
+/// - a `Date` (RFC 9110 §6.6.1), when the service sent none: the server would add one of its
+///   own at every hit, and a hit's `Date` of now beside an `Age` of minutes is a contradiction
+///   (linters flag it as a `Date` changed by an intermediary);
+/// - a strong `ETag`, when the response has no validator: the body's length and a hash of it,
+///   computed once here, so that `If-None-Match` from a browser or a CDN in front is answered
+///   `304` from the cache. It is the cache's own: never sent to the service to revalidate with
+///   (`validator` stays as the service made it), and the same body gets the same tag on every
+///   instance.
+fn describe(
+    headers: &mut http::HeaderMap,
+    body: &Bytes,
+    response_time: std::time::SystemTime,
+    validator: bool,
+) {
+    if !headers.contains_key(http::header::DATE) {
+        record_date(headers, response_time);
+    }
+    if !validator {
+        use std::hash::BuildHasher;
+        // A fixed seed: the tag is the body's, whatever instance stored it.
+        let hash = foldhash::quality::FixedState::with_seed(ETAG_SEED).hash_one(&body[..]);
+        if let Ok(etag) = http::HeaderValue::from_str(&format!("\"{:x}-{hash:016x}\"", body.len()))
+        {
+            headers.insert(http::header::ETAG, etag);
+        }
+    }
+}
+
+/// Sets `Date` to `at`.
+pub(super) fn record_date(headers: &mut http::HeaderMap, at: std::time::SystemTime) {
+    if let Ok(date) = http::HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+        headers.insert(http::header::DATE, date);
+    }
+}
+
+/// The seed of the hash in the cache's own `ETag`s ("ballast").
+const ETAG_SEED: u64 = 0x0062_616c_6c61_7374;
 
 /// What a key whose response was not stored is remembered as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
