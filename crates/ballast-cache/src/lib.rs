@@ -126,19 +126,26 @@
 //!
 //! # Stampedes
 //!
-//! N concurrent misses of one key run the inner service once (moka's `try_get_with`): the others
-//! get the stored response — or, when it turned out not storable, go to the service themselves.
-//! A key whose response may not be stored (private, `no-store`, `Set-Cookie`, a status outside
-//! the set) is remembered for the TTL ("hit-for-pass"), so its later requests go straight to the
-//! service instead of queueing behind each other; a failure or 5xx is not remembered, since the
-//! next answer may well be storable.
-//! A route that never asked to be cached is remembered the same way, and passed by as if the
-//! cache were not there: no `x-cache` header, counted as bypassed rather than missed, so the
-//! hit ratio says how the cached routes do. The route's choice is read first: a response that
-//! neither its route nor its own freshness (`max-age`, `s-maxage`, `Expires`, `no-cache`) asked
-//! to cache is passed by whatever else it says (`no-store`, a 404). Until the first answer for a
-//! key has told the cache which kind of key it is, concurrent requests for it wait for that
-//! answer (the cost RFC 9111 §4 notes for collapsed requests); after it, never.
+//! Concurrent misses of one key run the inner service once, when its answer can serve them
+//! (RFC 9111 §4, "collapsed requests"): the first request asks the service, and the others wait
+//! for it only if its route asked to be cached ([`CacheRouteLayer`] says so as the request
+//! reaches the route, before the handler runs) or the key is known to store (it held a
+//! response, or the cache stores unmarked responses). A route that never asked is never
+//! collapsed: its requests run side by side. The waiters get the stored response; the moment
+//! the first answer turns out not storable, fails, or its client goes away, every waiter goes to
+//! the service at once, on its own. A key whose response may not be stored (private,
+//! `no-store`, `Set-Cookie`, a status outside the set) is remembered for the TTL
+//! ("hit-for-pass", Varnish's hit-for-miss), so its later requests go straight to the service
+//! instead of queueing behind each other; a failure or 5xx is not remembered, since the next
+//! answer may well be storable. The one wait left is the first time a key that asked answers
+//! something it may not store: the others waited one handler time for that news (the cost RFC
+//! 9111 §4 notes). A request that arrives in the microseconds before the first has been routed
+//! goes on its own.
+//! A route that never asked to be cached is remembered too, and passed by as if the cache were
+//! not there: no `x-cache` header, counted as bypassed rather than missed, so the hit ratio says
+//! how the cached routes do. The route's choice is read first: a response that neither its route
+//! nor its own freshness (`max-age`, `s-maxage`, `Expires`, `no-cache`) asked to cache is passed
+//! by whatever else it says (`no-store`, a 404).
 //!
 //! # Example
 //!
@@ -178,6 +185,7 @@
 
 mod body;
 mod builder;
+mod collapse;
 mod entry;
 mod fence;
 mod invalidate;

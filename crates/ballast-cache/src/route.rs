@@ -148,9 +148,9 @@ impl<S> CacheRoute<S> {
     }
 }
 
-impl<S, Request, B> Service<Request> for CacheRoute<S>
+impl<S, ReqBody, B> Service<http::Request<ReqBody>> for CacheRoute<S>
 where
-    S: Service<Request, Response = Response<B>>,
+    S: Service<http::Request<ReqBody>, Response = Response<B>>,
 {
     type Response = Response<B>;
     type Error = S::Error;
@@ -160,7 +160,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        // The cache further out may hold other requests for this key back until this one's
+        // answer: they can wait for it, as this route asks to be cached.
+        if let Some(asking) = request.extensions().get::<crate::collapse::Asking>() {
+            asking.0.ask();
+        }
         RouteFuture {
             inner: self.inner.call(request),
             ttl: self.ttl,

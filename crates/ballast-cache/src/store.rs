@@ -38,6 +38,8 @@ pub(crate) struct Inner {
     pub(crate) moka: Moka<CacheKey, Arc<Entry>, foldhash::fast::RandomState>,
     /// What the cache remembers of keys whose response was not stored, in a bound of its own.
     pub(crate) notes: Moka<CacheKey, Note, foldhash::fast::RandomState>,
+    /// The requests to the service that concurrent misses of their key wait for.
+    pub(crate) collapsing: Arc<crate::collapse::Collapsing>,
     pub(crate) max_entries: u64,
     pub(crate) max_bytes: u64,
     pub(crate) max_entry_bytes: u64,
@@ -285,6 +287,7 @@ impl ResponseCache {
             inner: Arc::new(Inner {
                 moka,
                 notes,
+                collapsing: Arc::default(),
                 max_entries: builder.max_entries,
                 max_bytes: builder.max_bytes,
                 max_entry_bytes: builder.max_entry_bytes,

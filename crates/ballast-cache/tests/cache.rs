@@ -1159,3 +1159,121 @@ where
         String::from_utf8(body.to_vec()).unwrap(),
     )
 }
+
+/// A router whose routes take `HANDLER` to answer and count their calls: `/asked` (a route that
+/// asked to be cached, storable), `/private` (asked, answers `private`), `/never` (never asked,
+/// `no-store`, as a health check or ballast's problems say).
+fn slow_routes(cache: &ResponseCache, calls: &Arc<AtomicUsize>) -> Router {
+    let route = |cache_control: &'static str| {
+        let calls = Arc::clone(calls);
+        get(move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(HANDLER).await;
+                ([(http::header::CACHE_CONTROL, cache_control)], "answer")
+            }
+        })
+    };
+    let asked = || ballast_cache::CacheRouteLayer::ttl(Duration::from_secs(60));
+    Router::new()
+        .route("/asked", route("public").layer(asked()))
+        .route("/private", route("private").layer(asked()))
+        .route("/never", route("no-store"))
+        .layer(CacheLayer::new(cache.clone()).x_cache_header(true))
+}
+
+/// How long each of [`slow_routes`]'s handlers takes.
+const HANDLER: Duration = Duration::from_millis(400);
+/// What a request may take beyond one handler time: scheduling on a loaded test machine.
+const SLACK: Duration = Duration::from_millis(150);
+
+/// `n` identical requests at once: how long the slowest took.
+async fn at_once(app: &Router, path: &'static str, n: usize) -> Duration {
+    let started = tokio::time::Instant::now();
+    let requests: Vec<_> = (0..n)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { text(&app, request(Method::GET, path, &[])).await })
+        })
+        .collect();
+    for answer in requests {
+        let (status, _, body) = answer.await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "answer"));
+    }
+    started.elapsed()
+}
+
+/// RFC 9111 §4: a request waits for another's response only when that response can serve it.
+/// Identical requests to a route that asked collapse into one handler call; to a route that
+/// never asked they do not wait at all (they did, for a whole handler time, until the first
+/// answer said `no-store`); once a key's answer turned out not storable, its requests no longer
+/// wait on each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_wait_for_another_only_when_its_answer_can_serve_them() {
+    let cache = ResponseCache::builder().build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = slow_routes(&cache, &calls);
+
+    let took = at_once(&app, "/asked", 5).await;
+    assert_eq!(
+        calls.swap(0, Ordering::SeqCst),
+        1,
+        "collapsed into one call"
+    );
+    assert!(took < HANDLER + SLACK, "{took:?}");
+
+    let took = at_once(&app, "/never", 5).await;
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 5, "each its own call");
+    assert!(
+        took < HANDLER + SLACK,
+        "a route that never asked is never collapsed: {took:?}"
+    );
+
+    // The first time, the answer's `private` is news: the others waited for it, then go.
+    let first = at_once(&app, "/private", 5).await;
+    calls.store(0, Ordering::SeqCst);
+    let took = at_once(&app, "/private", 5).await;
+    println!("five at once: asked, never asked, private (first {first:?}, then {took:?})");
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    assert!(
+        took < HANDLER + SLACK,
+        "remembered as not storable: {took:?}"
+    );
+}
+
+/// The first request's client hangs up while others wait for its answer: they go to the service
+/// at once (they waited again, for a waiter that took over, before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_go_at_once_when_the_first_client_hangs_up() {
+    let cache = ResponseCache::builder().build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = slow_routes(&cache, &calls);
+    let started = tokio::time::Instant::now();
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move { text(&app, request(Method::GET, "/private", &[])).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let answer = text(&app, request(Method::GET, "/private", &[])).await;
+                (answer, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first.abort();
+    let hung_up = started.elapsed();
+    for waiter in waiters {
+        let ((status, _, body), took) = waiter.await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "answer"));
+        assert!(took < hung_up + HANDLER + SLACK, "{took:?}");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        5,
+        "the first's and each waiter's own"
+    );
+}

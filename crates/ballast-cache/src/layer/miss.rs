@@ -16,14 +16,11 @@ use super::service::pass_through;
 use super::storing::store;
 use super::{CacheLayer, X_CACHE};
 use crate::body::CacheBody;
+use crate::collapse::{Joined, Outcome};
 use crate::entry::{Entry, Freshness, Note, Stored};
 use crate::key::CacheKey;
 use crate::rules::{self};
 use crate::store::Event;
-
-/// Why the first of a set of concurrent misses did not produce a stored response.
-#[derive(Debug)]
-pub(super) struct NotCached;
 
 /// A request that may be served from or stored into the cache (a miss, a stale entry, a
 /// variant): its conditions are taken out so the service answers in full, and answered against
@@ -168,15 +165,22 @@ where
         return Ok(response);
     }
 
-    Box::pin(fill(inner, layer, key, request)).await
+    // A key that held a response (expired now) is known to store: its misses collapse.
+    let known = matches!(
+        found.as_deref().map(|entry| &entry.stored),
+        Some(Stored::Response(_))
+    );
+    Box::pin(fill(inner, layer, key, request, known)).await
 }
 
-/// A miss that may be stored: concurrent misses of one key run the inner service once.
+/// A miss that may be stored: concurrent misses of one key run the inner service once when its
+/// answer can serve them (see `crate::collapse`); `known`: the key is known to store.
 pub(super) async fn fill<S, ReqBody, ResBody>(
     inner: S,
     layer: CacheLayer,
     key: CacheKey,
     request: Request<ReqBody>,
+    known: bool,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -187,120 +191,112 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let cache = &layer.cache;
-    // The first one's future runs inside moka's `try_get_with`; the others wait for its entry.
-    let mut request = Some(request);
-    let mut own: Option<Result<Response<CacheBody<ResBody>>, S::Error>> = None;
-    // Whether the route turned out never to have asked to be cached.
-    let mut bypassed = false;
-    let mut as_of = Instant::now();
-    let mut stored = None;
-    let moka = cache.inner.moka.clone();
-    let init = {
-        let request = &mut request;
-        let own = &mut own;
-        let bypassed = &mut bypassed;
-        let as_of = &mut as_of;
-        let stored = &mut stored;
-        let key = key.clone();
-        let mut inner = inner.clone();
-        async move {
-            let Some(request) = request.take() else {
-                return Err(NotCached);
-            };
-            let request_headers = request.headers().clone();
-            let request_time = SystemTime::now();
-            let started = Instant::now();
-            // How current the data is: a replica read says so inside (`DataAsOf`).
-            let (response, observed) = DataAsOf::observe(inner.call(request)).await;
-            *as_of = observed.map_or(started, |observed| observed.min(started));
-            let response = match response {
-                Ok(response) => response,
-                Err(error) => {
-                    *own = Some(Err(error));
-                    return Err(NotCached);
-                }
-            };
-            let exchange = rules::Exchange {
-                request_time,
-                response_time: SystemTime::now(),
-            };
-            match store(cache, &key, &request_headers, response, exchange, *as_of).await {
-                Ok(outcome) => {
-                    *own = outcome.own_response().map(Ok);
-                    cache.account(&outcome.entry);
-                    let entry = Arc::clone(&outcome.entry);
-                    *stored = Some(outcome);
-                    Ok(entry)
-                }
-                Err((response, remember)) => {
-                    *own = Some(Ok(response));
-                    *bypassed = remember.silent();
-                    // Hit-for-pass: the next requests for this key skip the coalescing. The
-                    // note is kept apart from the stored responses; the requests waiting for
-                    // this one read it as they go to the service.
-                    if let Some(note) = remember.note() {
-                        cache.inner.notes.insert(key.clone(), note).await;
-                    }
-                    Err(NotCached)
-                }
-            }
+    let asked = known || cache.inner.store_unmarked;
+    let fill = match cache.inner.collapsing.join(&key, asked) {
+        Joined::Leader(leader) => {
+            let mut request = request;
+            request.extensions_mut().insert(leader.asking());
+            let (response, outcome) = fetch(inner, &layer, &key, request).await;
+            leader.finish(outcome);
+            return response;
         }
+        Joined::Waiter(fill) => fill,
     };
-    let outcome = moka.try_get_with(key.clone(), init).await;
-    if let Some(outcome) = stored {
-        outcome.unless_superseded(cache, &key, as_of).await;
-    }
-    if let Some(result) = own {
-        let mut response = result?;
-        if !bypassed {
-            cache.count(Event::Miss);
-            mark(&mut response, layer.x_cache, "MISS");
-        }
-        return Ok(response);
-    }
-    if outcome.is_err() && cache.noted(&key).await == Some(Note::Bypass) {
-        // A route that never asked to be cached: this request goes to the service, silently.
-        cache.count(Event::Bypassed);
-        let Some(request) = request else {
-            unreachable!("only the first request's own response was taken")
-        };
-        return pass_through(inner, request).await;
-    }
-    if let Ok(entry) = &outcome {
-        match &entry.stored {
-            // Another request's response, stored for this key.
-            Stored::Response(stored) => {
-                cache.count(Event::Miss);
-                let mut response = hit(stored, Some(stored.age()), false, false, "MISS");
-                mark(&mut response, layer.x_cache, "MISS");
+    if fill.asked() {
+        if let Outcome::Stored(entry) = fill.outcome().await {
+            if let Some(response) = served(&layer, &key, &entry, request.headers()).await {
                 return Ok(response);
             }
-            // Another request's response varies: this request's variant may be the same.
-            Stored::Vary(names) => {
-                let variant = key.with_variant(rules::variant(
-                    request
-                        .as_ref()
-                        .map_or(&http::HeaderMap::new(), Request::headers),
-                    names,
-                ));
-                if let Some(entry) = cache.inner.moka.get(&variant).await {
-                    if let Stored::Response(stored) = &entry.stored {
-                        cache.count(Event::Miss);
-                        let mut response = hit(stored, Some(stored.age()), false, false, "MISS");
-                        mark(&mut response, layer.x_cache, "MISS");
-                        return Ok(response);
-                    }
-                }
-            }
         }
     }
-    // The first request's response was not storable, or it varies and this request's variant
-    // is another: this request goes to the service itself.
-    let Some(request) = request else {
-        unreachable!("the first request's own response was returned above")
+    // Not a fill this request can wait for (a route that never asked, or not yet known to), or
+    // one whose answer cannot serve it: its own request, not collapsed again.
+    let (response, _) = fetch(inner, &layer, &key, request).await;
+    response
+}
+
+/// What a fill stored, as the answer to another request for its key: the stored response, or
+/// this request's own variant of a response that varies; `None` if there is none.
+async fn served<ResBody>(
+    layer: &CacheLayer,
+    key: &CacheKey,
+    entry: &Entry,
+    headers: &http::HeaderMap,
+) -> Option<Response<CacheBody<ResBody>>> {
+    let cache = &layer.cache;
+    let variant;
+    let stored = match &entry.stored {
+        Stored::Response(stored) => stored,
+        // Another request's response varies: this request's variant may be the same.
+        Stored::Vary(names) => {
+            variant = cache
+                .inner
+                .moka
+                .get(&key.with_variant(rules::variant(headers, names)))
+                .await?;
+            match &variant.stored {
+                Stored::Response(stored) => stored,
+                Stored::Vary(_) => return None,
+            }
+        }
     };
     cache.count(Event::Miss);
-    let mut response = pass_through(inner, request).await?;
+    let mut response = hit(stored, Some(stored.age()), false, false, "MISS");
     mark(&mut response, layer.x_cache, "MISS");
-    Ok(response)
+    Some(response)
+}
+
+/// Asks the service, and stores its answer if it may be: this request's response, and what the
+/// requests waiting for it get.
+async fn fetch<S, ReqBody, ResBody>(
+    mut inner: S,
+    layer: &CacheLayer,
+    key: &CacheKey,
+    request: Request<ReqBody>,
+) -> (Result<Response<CacheBody<ResBody>>, S::Error>, Outcome)
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let cache = &layer.cache;
+    let request_headers = request.headers().clone();
+    let request_time = SystemTime::now();
+    let started = Instant::now();
+    // How current the data is: a replica read says so inside (`DataAsOf`).
+    let (response, observed) = DataAsOf::observe(inner.call(request)).await;
+    let as_of = observed.map_or(started, |observed| observed.min(started));
+    let response = match response {
+        Ok(response) => response,
+        Err(error) => return (Err(error), Outcome::Go),
+    };
+    let exchange = rules::Exchange {
+        request_time,
+        response_time: SystemTime::now(),
+    };
+    match store(cache, key, &request_headers, response, exchange, as_of).await {
+        Ok(outcome) => {
+            let own = outcome.own_response();
+            let entry = Arc::clone(&outcome.entry);
+            cache.insert(key.clone(), Arc::clone(&entry)).await;
+            outcome.unless_superseded(cache, key, as_of).await;
+            cache.count(Event::Miss);
+            let mut response =
+                own.unwrap_or_else(|| unreachable!("a stored outcome holds its response"));
+            mark(&mut response, layer.x_cache, "MISS");
+            (Ok(response), Outcome::Stored(entry))
+        }
+        Err((mut response, remember)) => {
+            // Hit-for-pass: the next requests for this key skip the collapsing. The note is
+            // kept apart from the stored responses.
+            if let Some(note) = remember.note() {
+                cache.inner.notes.insert(key.clone(), note).await;
+            }
+            if !remember.silent() {
+                cache.count(Event::Miss);
+                mark(&mut response, layer.x_cache, "MISS");
+            }
+            (Ok(response), Outcome::Go)
+        }
+    }
 }
