@@ -261,3 +261,73 @@ async fn a_unix_socket_serves_and_drains() {
     assert!(tokio::net::UnixStream::connect(&path).await.is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A WebSocket handler that writes after the drain's close frame went out is told its frame was
+/// not sent (it was a silent success, the frame dropped, every time after the goodbye).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_write_after_the_goodbye_fails_visibly() {
+    let shutdown = Shutdown::builder()
+        .drain_deadline(Duration::from_secs(10))
+        .build();
+    let handle = shutdown.handle();
+    let (report, mut reported) = tokio::sync::mpsc::unbounded_channel();
+    let draining = handle.clone();
+    let app = Router::new()
+        .route(
+            "/ws",
+            routing::get(move |socket: WebSocketUpgrade| {
+                let (draining, report) = (draining.clone(), report.clone());
+                async move {
+                    socket.on_upgrade(move |mut socket: WebSocket| async move {
+                        // The application's writes once the drain has begun: those before the
+                        // goodbye go out; the goodbye goes out between two of them; the next
+                        // one must fail.
+                        draining.draining().await;
+                        let mut sent = Ok(());
+                        for _ in 0..50 {
+                            sent = socket.send(Message::Text("late".into())).await;
+                            if sent.is_err() {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        let _ = report.send(sent.map_err(|error| error.to_string()));
+                    })
+                }
+            }),
+        )
+        .layer(ShutdownLayer::new(handle.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(shutdown.serve_with(listener, app, ServeConfig::default()));
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    handle.trigger();
+    let sent = tokio::time::timeout(Duration::from_secs(5), reported.recv())
+        .await
+        .expect("the handler wrote")
+        .unwrap();
+    println!("websocket: a write after the goodbye: {sent:?}");
+    assert!(sent.is_err(), "reported as sent: {sent:?}");
+    // The client got the frames sent before the goodbye, then the goodbye.
+    let close = loop {
+        match socket.next().await.unwrap().unwrap() {
+            tokio_tungstenite::tungstenite::Message::Text(text) => {
+                assert_eq!(text.as_str(), "late");
+            }
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(
+            close,
+            tokio_tungstenite::tungstenite::Message::Close(Some(_))
+        ),
+        "{close:?}"
+    );
+    drop(socket);
+    let (code, _) = exit(task, Duration::from_secs(10)).await;
+    assert_eq!(code, format!("{:?}", ExitCode::SUCCESS));
+}

@@ -191,8 +191,12 @@ impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
         let this = self.project();
         if *this.said == GOING_AWAY.len() {
             // After its close frame a server sends nothing more (RFC 6455 §5.5.1): the
-            // application's frames, its own close frame included, are dropped.
-            return Poll::Ready(Ok(buf.len()));
+            // application's frames, its own close frame included, are not sent, and it is told
+            // so rather than led to believe they went out.
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server is shutting down: the connection was told it is going away (1001)",
+            )));
         }
         let written = std::task::ready!(this.inner.poll_write(cx, buf))?;
         this.frames.feed(&buf[..written]);
