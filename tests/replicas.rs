@@ -45,6 +45,27 @@ async fn get_items_is_served_by_a_fresh_replica() {
     let addr = server.addr;
     wait_ready(addr, Duration::from_secs(10)).await;
     assert_eq!(keyed_post(addr, "k-1", "lamp").await.status, 201);
+    // The write created the schema on the primary; a read without its token may reach the
+    // replica within `max_replica_lag` of it, before it has replayed the `CREATE TABLE` (a 500
+    // for a missing table, seen in CI). This test is about where reads go: it starts once the
+    // replica has the row.
+    let started = Instant::now();
+    let replica_client = db::pg_connect(&replica.url()).await;
+    loop {
+        if let Ok(row) = replica_client
+            .query_one("SELECT count(*) FROM items", &[])
+            .await
+        {
+            if row.get::<_, i64>(0) > 0 {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the replica never replayed the write"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The replica is fresh once its first lag check has run (every second).
     let started = Instant::now();
     while routed(addr).await.0 == 0 {
