@@ -1,5 +1,7 @@
 //! A cache's figures, and its cleanup task.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -74,4 +76,77 @@ pub struct CacheStats {
     pub revalidated: u64,
     /// `hits / (hits + misses)`.
     pub hit_ratio: f64,
+}
+
+/// Counters, shared with moka's eviction listener.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) inserts: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) expirations: AtomicU64,
+    pub(crate) too_large: AtomicU64,
+    pub(crate) not_storable: AtomicU64,
+    pub(crate) bypassed: AtomicU64,
+    pub(crate) passes: AtomicU64,
+    pub(crate) stale: AtomicU64,
+    pub(crate) revalidated: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+}
+
+/// What the layer tells the cache it did with a request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Event {
+    /// Served fresh from the cache.
+    Hit,
+    /// Served stale (while revalidating, or because the service failed).
+    Stale,
+    /// Sent to the service.
+    Miss,
+    /// Sent to the service because the key is remembered as not storable.
+    Pass,
+    /// Not looked up at all (a method or request the cache never serves).
+    Bypassed,
+    /// The response was not storable.
+    NotStorable,
+    /// The response was larger than an entry may be.
+    TooLarge,
+    /// A stale response the service confirmed unchanged (a `304`), served again.
+    Revalidated,
+}
+
+impl Event {
+    /// The event's name in traces (`cache.event`).
+    fn name(self) -> &'static str {
+        match self {
+            Event::Hit => "hit",
+            Event::Stale => "stale",
+            Event::Miss => "miss",
+            Event::Pass => "pass",
+            Event::Bypassed => "bypass",
+            Event::NotStorable => "not_storable",
+            Event::TooLarge => "too_large",
+            Event::Revalidated => "revalidated",
+        }
+    }
+}
+
+impl Counters {
+    /// Counts one `event`.
+    pub(crate) fn count(&self, event: Event) {
+        tracing::debug!(cache.event = event.name());
+        let counters = self;
+        let counter = match event {
+            Event::Hit => &counters.hits,
+            Event::Stale => &counters.stale,
+            Event::Miss => &counters.misses,
+            Event::Pass => &counters.passes,
+            Event::Bypassed => &counters.bypassed,
+            Event::NotStorable => &counters.not_storable,
+            Event::TooLarge => &counters.too_large,
+            Event::Revalidated => &counters.revalidated,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }

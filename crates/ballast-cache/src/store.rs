@@ -16,6 +16,7 @@ use crate::builder::{Eviction, ResponseCacheBuilder};
 use crate::entry::{Entry, Note, Stored};
 use crate::key::CacheKey;
 use crate::stats::{CacheStats, CleanupTask};
+pub(crate) use crate::stats::{Counters, Event};
 
 /// The response store behind [`CacheLayer`](crate::CacheLayer): bounded by entries **and**
 /// bytes, with TTL, stats, invalidation and a stoppable cleanup task. Cheap to clone.
@@ -130,76 +131,10 @@ impl Degraded {
     }
 }
 
-/// Counters, shared with moka's eviction listener.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) inserts: AtomicU64,
-    pub(crate) evictions: AtomicU64,
-    pub(crate) expirations: AtomicU64,
-    pub(crate) too_large: AtomicU64,
-    pub(crate) not_storable: AtomicU64,
-    pub(crate) bypassed: AtomicU64,
-    pub(crate) passes: AtomicU64,
-    pub(crate) stale: AtomicU64,
-    pub(crate) revalidated: AtomicU64,
-    pub(crate) bytes: AtomicU64,
-}
-
-/// What the layer tells the cache it did with a request.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Event {
-    /// Served fresh from the cache.
-    Hit,
-    /// Served stale (while revalidating, or because the service failed).
-    Stale,
-    /// Sent to the service.
-    Miss,
-    /// Sent to the service because the key is remembered as not storable.
-    Pass,
-    /// Not looked up at all (a method or request the cache never serves).
-    Bypassed,
-    /// The response was not storable.
-    NotStorable,
-    /// The response was larger than an entry may be.
-    TooLarge,
-    /// A stale response the service confirmed unchanged (a `304`), served again.
-    Revalidated,
-}
-
-impl Event {
-    /// The event's name in traces (`cache.event`).
-    fn name(self) -> &'static str {
-        match self {
-            Event::Hit => "hit",
-            Event::Stale => "stale",
-            Event::Miss => "miss",
-            Event::Pass => "pass",
-            Event::Bypassed => "bypass",
-            Event::NotStorable => "not_storable",
-            Event::TooLarge => "too_large",
-            Event::Revalidated => "revalidated",
-        }
-    }
-}
-
 impl ResponseCache {
     /// Counts one `event`.
     pub(crate) fn count(&self, event: Event) {
-        tracing::debug!(cache.event = event.name());
-        let counters = &self.inner.counters;
-        let counter = match event {
-            Event::Hit => &counters.hits,
-            Event::Stale => &counters.stale,
-            Event::Miss => &counters.misses,
-            Event::Pass => &counters.passes,
-            Event::Bypassed => &counters.bypassed,
-            Event::NotStorable => &counters.not_storable,
-            Event::TooLarge => &counters.too_large,
-            Event::Revalidated => &counters.revalidated,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.count(event);
     }
 }
 
@@ -322,8 +257,8 @@ impl ResponseCache {
         self.inner.notes.get(key).await
     }
 
-    /// Counts an entry about to enter moka (by `insert`, or as the value of `try_get_with`);
-    /// the eviction listener takes its bytes off again when it leaves.
+    /// Counts an entry about to enter moka (by `insert`); the eviction listener takes its bytes
+    /// off again when it leaves.
     pub(crate) fn account(&self, entry: &Entry) {
         let counters = &self.inner.counters;
         counters.bytes.fetch_add(entry.size, Ordering::Relaxed);

@@ -287,10 +287,10 @@ where
             (Ok(response), Outcome::Stored(entry))
         }
         Err((mut response, remember)) => {
-            // Hit-for-pass: the next requests for this key skip the collapsing. The note is
-            // kept apart from the stored responses.
+            // Hit-for-pass: the next requests for this key skip the collapsing (and an expired
+            // response of the key, no longer storable, goes).
             if let Some(note) = remember.note() {
-                cache.inner.notes.insert(key.clone(), note).await;
+                cache.note(key.clone(), note).await;
             }
             if !remember.silent() {
                 cache.count(Event::Miss);
